@@ -1,0 +1,198 @@
+"""Which class plays which role in a modeling file, found by the shape of its code.
+
+Roles are recognised by pattern, never by name: an attention module is one whose code
+computes softmax(q k^T) v or calls a fused attention kernel; a base model is the
+pretrained class that owns the `ModuleList` of layers; a head class owns a base model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import libcst as cst
+
+from transforms.cst_utils import (
+    base_names,
+    call_name,
+    dotted,
+    function_defs,
+    is_self_attr,
+    last_part,
+    single_assign,
+    walk,
+)
+
+MATMUL_CALLS = {"matmul", "bmm", "baddbmm", "einsum", ".matmul", ".bmm"}
+SOFTMAX_CALLS = {"softmax", ".softmax", "log_softmax"}
+KERNEL_CALLS = {"scaled_dot_product_attention", "flash_attn_func", "flash_attn_varlen_func", "_flash_attention_forward"}
+PRETRAINED_BASES = {"PreTrainedModel", "PretrainedModel"}
+BACKEND_KEYS = {"eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"}
+
+
+@dataclass
+class ClassInfo:
+    name: str
+    file: str
+    node: cst.ClassDef
+    bases: list[str]
+    children: dict[str, str] = field(default_factory=dict)  # attribute -> class it holds
+    layer_lists: dict[str, str] = field(default_factory=dict)  # ModuleList attribute -> element class
+
+    @property
+    def methods(self) -> dict[str, cst.FunctionDef]:
+        return function_defs(self.node)
+
+
+@dataclass
+class RepoAnalysis:
+    modules: dict[str, cst.Module]
+    classes: dict[str, ClassInfo] = field(default_factory=dict)
+    attention: set[str] = field(default_factory=set)
+    attention_variants: dict[str, str] = field(default_factory=dict)  # variant -> primary
+    attention_dicts: dict[str, dict[str, str]] = field(default_factory=dict)  # dict name -> key -> class
+    pretrained: set[str] = field(default_factory=set)
+    pretrained_roots: set[str] = field(default_factory=set)
+    base_models: set[str] = field(default_factory=set)
+    heads: dict[str, str] = field(default_factory=dict)  # head class -> attribute holding the base model
+    decoder_layers: set[str] = field(default_factory=set)
+
+    def ancestors(self, name: str) -> list[str]:
+        """Repo classes `name` inherits from, nearest first."""
+        found, pending = [], list(self.classes[name].bases) if name in self.classes else []
+        while pending:
+            base = pending.pop(0)
+            if base in self.classes and base not in found:
+                found.append(base)
+                pending += self.classes[base].bases
+        return found
+
+    def is_a(self, name: str, base: str) -> bool:
+        return name == base or base in self.ancestors(name)
+
+    def path_to_attention(self) -> set[str]:
+        """Classes whose forward (directly or through children) reaches an attention module."""
+        reach: set[str] = set(self.attention)
+        changed = True
+        while changed:
+            changed = False
+            for info in self.classes.values():
+                if info.name in reach:
+                    continue
+                held = set(info.children.values()) | set(info.layer_lists.values())
+                if held & reach:
+                    reach.add(info.name)
+                    changed = True
+        return reach
+
+
+def _calls(node: cst.CSTNode) -> set[str]:
+    return {last_part(n) if not n.startswith(".") else n for n in (call_name(c) for c in walk(node)) if n}
+
+
+def _looks_like_attention(cls: cst.ClassDef) -> bool:
+    calls = set()
+    for fn in function_defs(cls).values():
+        calls |= _calls(fn)
+    has_math = bool(calls & SOFTMAX_CALLS) and bool(calls & MATMUL_CALLS)
+    return has_math or bool(calls & KERNEL_CALLS)
+
+
+def _held_class(value: cst.BaseExpression, known: set[str], dicts: dict[str, dict[str, str]]) -> str | None:
+    """The repo class an `__init__` value builds: `Cls(...)` or `DICT[key](...)`."""
+    if not isinstance(value, cst.Call):
+        return None
+    func = value.func
+    if isinstance(func, cst.Subscript):
+        table = dotted(func.value)
+        if table in dicts:
+            return dicts[table].get("eager") or next(iter(dicts[table].values()))
+        return None
+    name = last_part(dotted(func))
+    return name if name in known else None
+
+
+def _layer_list_class(value: cst.BaseExpression, known: set[str], dicts: dict) -> str | None:
+    """`nn.ModuleList([Cls(...) for i in ...])` -> Cls."""
+    if not (isinstance(value, cst.Call) and last_part(dotted(value.func)) == "ModuleList" and value.args):
+        return None
+    inner = value.args[0].value
+    if isinstance(inner, (cst.ListComp, cst.GeneratorExp)):
+        return _held_class(inner.elt, known, dicts)
+    if isinstance(inner, cst.List) and inner.elements:
+        return _held_class(inner.elements[0].value, known, dicts)
+    return None
+
+
+def _backend_dicts(module: cst.Module) -> dict[str, dict[str, str]]:
+    found = {}
+    for stmt in module.body:
+        assign = single_assign(stmt)
+        if not assign or not isinstance(assign[1], cst.Dict):
+            continue
+        entries = {}
+        for element in assign[1].elements:
+            if isinstance(element, cst.DictElement) and isinstance(element.key, cst.SimpleString):
+                entries[element.key.evaluated_value] = dotted(element.value) or ""
+        if entries and set(entries) & BACKEND_KEYS and "eager" in entries:
+            found[dotted(assign[0][0]) or ""] = entries
+    return found
+
+
+def analyse(modules: dict[str, cst.Module]) -> RepoAnalysis:
+    """Build the class index and assign roles for every modeling file of a repo."""
+    result = RepoAnalysis(modules=modules)
+    for filename, module in modules.items():
+        result.attention_dicts.update(_backend_dicts(module))
+        for stmt in module.body:
+            if isinstance(stmt, cst.ClassDef):
+                result.classes[stmt.name.value] = ClassInfo(stmt.name.value, filename, stmt, base_names(stmt))
+    known = set(result.classes)
+
+    for info in result.classes.values():
+        init = info.methods.get("__init__")
+        if init is None:
+            continue
+        for stmt in walk(init):
+            assign = single_assign(stmt) if isinstance(stmt, cst.SimpleStatementLine) else None
+            if not assign or not is_self_attr(assign[0][0]):
+                continue
+            attr = assign[0][0].attr.value
+            element = _layer_list_class(assign[1], known, result.attention_dicts)
+            if element:
+                info.layer_lists[attr] = element
+                continue
+            held = _held_class(assign[1], known, result.attention_dicts)
+            if held:
+                info.children[attr] = held
+
+    attention_like = {n for n, i in result.classes.items() if _looks_like_attention(i.node)}
+    for name in attention_like:
+        parents = [a for a in result.ancestors(name) if a in attention_like]
+        if parents:
+            result.attention_variants[name] = parents[-1]
+        else:
+            result.attention.add(name)
+    # A class listed beside the eager one in a backend dict is a variant even if it shares no base.
+    for entries in result.attention_dicts.values():
+        primary = entries.get("eager")
+        for cls in entries.values():
+            if cls != primary and cls in result.classes and primary:
+                result.attention_variants.setdefault(cls, primary)
+                result.attention.discard(cls)
+
+    for name, info in result.classes.items():
+        if PRETRAINED_BASES & set(info.bases):
+            result.pretrained_roots.add(name)
+    for name in result.classes:
+        if any(result.is_a(name, root) for root in result.pretrained_roots):
+            result.pretrained.add(name)
+    for name in result.pretrained:
+        info = result.classes[name]
+        if info.layer_lists:
+            result.base_models.add(name)
+            result.decoder_layers |= set(info.layer_lists.values())
+    for name in result.pretrained - result.base_models:
+        for attr, held in result.classes[name].children.items():
+            if held in result.base_models:
+                result.heads[name] = attr
+    return result

@@ -1,0 +1,183 @@
+"""Isolated Python environments holding an old transformers release.
+
+Legacy code is only trustworthy as a reference when it runs with the transformers it
+was written for (CONTRACT F1). Each environment is built once, cached, and reuses the
+torch that is already installed here through a link folder instead of downloading
+another build of several gigabytes.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as metadata
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from porter.errors import ReferenceUnavailable
+
+READY_MARKER = ".port-model-ready"
+
+
+@dataclass(frozen=True)
+class ReferenceEnv:
+    """A built environment: its interpreter and the transformers release it holds."""
+
+    root: Path
+    python: Path
+    transformers_version: str
+    reused: bool
+    build_seconds: float
+
+
+def default_cache_dir() -> Path:
+    """Where environments and downloads are kept; `PORT_MODEL_CACHE` overrides it."""
+    env = os.environ.get("PORT_MODEL_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "port-model"
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", version)[:3])
+
+
+def dependency_pins(transformers_version: str) -> list[str]:
+    """Pins an old transformers release needs beside it to import on a current Python."""
+    pins = [f"transformers=={transformers_version}"]
+    version = _version_tuple(transformers_version)
+    if version < (4, 42):
+        pins.append("numpy<2")  # releases before 4.42 use numpy APIs that numpy 2 removed
+    if version < (5,):
+        pins.append("huggingface_hub<1.0")
+    return pins
+
+
+def _torch_closure() -> list[metadata.Distribution]:
+    """torch and the distributions it requires, as installed in this interpreter."""
+    seen: dict[str, metadata.Distribution] = {}
+    pending = ["torch"]
+    while pending:
+        name = re.split(r"[ ;<>=!~\[(]", pending.pop(), maxsplit=1)[0].strip().lower()
+        if not name or name in seen:
+            continue
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        seen[name] = dist
+        for requirement in dist.requires or []:
+            if "extra ==" not in requirement:
+                pending.append(requirement)
+    return list(seen.values())
+
+
+def _link_torch(link_dir: Path) -> None:
+    """Fill `link_dir` with symlinks to torch and its requirements (top-level entries)."""
+    link_dir.mkdir(parents=True, exist_ok=True)
+    for dist in _torch_closure():
+        for file in dist.files or []:
+            top = file.parts[0]
+            if top in ("..", "__pycache__") or top.endswith(".pth"):
+                continue
+            source = Path(dist.locate_file(top))
+            target = link_dir / top
+            if source.exists() and not target.exists():
+                target.symlink_to(source)
+
+
+def _site_packages(env_root: Path) -> Path:
+    found = list(env_root.glob("lib/python*/site-packages"))
+    if not found:
+        raise ReferenceUnavailable(f"{env_root}: virtual environment has no site-packages")
+    return found[0]
+
+
+def _run(cmd: list[str], log_path: Path, timeout: float) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"))}
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    with open(log_path, "a") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        result = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout)
+    if result.returncode != 0:
+        tail = log_path.read_text(errors="replace").splitlines()[-15:]
+        raise ReferenceUnavailable(f"`{' '.join(cmd[:6])}` failed:\n" + "\n".join(tail))
+
+
+def ensure_reference_env(
+    transformers_version: str,
+    cache_dir: Path | None = None,
+    *,
+    timeout: float = 1200.0,
+) -> ReferenceEnv:
+    """Return a cached environment with `transformers_version`, building it if needed."""
+    cache_dir = cache_dir or default_cache_dir()
+    torch_version = metadata.version("torch").split("+")[0]
+    py = f"{sys.version_info.major}{sys.version_info.minor}"
+    name = f"transformers-{transformers_version}-py{py}-torch{torch_version}"
+    root = cache_dir / "envs" / name
+    python = root / "bin" / "python"
+    if (root / READY_MARKER).exists():
+        return ReferenceEnv(root, python, transformers_version, reused=True, build_seconds=0.0)
+
+    start = time.monotonic()
+    building = root.with_name(f"{name}.building-{os.getpid()}")
+    shutil.rmtree(building, ignore_errors=True)
+    building.parent.mkdir(parents=True, exist_ok=True)
+    log_path = building.with_suffix(".log")
+    try:
+        _run([sys.executable, "-m", "venv", str(building)], log_path, timeout)
+        # The link folder is appended to sys.path, after the environment's own packages,
+        # so pip sees torch as installed and never fetches another build.
+        link_dir = building / "torch-link"
+        _link_torch(link_dir)
+        (_site_packages(building) / "port_model_torch.pth").write_text(str(root / "torch-link") + "\n")
+        # While building, the .pth must point at the folder as it is now.
+        (_site_packages(building) / "port_model_torch_build.pth").write_text(str(link_dir) + "\n")
+        pip = [str(building / "bin" / "python"), "-m", "pip", "install", "--prefer-binary", "-q"]
+        _run(pip + dependency_pins(transformers_version), log_path, timeout)
+        (_site_packages(building) / "port_model_torch_build.pth").unlink()
+        _fix_venv_paths(building, root)
+        (building / READY_MARKER).write_text(transformers_version + "\n")
+        if root.exists():  # another process finished first
+            shutil.rmtree(building, ignore_errors=True)
+        else:
+            building.rename(root)
+    except subprocess.TimeoutExpired as exc:
+        shutil.rmtree(building, ignore_errors=True)
+        raise ReferenceUnavailable(f"building the transformers {transformers_version} environment timed out") from exc
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    finally:
+        log_path.unlink(missing_ok=True)
+    check = subprocess.run(
+        [str(python), "-c", "import torch, transformers; print(transformers.__version__)"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if check.returncode != 0 or check.stdout.strip() != transformers_version:
+        raise ReferenceUnavailable(
+            f"the transformers {transformers_version} environment does not import: {check.stderr.strip()[-500:]}"
+        )
+    return ReferenceEnv(root, python, transformers_version, reused=False, build_seconds=time.monotonic() - start)
+
+
+def _fix_venv_paths(building: Path, final: Path) -> None:
+    """A venv records its own path in scripts and pyvenv.cfg; point them at the final place."""
+    old, new = str(building), str(final)
+    for path in [building / "pyvenv.cfg", *(building / "bin").iterdir()]:
+        if path.is_symlink() or not path.is_file():
+            continue
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            continue
+        if old in text:
+            path.write_text(text.replace(old, new))

@@ -1,0 +1,233 @@
+"""The port, stage by stage: load -> analyse -> rewrite -> convert weights -> verify -> write.
+
+The CLI, the batch runner and the notebook API all call `run_port`. Each stage adds to
+one Report; nothing flows backwards. Output is assembled in a temporary folder beside the
+destination and renamed into place only when complete (CONTRACT G1).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from porter.analysis import RepoAnalysis, analyse
+from porter.errors import BadInput, UnsupportedPattern
+from porter.repo import LegacyRepo, load_repo
+from porter.report import SKIP, Check, Report, versions
+from porter.rewrite import RewriteResult, rewrite
+from porter.verify import VerifyOptions, verify
+from porter.weights import convert_checkpoint
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class PortOptions:
+    out: Path | None = None
+    verify: bool = True
+    device: str = "auto"
+    reference_transformers: str | None = None
+    allow_partial: bool = False
+    max_shard_size: str = "5GB"
+    cache_dir: Path | None = None
+    timeout: float = 900.0
+    overwrite: bool = False
+
+
+@dataclass
+class PortResult:
+    """What a port produced: the report, the diff, and where the output went."""
+
+    report: Report
+    diff: str
+    output: Path | None
+    changes: list = field(default_factory=list)
+
+    @property
+    def verified(self) -> bool:
+        return self.report.verified
+
+    @property
+    def checks(self) -> list[Check]:
+        return self.report.checks
+
+    def _repr_markdown_(self) -> str:  # notebooks render this
+        return self.report.to_markdown()
+
+    def __repr__(self) -> str:
+        return f"PortResult(status={self.report.status!r}, verified={self.verified}, output={self.output})"
+
+
+# -- stages, callable one by one -----------------------------------------------------------
+def load(src: Path | str) -> LegacyRepo:
+    return load_repo(Path(src))
+
+
+def analyse_repo(repo: LegacyRepo) -> tuple[dict, RepoAnalysis]:
+    modules = repo.modules()
+    return modules, analyse(modules)
+
+
+def rewrite_code(repo: LegacyRepo, allow_partial: bool = False) -> RewriteResult:
+    modules, analysis = analyse_repo(repo)
+    result = rewrite(modules, analysis)
+    if result.diagnostics and not allow_partial:
+        raise UnsupportedPattern("the code holds shapes port-model does not understand", result.diagnostics)
+    return result
+
+
+def default_output(src: Path) -> Path:
+    return src.resolve().parent / f"{src.resolve().name}-ported"
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BadInput("--device cuda: no CUDA device is available")
+    return device
+
+
+# -- the whole port ------------------------------------------------------------------------
+def run_port(src: Path | str, options: PortOptions, progress: Progress = lambda m: None) -> PortResult:
+    src = Path(src)
+    started = time.monotonic()
+    report = Report(source=str(src), versions=versions(), device=resolve_device(options.device))
+    progress(f"reading {src}")
+    repo = load(src)
+    progress("rewriting code")
+    result = rewrite_code(repo, options.allow_partial)
+    report.transforms = [c.as_dict() for c in result.changes]
+    report.diagnostics = [d.as_dict() for d in result.diagnostics]
+    diff = result.diff(repo.code)
+    changed = result.changed_files(repo.code)
+
+    out = Path(options.out) if options.out else default_output(src)
+    if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
+        raise BadInput.at(out, "the output must not be the input folder or inside it")
+    if out.exists() and any(out.iterdir()) and not options.overwrite:
+        raise BadInput.at(out, "output folder exists and is not empty (pass --overwrite to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        progress(f"writing code ({len(changed)} file(s) changed)")
+        _write_files(repo, result, staging)
+        progress(f"converting {len(repo.weight_files)} weight file(s) to safetensors")
+        if repo.weight_files:
+            conversion = convert_checkpoint(
+                repo.weight_files,
+                staging,
+                ops=result.weight_ops,
+                tied=result.facts.get("tied"),
+                max_shard_size=options.max_shard_size,
+            )
+            report.weights = conversion.as_dict()
+            report.add(Check("F3", "weights bit-equal to the legacy tensors", "PASS" if conversion.verified else "FAIL",
+                             "", {"tensors": conversion.tensors, "bytes": conversion.bytes}))
+        else:
+            report.add(Check("F3", "weights bit-equal to the legacy tensors", SKIP, "the repo has no weights"))
+
+        if options.verify and repo.weight_files:
+            verify(
+                src,
+                staging,
+                repo.config,
+                report,
+                VerifyOptions(options.reference_transformers, report.device, options.timeout, cache_dir=options.cache_dir),
+                progress,
+            )
+        elif options.verify:
+            report.add(Check("F2", "equivalence with the legacy model", SKIP, "no weights to run"))
+        else:
+            report.add(Check("F2", "equivalence with the legacy model", SKIP, "--no-verify"))
+
+        if result.diagnostics:
+            report.status = "partial"
+        elif report.failed:
+            report.status = "verification-failed"
+        else:
+            report.status = "ported" if changed else "unchanged"
+        report.output = str(out)
+        report.timings["total_seconds"] = round(time.monotonic() - started, 2)
+        _write_report(report, staging)
+        _publish(staging, out, options.overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return PortResult(report, diff, out, result.changes)
+
+
+def check_only(src: Path | str, allow_partial: bool = False) -> PortResult:
+    """What `--check` and `--diff` need: the rewrite, with nothing written."""
+    src = Path(src)
+    repo = load(src)
+    result = rewrite_code(repo, allow_partial)
+    report = Report(source=str(src), versions=versions())
+    report.transforms = [c.as_dict() for c in result.changes]
+    report.diagnostics = [d.as_dict() for d in result.diagnostics]
+    needs_weights = any(not p.name.endswith(".safetensors") for p in repo.weight_files)
+    changed = result.changed_files(repo.code)
+    report.status = "needs-porting" if (changed or needs_weights) else "unchanged"
+    return PortResult(report, result.diff(repo.code), None, result.changes)
+
+
+# -- writing -------------------------------------------------------------------------------
+PORT_SECTION = "## Ported with port-model"
+
+
+def _write_files(repo: LegacyRepo, result: RewriteResult, staging: Path) -> None:
+    for path in repo.other_files:
+        rel = path.relative_to(repo.root)
+        if rel.name in ("config.json", "porting_report.json", "PORTING.md"):
+            continue
+        target = staging / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+    for name, text in result.files.items():
+        (staging / name).write_text(text)
+    for name, text in repo.code.items():
+        if name not in result.files:
+            (staging / name).write_text(text)
+    config = dict(repo.config)
+    import transformers
+
+    if "torch_dtype" in config and "dtype" not in config:
+        config["dtype"] = config.pop("torch_dtype")
+    config["transformers_version"] = transformers.__version__
+    (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _write_report(report: Report, staging: Path) -> None:
+    (staging / "porting_report.json").write_text(report.to_json())
+    (staging / "PORTING.md").write_text(report.to_markdown())
+    card = staging / "README.md"
+    text = card.read_text() if card.exists() else ""
+    if PORT_SECTION not in text:
+        section = (
+            f"\n{PORT_SECTION}\n\n"
+            f"This repo's code was rewritten by port-model {report.versions.get('port-model')} to run under "
+            f"transformers {report.versions.get('transformers')} and with inference engines' attention kernels. "
+            f"Status: {report.status}{' (verified against the legacy code)' if report.verified else ''}. "
+            "See `PORTING.md` and `porting_report.json` for every change and check.\n"
+        )
+        card.write_text(text.rstrip("\n") + ("\n" if text else "") + section)
+
+
+def _publish(staging: Path, out: Path, overwrite: bool) -> None:
+    """Rename the finished folder into place; an existing one is replaced only when asked."""
+    if out.exists():
+        if not overwrite:
+            raise BadInput.at(out, "output folder appeared while porting")
+        old = out.with_name(f".{out.name}.old-{time.time_ns()}")
+        out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(out)

@@ -1,0 +1,122 @@
+"""What a legacy repo holds: its config, code files, weight files and everything else."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import libcst as cst
+
+from porter.errors import BadInput
+
+CODE_PREFIXES = ("configuration_", "modeling_", "processing_", "image_processing_", "tokenization_")
+MAX_CODE_BYTES = 5_000_000  # a modeling file larger than this is not source code a person wrote
+
+
+@dataclass
+class LegacyRepo:
+    """A repo on disk, read once; `code` maps file name to source text."""
+
+    root: Path
+    config: dict
+    code: dict[str, str]
+    weight_files: list[Path]
+    other_files: list[Path] = field(default_factory=list)
+
+    @property
+    def auto_map(self) -> dict[str, str]:
+        value = self.config.get("auto_map") or {}
+        return {k: v[0] if isinstance(v, list) else v for k, v in value.items() if v}
+
+    @property
+    def transformers_version(self) -> str | None:
+        return self.config.get("transformers_version")
+
+    def modules(self) -> dict[str, cst.Module]:
+        return {name: parse_code(self.root / name, text) for name, text in self.code.items() if name.endswith(".py")}
+
+
+def parse_code(path: Path, text: str) -> cst.Module:
+    try:
+        return cst.parse_module(text)
+    except cst.ParserSyntaxError as exc:
+        raise BadInput.at(f"{path}:{exc.raw_line}", f"syntax error: {exc.message}") from None
+
+
+def _inside(root: Path, path: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def load_repo(src: Path) -> LegacyRepo:
+    """Read and validate a repo folder; every problem is a BadInput naming the file."""
+    from porter.weights import find_weight_files
+
+    src = Path(src)
+    if not src.is_dir():
+        raise BadInput.at(src, "not a folder")
+    config_path = src / "config.json"
+    if not config_path.is_file():
+        raise BadInput.at(config_path, "missing: a model repo needs a config.json")
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadInput.at(config_path, f"not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise BadInput.at(config_path, "not a JSON object")
+
+    code: dict[str, str] = {}
+    others: list[Path] = []
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        if any(part.startswith(".") for part in rel.parts) or "__pycache__" in rel.parts:
+            continue
+        if path.is_symlink() and not _inside(src, path):
+            raise BadInput.at(path, "symlink points outside the repo")
+        if not path.is_file():
+            continue
+        if path.suffix == ".py" and len(rel.parts) == 1:
+            if path.stat().st_size > MAX_CODE_BYTES:
+                raise BadInput.at(path, f"code file larger than {MAX_CODE_BYTES} bytes")
+            try:
+                code[path.name] = path.read_text()
+            except UnicodeDecodeError:
+                raise BadInput.at(path, "not UTF-8 text") from None
+        else:
+            others.append(path)
+
+    repo = LegacyRepo(src, config, code, weight_files=[], other_files=others)
+    _check_auto_map(repo)
+    if not any(name.startswith("modeling_") for name in code):
+        raise BadInput.at(src, "no modeling_*.py file: nothing to port")
+    repo.weight_files = find_weight_files(src)
+    weight_set = {p.resolve() for p in repo.weight_files}
+    repo.other_files = [p for p in others if p.resolve() not in weight_set and not _is_weight_index(p)]
+    return repo
+
+
+def _is_weight_index(path: Path) -> bool:
+    return path.name in ("pytorch_model.bin.index.json", "model.safetensors.index.json")
+
+
+def _check_auto_map(repo: LegacyRepo) -> None:
+    config_path = repo.root / "config.json"
+    if not repo.auto_map:
+        raise BadInput.at(config_path, "no auto_map: not a remote-code repo")
+    for auto_class, reference in repo.auto_map.items():
+        if "--" in reference or "/" in reference or reference.count(".") != 1:
+            raise BadInput.at(config_path, f"auto_map[{auto_class!r}] = {reference!r} names code outside the repo")
+        module_name, class_name = reference.split(".")
+        filename = f"{module_name}.py"
+        if filename not in repo.code:
+            raise BadInput.at(config_path, f"auto_map[{auto_class!r}] names {filename}, which does not exist")
+        module = parse_code(repo.root / filename, repo.code[filename])
+        defined = {s.name.value for s in module.body if isinstance(s, cst.ClassDef)}
+        if class_name not in defined:
+            raise BadInput.at(
+                config_path, f"auto_map[{auto_class!r}] names class {class_name}, which {filename} does not define"
+            )

@@ -1,0 +1,55 @@
+"""The rewrite stage: run every registered transform over every code file, in order."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+import libcst as cst
+from libcst.codemod import CodemodContext
+from libcst.codemod.visitors import AddImportsVisitor
+
+from porter.analysis import RepoAnalysis
+from porter.errors import Diagnostic
+from transforms import REGISTRY, Change, PortState
+
+
+@dataclass
+class RewriteResult:
+    """New text of every changed file, what changed and why, and what could not be done."""
+
+    files: dict[str, str]
+    changes: list[Change]
+    diagnostics: list[Diagnostic]
+    weight_ops: list = field(default_factory=list)
+    facts: dict = field(default_factory=dict)
+
+    def changed_files(self, original: dict[str, str]) -> list[str]:
+        return [name for name, text in self.files.items() if original.get(name) != text]
+
+    def diff(self, original: dict[str, str]) -> str:
+        chunks = []
+        for name in sorted(self.changed_files(original)):
+            chunks += difflib.unified_diff(
+                original.get(name, "").splitlines(keepends=True),
+                self.files[name].splitlines(keepends=True),
+                fromfile=f"a/{name}",
+                tofile=f"b/{name}",
+            )
+        return "".join(chunks)
+
+
+def rewrite(modules: dict[str, cst.Module], analysis: RepoAnalysis) -> RewriteResult:
+    """Apply the registry to `modules` (file name -> parsed module)."""
+    state = PortState(analysis=analysis)
+    trees = dict(modules)
+    for transform_cls in REGISTRY:
+        for filename, tree in trees.items():
+            context = CodemodContext(filename=filename)
+            transform = transform_cls(context, state, filename)
+            new_tree = transform.transform_module(tree)
+            if context.scratch:
+                new_tree = AddImportsVisitor(context).transform_module(new_tree)
+            trees[filename] = new_tree
+    files = {name: tree.code for name, tree in trees.items()}
+    return RewriteResult(files, state.changes, state.diagnostics, state.weight_ops, state.facts)

@@ -1,0 +1,83 @@
+"""Run `runner.py` in a child process: a time limit, no Hub token, offline.
+
+Legacy code and the code derived from it are strangers' code; they only ever run here,
+never in the port-model process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+RUNNER = Path(__file__).with_name("runner.py")
+SECRET_PREFIXES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_API_TOKEN")
+
+
+@dataclass
+class ChildResult:
+    ok: bool
+    result: dict
+    outputs: Path | None
+    error: str | None
+
+
+def child_environment(hf_home: Path) -> dict[str, str]:
+    """The parent's environment without secrets, offline, with its own module cache."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(SECRET_PREFIXES)}
+    env.update(
+        {
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "HF_HOME": str(hf_home),
+            "HF_MODULES_CACHE": str(hf_home / "modules"),
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "TRANSFORMERS_VERBOSITY": "error",
+            "PYTHONWARNINGS": "ignore",
+        }
+    )
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def run_model(python: Path | str, repo: Path, spec: dict, work_dir: Path, timeout: float) -> ChildResult:
+    """Run `repo` with `python` according to `spec`; outputs land in `work_dir`."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    # Old releases turn the folder name into a module name: give them one that is safe.
+    staging = Path(tempfile.mkdtemp(prefix="pm-stage-", dir=work_dir))
+    safe_repo = staging / "model_repo"
+    safe_repo.symlink_to(repo.resolve(), target_is_directory=True)
+    spec = {**spec, "repo": str(safe_repo), "out_dir": str(work_dir)}
+    spec_path = work_dir / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    log_path = work_dir / "child.log"
+    try:
+        with open(log_path, "w") as log:
+            completed = subprocess.run(
+                [str(python), str(RUNNER), str(spec_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=child_environment(work_dir / "hf_home"),
+                timeout=timeout,
+                cwd=work_dir,
+                stdin=subprocess.DEVNULL,
+            )
+    except subprocess.TimeoutExpired:
+        return ChildResult(False, {}, None, f"the model run exceeded its time limit of {timeout:.0f}s")
+    result_path = work_dir / "result.json"
+    if not result_path.exists():
+        tail = log_path.read_text(errors="replace")[-2000:]
+        return ChildResult(False, {}, None, f"the model process died (exit {completed.returncode}): {tail}")
+    result = json.loads(result_path.read_text())
+    if not result.get("ok"):
+        return ChildResult(False, result, None, result.get("error", "unknown error"))
+    return ChildResult(True, result, work_dir / "outputs.safetensors", None)
+
+
+def current_python() -> str:
+    return sys.executable

@@ -1,0 +1,179 @@
+"""Run a model repo in a child process and record its outputs.
+
+This file is executed by path with the interpreter of whichever environment the model
+belongs in (a legacy transformers release for the reference, the current one for the
+ported repo), so it imports nothing from port-model and works with transformers 4.x and
+5.x alike. Usage: `python runner.py SPEC.json`. It writes `outputs.safetensors` and
+`result.json` into the spec's `out_dir`; errors are written to `result.json` too.
+"""
+
+import inspect
+import json
+import os
+import sys
+import traceback
+
+
+def _load_model(spec, attn_implementation):
+    import torch
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(spec["repo"], trust_remote_code=True)
+    auto_map = getattr(config, "auto_map", None) or {}
+    auto_name = spec.get("auto_class") or (
+        "AutoModelForCausalLM" if "AutoModelForCausalLM" in auto_map else "AutoModel"
+    )
+    auto_cls = getattr(transformers, auto_name)
+    kwargs = {"trust_remote_code": True, "output_loading_info": True}
+    dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+    kwargs[dtype_kw] = torch.float32
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        model, info = auto_cls.from_pretrained(spec["repo"], **kwargs)
+    except TypeError as exc:  # releases before 4.36 know no attn_implementation
+        if "attn_implementation" not in str(exc):
+            raise
+        kwargs.pop("attn_implementation")
+        model, info = auto_cls.from_pretrained(spec["repo"], **kwargs)
+    model.eval()
+    loading = {k: sorted(v) if isinstance(v, (list, set)) else str(v) for k, v in info.items() if v}
+    return model, auto_name, loading
+
+
+def _accepts(model, name):
+    params = inspect.signature(model.forward).parameters
+    return name in params
+
+
+def _run_forward(model, inputs, prefix, tensors, with_positions):
+    import torch
+
+    ids = inputs[f"{prefix}.input_ids"]
+    kwargs = {"input_ids": ids}
+    mask_key = f"{prefix}.attention_mask"
+    if mask_key in inputs:
+        kwargs["attention_mask"] = inputs[mask_key]
+    if with_positions and _accepts(model, "position_ids") and f"{prefix}.position_ids" in inputs:
+        kwargs["position_ids"] = inputs[f"{prefix}.position_ids"]
+    with torch.no_grad():
+        out = model(**kwargs, use_cache=False, return_dict=True)
+    value = out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
+    tensors[f"{prefix}.output"] = value.detach().float().contiguous()
+
+
+def _run_generate(model, inputs, prefix, tensors, max_new_tokens, pad_token_id):
+    import torch
+
+    ids = inputs[f"{prefix}.input_ids"]
+    kwargs = {"input_ids": ids, "max_new_tokens": max_new_tokens, "do_sample": False, "use_cache": True}
+    kwargs["pad_token_id"] = pad_token_id
+    if f"{prefix}.attention_mask" in inputs:
+        kwargs["attention_mask"] = inputs[f"{prefix}.attention_mask"]
+    with torch.no_grad():
+        generated = model.generate(**kwargs)
+    tensors[f"{prefix}.generated"] = generated[:, ids.shape[1] :].contiguous()
+
+
+PROBE_NAME = "port_model_probe"
+SENTINEL = "port_model_sentinel"
+PROBED_ATTRIBUTES = ("layer_idx", "is_causal", "scaling", "num_key_value_groups", "head_dim", "config")
+
+
+def _run_probe(spec, inputs, tensors):
+    """Route attention through a registered function, the way engines do (B1, B3, C1, C3).
+
+    The function records each call: the module's attributes and whether a sentinel
+    keyword given to the top-level forward arrived. transformers gives a registered
+    function no mask, so the single unpadded sequence is used.
+    """
+    import torch
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    calls = []
+
+    def probe(module, query, key, value, attention_mask, **kwargs):
+        record = {"module": type(module).__name__, "sentinel": kwargs.get(SENTINEL)}
+        record["query_shape"] = list(query.shape)
+        for name in PROBED_ATTRIBUTES:
+            value_ = getattr(module, name, None)
+            record[name] = value_ if isinstance(value_, (bool, int, float, type(None))) else type(value_).__name__
+        record["has_config"] = hasattr(module, "config")
+        calls.append(record)
+        kwargs.pop(SENTINEL, None)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+    AttentionInterface.register(PROBE_NAME, probe)
+    model, _, loading = _load_model(spec, PROBE_NAME)
+    ids = inputs["single.input_ids"]
+    with torch.no_grad():
+        out = model(input_ids=ids, use_cache=False, return_dict=True, **{SENTINEL: 1234})
+    value = out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
+    tensors["probe.single.output"] = value.detach().float().contiguous()
+    config = model.config
+    text_config = getattr(config, "get_text_config", lambda: config)()
+    flags = {
+        name: getattr(type(model), name, None)
+        for name in ("_supports_attention_backend", "_supports_sdpa", "_supports_flash_attn", "_supports_flex_attn")
+    }
+    compatible = None
+    if hasattr(model, "is_backend_compatible"):
+        try:
+            compatible = bool(model.is_backend_compatible())
+        except Exception as exc:  # reported, not fatal
+            compatible = f"error: {exc}"
+    return {
+        "calls": calls,
+        "num_layers": getattr(text_config, "num_hidden_layers", None),
+        "loading_info": loading,
+        "flags": flags,
+        "is_backend_compatible": compatible,
+    }
+
+
+def main(spec_path):
+    with open(spec_path) as f:
+        spec = json.load(f)
+    out_dir = spec["out_dir"]
+    result = {"ok": False, "runs": {}}
+    try:
+        import torch
+        import transformers
+        from safetensors.torch import load_file, save_file
+
+        torch.manual_seed(0)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        result["transformers_version"] = transformers.__version__
+        result["torch_version"] = torch.__version__
+        inputs = load_file(spec["inputs"])
+        tensors = {}
+        for implementation in spec.get("attn_implementations") or [None]:
+            model, auto_name, loading = _load_model(spec, implementation)
+            tag = implementation or "default"
+            run = {"auto_class": auto_name, "loading_info": loading, "class": type(model).__name__}
+            run["attn_implementation"] = getattr(model.config, "_attn_implementation", None)
+            for prefix in ("single", "batch"):
+                _run_forward(model, inputs, prefix, tensors, with_positions=True)
+                tensors[f"{tag}.{prefix}.output"] = tensors.pop(f"{prefix}.output")
+            if spec.get("generate") and hasattr(model, "generate"):
+                pad = spec.get("pad_token_id", 0)
+                for prefix in ("single", "batch"):
+                    _run_generate(model, inputs, prefix, tensors, spec["max_new_tokens"], pad)
+                    tensors[f"{tag}.{prefix}.generated"] = tensors.pop(f"{prefix}.generated")
+            result["runs"][tag] = run
+            del model
+        if spec.get("probe"):
+            result["probe"] = _run_probe(spec, inputs, tensors)
+        save_file(tensors, os.path.join(out_dir, "outputs.safetensors"))
+        result["ok"] = True
+    except BaseException as exc:  # reported to the parent, which turns it into a diagnostic
+        result["error"] = f"{type(exc).__name__}: {exc}"
+        result["traceback"] = traceback.format_exc()[-6000:]
+    with open(os.path.join(out_dir, "result.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,130 @@
+"""Real legacy code for the tests, fetched from the package registry and cached.
+
+An in-library model of an old transformers release becomes a remote-code repo: its
+package-relative imports are made absolute, its config class gets its own `model_type`,
+and a tiny random checkpoint is saved *by that release itself* in its own environment,
+so `config.json` and `pytorch_model.bin` are exactly what a legacy user would have.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+from porter.environments import ensure_reference_env
+
+
+def fetch_wheel(package: str, version: str, cache_dir: Path) -> Path:
+    """`pip download --no-deps package==version` into the cache, once."""
+    target = cache_dir / "wheels"
+    target.mkdir(parents=True, exist_ok=True)
+    normalized = package.replace("-", "_")
+    found = sorted(target.glob(f"{normalized}-{version}-*.whl"))
+    if not found:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", f"{package}=={version}", "-d", str(target)],
+            check=True,
+        )
+        found = sorted(target.glob(f"{normalized}-{version}-*.whl"))
+    return found[0]
+
+
+def _absolute_imports(text: str, package: str) -> str:
+    """`from ...x import` -> `from transformers.x import`; `from ..y.z` -> models.y.z."""
+    text = re.sub(r"from \.\.\.(\w)", r"from transformers.\1", text)
+    text = re.sub(r"from \.\.\. import", "from transformers import", text)
+    text = re.sub(r"from \.\.(\w)", r"from transformers.models.\1", text)
+    return text
+
+
+def _guard_optional_imports(text: str) -> str:
+    """Remote code of that era wrapped optional kernels in try/except, which the Hub's
+    import check skips; in-library code used availability checks instead."""
+    pattern = re.compile(r"^(\s+)((?:from|import) (?:flash_attn|einops|xformers)\S*.*)$", re.MULTILINE)
+    return pattern.sub(lambda m: f"{m[1]}try:\n{m[1]}    {m[2]}\n{m[1]}except ImportError:\n{m[1]}    pass", text)
+
+
+def legacy_model_repo(
+    version: str,
+    arch: str,
+    config_class: str,
+    head_class: str,
+    base_class: str,
+    config_kwargs: dict,
+    out_dir: Path,
+    cache_dir: Path,
+) -> Path:
+    """Build (once) a remote-code repo from `transformers==version`'s `models/<arch>`."""
+    marker = out_dir / ".complete"
+    if marker.exists():
+        return out_dir
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    wheel = fetch_wheel("transformers", version, cache_dir)
+    model_type = f"{arch}_legacy"
+    with zipfile.ZipFile(wheel) as archive:
+        for kind in ("configuration", "modeling"):
+            text = archive.read(f"transformers/models/{arch}/{kind}_{arch}.py").decode()
+            text = _guard_optional_imports(_absolute_imports(text, arch))
+            if kind == "configuration":
+                text = re.sub(r'model_type = "[^"]+"', f'model_type = "{model_type}"', text, count=1)
+            (out_dir / f"{kind}_{arch}.py").write_text(text)
+    auto_map = {
+        "AutoConfig": f"configuration_{arch}.{config_class}",
+        "AutoModel": f"modeling_{arch}.{base_class}",
+        "AutoModelForCausalLM": f"modeling_{arch}.{head_class}",
+    }
+    config = {"model_type": model_type, "architectures": [head_class], "auto_map": auto_map, **config_kwargs}
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    env = ensure_reference_env(version, cache_dir)
+    script = textwrap.dedent(
+        f"""
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+        config = AutoConfig.from_pretrained({str(out_dir)!r}, trust_remote_code=True)
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=True).eval()
+        model.save_pretrained({str(out_dir)!r}, safe_serialization=False)
+        """
+    )
+    subprocess.run([str(env.python), "-c", script], check=True, cwd=out_dir, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    for cache in out_dir.glob("__pycache__"):
+        shutil.rmtree(cache)
+    marker.write_text("ok\n")
+    return out_dir
+
+
+TINY_LLAMA = {
+    "vocab_size": 128,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 128,
+    "initializer_range": 0.2,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+
+
+def llama_436(cache_dir: Path) -> Path:
+    """transformers 4.36.2's llama as a remote-code repo with a tiny random checkpoint."""
+    return legacy_model_repo(
+        "4.36.2",
+        "llama",
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        "LlamaModel",
+        TINY_LLAMA,
+        cache_dir / "repos" / "llama_4_36_2",
+        cache_dir,
+    )

@@ -1,0 +1,32 @@
+"""The ordered registry of rewrites. Each module holds one transform; order matters:
+attention is routed before flags are declared, and imports are cleaned up last, once
+every other rewrite has dropped the names it no longer needs."""
+
+from transforms.attention_classes import CollapseBackendClasses
+from transforms.attention_interface import RouteAttention
+from transforms.backend_flags import DeclareBackends
+from transforms.base import Change, PortState, Transform
+from transforms.buffer_init import RebuildBuffers
+from transforms.cache_api import ModernCacheAPI
+from transforms.generation import GenerationSupport
+from transforms.kwargs_threading import ThreadKwargs
+from transforms.masks import UseMaskingUtils
+from transforms.removed_imports import RemovedImports
+from transforms.rope_config import RopeConfigAccess
+from transforms.tied_weights import TiedWeightsDict
+
+REGISTRY: tuple[type[Transform], ...] = (
+    CollapseBackendClasses,
+    RouteAttention,
+    UseMaskingUtils,
+    ModernCacheAPI,
+    RopeConfigAccess,
+    RebuildBuffers,
+    ThreadKwargs,
+    GenerationSupport,
+    TiedWeightsDict,
+    DeclareBackends,
+    RemovedImports,
+)
+
+__all__ = ["REGISTRY", "Change", "PortState", "Transform"]

@@ -1,0 +1,68 @@
+"""The one small interface every rewrite implements.
+
+A transform is a libcst codemod over one modeling file. It reads the repo-wide analysis
+(which class plays which role), records every change it makes with its line, and raises
+diagnostics for shapes it does not understand instead of guessing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import libcst as cst
+from libcst.codemod import Codemod, CodemodContext
+from libcst.metadata import PositionProvider
+
+from porter.errors import Diagnostic
+
+
+@dataclass(frozen=True)
+class Change:
+    """One rewrite, as the report shows it."""
+
+    transform: str
+    file: str
+    line: int | None
+    message: str
+
+    def as_dict(self) -> dict:
+        return {"transform": self.transform, "file": self.file, "line": self.line, "message": self.message}
+
+
+@dataclass
+class PortState:
+    """What transforms share across files: analysis, changes, diagnostics, implied weight ops."""
+
+    analysis: object  # porter.analysis.RepoAnalysis; typed loosely to keep this module import-light
+    changes: list[Change] = field(default_factory=list)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    weight_ops: list = field(default_factory=list)
+    facts: dict = field(default_factory=dict)
+
+
+class Transform(Codemod):
+    """Base class: subclasses implement `transform_module_impl` and call `record`/`refuse`."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    METADATA_DEPENDENCIES = (PositionProvider,)
+
+    def __init__(self, context: CodemodContext, state: PortState, filename: str):
+        super().__init__(context)
+        self.state = state
+        self.filename = filename
+
+    def line_of(self, node: cst.CSTNode) -> int | None:
+        try:
+            return self.get_metadata(PositionProvider, node).start.line
+        except KeyError:
+            return None
+
+    def record(self, node: cst.CSTNode | None, message: str) -> None:
+        line = self.line_of(node) if node is not None else None
+        self.state.changes.append(Change(self.name, self.filename, line, message))
+
+    def refuse(self, node: cst.CSTNode | None, message: str, symbol: str | None = None) -> None:
+        line = self.line_of(node) if node is not None else None
+        self.state.diagnostics.append(Diagnostic(self.filename, line, f"[{self.name}] {message}", symbol))

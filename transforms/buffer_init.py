@@ -1,0 +1,99 @@
+"""Non-persistent buffers survive transformers 5's meta-device loading.
+
+transformers 5 builds a model on the meta device, loads the checkpoint, and leaves every
+buffer that is not in the checkpoint (`register_buffer(..., persistent=False)`: rotary
+frequencies, cos/sin caches, causal-mask buffers) as uninitialised memory, expecting
+`_init_weights` to fill it. Legacy `_init_weights` only knows Linear and Embedding. So
+each class that registers such buffers records the arguments it was built with, and
+`_init_weights` rebuilds the module on the CPU from them and copies the buffers over:
+exactly the values the legacy `__init__` computed.
+"""
+
+from __future__ import annotations
+
+import libcst as cst
+
+from transforms.base import Transform
+from transforms.cst_utils import call_name, code_of, function_defs, last_part, parse_stmts, walk
+
+ARGS_ATTRIBUTE = "_legacy_init_args"
+HELPER = "_rebuild_non_persistent_buffers"
+HELPER_CODE = f'''
+def {HELPER}(module: torch.nn.Module) -> None:
+    """Recompute the non-persistent buffers of `module` the way its __init__ did."""
+    init_args = getattr(module, "{ARGS_ATTRIBUTE}", None)
+    names = [n for n in getattr(module, "_non_persistent_buffers_set", ()) if module._buffers.get(n) is not None]
+    if init_args is None or not names:
+        return
+    args, kwargs = init_args
+    with torch.device("cpu"):
+        fresh = type(module)(*args, **kwargs)
+    for name in names:
+        current = module._buffers[name]
+        module._buffers[name] = fresh._buffers[name].to(device=current.device, dtype=current.dtype)
+'''
+
+
+def _registers_volatile_buffer(cls: cst.ClassDef) -> bool:
+    for node in walk(cls):
+        if isinstance(node, cst.Call) and last_part(call_name(node)) == "register_buffer":
+            for arg in node.args:
+                if arg.keyword and arg.keyword.value == "persistent" and code_of(arg.value) == "False":
+                    return True
+    return False
+
+
+class RebuildBuffers(Transform):
+    name = "buffer-init"
+    summary = "Record constructor arguments of modules with non-persistent buffers; rebuild them in _init_weights."
+
+    def transform_module_impl(self, tree: cst.Module) -> cst.Module:
+        analysis = self.state.analysis
+        volatile = {n for n, i in analysis.classes.items() if _registers_volatile_buffer(i.node)}
+        volatile |= {n for n in analysis.classes if any(a in volatile for a in analysis.ancestors(n))}
+        if not volatile:
+            return tree
+        roots = {n for n in analysis.pretrained_roots if analysis.classes[n].file == self.filename}
+        new_body: list[cst.CSTNode] = []
+        for stmt in tree.body:
+            if isinstance(stmt, cst.ClassDef) and stmt.name.value in volatile:
+                stmt = self._capture_args(stmt)
+            if isinstance(stmt, cst.ClassDef) and stmt.name.value in roots:
+                new_body += parse_stmts(HELPER_CODE)
+                stmt = self._rebuild_in_init_weights(stmt)
+            new_body.append(stmt)
+        return tree.with_changes(body=new_body)
+
+    def _capture_args(self, cls: cst.ClassDef) -> cst.ClassDef:
+        init = function_defs(cls).get("__init__")
+        if init is None or ARGS_ATTRIBUTE in code_of(init):
+            return cls
+        params = init.params
+        positional = [p.name.value for p in (*params.posonly_params, *params.params)][1:]  # drop self
+        if isinstance(params.star_arg, cst.Param):
+            positional.append(f"*{params.star_arg.name.value}")
+        keywords = [f'"{p.name.value}": {p.name.value}' for p in params.kwonly_params]
+        kwargs = "{" + ", ".join(keywords) + "}"
+        if isinstance(params.star_kwarg, cst.Param):
+            kwargs = "{" + ", ".join([*keywords, f"**{params.star_kwarg.name.value}"]) + "}"
+        args = "(" + "".join(f"{p}, " for p in positional) + ")"
+        # Last in __init__, so the most derived class's arguments win.
+        line = parse_stmts(f"self.{ARGS_ATTRIBUTE} = ({args}, {kwargs})\n")
+        new_init = init.with_changes(body=init.body.with_changes(body=[*init.body.body, *line]))
+        self.record(init, f"{cls.name.value}.__init__ records its arguments to rebuild non-persistent buffers")
+        return cls.deep_replace(init, new_init)
+
+    def _rebuild_in_init_weights(self, cls: cst.ClassDef) -> cst.ClassDef:
+        existing = function_defs(cls).get("_init_weights")
+        call = parse_stmts(f"{HELPER}(module)\n")
+        if existing is not None:
+            module_param = existing.params.params[1].name.value if len(existing.params.params) > 1 else "module"
+            call = parse_stmts(f"{HELPER}({module_param})\n")
+            new = existing.with_changes(body=existing.body.with_changes(body=[*call, *existing.body.body]))
+            self.record(existing, f"{cls.name.value}._init_weights rebuilds non-persistent buffers")
+            return cls.deep_replace(existing, new)
+        method = parse_stmts(
+            f"def _init_weights(self, module):\n    super()._init_weights(module)\n    {HELPER}(module)\n"
+        )
+        self.record(cls, f"{cls.name.value}._init_weights added to rebuild non-persistent buffers")
+        return cls.with_changes(body=cls.body.with_changes(body=[*cls.body.body, *method]))

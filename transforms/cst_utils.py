@@ -1,0 +1,156 @@
+"""Small helpers over libcst nodes, shared by the analysis and the transforms."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import libcst as cst
+import libcst.matchers as m
+
+
+def dotted(node: cst.BaseExpression | None) -> str | None:
+    """`torch.nn.functional.softmax` for an Attribute/Name chain, else None."""
+    if isinstance(node, cst.Name):
+        return node.value
+    if isinstance(node, cst.Attribute):
+        base = dotted(node.value)
+        return f"{base}.{node.attr.value}" if base else None
+    return None
+
+
+def call_name(node: cst.CSTNode) -> str | None:
+    """The dotted name a Call calls, or the method name for `x.method(...)` on any x."""
+    if not isinstance(node, cst.Call):
+        return None
+    name = dotted(node.func)
+    if name is None and isinstance(node.func, cst.Attribute):
+        return "." + node.func.attr.value
+    return name
+
+
+def last_part(name: str | None) -> str:
+    return (name or "").rsplit(".", 1)[-1]
+
+
+def parse_expr(code: str) -> cst.BaseExpression:
+    return cst.parse_expression(code)
+
+
+def parse_stmts(code: str) -> list[cst.BaseStatement]:
+    return list(cst.parse_module(code).body)
+
+
+def code_of(node: cst.CSTNode) -> str:
+    return cst.Module(body=[]).code_for_node(node)
+
+
+def walk(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
+    """Every node below `node`, depth first, itself included."""
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        yield current
+        stack.extend(reversed(list(current.children)))
+
+
+class _NameCollector(cst.CSTVisitor):
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+
+    def visit_Attribute(self, node: cst.Attribute) -> bool:
+        node.value.visit(self)  # `x.attr`: only `x` is a name that is read
+        return False
+
+    def visit_Arg(self, node: cst.Arg) -> bool:
+        node.value.visit(self)  # `f(p=x)`: the keyword `p` is not a name that is read
+        return False
+
+    def visit_Name(self, node: cst.Name) -> None:
+        self.names.add(node.value)
+
+
+class _LoadCollector(_NameCollector):
+    def visit_Assign(self, node: cst.Assign) -> bool:
+        for target in node.targets:  # `x[i] = v` and `x.a = v` read x; `x = v` does not
+            if isinstance(target.target, (cst.Attribute, cst.Subscript)):
+                target.target.visit(self)
+        node.value.visit(self)
+        return False
+
+    def visit_AnnAssign(self, node: cst.AnnAssign) -> bool:
+        if node.value is not None:
+            node.value.visit(self)
+        return False
+
+    def visit_For(self, node: cst.For) -> bool:
+        node.iter.visit(self)
+        node.body.visit(self)
+        return False
+
+
+def names_loaded(node: cst.CSTNode) -> set[str]:
+    """Names whose value `node` reads (plain assignment targets excluded)."""
+    collector = _LoadCollector()
+    node.visit(collector)
+    return collector.names
+
+
+def names_read(node: cst.CSTNode) -> set[str]:
+    """Bare names used anywhere in `node` (attribute and keyword names excluded)."""
+    collector = _NameCollector()
+    node.visit(collector)
+    return collector.names
+
+
+def assigned_names(stmt: cst.CSTNode) -> set[str]:
+    """Names bound by an assignment statement (tuple targets included)."""
+    found: set[str] = set()
+    targets: list[cst.BaseExpression] = []
+    if isinstance(stmt, cst.SimpleStatementLine):
+        for small in stmt.body:
+            if isinstance(small, cst.Assign):
+                targets += [t.target for t in small.targets]
+            elif isinstance(small, (cst.AnnAssign, cst.AugAssign)):
+                targets.append(small.target)
+    for target in targets:
+        if not isinstance(target, (cst.Attribute, cst.Subscript)):
+            found |= names_read(target)
+    return found
+
+
+def single_assign(stmt: cst.CSTNode) -> tuple[list[cst.BaseExpression], cst.BaseExpression] | None:
+    """(targets, value) for `a = b = value` statements, else None."""
+    if isinstance(stmt, cst.SimpleStatementLine) and len(stmt.body) == 1:
+        small = stmt.body[0]
+        if isinstance(small, cst.Assign):
+            return [t.target for t in small.targets], small.value
+        if isinstance(small, cst.AnnAssign) and small.value is not None:
+            return [small.target], small.value
+    return None
+
+
+def is_self_attr(node: cst.BaseExpression, attr: str | None = None) -> bool:
+    return (
+        isinstance(node, cst.Attribute)
+        and m.matches(node.value, m.Name("self"))
+        and (attr is None or node.attr.value == attr)
+    )
+
+
+def function_defs(cls: cst.ClassDef) -> dict[str, cst.FunctionDef]:
+    body = cls.body.body if isinstance(cls.body, cst.IndentedBlock) else []
+    return {s.name.value: s for s in body if isinstance(s, cst.FunctionDef)}
+
+
+def param_names(fn: cst.FunctionDef) -> list[str]:
+    params = fn.params
+    return [p.name.value for p in (*params.posonly_params, *params.params, *params.kwonly_params)]
+
+
+def star_kwargs_name(fn: cst.FunctionDef) -> str | None:
+    star = fn.params.star_kwarg
+    return star.name.value if isinstance(star, cst.Param) else None
+
+
+def base_names(cls: cst.ClassDef) -> list[str]:
+    return [last_part(dotted(b.value)) for b in cls.bases if dotted(b.value)]

@@ -1,0 +1,97 @@
+"""Thread `**kwargs: Unpack[TransformersKwargs]` from every head down to attention (C1, C2).
+
+Engines hand their attention metadata to the top-level forward as keywords; it reaches
+their kernel only if every forward on the way accepts `**kwargs` and passes it on. The
+path is found from the module tree: each class whose children lead to an attention
+module gets the parameter, and each call to such a child passes it.
+"""
+
+from __future__ import annotations
+
+import libcst as cst
+from libcst.codemod.visitors import AddImportsVisitor
+
+from transforms.base import Transform
+from transforms.cst_utils import dotted, function_defs, is_self_attr, parse_expr, star_kwargs_name
+
+ANNOTATION = "Unpack[TransformersKwargs]"
+
+
+class ThreadKwargs(Transform):
+    name = "kwargs-threading"
+    summary = "Add **kwargs: Unpack[TransformersKwargs] to every forward on the way to attention and pass it on."
+
+    def transform_module_impl(self, tree: cst.Module) -> cst.Module:
+        analysis = self.state.analysis
+        on_path = analysis.path_to_attention()
+        targets = {n for n in on_path if analysis.classes[n].file == self.filename}
+        if not targets:
+            return tree
+        new_body = []
+        for stmt in tree.body:
+            if isinstance(stmt, cst.ClassDef) and stmt.name.value in targets:
+                stmt = self._rewrite_class(stmt, analysis.classes[stmt.name.value], on_path)
+            new_body.append(stmt)
+        return tree.with_changes(body=new_body)
+
+    def _rewrite_class(self, cls: cst.ClassDef, info, on_path: set[str]) -> cst.ClassDef:
+        forward = function_defs(cls).get("forward")
+        if forward is None:
+            return cls
+        name = star_kwargs_name(forward) or "kwargs"
+        new_forward = forward
+        star = forward.params.star_kwarg
+        if not isinstance(star, cst.Param):
+            star = cst.Param(name=cst.Name(name), star="**")
+        if star.annotation is None:
+            star = star.with_changes(annotation=cst.Annotation(parse_expr(ANNOTATION)))
+            new_forward = new_forward.with_changes(params=new_forward.params.with_changes(star_kwarg=star))
+            AddImportsVisitor.add_needed_import(self.context, "transformers.processing_utils", "Unpack")
+            AddImportsVisitor.add_needed_import(self.context, "transformers.utils", "TransformersKwargs")
+            self.record(forward, f"{cls.name.value}.forward accepts **{name}: {ANNOTATION}")
+
+        child_attrs = {a for a, c in info.children.items() if c in on_path}
+        list_attrs = {a for a, c in info.layer_lists.items() if c in on_path}
+        threader = _PassKwargs(name, child_attrs, list_attrs)
+        new_forward = new_forward.visit(threader)
+        if threader.count:
+            self.record(forward, f"{cls.name.value}.forward passes **{name} to {threader.count} submodule call(s)")
+        if new_forward is forward:
+            return cls
+        return cls.deep_replace(forward, new_forward)
+
+
+class _PassKwargs(cst.CSTTransformer):
+    """Append `**kwargs` to calls of children on the path that do not already pass one."""
+
+    def __init__(self, kwargs_name: str, child_attrs: set[str], list_attrs: set[str]):
+        self.kwargs_name = kwargs_name
+        self.child_attrs = child_attrs
+        self.list_attrs = list_attrs
+        self.loop_vars: set[str] = set()
+        self.count = 0
+
+    def visit_For(self, node: cst.For) -> None:
+        iterable = node.iter
+        if isinstance(iterable, cst.Call) and dotted(iterable.func) in ("enumerate", "zip") and iterable.args:
+            iterable = iterable.args[0].value
+        if isinstance(iterable, cst.Subscript):
+            iterable = iterable.value  # self.layers[: n]
+        if is_self_attr(iterable) and iterable.attr.value in self.list_attrs:
+            target = node.target
+            if isinstance(target, cst.Tuple) and target.elements:
+                target = target.elements[-1].value
+            if isinstance(target, cst.Name):
+                self.loop_vars.add(target.value)
+
+    def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.Call:
+        func = updated.func
+        is_child = is_self_attr(func) and func.attr.value in self.child_attrs
+        is_layer = isinstance(func, cst.Name) and func.value in self.loop_vars
+        is_indexed = isinstance(func, cst.Subscript) and is_self_attr(func.value) and func.value.attr.value in self.list_attrs
+        if not (is_child or is_layer or is_indexed):
+            return updated
+        if any(arg.star == "**" for arg in updated.args):
+            return updated
+        self.count += 1
+        return updated.with_changes(args=[*updated.args, cst.Arg(value=cst.Name(self.kwargs_name), star="**")])

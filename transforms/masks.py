@@ -1,0 +1,100 @@
+"""Build attention masks with transformers' `masking_utils` (CONTRACT B5).
+
+Legacy base models prepare the 4D mask by hand or with helpers such as
+`_prepare_4d_causal_attention_mask(_for_sdpa)`, one branch per backend. `masking_utils`
+returns the form the selected backend wants (additive float for eager, boolean or None
+for sdpa, a block mask for flex), so the whole branch becomes one call. The call's
+keywords follow the installed signature, which moved within transformers 5.x.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import libcst as cst
+from libcst.codemod.visitors import AddImportsVisitor
+
+from transforms.base import Transform
+from transforms.cst_utils import call_name, code_of, function_defs, last_part, param_names, parse_stmts, walk
+
+CAUSAL_HELPERS = {
+    "_prepare_4d_causal_attention_mask",
+    "_prepare_4d_causal_attention_mask_for_sdpa",
+    "_prepare_decoder_attention_mask",
+    "_update_causal_mask",
+    "_prepare_4d_causal_attention_mask_with_cache_position",
+}
+
+
+class UseMaskingUtils(Transform):
+    name = "masks"
+    summary = "Replace hand-built causal masks with masking_utils.create_causal_mask / sliding-window variant."
+
+    def transform_module_impl(self, tree: cst.Module) -> cst.Module:
+        analysis = self.state.analysis
+        owners = {n for n in analysis.base_models if analysis.classes[n].file == self.filename}
+        if not owners:
+            return tree
+        new_body = []
+        changed = False
+        for stmt in tree.body:
+            if isinstance(stmt, cst.ClassDef) and stmt.name.value in owners:
+                forward = function_defs(stmt).get("forward")
+                if forward is not None:
+                    new_forward = self._rewrite_forward(stmt.name.value, forward)
+                    if new_forward is not forward:
+                        changed = True
+                        stmt = stmt.deep_replace(forward, new_forward)
+            new_body.append(stmt)
+        if not changed:
+            return tree
+        return tree.with_changes(body=new_body)
+
+    def _rewrite_forward(self, owner: str, forward: cst.FunctionDef) -> cst.FunctionDef:
+        body = list(forward.body.body)
+        params = set(param_names(forward))
+        for index, stmt in enumerate(body):
+            helper_calls = [c for c in walk(stmt) if isinstance(c, cst.Call) and last_part(call_name(c)) in CAUSAL_HELPERS]
+            if not helper_calls:
+                continue
+            mask_var, embeds_var = self._mask_and_embeds(helper_calls[0])
+            if mask_var is None or embeds_var is None:
+                self.refuse(stmt, "mask helper called with arguments that name no mask and no embeddings", owner)
+                return forward
+            sliding = any(a.keyword and a.keyword.value == "sliding_window" for c in helper_calls for a in c.args)
+            builder = "create_sliding_window_causal_mask" if sliding else "create_causal_mask"
+            call = self._builder_call(builder, mask_var, embeds_var, params)
+            body[index] = parse_stmts(f"{mask_var} = {call}\n")[0]
+            AddImportsVisitor.add_needed_import(self.context, "transformers.masking_utils", builder)
+            self.record(stmt, f"{owner}.forward: mask built with masking_utils.{builder}")
+            return forward.with_changes(body=forward.body.with_changes(body=body))
+        return forward
+
+    @staticmethod
+    def _mask_and_embeds(call: cst.Call) -> tuple[str | None, str | None]:
+        """Legacy helpers take (mask, shape, inputs_embeds, past_length); methods may differ."""
+        positional = [a for a in call.args if a.keyword is None]
+        mask = code_of(positional[0].value) if positional else None
+        embeds = next((code_of(a.value) for a in call.args if "embed" in code_of(a.value)), None)
+        return mask, embeds
+
+    @staticmethod
+    def _builder_call(builder: str, mask_var: str, embeds_var: str, params: set[str]) -> str:
+        from transformers import masking_utils
+
+        wanted = inspect.signature(getattr(masking_utils, builder)).parameters
+        cache_var = "past_key_values" if "past_key_values" in params else "None"
+        values = {
+            "config": "self.config",
+            "inputs_embeds": embeds_var,
+            "input_embeds": embeds_var,
+            "attention_mask": mask_var,
+            "past_key_values": cache_var,
+            "position_ids": "position_ids" if "position_ids" in params else "None",
+            "cache_position": (
+                f"torch.arange({embeds_var}.shape[1], device={embeds_var}.device)"
+                f" + ({cache_var}.get_seq_length() if {cache_var} is not None else 0)"
+            ),
+        }
+        parts = [f"{name}={values[name]}" for name in wanted if name in values]
+        return f"{builder}(" + ", ".join(parts) + ")"

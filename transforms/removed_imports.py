@@ -1,0 +1,148 @@
+"""Imports from transformers that the installed release no longer has (LEGACY_PATTERNS D).
+
+Each `from transformers... import name` is checked against the installed transformers,
+so the transform follows whatever the current release removed. An availability probe
+that is gone is replaced by the constant it now always returns; a removed name that the
+code (after the other rewrites) no longer uses is dropped; a removed name still in use is
+a diagnostic, never a silent guess.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import libcst as cst
+
+from transforms.base import Transform
+from transforms.cst_utils import call_name, code_of, dotted, names_read, walk
+
+# Probes whose answer is fixed on every release port-model targets.
+CONSTANT_PROBES = {
+    "is_torch_fx_available": "False",  # removed with torch.fx tracing support
+    "is_torch_sdpa_available": "True",  # torch >= 2.1 always has SDPA
+}
+
+
+def installed_has(module: str, name: str) -> bool:
+    """Whether `from module import name` works with the installed transformers."""
+    try:
+        imported = importlib.import_module(module)
+    except Exception:
+        return False
+    if hasattr(imported, name):
+        return True
+    try:
+        importlib.import_module(f"{module}.{name}")
+        return True
+    except Exception:
+        return False
+
+
+class RemovedImports(Transform):
+    name = "removed-imports"
+    summary = "Drop or replace imports of names the installed transformers removed."
+
+    def transform_module_impl(self, tree: cst.Module) -> cst.Module:
+        missing: dict[str, str] = {}
+        for node in walk(tree):
+            if isinstance(node, cst.ImportFrom) and node.relative == [] or (
+                isinstance(node, cst.ImportFrom) and not node.relative
+            ):
+                module = dotted(node.module) if node.module else None
+                if not module or not (module == "transformers" or module.startswith("transformers.")):
+                    continue
+                if isinstance(node.names, cst.ImportStar):
+                    continue
+                for alias in node.names:
+                    name = dotted(alias.name)
+                    if name and not installed_has(module, name):
+                        missing[name] = module
+        if not missing:
+            return tree
+        probes = {n: CONSTANT_PROBES[n] for n in missing if n in CONSTANT_PROBES}
+        tree = tree.visit(_ReplaceProbes(self, probes))
+        used = _names_used_outside_imports(tree)
+        for name, module in missing.items():
+            if name in used and name not in probes:
+                self.refuse(None, f"uses {name} from {module}, which the installed transformers no longer has", name)
+        tree = tree.visit(_DropImports(set(missing), self))
+        return tree
+
+
+def _names_used_outside_imports(tree: cst.Module) -> set[str]:
+    used: set[str] = set()
+    for stmt in tree.body:
+        if isinstance(stmt, cst.SimpleStatementLine) and all(isinstance(s, (cst.Import, cst.ImportFrom)) for s in stmt.body):
+            continue
+        used |= _names_without_imports(stmt)
+    return used
+
+
+def _names_without_imports(node: cst.CSTNode) -> set[str]:
+    if isinstance(node, (cst.Import, cst.ImportFrom)):
+        return set()
+    if isinstance(node, cst.SimpleStatementLine):
+        found: set[str] = set()
+        for small in node.body:
+            found |= _names_without_imports(small)
+        return found
+    if isinstance(node, (cst.If, cst.Try, cst.IndentedBlock, cst.Else, cst.ExceptHandler, cst.Finally)):
+        found = set()
+        if isinstance(node, cst.If):
+            found |= names_read(node.test)
+        for child in node.children:
+            if isinstance(child, (cst.BaseSuite, cst.BaseStatement, cst.Else, cst.ExceptHandler, cst.Finally, cst.If)):
+                found |= _names_without_imports(child)
+        return found
+    return names_read(node)
+
+
+class _ReplaceProbes(cst.CSTTransformer):
+    """`probe()` -> constant; an `if` on a constant keeps only the branch that runs."""
+
+    def __init__(self, transform: Transform, probes: dict[str, str]):
+        self.transform = transform
+        self.probes = probes
+
+    def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
+        name = call_name(updated)
+        if name in self.probes:
+            self.transform.record(original, f"{name}() -> {self.probes[name]} (removed from transformers)")
+            return cst.Name(self.probes[name])
+        return updated
+
+    def leave_If(self, original: cst.If, updated: cst.If):
+        test = code_of(updated.test)
+        if test == "False":
+            if updated.orelse is None:
+                return cst.RemoveFromParent()
+            if isinstance(updated.orelse, cst.Else):
+                return cst.FlattenSentinel(updated.orelse.body.body)
+            return updated.orelse
+        if test == "True":
+            return cst.FlattenSentinel(updated.body.body)
+        return updated
+
+
+class _DropImports(cst.CSTTransformer):
+    def __init__(self, names: set[str], transform: Transform):
+        self.names = names
+        self.transform = transform
+
+    def leave_ImportFrom(self, original: cst.ImportFrom, updated: cst.ImportFrom):
+        if isinstance(updated.names, cst.ImportStar):
+            return updated
+        kept = [a for a in updated.names if dotted(a.name) not in self.names]
+        if len(kept) == len(updated.names):
+            return updated
+        dropped = sorted({dotted(a.name) for a in updated.names} - {dotted(a.name) for a in kept})
+        self.transform.record(original, f"removed import of {', '.join(dropped)} (gone from transformers)")
+        if not kept:
+            return cst.RemoveFromParent()
+        kept[-1] = kept[-1].with_changes(comma=cst.MaybeSentinel.DEFAULT)
+        return updated.with_changes(names=kept)
+
+    def leave_IndentedBlock(self, original: cst.IndentedBlock, updated: cst.IndentedBlock) -> cst.IndentedBlock:
+        if not updated.body:  # a block that only imported removed names
+            return updated.with_changes(body=[cst.SimpleStatementLine(body=[cst.Pass()])])
+        return updated
