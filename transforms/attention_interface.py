@@ -30,6 +30,7 @@ from transforms.cst_utils import (
     parse_expr,
     parse_stmts,
     single_assign,
+    spaced,
     star_kwargs_name,
     walk,
 )
@@ -101,7 +102,7 @@ class RouteAttention(Transform):
         if eager_name is None:
             eager_name = "eager_attention_forward" if not emitted else f"eager_attention_forward_{len(emitted)}"
             emitted[eager_code] = eager_name
-            eager_node = cst.parse_statement(eager_code.replace("def eager_attention_forward(", f"def {eager_name}(", 1))
+            eager_node = spaced(cst.parse_statement(eager_code.replace("def eager_attention_forward(", f"def {eager_name}(", 1)))
 
         mask_name = self._mask_name(body, region, forward)
         call_site = _with_blank_line_before(parse_stmts(
@@ -328,7 +329,7 @@ class RouteAttention(Transform):
 
 # -- helpers -------------------------------------------------------------------------------
 def _with_blank_line_before(stmts: list[cst.BaseStatement]) -> list[cst.BaseStatement]:
-    return [stmts[0].with_changes(leading_lines=[cst.EmptyLine()]), *stmts[1:]]
+    return [stmts[0].with_changes(leading_lines=[cst.EmptyLine(indent=False)]), *stmts[1:]]
 
 
 def _has_call(stmt: cst.CSTNode, names: set[str]) -> bool:

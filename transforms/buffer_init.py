@@ -14,7 +14,7 @@ from __future__ import annotations
 import libcst as cst
 
 from transforms.base import Transform
-from transforms.cst_utils import call_name, code_of, function_defs, last_part, parse_stmts, walk
+from transforms.cst_utils import call_name, code_of, function_defs, last_part, parse_stmts, spaced, walk
 
 ARGS_ATTRIBUTE = "_legacy_init_args"
 HELPER = "_rebuild_non_persistent_buffers"
@@ -54,12 +54,13 @@ class RebuildBuffers(Transform):
         if not volatile:
             return tree
         roots = {n for n in analysis.pretrained_roots if analysis.classes[n].file == self.filename}
+        has_helper = any(isinstance(s, cst.FunctionDef) and s.name.value == HELPER for s in tree.body)
         new_body: list[cst.CSTNode] = []
         for stmt in tree.body:
             if isinstance(stmt, cst.ClassDef) and stmt.name.value in volatile:
                 stmt = self._capture_args(stmt)
-            if isinstance(stmt, cst.ClassDef) and stmt.name.value in roots:
-                new_body += parse_stmts(HELPER_CODE)
+            if isinstance(stmt, cst.ClassDef) and stmt.name.value in roots and not has_helper:
+                new_body.append(spaced(parse_stmts(HELPER_CODE)[0]))
                 stmt = self._rebuild_in_init_weights(stmt)
             new_body.append(stmt)
         return tree.with_changes(body=new_body)
@@ -76,7 +77,7 @@ class RebuildBuffers(Transform):
         kwargs = "{" + ", ".join(keywords) + "}"
         if isinstance(params.star_kwarg, cst.Param):
             kwargs = "{" + ", ".join([*keywords, f"**{params.star_kwarg.name.value}"]) + "}"
-        args = "(" + "".join(f"{p}, " for p in positional) + ")"
+        args = "(" + ", ".join(positional) + ("," if len(positional) == 1 else "") + ")"
         # Last in __init__, so the most derived class's arguments win.
         line = parse_stmts(f"self.{ARGS_ATTRIBUTE} = ({args}, {kwargs})\n")
         new_init = init.with_changes(body=init.body.with_changes(body=[*init.body.body, *line]))

@@ -154,3 +154,8 @@ def star_kwargs_name(fn: cst.FunctionDef) -> str | None:
 
 def base_names(cls: cst.ClassDef) -> list[str]:
     return [last_part(dotted(b.value)) for b in cls.bases if dotted(b.value)]
+
+
+def spaced(stmt: cst.BaseStatement) -> cst.BaseStatement:
+    """A module-level definition with the two blank lines PEP 8 puts before it."""
+    return stmt.with_changes(leading_lines=[cst.EmptyLine(), cst.EmptyLine()])
