@@ -6,6 +6,7 @@ Exit codes: 0 ported and verified (or nothing to do); 1 verification failed, or 
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,10 @@ class _Progress:
         click.echo(f"[{elapsed:6.1f}s] {message}", err=True)
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("src", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=Path), help="Output folder (default: SRC-ported beside SRC).")
@@ -51,6 +56,9 @@ def main(src, out, show_diff, check, as_json, device, no_verify, reference_trans
     """Port the legacy Hugging Face model repo SRC to transformers 5 and verify it."""
     import porter
     from porter.pipeline import check_only
+
+    # SIGTERM unwinds like Ctrl-C, so the half-built output folder is removed.
+    signal.signal(signal.SIGTERM, _terminate)
 
     progress = _Progress(quiet or as_json, verbose)
     try:
@@ -79,6 +87,9 @@ def main(src, out, show_diff, check, as_json, device, no_verify, reference_trans
     except PortError as exc:
         click.echo(f"port-model: error: {exc.render()}", err=True)
         sys.exit(EXIT_BAD_INPUT)
+    except KeyboardInterrupt:
+        click.echo("port-model: interrupted; nothing was written", err=True)
+        sys.exit(130)
 
     report = result.report
     if as_json:

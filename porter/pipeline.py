@@ -8,6 +8,7 @@ destination and renamed into place only when complete (CONTRACT G1).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -115,7 +116,8 @@ def run_port(src: Path | str, options: PortOptions, progress: Progress = lambda 
     if out.exists() and any(out.iterdir()) and not options.overwrite:
         raise BadInput.at(out, "output folder exists and is not empty (pass --overwrite to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    _remove_stale_staging(out)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
     try:
         progress(f"writing code ({len(changed)} file(s) changed)")
         _write_files(repo, result, staging)
@@ -218,6 +220,24 @@ def _write_report(report: Report, staging: Path) -> None:
             "See `PORTING.md` and `porting_report.json` for every change and check.\n"
         )
         card.write_text(text.rstrip("\n") + ("\n" if text else "") + section)
+
+
+def _remove_stale_staging(out: Path) -> None:
+    """Folders left by a run that was killed outright (SIGKILL, power loss)."""
+    for leftover in out.parent.glob(f".{out.name}.partial-*"):
+        pid = leftover.name.split(".partial-", 1)[1].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _publish(staging: Path, out: Path, overwrite: bool) -> None:

@@ -43,13 +43,13 @@ def rewrite(modules: dict[str, cst.Module], analysis: RepoAnalysis) -> RewriteRe
     """Apply the registry to `modules` (file name -> parsed module)."""
     state = PortState(analysis=analysis)
     trees = dict(modules)
+    # One context per file: transforms queue the imports they need, added once at the end.
+    contexts = {filename: CodemodContext(filename=filename) for filename in trees}
     for transform_cls in REGISTRY:
         for filename, tree in trees.items():
-            context = CodemodContext(filename=filename)
-            transform = transform_cls(context, state, filename)
-            new_tree = transform.transform_module(tree)
-            if context.scratch:
-                new_tree = AddImportsVisitor(context).transform_module(new_tree)
-            trees[filename] = new_tree
+            trees[filename] = transform_cls(contexts[filename], state, filename).apply(tree)
+    for filename, context in contexts.items():
+        if context.scratch:
+            trees[filename] = AddImportsVisitor(context).transform_module(trees[filename])
     files = {name: tree.code for name, tree in trees.items()}
     return RewriteResult(files, state.changes, state.diagnostics, state.weight_ops, state.facts)

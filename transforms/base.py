@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import libcst as cst
 from libcst.codemod import Codemod, CodemodContext
-from libcst.metadata import PositionProvider
+from libcst.metadata import MetadataWrapper, PositionProvider
 
 from porter.errors import Diagnostic
 
@@ -46,18 +46,26 @@ class Transform(Codemod):
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
-    METADATA_DEPENDENCIES = (PositionProvider,)
 
     def __init__(self, context: CodemodContext, state: PortState, filename: str):
         super().__init__(context)
         self.state = state
         self.filename = filename
+        self._input: cst.Module | None = None
+        self._positions = None
+
+    def apply(self, tree: cst.Module) -> cst.Module:
+        """Run the transform. Positions are computed only if a change is recorded:
+        resolving metadata for every transform on every file would dominate the run."""
+        self._input = tree
+        return self.transform_module_impl(tree)
 
     def line_of(self, node: cst.CSTNode) -> int | None:
-        try:
-            return self.get_metadata(PositionProvider, node).start.line
-        except KeyError:
-            return None
+        if self._positions is None and self._input is not None:
+            wrapper = MetadataWrapper(self._input, unsafe_skip_copy=True)
+            self._positions = wrapper.resolve(PositionProvider)
+        position = (self._positions or {}).get(node)
+        return position.start.line if position is not None else None
 
     def record(self, node: cst.CSTNode | None, message: str) -> None:
         line = self.line_of(node) if node is not None else None
