@@ -33,6 +33,10 @@ class _RopeAccess(cst.CSTTransformer):
     def __init__(self, transform: Transform):
         self.transform = transform
 
+    def visit_BooleanOperation(self, node: cst.BooleanOperation) -> bool:
+        # Already rewritten (`... is None or <kind> == "default"`): leave it alone.
+        return not ('.get("rope_type")) == "default"' in code_of(node))
+
     def leave_Comparison(self, original: cst.Comparison, updated: cst.Comparison) -> cst.BaseExpression:
         left = updated.left
         if not (isinstance(left, cst.Attribute) and left.attr.value == "rope_scaling" and len(updated.comparisons) == 1):

@@ -1,0 +1,178 @@
+"""UseMaskingUtils: hand-built causal masks become masking_utils.create_causal_mask."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from tests.transforms.helpers import FILENAME, check_noop, check_transformed, transformed
+from transforms.masks import UseMaskingUtils
+
+PRELUDE = '''\
+    import torch
+    from torch import nn
+    from transformers.modeling_attn_mask_utils import (
+        _prepare_4d_causal_attention_mask,
+        _prepare_4d_causal_attention_mask_for_sdpa,
+    )
+    from transformers.modeling_utils import PreTrainedModel
+    {added}
+
+    class FooAttention(nn.Module):
+        def forward(self, query_states, key_states, value_states, attention_mask=None):
+            attn_weights = torch.matmul(query_states, key_states.transpose(2, 3)) + attention_mask
+            attn_weights = nn.functional.softmax(attn_weights, dim=-1)
+            return torch.matmul(attn_weights, value_states)
+
+
+    class FooDecoderLayer(nn.Module):
+        def __init__(self, config):
+            super().__init__()
+            self.self_attn = FooAttention()
+
+        def forward(self, hidden_states, attention_mask=None):
+            return self.self_attn(hidden_states, hidden_states, hidden_states, attention_mask)
+
+
+    class FooPreTrainedModel(PreTrainedModel):
+        pass
+
+
+    class FooModel(FooPreTrainedModel):
+        def __init__(self, config):
+            super().__init__(config)
+            self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+            self.layers = nn.ModuleList([FooDecoderLayer(config) for _ in range(config.num_hidden_layers)])
+            self._use_flash_attention_2 = config._attn_implementation == "flash_attention_2"
+            self._use_sdpa = config._attn_implementation == "sdpa"
+
+        def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None):
+            batch_size, seq_length = input_ids.shape
+            past_key_values_length = 0 if past_key_values is None else past_key_values.get_seq_length()
+            inputs_embeds = self.embed_tokens(input_ids)
+    {mask}
+            hidden_states = inputs_embeds
+            for decoder_layer in self.layers:
+                hidden_states = decoder_layer(hidden_states, attention_mask={mask_var})
+            return hidden_states
+'''
+
+
+def module(mask: str, added: str = "", mask_var: str = "attention_mask") -> str:
+    """The legacy file with `mask` (indented for forward's body) as the mask-building code."""
+    text = textwrap.dedent(PRELUDE)
+    mask = textwrap.indent(textwrap.dedent(mask).strip("\n"), " " * 8)
+    return text.replace("{added}\n", added).replace("{mask}", mask).replace("{mask_var}", mask_var)
+
+
+LEGACY_CHAIN = '''\
+    if self._use_flash_attention_2:
+        # 2d mask is passed through the layers
+        attention_mask = attention_mask if (attention_mask is not None and 0 in attention_mask) else None
+    elif self._use_sdpa:
+        attention_mask = _prepare_4d_causal_attention_mask_for_sdpa(
+            attention_mask, (batch_size, seq_length), inputs_embeds, past_key_values_length
+        )
+    else:
+        # 4d mask is passed through the layers
+        attention_mask = _prepare_4d_causal_attention_mask(
+            attention_mask, (batch_size, seq_length), inputs_embeds, past_key_values_length
+        )
+'''
+
+CREATE_CAUSAL_MASK = (
+    "attention_mask = create_causal_mask(config=self.config, inputs_embeds=inputs_embeds, "
+    "attention_mask=attention_mask, past_key_values=past_key_values, position_ids=position_ids)"
+)
+
+
+def test_helper_chain_becomes_one_create_causal_mask_call():
+    state = check_transformed(
+        module(LEGACY_CHAIN),
+        module(CREATE_CAUSAL_MASK, added="from transformers.masking_utils import create_causal_mask\n"),
+        UseMaskingUtils,
+    )
+    [change] = state.changes
+    assert change.message == "FooModel.forward: mask built with masking_utils.create_causal_mask"
+
+
+def test_sliding_window_helper_call_becomes_sliding_window_mask():
+    legacy = '''\
+    attention_mask = _prepare_4d_causal_attention_mask(
+        attention_mask,
+        (batch_size, seq_length),
+        inputs_embeds,
+        past_key_values_length,
+        sliding_window=self.config.sliding_window,
+    )
+    '''
+    check_transformed(
+        module(legacy),
+        module(
+            CREATE_CAUSAL_MASK.replace("create_causal_mask", "create_sliding_window_causal_mask"),
+            added="from transformers.masking_utils import create_sliding_window_causal_mask\n",
+        ),
+        UseMaskingUtils,
+    )
+
+
+def test_cache_argument_is_none_when_forward_has_no_cache():
+    legacy = module(LEGACY_CHAIN).replace(", past_key_values=None):", "):").replace(
+        "0 if past_key_values is None else past_key_values.get_seq_length()", "0"
+    )
+    output, state = transformed(legacy, UseMaskingUtils)
+    compile(output, FILENAME, "exec")
+    assert not state.diagnostics
+    assert "past_key_values=None, position_ids=position_ids)" in output
+
+
+def test_noop_without_mask_helpers():
+    check_noop(
+        module('''\
+        if attention_mask is not None:
+            attention_mask = (1.0 - attention_mask[:, None, None, :]) * torch.finfo(inputs_embeds.dtype).min
+        '''),
+        UseMaskingUtils,
+    )
+
+
+def test_noop_helper_outside_the_base_model():
+    check_noop(
+        '''\
+    from transformers.modeling_attn_mask_utils import _prepare_4d_causal_attention_mask
+
+
+    def build_mask(attention_mask, shape, inputs_embeds):
+        return _prepare_4d_causal_attention_mask(attention_mask, shape, inputs_embeds, 0)
+    ''',
+        UseMaskingUtils,
+    )
+
+
+def test_diagnostic_when_the_helper_names_no_mask():
+    legacy = '''\
+    attention_mask = _prepare_4d_causal_attention_mask(
+        attention_mask=attention_mask,
+        input_shape=(batch_size, seq_length),
+        inputs_embeds=inputs_embeds,
+        past_key_values_length=past_key_values_length,
+    )
+    '''
+    state = check_noop(module(legacy), UseMaskingUtils, diagnostics=True)
+    assert state.diagnostics[0].symbol == "FooModel"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="masks.py _rewrite_forward: the new statement assigns to the helper's first argument "
+    "(`attention_mask = create_causal_mask(...)`) instead of the original target, so "
+    "`causal_mask = self._update_causal_mask(attention_mask, ...)` leaves `causal_mask` undefined",
+)
+def test_mask_keeps_the_name_it_was_assigned_to():
+    legacy = module(
+        "causal_mask = self._update_causal_mask(attention_mask, inputs_embeds, past_key_values)",
+        mask_var="causal_mask",
+    )
+    output, _ = transformed(legacy, UseMaskingUtils)
+    assert "causal_mask = create_causal_mask(" in output
