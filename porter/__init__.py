@@ -8,7 +8,8 @@ Library use (e.g. in a notebook)::
     print(result.diff)                            # the code changes
 
 The stages are also callable one by one: `porter.load`, `porter.analyse_repo`,
-`porter.rewrite_code`, `porter.convert_checkpoint`, `porter.verify`.
+`porter.rewrite_code`, `porter.check`, `porter.convert_checkpoint`, and
+`porter.verify.verify`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ __version__ = "0.1.0"
 from pathlib import Path  # noqa: E402
 
 
-def port(src: str | Path, out: str | Path | None = None, **options) -> "PortResult":  # noqa: F821
+def port(src: str | Path, out: str | Path | None = None, **options) -> PortResult:  # noqa: F821
     """Port the repo at `src` into `out` (default: a new sibling folder) and verify it.
 
     Options are the fields of `porter.pipeline.PortOptions`: verify, device,
@@ -31,20 +32,22 @@ def port(src: str | Path, out: str | Path | None = None, **options) -> "PortResu
     return run_port(src, PortOptions(out=Path(out) if out else None, **options), progress)
 
 
-def __getattr__(name: str):
-    # The stages are imported lazily so that `import porter` stays cheap.
-    from porter import pipeline, verify, weights
+_LAZY = {
+    "PortResult": ("porter.pipeline", "PortResult"),
+    "PortOptions": ("porter.pipeline", "PortOptions"),
+    "load": ("porter.pipeline", "load"),
+    "analyse_repo": ("porter.pipeline", "analyse_repo"),
+    "rewrite_code": ("porter.pipeline", "rewrite_code"),
+    "check": ("porter.pipeline", "check_only"),
+    "convert_checkpoint": ("porter.weights", "convert_checkpoint"),
+}
 
-    table = {
-        "PortResult": pipeline.PortResult,
-        "PortOptions": pipeline.PortOptions,
-        "load": pipeline.load,
-        "analyse_repo": pipeline.analyse_repo,
-        "rewrite_code": pipeline.rewrite_code,
-        "check": pipeline.check_only,
-        "convert_checkpoint": weights.convert_checkpoint,
-        "verify": verify.verify,
-    }
-    if name in table:
-        return table[name]
-    raise AttributeError(name)
+
+def __getattr__(name: str):
+    # The stages are imported on first use so that `import porter` stays cheap.
+    if name in _LAZY:
+        import importlib
+
+        module, attribute = _LAZY[name]
+        return getattr(importlib.import_module(module), attribute)
+    raise AttributeError(f"module 'porter' has no attribute {name!r}")

@@ -33,6 +33,16 @@ class _Progress:
         click.echo(f"[{elapsed:6.1f}s] {message}", err=True)
 
 
+def _shard_size(ctx, param, value):
+    from porter.weights import parse_shard_size
+
+    try:
+        parse_shard_size(value)
+    except (ValueError, TypeError) as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
 def _terminate(signum, frame):
     raise KeyboardInterrupt
 
@@ -47,7 +57,7 @@ def _terminate(signum, frame):
 @click.option("--no-verify", is_flag=True, help="Skip running the legacy and ported models.")
 @click.option("--reference-transformers", metavar="VER", help="transformers release to run the legacy code with.")
 @click.option("--allow-partial", is_flag=True, help="Write output even where some code was not understood.")
-@click.option("--max-shard-size", default="5GB", show_default=True, help="Largest safetensors shard.")
+@click.option("--max-shard-size", default="5GB", show_default=True, callback=_shard_size, help="Largest safetensors shard.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("-v", "--verbose", is_flag=True, help="Show every transform applied.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and the final status.")
@@ -86,7 +96,7 @@ def main(src, out, show_diff, check, as_json, device, no_verify, reference_trans
         )
     except PortError as exc:
         click.echo(f"port-model: error: {exc.render()}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("port-model: interrupted; nothing was written", err=True)
         sys.exit(130)

@@ -43,12 +43,18 @@ class BadInput(PortError):
     """The repo is malformed: missing files, broken JSON, unreadable weights."""
 
     @classmethod
-    def at(cls, path: Path | str, problem: str) -> "BadInput":
+    def at(cls, path: Path | str, problem: str) -> BadInput:
         return cls(f"{path}: {problem}")
 
 
 class UnsupportedPattern(PortError):
     """The code holds a shape no transform understands; diagnostics say where."""
+
+
+class WeightsMismatch(PortError):
+    """A written tensor differs from its source: the conversion is not trusted (exit 1)."""
+
+    exit_code = 1
 
 
 class ReferenceUnavailable(Exception):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from porter.analysis import RepoAnalysis, analyse
-from porter.errors import BadInput, UnsupportedPattern
+from porter.errors import BadInput, UnsupportedPattern, WeightsMismatch
 from porter.repo import LegacyRepo, load_repo
 from porter.report import SKIP, Check, Report, versions
 from porter.rewrite import RewriteResult, rewrite
@@ -123,14 +123,18 @@ def run_port(src: Path | str, options: PortOptions, progress: Progress = lambda 
         _write_files(repo, result, staging)
         progress(f"converting {len(repo.weight_files)} weight file(s) to safetensors")
         if repo.weight_files:
-            conversion = convert_checkpoint(
-                repo.weight_files,
-                staging,
-                ops=result.weight_ops,
-                tied=result.facts.get("tied"),
-                max_shard_size=options.max_shard_size,
-            )
+            try:
+                conversion = convert_checkpoint(
+                    repo.weight_files,
+                    staging,
+                    ops=result.weight_ops,
+                    tied=result.facts.get("tied"),
+                    max_shard_size=options.max_shard_size,
+                )
+            except RuntimeError as exc:
+                raise WeightsMismatch(f"weight conversion failed its check: {exc}") from None
             report.weights = conversion.as_dict()
+            report.weights["output_files"] = [Path(f).name for f in conversion.output_files]
             report.add(Check("F3", "weights bit-equal to the legacy tensors", "PASS" if conversion.verified else "FAIL",
                              "", {"tensors": conversion.tensors, "bytes": conversion.bytes}))
         else:

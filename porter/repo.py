@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,8 +100,12 @@ def load_repo(src: Path) -> LegacyRepo:
     return repo
 
 
+WEIGHT_NAME = re.compile(r"^(pytorch_model|model|tf_model|flax_model)(-\d+-of-\d+)?\.(bin|safetensors|h5|msgpack)(\.index\.json)?$")
+
+
 def _is_weight_index(path: Path) -> bool:
-    return path.name in ("pytorch_model.bin.index.json", "model.safetensors.index.json")
+    """Checkpoint files the port replaces, including a second format of the same weights."""
+    return bool(WEIGHT_NAME.match(path.name))
 
 
 def _check_auto_map(repo: LegacyRepo) -> None:

@@ -24,7 +24,7 @@ class Check:
 class Report:
     source: str
     output: str | None = None
-    status: str = "pending"  # ported | verification-failed | needs-porting | unchanged | refused
+    status: str = "pending"  # ported | unchanged | verification-failed | partial | needs-porting
     versions: dict = field(default_factory=dict)
     device: str = "cpu"
     reference: dict = field(default_factory=dict)
@@ -41,7 +41,8 @@ class Report:
 
     @property
     def verified(self) -> bool:
-        return bool(self.checks) and not self.failed and any(c.status == PASS for c in self.checks)
+        """No check failed and equivalence with the legacy model (F2) was actually shown."""
+        return not self.failed and any(c.item == "F2" and c.status == PASS for c in self.checks)
 
     def add(self, check: Check) -> Check:
         self.checks.append(check)
@@ -75,7 +76,7 @@ class Report:
             "",
             f"- Source: `{self.source}`",
             f"- Status: **{self.status}**" + (" (verified)" if self.verified else ""),
-            f"- Versions: " + ", ".join(f"{k} {v}" for k, v in self.versions.items()),
+            "- Versions: " + ", ".join(f"{k} {v}" for k, v in self.versions.items()),
             f"- Device: {self.device}",
         ]
         if self.reference:

@@ -351,7 +351,7 @@ def _split_scaling(value: cst.BaseExpression) -> tuple[cst.Call | None, str]:
         if not _refers_only_to_self(value.right):
             return None, ""
         if isinstance(value.operator, cst.Divide):
-            return value.left, f"1 / {scale}" if not scale.startswith("(") else f"1 / {scale}"
+            return value.left, f"1 / {scale}"
         if isinstance(value.operator, cst.Multiply):
             return value.left, scale
     return None, ""

@@ -62,11 +62,11 @@ class RemovedImports(Transform):
         probes = {n: CONSTANT_PROBES[n] for n in missing if n in CONSTANT_PROBES}
         tree = tree.visit(_ReplaceProbes(self, probes))
         used = _names_used_outside_imports(tree)
-        for name, module in missing.items():
-            if name in used and name not in probes:
-                self.refuse(None, f"uses {name} from {module}, which the installed transformers no longer has", name)
-        tree = tree.visit(_DropImports(set(missing), self))
-        return tree
+        still_used = {name for name in missing if name in used and name not in probes}
+        for name in sorted(still_used):
+            self.refuse(None, f"uses {name} from {missing[name]}, which the installed transformers no longer has", name)
+        # A name still in use keeps its import: the failure stays visible where it is.
+        return tree.visit(_DropImports(set(missing) - still_used, self))
 
 
 def _names_used_outside_imports(tree: cst.Module) -> set[str]:

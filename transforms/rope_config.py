@@ -35,7 +35,7 @@ class _RopeAccess(cst.CSTTransformer):
 
     def visit_BooleanOperation(self, node: cst.BooleanOperation) -> bool:
         # Already rewritten (`... is None or <kind> == "default"`): leave it alone.
-        return not ('.get("rope_type")) == "default"' in code_of(node))
+        return '.get("rope_type")) == "default"' not in code_of(node)
 
     def leave_Comparison(self, original: cst.Comparison, updated: cst.Comparison) -> cst.BaseExpression:
         left = updated.left

@@ -7,6 +7,8 @@ compared here, in the parent, which never imports either repo's code.
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +78,16 @@ def verify(
 ) -> None:
     """Run both repos and add every check, with its figures, to `report`."""
     work = Path(tempfile.mkdtemp(prefix="port-model-verify-"))
+    try:
+        _verify_in(work, legacy_repo, ported_repo, config, report, options, progress)
+    finally:
+        if os.environ.get("PORT_MODEL_KEEP_WORK"):
+            report.reference["work_dir"] = str(work)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _verify_in(work, legacy_repo, ported_repo, config, report, options, progress) -> None:
     inputs_path = work / "inputs.safetensors"
     inputs = make_inputs(config)
     save_file(inputs, str(inputs_path))

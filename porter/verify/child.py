@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -75,8 +76,19 @@ def run_model(python: Path | str, repo: Path, spec: dict, work_dir: Path, timeou
         return ChildResult(False, {}, None, f"the model process died (exit {completed.returncode}): {tail}")
     result = json.loads(result_path.read_text())
     if not result.get("ok"):
-        return ChildResult(False, result, None, result.get("error", "unknown error"))
+        return ChildResult(False, result, None, _readable_error(result))
     return ChildResult(True, result, work_dir / "outputs.safetensors", None)
+
+
+def _readable_error(result: dict) -> str:
+    """The error with the innermost place in the model's own code file where it arose."""
+    error = result.get("error", "unknown error")
+    frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', result.get("traceback", ""))
+    own = [f for f in frames if "/transformers_modules/" in f[0] or "model_repo" in f[0]]
+    if own:
+        path, line, function = own[-1]
+        return f"{Path(path).name}:{line} in {function}: {error}"
+    return error
 
 
 def current_python() -> str:
