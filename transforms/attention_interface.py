@@ -94,6 +94,11 @@ class RouteAttention(Transform):
         region = self._find_region(body, forward, cls, tree)
         if region is None:
             return cls, None
+        init = methods.get("__init__")
+        has_config = init is not None and ("config" in [p.name.value for p in init.params.params] or "self.config" in code_of(init))
+        if not has_config:
+            self.refuse(cls, "attention module has no `config` to read the selected kernel from", cls.name.value)
+            return cls, None
 
         kwargs_name = star_kwargs_name(forward) or "kwargs"
         dropout_code, eager_code = self._eager_function(body, region, self._mask_candidate(forward))
@@ -125,7 +130,6 @@ class RouteAttention(Transform):
         self.state.facts.setdefault("routed", set()).add(cls.name.value)
         self.record(forward, f"{cls.name.value}.forward: attention math moved to {eager_name}; one interface call")
 
-        init = methods.get("__init__")
         new_init = self._complete_init(cls, init, region, body) if init is not None else None
         new_members = []
         for member in cls.body.body:
@@ -160,6 +164,10 @@ class RouteAttention(Transform):
         if score_index is None:
             self.refuse(body[softmax_index], f"could not find the q @ k^T matmul that computes {scores}", where)
             return None
+        for i in range(score_index + 1, softmax_index):
+            if scores in assigned_names(body[i]) and _is_rescale(body[i], scores):
+                self.refuse(body[i], f"{scores} is scaled in its own statement; expected the scale in the q @ k^T line", where)
+                return None
         score_value = single_assign(body[score_index])[1]
         matmul, scaling = _split_scaling(score_value)
         if matmul is None or len(matmul.args) < 2:
@@ -233,11 +241,11 @@ class RouteAttention(Transform):
         module_names = _module_level_names(tree)
         bound = {region.query, region.key, region.value, "self"}
         allowed_params = {self._mask_candidate(forward)}
-        for _, stmt in self._region_statements(body, region):
+        for index, stmt in self._region_statements(body, region):
             free = names_loaded(stmt) - bound - module_names - set(dir(builtins))
             free -= allowed_params
             if free:
-                self.refuse(stmt, f"attention math reads {sorted(free)}, which the interface cannot pass", where)
+                self.refuse(body[index], f"attention math reads {sorted(free)}, which the interface cannot pass", where)
                 return False
             bound |= assigned_names(stmt)
         return True
@@ -328,6 +336,21 @@ class RouteAttention(Transform):
 
 
 # -- helpers -------------------------------------------------------------------------------
+def _is_rescale(stmt: cst.CSTNode, scores: str) -> bool:
+    """`scores = scores / x`, `scores = scores * x`, `scores /= x` or `scores *= x`."""
+    if isinstance(stmt, cst.SimpleStatementLine) and len(stmt.body) == 1:
+        small = stmt.body[0]
+        if isinstance(small, cst.AugAssign):
+            return isinstance(small.operator, (cst.DivideAssign, cst.MultiplyAssign))
+    assign = single_assign(stmt)
+    value = assign[1] if assign else None
+    return (
+        isinstance(value, cst.BinaryOperation)
+        and isinstance(value.operator, (cst.Divide, cst.Multiply))
+        and scores in (dotted(value.left), dotted(value.right))
+    )
+
+
 def _with_blank_line_before(stmts: list[cst.BaseStatement]) -> list[cst.BaseStatement]:
     return [stmts[0].with_changes(leading_lines=[cst.EmptyLine(indent=False)]), *stmts[1:]]
 

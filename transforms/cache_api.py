@@ -4,7 +4,6 @@
 - `DynamicCache.from_legacy_cache(x)`    -> `x if isinstance(x, Cache) else DynamicCache(config=self.config)`
 - `cache.to_legacy_cache()`              -> `cache` (the Cache object is what callers get now)
 - `cache.seen_tokens`                    -> `cache.get_seq_length()`
-- `cache.get_max_length()`               -> `cache.get_max_cache_shape()`
 """
 
 from __future__ import annotations
@@ -27,6 +26,13 @@ class ModernCacheAPI(Transform):
 class _CacheCalls(cst.CSTTransformer):
     def __init__(self, transform: Transform):
         self.transform = transform
+        self.targets: set[int] = set()  # assignment targets are written, never rewritten
+
+    def visit_AssignTarget(self, node: cst.AssignTarget) -> None:
+        self.targets.add(id(node.target))
+
+    def visit_AugAssign(self, node: cst.AugAssign) -> None:
+        self.targets.add(id(node.target))
 
     def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
         func = updated.func
@@ -47,12 +53,11 @@ class _CacheCalls(cst.CSTTransformer):
         if method == "to_legacy_cache" and not updated.args:
             self.transform.record(original, f"{owner}.to_legacy_cache() -> {owner}")
             return func.value
-        if method == "get_max_length" and not updated.args:
-            self.transform.record(original, f"{owner}.get_max_length() -> get_max_cache_shape()")
-            return updated.with_changes(func=func.with_changes(attr=cst.Name("get_max_cache_shape")))
         return updated
 
     def leave_Attribute(self, original: cst.Attribute, updated: cst.Attribute) -> cst.BaseExpression:
+        if id(original) in self.targets:
+            return updated
         if updated.attr.value == "seen_tokens" and dotted(updated.value) not in (None, "self"):
             self.transform.record(original, f"{code_of(updated.value)}.seen_tokens -> get_seq_length()")
             return parse_expr(f"{code_of(updated.value)}.get_seq_length()")

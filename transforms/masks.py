@@ -26,6 +26,14 @@ CAUSAL_HELPERS = {
 }
 
 
+def _assigned_from(stmt: cst.CSTNode, call: cst.Call) -> str | None:
+    """The name the helper's result was assigned to (`causal_mask = helper(...)`)."""
+    for node in walk(stmt):
+        if isinstance(node, cst.Assign) and node.value is call and len(node.targets) == 1:
+            return code_of(node.targets[0].target)
+    return None
+
+
 class UseMaskingUtils(Transform):
     name = "masks"
     summary = "Replace hand-built causal masks with masking_utils.create_causal_mask / sliding-window variant."
@@ -64,7 +72,8 @@ class UseMaskingUtils(Transform):
             sliding = any(a.keyword and a.keyword.value == "sliding_window" for c in helper_calls for a in c.args)
             builder = "create_sliding_window_causal_mask" if sliding else "create_causal_mask"
             call = self._builder_call(builder, mask_var, embeds_var, params)
-            body[index] = parse_stmts(f"{mask_var} = {call}\n")[0]
+            target = _assigned_from(stmt, helper_calls[0]) or mask_var
+            body[index] = parse_stmts(f"{target} = {call}\n")[0]
             AddImportsVisitor.add_needed_import(self.context, "transformers.masking_utils", builder)
             self.record(stmt, f"{owner}.forward: mask built with masking_utils.{builder}")
             return forward.with_changes(body=forward.body.with_changes(body=body))

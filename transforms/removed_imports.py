@@ -103,6 +103,11 @@ class _ReplaceProbes(cst.CSTTransformer):
     def __init__(self, transform: Transform, probes: dict[str, str]):
         self.transform = transform
         self.probes = probes
+        self.elifs: set[int] = set()
+
+    def visit_If(self, node: cst.If) -> None:
+        if isinstance(node.orelse, cst.If):
+            self.elifs.add(id(node.orelse))
 
     def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
         name = call_name(updated)
@@ -113,6 +118,12 @@ class _ReplaceProbes(cst.CSTTransformer):
 
     def leave_If(self, original: cst.If, updated: cst.If):
         test = code_of(updated.test)
+        if id(original) in self.elifs:  # an `elif`: it must stay an If or become an Else
+            if test == "True":
+                return cst.Else(body=updated.body)
+            if test == "False" and updated.orelse is not None:
+                return updated.orelse
+            return updated
         if test == "False":
             if updated.orelse is None:
                 return cst.RemoveFromParent()

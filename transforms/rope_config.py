@@ -32,6 +32,10 @@ class RopeConfigAccess(Transform):
 class _RopeAccess(cst.CSTTransformer):
     def __init__(self, transform: Transform):
         self.transform = transform
+        self.targets: set[int] = set()  # `x["type"] = ...` writes the key: left alone
+
+    def visit_AssignTarget(self, node: cst.AssignTarget) -> None:
+        self.targets.add(id(node.target))
 
     def visit_BooleanOperation(self, node: cst.BooleanOperation) -> bool:
         # Already rewritten (`... is None or <kind> == "default"`): leave it alone.
@@ -56,6 +60,8 @@ class _RopeAccess(cst.CSTTransformer):
 
     def leave_Subscript(self, original: cst.Subscript, updated: cst.Subscript) -> cst.BaseExpression:
         value = updated.value
+        if id(original) in self.targets:
+            return updated
         if not (isinstance(value, cst.Attribute) and value.attr.value == "rope_scaling" and len(updated.slice) == 1):
             return updated
         index = updated.slice[0].slice

@@ -121,7 +121,7 @@ def test_noop_dict_that_is_not_a_backend_dict():
 
 @pytest.mark.xfail(
     strict=True,
-    reason="attention_classes.py:29: a file that only *uses* the backend dict (imported from the file that "
+    reason="attention_classes.py:28: a file that only *uses* the backend dict (imported from the file that "
     "defines it) is skipped, so its X_ATTENTION_CLASSES[...] lookup and import survive while the dict is removed",
 )
 def test_lookup_in_another_file_is_replaced():

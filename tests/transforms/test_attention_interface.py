@@ -340,12 +340,6 @@ def test_ported_module_matches_legacy_module(implementation):
 
 
 # -- known bugs ----------------------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="attention_interface.py _split_scaling/_find_region: a scale applied in its own statement after the "
-    "score matmul stays inside eager_attention_forward while self.scaling = 1.0 is what other kernels get, "
-    "so sdpa/flash/flex attend with the wrong scale (no diagnostic)",
-)
 def test_scale_in_its_own_statement_reaches_every_kernel():
     legacy = LEGACY.replace(
         "        attn_weights = torch.matmul(query_states, key_states.transpose(2, 3)) / math.sqrt(self.head_dim)\n",
@@ -359,12 +353,6 @@ def test_scale_in_its_own_statement_reaches_every_kernel():
     assert torch.allclose(actual, expected, atol=1e-5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="attention_interface.py _rewrite_class/_complete_init: the call site reads "
-    "self.config._attn_implementation, but self.config is only added when __init__ has a `config` parameter; "
-    "an attention built from (hidden_size, num_heads) is ported to code that raises AttributeError",
-)
 def test_interface_call_never_reads_an_unset_self_config():
     legacy = '''\
     import math
@@ -418,11 +406,6 @@ def test_attention_with_matmul_operator_is_routed_or_diagnosed():
     assert state.changes or state.diagnostics
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="attention_interface.py _free_names_ok refuses with a statement from _region_statements, which is a "
-    "copy made by _GuardStripper, so the diagnostic has no line number",
-)
 def test_extra_local_diagnostic_names_its_line():
     legacy = LEGACY.replace(
         "def forward(self, hidden_states, attention_mask=None, output_attentions=False):",

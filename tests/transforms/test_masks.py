@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import textwrap
 
-import pytest
-
 from tests.transforms.helpers import FILENAME, check_noop, check_transformed, transformed
 from transforms.masks import UseMaskingUtils
 
@@ -163,12 +161,6 @@ def test_diagnostic_when_the_helper_names_no_mask():
     assert state.diagnostics[0].symbol == "FooModel"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="masks.py _rewrite_forward: the new statement assigns to the helper's first argument "
-    "(`attention_mask = create_causal_mask(...)`) instead of the original target, so "
-    "`causal_mask = self._update_causal_mask(attention_mask, ...)` leaves `causal_mask` undefined",
-)
 def test_mask_keeps_the_name_it_was_assigned_to():
     legacy = module(
         "causal_mask = self._update_causal_mask(attention_mask, inputs_embeds, past_key_values)",

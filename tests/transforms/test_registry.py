@@ -1,0 +1,62 @@
+"""The whole registry over a realistic legacy repo: compiles, and a second run changes nothing."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import libcst as cst
+import pytest
+
+from porter.analysis import analyse
+from porter.rewrite import rewrite
+from tests.transforms.helpers import run_transforms
+from transforms import REGISTRY
+
+SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "tiny_legacy_lm"
+
+
+@pytest.fixture(scope="module")
+def sample_sources() -> dict[str, str]:
+    sources = {path.name: path.read_text() for path in sorted(SAMPLE.glob("*.py"))}
+    assert "modeling_tiny_legacy_lm.py" in sources
+    return sources
+
+
+@pytest.fixture(scope="module")
+def first_run(sample_sources):
+    return run_transforms(sample_sources, REGISTRY)
+
+
+def test_first_run_ports_without_diagnostics_and_compiles(first_run):
+    files, state = first_run
+    assert not state.diagnostics, [d.render() for d in state.diagnostics]
+    for name, text in files.items():
+        compile(text, name, "exec")
+    modeling = files["modeling_tiny_legacy_lm.py"]
+    assert "ALL_ATTENTION_FUNCTIONS.get_interface(" in modeling
+    assert "create_causal_mask(" in modeling
+    assert "TinyLegacyLMSdpaAttention" not in modeling
+    assert '_tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}' in modeling
+    assert {c.transform for c in state.changes} == {t.name for t in REGISTRY} - {"rope-config", "removed-imports"}
+
+
+def test_second_run_changes_nothing(first_run):
+    files, _ = first_run
+    again, state = run_transforms(files, REGISTRY)
+    assert again == files
+    assert not state.changes, [c.as_dict() for c in state.changes]
+    assert not state.diagnostics
+
+
+def test_helper_mirrors_porter_rewrite():
+    """The helper every transform test uses gives what the real rewrite stage gives."""
+    from tests.transforms.test_kwargs_threading import LEGACY
+
+    source = textwrap.dedent(LEGACY)
+    modules = {"modeling_foo.py": cst.parse_module(source)}
+    result = rewrite(modules, analyse(modules))
+    files, state = run_transforms({"modeling_foo.py": source}, REGISTRY)
+    assert result.files == files
+    assert [c.as_dict() for c in result.changes] == [c.as_dict() for c in state.changes]
+    assert result.diagnostics == state.diagnostics
