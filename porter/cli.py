@@ -110,6 +110,9 @@ def main(src, out, show_diff, check, as_json, device, no_verify, reference_trans
                 click.echo(f"  {change['transform']:<20} {change['file']}:{change['line']}  {change['message']}")
         if not quiet:
             click.echo(report.summary_table())
+        else:
+            for check in report.failed:  # failures are never silenced
+                click.echo(f"FAIL {check.item} {check.name}: {check.detail or check.figures}")
         click.echo(f"{report.status}{' and verified' if report.verified else ''}: {result.output}")
     if report.failed or report.status == "partial":
         sys.exit(EXIT_FAILED)

@@ -60,6 +60,7 @@ def legacy_model_repo(
     config_kwargs: dict,
     out_dir: Path,
     cache_dir: Path,
+    head_auto: str = "AutoModelForCausalLM",
 ) -> Path:
     """Build (once) a remote-code repo from `transformers==version`'s `models/<arch>`."""
     marker = out_dir / ".complete"
@@ -79,7 +80,7 @@ def legacy_model_repo(
     auto_map = {
         "AutoConfig": f"configuration_{arch}.{config_class}",
         "AutoModel": f"modeling_{arch}.{base_class}",
-        "AutoModelForCausalLM": f"modeling_{arch}.{head_class}",
+        head_auto: f"modeling_{arch}.{head_class}",
     }
     config = {"model_type": model_type, "architectures": [head_class], "auto_map": auto_map, **config_kwargs}
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -87,10 +88,10 @@ def legacy_model_repo(
     script = textwrap.dedent(
         f"""
         import torch
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoConfig, {head_auto}
         config = AutoConfig.from_pretrained({str(out_dir)!r}, trust_remote_code=True)
         torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=True).eval()
+        model = {head_auto}.from_config(config, trust_remote_code=True).eval()
         model.save_pretrained({str(out_dir)!r}, safe_serialization=False)
         """
     )
@@ -101,30 +102,62 @@ def legacy_model_repo(
     return out_dir
 
 
-TINY_LLAMA = {
+TOKENS = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+DECODER = {
     "vocab_size": 128,
     "hidden_size": 64,
     "intermediate_size": 128,
     "num_hidden_layers": 2,
     "num_attention_heads": 4,
-    "num_key_value_heads": 2,
     "max_position_embeddings": 128,
     "initializer_range": 0.2,
-    "pad_token_id": 0,
-    "bos_token_id": 1,
-    "eos_token_id": 2,
+    **TOKENS,
 }
+TINY_LLAMA = {**DECODER, "num_key_value_heads": 2}
+TINY_MISTRAL = {**DECODER, "num_key_value_heads": 2, "sliding_window": 8}
+TINY_GPT2 = {"vocab_size": 128, "n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 128, "initializer_range": 0.2, **TOKENS}
+TINY_NEOX = {**DECODER, "rotary_pct": 0.5}
+TINY_BERT = {**DECODER, "type_vocab_size": 2}
+
+
+class LegacyModel:
+    """One in-library model of an old release, made into a remote-code repo on demand."""
+
+    def __init__(self, version, arch, config_class, base_class, head_class, config, head_auto="AutoModelForCausalLM"):
+        self.version, self.arch = version, arch
+        self.config_class, self.base_class, self.head_class = config_class, base_class, head_class
+        self.config, self.head_auto = config, head_auto
+
+    @property
+    def id(self) -> str:
+        return f"{self.arch}-{self.version}"
+
+    def build(self, cache_dir: Path) -> Path:
+        folder = cache_dir / "repos" / f"{self.arch}_{self.version.replace('.', '_')}"
+        return legacy_model_repo(
+            self.version, self.arch, self.config_class, self.head_class, self.base_class,
+            self.config, folder, cache_dir, head_auto=self.head_auto,
+        )
+
+
+CORPUS = [
+    LegacyModel("4.30.2", "llama", "LlamaConfig", "LlamaModel", "LlamaForCausalLM", TINY_LLAMA),
+    LegacyModel("4.36.2", "llama", "LlamaConfig", "LlamaModel", "LlamaForCausalLM", TINY_LLAMA),
+    LegacyModel("4.44.2", "llama", "LlamaConfig", "LlamaModel", "LlamaForCausalLM", TINY_LLAMA),
+    LegacyModel("4.36.2", "mistral", "MistralConfig", "MistralModel", "MistralForCausalLM", TINY_MISTRAL),
+    LegacyModel("4.44.2", "mistral", "MistralConfig", "MistralModel", "MistralForCausalLM", TINY_MISTRAL),
+    LegacyModel("4.30.2", "gpt2", "GPT2Config", "GPT2Model", "GPT2LMHeadModel", TINY_GPT2),
+    LegacyModel("4.36.2", "gpt2", "GPT2Config", "GPT2Model", "GPT2LMHeadModel", TINY_GPT2),
+    LegacyModel("4.44.2", "gpt2", "GPT2Config", "GPT2Model", "GPT2LMHeadModel", TINY_GPT2),
+    LegacyModel("4.30.2", "gpt_neox", "GPTNeoXConfig", "GPTNeoXModel", "GPTNeoXForCausalLM", TINY_NEOX),
+    LegacyModel("4.36.2", "gpt_neox", "GPTNeoXConfig", "GPTNeoXModel", "GPTNeoXForCausalLM", TINY_NEOX),
+    LegacyModel("4.44.2", "gpt_neox", "GPTNeoXConfig", "GPTNeoXModel", "GPTNeoXForCausalLM", TINY_NEOX),
+    LegacyModel("4.30.2", "bert", "BertConfig", "BertModel", "BertModel", TINY_BERT, head_auto="AutoModel"),
+    LegacyModel("4.36.2", "bert", "BertConfig", "BertModel", "BertModel", TINY_BERT, head_auto="AutoModel"),
+    LegacyModel("4.44.2", "bert", "BertConfig", "BertModel", "BertModel", TINY_BERT, head_auto="AutoModel"),
+]
 
 
 def llama_436(cache_dir: Path) -> Path:
     """transformers 4.36.2's llama as a remote-code repo with a tiny random checkpoint."""
-    return legacy_model_repo(
-        "4.36.2",
-        "llama",
-        "LlamaConfig",
-        "LlamaForCausalLM",
-        "LlamaModel",
-        TINY_LLAMA,
-        cache_dir / "repos" / "llama_4_36_2",
-        cache_dir,
-    )
+    return CORPUS[1].build(cache_dir)

@@ -22,10 +22,10 @@ from transforms.cst_utils import (
     call_name,
     code_of,
     dotted,
+    free_names,
     function_defs,
     is_self_attr,
     last_part,
-    names_loaded,
     names_read,
     parse_expr,
     parse_stmts,
@@ -34,6 +34,7 @@ from transforms.cst_utils import (
     star_kwargs_name,
     walk,
 )
+from transforms.masks import uses_sliding_window
 
 SOFTMAX = {"softmax", ".softmax"}
 MATMUL = {"matmul", ".matmul", "bmm"}
@@ -110,12 +111,13 @@ class RouteAttention(Transform):
             eager_node = spaced(cst.parse_statement(eager_code.replace("def eager_attention_forward(", f"def {eager_name}(", 1)))
 
         mask_name = self._mask_name(body, region, forward)
+        window = "    sliding_window=self.sliding_window,\n" if uses_sliding_window(self.state.analysis) else ""
         call_site = _with_blank_line_before(parse_stmts(
             f"attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(\n"
             f"    self.config._attn_implementation, {eager_name}\n)\n"
             f"{region.output}, {region.weights} = attention_interface(\n"
             f"    self,\n    {region.query},\n    {region.key},\n    {region.value},\n    {mask_name},\n"
-            f"    dropout={dropout_code},\n    scaling=self.scaling,\n    **{kwargs_name},\n)\n"
+            f"    dropout={dropout_code},\n    scaling=self.scaling,\n{window}    **{kwargs_name},\n)\n"
         ))
         dropped = set(region.repeat_indices) | {region.transpose_index} | set(range(region.start, region.end + 1))
         new_body: list[cst.BaseStatement] = []
@@ -242,12 +244,11 @@ class RouteAttention(Transform):
         bound = {region.query, region.key, region.value, "self"}
         allowed_params = {self._mask_candidate(forward)}
         for index, stmt in self._region_statements(body, region):
-            free = names_loaded(stmt) - bound - module_names - set(dir(builtins))
-            free -= allowed_params
+            free, bound = free_names([stmt], bound)
+            free -= module_names | set(dir(builtins)) | allowed_params
             if free:
                 self.refuse(body[index], f"attention math reads {sorted(free)}, which the interface cannot pass", where)
                 return False
-            bound |= assigned_names(stmt)
         return True
 
     @staticmethod
@@ -318,6 +319,8 @@ class RouteAttention(Transform):
             additions.append("self.config = config")
         if "is_causal" not in assigned:
             additions.append("self.is_causal = True")
+        if "sliding_window" not in assigned and uses_sliding_window(self.state.analysis):
+            additions.append('self.sliding_window = getattr(self.config, "sliding_window", None)')
         if "num_key_value_groups" not in assigned:
             additions.append(f"self.num_key_value_groups = {self._groups_code(forward_body, region)}")
         if not additions:

@@ -159,3 +159,39 @@ def base_names(cls: cst.ClassDef) -> list[str]:
 def spaced(stmt: cst.BaseStatement) -> cst.BaseStatement:
     """A module-level definition with the two blank lines PEP 8 puts before it."""
     return stmt.with_changes(leading_lines=[cst.EmptyLine(), cst.EmptyLine()])
+
+
+def free_names(stmts: list[cst.BaseStatement], bound: set[str]) -> tuple[set[str], set[str]]:
+    """Names the statements read before binding them, in execution order.
+
+    Returns (free names, names bound afterwards). Branches are walked with what was bound
+    before them; after a branch, anything bound in any arm counts as bound.
+    """
+    free: set[str] = set()
+    bound = set(bound)
+    for stmt in stmts:
+        if isinstance(stmt, cst.SimpleStatementLine):
+            free |= names_loaded(stmt) - bound
+            bound |= assigned_names(stmt)
+        elif isinstance(stmt, cst.If):
+            free |= names_loaded(stmt.test) - bound
+            arm_free, arm_bound = free_names(list(stmt.body.body), bound)
+            free |= arm_free
+            added = arm_bound
+            if stmt.orelse is not None:
+                other = [stmt.orelse] if isinstance(stmt.orelse, cst.If) else list(stmt.orelse.body.body)
+                arm_free, arm_bound = free_names(other, bound)
+                free |= arm_free
+                added |= arm_bound
+            bound |= added
+        elif isinstance(stmt, cst.With):
+            for item in stmt.items:
+                free |= names_loaded(item.item) - bound
+                if item.asname is not None:
+                    bound |= names_read(item.asname.name)
+            arm_free, bound = free_names(list(stmt.body.body), bound)
+            free |= arm_free
+        else:
+            free |= names_loaded(stmt) - bound
+            bound |= {n.value for n in walk(stmt) if isinstance(n, cst.Name)}
+    return free, bound

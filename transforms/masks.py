@@ -34,6 +34,27 @@ def _assigned_from(stmt: cst.CSTNode, call: cst.Call) -> str | None:
     return None
 
 
+def _helper_calls(stmt: cst.CSTNode) -> list[cst.Call]:
+    return [c for c in walk(stmt) if isinstance(c, cst.Call) and last_part(call_name(c)) in CAUSAL_HELPERS]
+
+
+def uses_sliding_window(analysis) -> bool:
+    """Whether a base model builds a sliding-window mask: a `sliding_window=` keyword to a
+    mask helper, or a mask-helper method of its own that reads `sliding_window`."""
+    for name in analysis.base_models:
+        methods = function_defs(analysis.classes[name].node)
+        forward = methods.get("forward")
+        if forward is None:
+            continue
+        for call in _helper_calls(forward):
+            if any(a.keyword and a.keyword.value == "sliding_window" for a in call.args):
+                return True
+            method = methods.get(last_part(call_name(call)))
+            if method is not None and "sliding_window" in code_of(method):
+                return True
+    return False
+
+
 class UseMaskingUtils(Transform):
     name = "masks"
     summary = "Replace hand-built causal masks with masking_utils.create_causal_mask / sliding-window variant."
@@ -62,14 +83,14 @@ class UseMaskingUtils(Transform):
         body = list(forward.body.body)
         params = set(param_names(forward))
         for index, stmt in enumerate(body):
-            helper_calls = [c for c in walk(stmt) if isinstance(c, cst.Call) and last_part(call_name(c)) in CAUSAL_HELPERS]
+            helper_calls = _helper_calls(stmt)
             if not helper_calls:
                 continue
             mask_var, embeds_var = self._mask_and_embeds(helper_calls[0])
             if mask_var is None or embeds_var is None:
                 self.refuse(stmt, "mask helper called with arguments that name no mask and no embeddings", owner)
                 return forward
-            sliding = any(a.keyword and a.keyword.value == "sliding_window" for c in helper_calls for a in c.args)
+            sliding = uses_sliding_window(self.state.analysis)
             builder = "create_sliding_window_causal_mask" if sliding else "create_causal_mask"
             call = self._builder_call(builder, mask_var, embeds_var, params)
             target = _assigned_from(stmt, helper_calls[0]) or mask_var

@@ -7,6 +7,8 @@ legacy configs had `None`, and names the kind `rope_type` where legacy code read
 - `X.rope_scaling is None`      -> `X.rope_scaling is None or <kind of X.rope_scaling> == "default"`
 - `X.rope_scaling is not None`  -> the negation of that
 - `X.rope_scaling["type"]`      -> `X.rope_scaling.get("type", X.rope_scaling.get("rope_type"))`
+- `ROPE_INIT_FUNCTIONS[kind]`   -> the same table with the "default" entry transformers 5 removed,
+  computed as the legacy release did (inverse frequencies over `dim`, attention factor 1.0).
 """
 
 from __future__ import annotations
@@ -14,7 +16,22 @@ from __future__ import annotations
 import libcst as cst
 
 from transforms.base import Transform
-from transforms.cst_utils import code_of, parse_expr
+from transforms.cst_utils import code_of, parse_expr, parse_stmts, spaced
+
+DEFAULT_ROPE = "_legacy_default_rope_parameters"
+DEFAULT_ROPE_CODE = f'''
+def {DEFAULT_ROPE}(config=None, device=None, seq_len=None, **rope_kwargs):
+    """The "default" RoPE initialisation that transformers 5 dropped from ROPE_INIT_FUNCTIONS."""
+    if rope_kwargs:
+        base, dim = rope_kwargs["base"], rope_kwargs["dim"]
+    else:
+        base = config.rope_theta
+        partial_rotary_factor = getattr(config, "partial_rotary_factor", 1.0)
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        dim = int(head_dim * partial_rotary_factor)
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float().to(device) / dim))
+    return inv_freq, 1.0
+'''
 
 
 def _kind(owner: str) -> str:
@@ -26,7 +43,21 @@ class RopeConfigAccess(Transform):
     summary = "Keep legacy rope_scaling tests meaningful under transformers 5's filled-in rope settings."
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
-        return tree.visit(_RopeAccess(self))
+        tree = tree.visit(_RopeAccess(self))
+        return self._default_rope_entry(tree)
+
+    def _default_rope_entry(self, tree: cst.Module) -> cst.Module:
+        from transformers import modeling_rope_utils
+
+        if "default" in getattr(modeling_rope_utils, "ROPE_INIT_FUNCTIONS", {}) or "ROPE_INIT_FUNCTIONS[" not in tree.code:
+            return tree
+        if any(isinstance(s, cst.FunctionDef) and s.name.value == DEFAULT_ROPE for s in tree.body):
+            return tree
+        tree = tree.visit(_WithDefaultRope(self))
+        body = list(tree.body)
+        first_def = next((i for i, s in enumerate(body) if isinstance(s, (cst.FunctionDef, cst.ClassDef))), len(body))
+        body.insert(first_def, spaced(parse_stmts(DEFAULT_ROPE_CODE)[0]))
+        return tree.with_changes(body=body)
 
 
 class _RopeAccess(cst.CSTTransformer):
@@ -71,3 +102,15 @@ class _RopeAccess(cst.CSTTransformer):
                 self.transform.record(original, f'{owner}["type"] -> also reads "rope_type"')
                 return parse_expr(_kind(owner))
         return updated
+
+
+class _WithDefaultRope(cst.CSTTransformer):
+    def __init__(self, transform: Transform):
+        self.transform = transform
+
+    def leave_Subscript(self, original: cst.Subscript, updated: cst.Subscript) -> cst.BaseExpression:
+        if code_of(updated.value) != "ROPE_INIT_FUNCTIONS":
+            return updated
+        key = code_of(updated.slice[0].slice.value)
+        self.transform.record(original, 'ROPE_INIT_FUNCTIONS[...] gains the "default" entry transformers 5 removed')
+        return parse_expr(f'{{**ROPE_INIT_FUNCTIONS, "default": {DEFAULT_ROPE}}}[{key}]')

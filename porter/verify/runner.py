@@ -102,6 +102,14 @@ def _run_probe(spec, inputs, tensors):
         record["has_config"] = hasattr(module, "config")
         calls.append(record)
         kwargs.pop(SENTINEL, None)
+        window = kwargs.get("sliding_window") or getattr(module, "sliding_window", None)
+        record["sliding_window"] = window
+        if attention_mask is None and window:
+            # Engines build the window themselves from what the module declares; so does the probe.
+            q_len, k_len = query.shape[2], key.shape[2]
+            rows = torch.arange(q_len, device=query.device)[:, None] + (k_len - q_len)
+            cols = torch.arange(k_len, device=query.device)[None, :]
+            attention_mask = ((cols <= rows) & (rows - cols < window))[None, None]
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
     AttentionInterface.register(PROBE_NAME, probe)
