@@ -2,20 +2,30 @@
 
 A legacy repo ships its weights as pickled ``pytorch_model.bin`` files (possibly
 sharded), a bare ``*.pt``/``*.ckpt``/``*.pth``, or already as safetensors. This
-module finds those files, streams their tensors one at a time, applies the layout
-changes implied by a code port (renames, splits of fused weights), drops declared
-tied duplicates and writes Hub-style safetensors shards. Every written tensor is
-then reloaded and compared bit for bit with its source, so a finished conversion
-is known to be exact.
+module finds those files, streams their tensors, applies the layout changes implied
+by a code port (renames, splits of fused weights, merges, permutations), drops
+declared tied duplicates and writes Hub-style safetensors shards. Every written
+tensor is then reloaded and compared bit for bit with its source, so a finished
+conversion is known to be exact.
+
+Memory: sources are memory-mapped (``torch.load(..., mmap=True)``, ``safe_open``), so
+a tensor is a reference to pages of a file until its bytes are used. Writing and
+comparing go through a tensor a block of rows at a time (``BLOCK_BYTES``), and the
+pages already used are dropped from the process again (see ``_Mappings``), so the
+resident set stays near one block whatever the size of the checkpoint or its shards.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
+import math
 import os
 import pickle
 import re
+import struct
+import sys
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack
@@ -25,7 +35,6 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from porter.errors import BadInput
 
@@ -35,6 +44,9 @@ BIN_SINGLE = "pytorch_model.bin"
 BIN_INDEX = "pytorch_model.bin.index.json"
 PICKLE_SUFFIXES = (".pt", ".ckpt", ".pth")
 METADATA = {"format": "pt"}
+OP_KINDS = ("rename", "split", "merge", "permute")
+# Bytes of one tensor handled at a time when writing or comparing (at least one row).
+BLOCK_BYTES = 64 * 2**20
 
 # Names this module writes into an output directory; anything else there is left alone.
 _OUTPUT_NAME = re.compile(
@@ -46,9 +58,29 @@ _UNITS = {
     "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
     "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
 }
+# safetensors dtype names; those this torch lacks are left out.
+_ST_DTYPES: dict[str, torch.dtype] = {
+    name: getattr(torch, attr) for name, attr in (
+        ("F64", "float64"), ("F32", "float32"), ("F16", "float16"), ("BF16", "bfloat16"),
+        ("I64", "int64"), ("I32", "int32"), ("I16", "int16"), ("I8", "int8"),
+        ("U64", "uint64"), ("U32", "uint32"), ("U16", "uint16"), ("U8", "uint8"),
+        ("BOOL", "bool"), ("C64", "complex64"),
+        ("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2"),
+    ) if hasattr(torch, attr)
+}
+_ST_NAMES = {dtype: name for name, dtype in _ST_DTYPES.items()}
 
 
 # --------------------------------------------------------------------------- data
+
+
+def _int_tuple(value: Iterable[int] | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    out = tuple(value)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in out):
+        raise ValueError(f"expected integers, got {out!r}")
+    return out
 
 
 @dataclass(frozen=True)
@@ -56,7 +88,21 @@ class WeightOp:
     """A layout change implied by a code change, applied to matching tensor names.
 
     ``source`` is a regex that must match a whole tensor name; ``targets`` are
-    replacement templates (``\\1``, ``\\g<name>``): one for a rename, N for a split.
+    replacement templates (``\\1``, ``\\g<name>``) expanded from that match:
+
+    - ``rename``: one target.
+    - ``split``: N targets; the tensor is cut along ``dim`` into N equal parts, or into
+      ``sizes``.
+    - ``merge``: one target; ``source`` has a group named ``part`` and ``parts`` lists its
+      values in concatenation order. The matching tensors that expand to the same target
+      are concatenated along ``dim`` once all parts have been read.
+    - ``permute``: one target; the tensor is reshaped to ``view_shape`` (optional, one
+      entry may be -1), its dimensions reordered by ``perm_spec`` (as ``tensor.permute``)
+      and, when a ``view_shape`` was given, reshaped back to its own shape (a 2-D weight
+      stays 2-D, e.g. rows reordered for a rotary layout). Without ``view_shape`` the
+      output has the permuted shape (``perm_spec=(1, 0)`` transposes).
+
+    All fields are strings and integers, so an op is JSON-able.
     """
 
     kind: str
@@ -64,19 +110,51 @@ class WeightOp:
     targets: tuple[str, ...]
     dim: int = 0
     sizes: tuple[int, ...] | None = None
+    parts: tuple[str, ...] | None = None
+    perm_spec: tuple[int, ...] | None = None
+    view_shape: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in ("rename", "split"):
+        # Accept lists (e.g. from JSON) but store tuples, so ops stay hashable.
+        set_ = object.__setattr__
+        set_(self, "targets", (self.targets,) if isinstance(self.targets, str) else tuple(self.targets))
+        set_(self, "sizes", _int_tuple(self.sizes))
+        set_(self, "perm_spec", _int_tuple(self.perm_spec))
+        set_(self, "view_shape", _int_tuple(self.view_shape))
+        if self.parts is not None:
+            set_(self, "parts", (self.parts,) if isinstance(self.parts, str) else tuple(self.parts))
+        if self.kind not in OP_KINDS:
             raise ValueError(f"unknown weight op kind {self.kind!r}")
-        if self.kind == "rename" and len(self.targets) != 1:
-            raise ValueError(f"rename op {self.source!r} needs exactly one target")
+        pattern = re.compile(self.source)  # fail at construction, not halfway through a conversion
+        if self.kind != "split" and len(self.targets) != 1:
+            raise ValueError(f"{self.kind} op {self.source!r} needs exactly one target")
         if self.kind == "split":
             if len(self.targets) < 2:
                 raise ValueError(f"split op {self.source!r} needs at least two targets")
             if self.sizes is not None and len(self.sizes) != len(self.targets):
                 raise ValueError(f"split op {self.source!r}: {len(self.sizes)} sizes for "
                                  f"{len(self.targets)} targets")
-        re.compile(self.source)  # fail at construction, not halfway through a conversion
+        if self.kind == "merge":
+            if "part" not in pattern.groupindex:
+                raise ValueError(f"merge op {self.source!r} needs a group named 'part', "
+                                 r"e.g. (?P<part>q|k|v)")
+            if self.parts is None or len(self.parts) < 2 or len(set(self.parts)) != len(self.parts):
+                raise ValueError(f"merge op {self.source!r} needs two or more distinct parts")
+        if self.kind == "permute":
+            self._check_permutation()
+
+    def _check_permutation(self) -> None:
+        perm, view = self.perm_spec, self.view_shape
+        if perm is None or sorted(perm) != list(range(len(perm))):
+            raise ValueError(f"permute op {self.source!r}: perm_spec must be a permutation of "
+                             f"0..n-1, got {perm!r}")
+        if view is not None:
+            if len(view) != len(perm):
+                raise ValueError(f"permute op {self.source!r}: view_shape {view!r} has "
+                                 f"{len(view)} dims, perm_spec {len(perm)}")
+            if view.count(-1) > 1 or any(v < 1 and v != -1 for v in view):
+                raise ValueError(f"permute op {self.source!r}: view_shape {view!r} needs "
+                                 "positive sizes and at most one -1")
 
 
 @dataclass
@@ -91,6 +169,8 @@ class ConversionReport:
     renamed: dict[str, str] = field(default_factory=dict)
     split: dict[str, list[str]] = field(default_factory=dict)
     verified: bool = False
+    merged: dict[str, list[str]] = field(default_factory=dict)
+    permuted: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -170,27 +250,36 @@ def iter_source_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]
 
     Pickles are loaded with ``weights_only=True`` (no code execution) and memory
     mapped; safetensors are read through ``safe_open``. Non-tensor entries are
-    skipped. Unreadable or unsafe files raise ``BadInput`` naming the file.
+    skipped. Unreadable, truncated or unsafe files raise ``BadInput`` naming the file.
     """
+    yield from _read(files, None)
+
+
+def _read(files: Iterable[Path], mappings: _Mappings | None) -> Iterator[tuple[str, torch.Tensor]]:
+    """iter_source_tensors, registering the files' memory maps with ``mappings``."""
     for path in files:
         path = Path(path)
         if path.suffix == ".safetensors":
-            yield from _iter_safetensors(path)
+            yield from _iter_safetensors(path, mappings)
         else:
-            yield from _iter_pickle(path)
+            yield from _iter_pickle(path, mappings)
 
 
-def _iter_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+def _iter_safetensors(path: Path, mappings: _Mappings | None) -> Iterator[tuple[str, torch.Tensor]]:
     try:
+        # Opening validates the header: a truncated file fails here ("file not fully covered").
         with safe_open(str(path), framework="pt") as f:
             # offset_keys() is storage order (the writer's order); keys() is sorted.
             names = f.offset_keys() if hasattr(f, "offset_keys") else f.keys()
             for name in names:
-                yield name, _read_safetensor(f, path, name)
+                tensor = _read_safetensor(f, path, name)
+                if mappings is not None and sys.byteorder == "little":
+                    mappings.track(path, tensor)
+                yield name, tensor
     except BadInput:
         raise
     except Exception as e:  # safetensors raises its own SafetensorError, OSError, ...
-        raise BadInput.at(path, f"cannot read safetensors file ({e})") from e
+        raise BadInput.at(path, f"cannot read safetensors file, truncated or corrupt ({e})") from e
 
 
 def _read_safetensor(handle, path: Path, name: str) -> torch.Tensor:
@@ -200,23 +289,50 @@ def _read_safetensor(handle, path: Path, name: str) -> torch.Tensor:
         raise BadInput.at(path, f"cannot read tensor {name!r} ({e})") from e
 
 
-def _iter_pickle(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    state = _unwrap_state_dict(path, _load_pickle(path))
+def _iter_pickle(path: Path, mappings: _Mappings | None) -> Iterator[tuple[str, torch.Tensor]]:
+    obj, mmapped = _load_pickle(path)
+    state = _unwrap_state_dict(path, obj)
+    # torch byte-swaps a foreign-endian file in place, i.e. in the (private) mapping: such
+    # pages must never be dropped or copied from the file, so that file is not tracked.
+    track = mappings is not None and mmapped and _native_byte_order(path)
     for name, value in state.items():
         if isinstance(value, torch.Tensor):
+            if track:
+                mappings.track(path, value)
             yield str(name), value
 
 
-def _load_pickle(path: Path) -> object:
+def _load_pickle(path: Path) -> tuple[object, bool]:
+    """The unpickled object, and whether its tensors are memory-mapped from the file."""
     # mmap needs the zip format; legacy (pre-1.6) pickles must be read into memory.
+    # A zip file cut short has lost its central directory, so it is not mmapped either
+    # and fails below with torch's "failed finding central directory".
     mmap = zipfile.is_zipfile(path)
     try:
-        return torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
+        return torch.load(path, map_location="cpu", mmap=mmap, weights_only=True), mmap
     except pickle.UnpicklingError as e:
         raise BadInput.at(path, "refused to load: the pickle contains objects other than "
                                 f"tensors ({_refusal_reason(e)})") from e
     except Exception as e:
-        raise BadInput.at(path, f"cannot read checkpoint ({type(e).__name__}: {e})") from e
+        raise BadInput.at(path, "cannot read checkpoint, truncated or corrupt "
+                                f"({type(e).__name__}: {_first_line(e)})") from e
+
+
+def _native_byte_order(path: Path) -> bool:
+    """Whether torch.load leaves this zip checkpoint's bytes as they are in the file."""
+    if sys.byteorder != "little":
+        return False
+    try:
+        with zipfile.ZipFile(path) as z:
+            record = next((n for n in z.namelist() if n.rsplit("/", 1)[-1] == "byteorder"), None)
+            return record is None or z.read(record).decode().strip() == sys.byteorder
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return False
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[0] if lines else type(error).__name__)[:200]
 
 
 def _refusal_reason(error: Exception) -> str:
@@ -257,29 +373,274 @@ def parse_shard_size(size: int | str) -> int:
     return value
 
 
+# ---------------------------------------------------------------- memory
+
+
+_MADV_DONTNEED = 4  # Linux
+
+
+def _libc_madvise() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    madvise.restype = ctypes.c_int
+    return madvise
+
+
+_MADVISE = _libc_madvise()
+
+
+@dataclass(frozen=True)
+class _Region:
+    """One private, file-backed memory map: addresses [start, end) hold ``path`` from ``offset``."""
+
+    start: int
+    end: int
+    offset: int
+    path: str
+
+
+def _find_mapping(address: int, path: str) -> _Region | None:
+    """The private mapping of ``path`` that contains ``address``, from /proc/self/maps."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) < 6:
+                    continue
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                if start <= address < end and fields[1].endswith("p") and fields[5].rstrip("\n") == path:
+                    return _Region(start, end, int(fields[2], 16), path)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+class _Mappings:
+    """The file-backed memory maps that the tensors being read live in.
+
+    Reading a memory-mapped tensor pulls its pages into this process, where they count
+    in its resident set until unmapped. ``release`` drops them (MADV_DONTNEED: for a
+    private file mapping whose pages were never written this only unmaps them; the data
+    stays in the page cache and is faulted back in if read again), so that streaming a
+    checkpoint keeps the resident set near one block. ``copy`` moves a block that lies
+    in a mapped file straight from that file into the output with copy_file_range, as
+    ``cp`` does, without touching its pages at all.
+
+    Only mappings found in /proc/self/maps as a private map of the very file a tensor
+    was read from are tracked, and a reference to the storage keeps each one alive while
+    it is tracked. Elsewhere than on Linux nothing is tracked and both are no-ops.
+    """
+
+    def __init__(self) -> None:
+        self.regions: list[_Region] = []
+        self._keep: list[torch.UntypedStorage] = []
+        self._untracked: set[str] = set()
+        self._fds: dict[str, int] = {}
+        self._touched = 0
+        self._copy_ok = hasattr(os, "copy_file_range")
+
+    def track(self, path: Path | str, tensor: torch.Tensor) -> None:
+        """Register the memory map that ``tensor`` (read from ``path``) lives in, if any."""
+        if _MADVISE is None:
+            return
+        storage = tensor.untyped_storage()
+        address = storage.data_ptr()
+        if not address or storage.nbytes() == 0 or self._region_of(address, 1) is not None:
+            return
+        real = os.path.realpath(path)
+        if real in self._untracked:
+            return
+        region = _find_mapping(address, real)
+        if region is None:
+            self._untracked.add(real)  # read into memory (or a copy): nothing to drop
+            return
+        self.regions.append(region)
+        self._keep.append(storage)
+
+    def _region_of(self, address: int, size: int) -> _Region | None:
+        return next((r for r in self.regions if r.start <= address and address + size <= r.end), None)
+
+    def touched(self, nbytes: int) -> None:
+        """Note that ``nbytes`` of mapped data were read; drop them once a block's worth is in."""
+        self._touched += nbytes
+        if self._touched >= BLOCK_BYTES:
+            self.release()
+
+    def release(self) -> None:
+        self._touched = 0
+        if _MADVISE is None:
+            return
+        for r in self.regions:
+            _MADVISE(r.start, r.end - r.start, _MADV_DONTNEED)
+
+    def copy(self, block: torch.Tensor, fd: int) -> bool:
+        """Append ``block`` (contiguous uint8) to ``fd`` from its file if it lies in one."""
+        size = block.numel()
+        region = self._region_of(block.data_ptr(), size) if self._copy_ok else None
+        if region is None:
+            return False
+        source = self._fds.get(region.path)
+        if source is None:
+            source = self._fds[region.path] = os.open(region.path, os.O_RDONLY)
+        position = region.offset + block.data_ptr() - region.start
+        done = 0
+        try:
+            while done < size:
+                copied = os.copy_file_range(source, fd, size - done, position + done)
+                if copied <= 0:
+                    break
+                done += copied
+        except OSError:  # e.g. not supported between these file systems: write instead
+            self._copy_ok = False
+        if done < size:
+            _write_fully(fd, block[done:])
+            self.touched(size - done)
+        return True
+
+    def close(self) -> None:
+        self.release()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        self.regions.clear()
+        self._keep.clear()
+
+
+def _write_fully(fd: int, data: bytes | torch.Tensor) -> None:
+    view = memoryview(data.numpy()) if isinstance(data, torch.Tensor) else memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+# ---------------------------------------------------------------- output tensors
+
+
+def _byte_view(tensor: torch.Tensor) -> torch.Tensor:
+    """A uint8 view of shape (*tensor.shape, itemsize), whatever the strides: no copy.
+
+    Ops work on these bytes, so they are exact for every dtype by construction.
+    """
+    return tensor.detach().unsqueeze(-1).view(torch.uint8)
+
+
+class _Out:
+    """One output tensor, produced a block of leading rows at a time.
+
+    ``rows(a, b)`` gives rows [a, b) as a byte view (see ``_byte_view``), any strides;
+    alternatively ``make()`` gives the whole byte tensor, built when it is iterated and
+    freed after (used where a layout change cannot be cut into rows). Built on memory-
+    mapped sources, an ``_Out`` holds references, not data.
+    """
+
+    __slots__ = ("shape", "dtype", "_rows", "_make")
+
+    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype,
+                 rows: Callable[[int, int], torch.Tensor] | None = None,
+                 make: Callable[[], torch.Tensor] | None = None):
+        self.shape, self.dtype, self._rows, self._make = tuple(shape), dtype, rows, make
+
+    @classmethod
+    def of(cls, tensor: torch.Tensor) -> _Out:
+        data = _byte_view(tensor)
+        if tensor.dim() == 0:
+            return cls((), tensor.dtype, lambda a, b: data)
+        return cls(tuple(tensor.shape), tensor.dtype, lambda a, b: data[a:b])
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    def blocks(self, limit: int | None = None) -> Iterator[torch.Tensor]:
+        """The tensor's bytes in order, as contiguous 1-D uint8 tensors of at most ``limit``
+        (default ``BLOCK_BYTES``) bytes, or one row where a row is larger. Block boundaries
+        depend on shape, dtype and limit only, so two tensors can be compared block by block."""
+        if self.nbytes == 0:
+            return
+        limit = limit or BLOCK_BYTES
+        rows = self._rows
+        if self._make is not None:
+            whole = self._make()
+            rows = lambda a, b: whole[a:b]  # noqa: E731
+        if not self.shape:
+            yield rows(0, 1).contiguous().reshape(-1)
+            return
+        step = max(1, limit // (self.nbytes // self.shape[0]))
+        for a in range(0, self.shape[0], step):
+            yield rows(a, min(a + step, self.shape[0])).contiguous().reshape(-1)
+
+
 # ---------------------------------------------------------------- ops
 
 
-def _apply_ops(name: str, tensor: torch.Tensor, ops: Iterable[WeightOp],
-               report: ConversionReport | None = None) -> list[tuple[str, torch.Tensor]]:
-    """The output tensors one source tensor becomes; the first matching op wins."""
-    for op in ops:
-        match = re.fullmatch(op.source, name)
-        if match is None:
-            continue
-        targets = [match.expand(t) for t in op.targets]
-        if op.kind == "rename":
-            if report is not None:
-                report.renamed[name] = targets[0]
-            return [(targets[0], tensor)]
-        parts = _split(name, tensor, op)
-        if report is not None:
-            report.split[name] = targets
-        return list(zip(targets, parts, strict=True))
-    return [(name, tensor)]
+class _OpApplier:
+    """Applies ops to source tensors in read order; one per pass over the sources.
+
+    The first op whose ``source`` matches a name applies. A merge holds the parts it has
+    seen (references) until its last part arrives, then emits the target.
+    """
+
+    def __init__(self, ops: Iterable[WeightOp], report: ConversionReport | None = None):
+        self.ops = list(ops)
+        self.report = report
+        self.pending: dict[str, tuple[WeightOp, dict[str, tuple[str, torch.Tensor]]]] = {}
+
+    def feed(self, name: str, tensor: torch.Tensor) -> list[tuple[str, _Out]]:
+        """The output tensors that are complete once ``tensor`` has been read."""
+        if tensor.layout != torch.strided:
+            raise BadInput(f"{name}: {tensor.layout} tensors cannot be stored in safetensors")
+        for op in self.ops:
+            match = re.fullmatch(op.source, name)
+            if match is None or (op.kind == "merge" and match["part"] not in op.parts):
+                continue
+            targets = [match.expand(t) for t in op.targets]
+            if op.kind == "rename":
+                self._note("renamed", name, targets[0])
+                return [(targets[0], _Out.of(tensor))]
+            if op.kind == "split":
+                self._note("split", name, targets)
+                return list(zip(targets, _split(name, tensor, op), strict=True))
+            if op.kind == "permute":
+                self._note("permuted", name, targets[0])
+                return [(targets[0], _permute(name, tensor, op))]
+            return self._merge_part(op, targets[0], match["part"], name, tensor)
+        return [(name, _Out.of(tensor))]
+
+    def _note(self, what: str, key: str, value: Any) -> None:
+        if self.report is not None:
+            getattr(self.report, what)[key] = value
+
+    def _merge_part(self, op: WeightOp, target: str, part: str, name: str,
+                    tensor: torch.Tensor) -> list[tuple[str, _Out]]:
+        owner, parts = self.pending.setdefault(target, (op, {}))
+        if owner is not op:
+            raise BadInput(f"merge into {target!r}: two merge ops ({owner.source!r} and "
+                           f"{op.source!r}) build it")
+        if part in parts:
+            raise BadInput(f"merge into {target!r}: part {part!r} comes from both "
+                           f"{parts[part][0]!r} and {name!r}")
+        parts[part] = (name, tensor)
+        if len(parts) < len(op.parts):
+            return []
+        del self.pending[target]
+        ordered = [parts[p] for p in op.parts]
+        self._note("merged", target, [n for n, _ in ordered])
+        return [(target, _merge(target, ordered, op.dim))]
+
+    def finish(self) -> None:
+        """Refuse merges left incomplete when the sources ran out."""
+        for target, (op, parts) in self.pending.items():
+            missing = [p for p in op.parts if p not in parts]
+            found = ", ".join(repr(n) for n, _ in parts.values())
+            raise BadInput(f"merge into {target!r}: no source tensor for part(s) "
+                           f"{', '.join(missing)} (found {found})")
 
 
-def _split(name: str, tensor: torch.Tensor, op: WeightOp) -> list[torch.Tensor]:
+def _split(name: str, tensor: torch.Tensor, op: WeightOp) -> list[_Out]:
     if tensor.dim() == 0 or not -tensor.dim() <= op.dim < tensor.dim():
         raise BadInput(f"{name}: cannot split along dim {op.dim} of shape {tuple(tensor.shape)}")
     length, parts = tensor.shape[op.dim], len(op.targets)
@@ -292,79 +653,132 @@ def _split(name: str, tensor: torch.Tensor, op: WeightOp) -> list[torch.Tensor]:
         sizes = list(op.sizes)
         if sum(sizes) != length:
             raise BadInput(f"{name}: split sizes {sizes} do not add up to {length}")
-    return [part.contiguous() for part in torch.split(tensor, sizes, dim=op.dim)]
+    # Views: a part is copied only a block at a time, when it is written.
+    return [_Out.of(part) for part in torch.split(tensor, sizes, dim=op.dim)]
+
+
+def _merge(target: str, parts: list[tuple[str, torch.Tensor]], dim: int) -> _Out:
+    first_name, first = parts[0]
+    if first.dim() == 0 or not -first.dim() <= dim < first.dim():
+        raise BadInput(f"merge into {target!r}: cannot concatenate along dim {dim} of "
+                       f"{first_name} {tuple(first.shape)}")
+    dim %= first.dim()
+    for name, tensor in parts[1:]:
+        if tensor.dtype != first.dtype:
+            raise BadInput(f"merge into {target!r}: {name} is {tensor.dtype}, "
+                           f"{first_name} is {first.dtype}")
+        if tensor.dim() != first.dim() or any(
+                tensor.shape[i] != first.shape[i] for i in range(first.dim()) if i != dim):
+            raise BadInput(f"merge into {target!r}: {name} {tuple(tensor.shape)} does not fit "
+                           f"{first_name} {tuple(first.shape)} along dim {dim}")
+    shape = list(first.shape)
+    shape[dim] = sum(t.shape[dim] for _, t in parts)
+    views = [_byte_view(t) for _, t in parts]
+    if dim > 0:  # rows of the result are rows of every part, side by side
+        return _Out(tuple(shape), first.dtype, lambda a, b: torch.cat([v[a:b] for v in views], dim))
+    starts = [0]
+    for v in views[:-1]:
+        starts.append(starts[-1] + v.shape[0])
+
+    def rows(a: int, b: int) -> torch.Tensor:  # the parts one after another
+        pieces = [v[max(a - s, 0):b - s] for v, s in zip(views, starts, strict=True)
+                  if s < b and a < s + v.shape[0]]
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+    return _Out(tuple(shape), first.dtype, rows)
+
+
+def _permute(name: str, tensor: torch.Tensor, op: WeightOp) -> _Out:
+    perm, view = op.perm_spec, op.view_shape
+    if view is None:
+        if len(perm) != tensor.dim():
+            raise BadInput(f"{name}: perm_spec {perm} does not fit shape {tuple(tensor.shape)}")
+        return _Out.of(tensor.permute(perm))  # a view; copied a block at a time when written
+    known = math.prod(v for v in view if v != -1)
+    numel = tensor.numel()
+    if tensor.dim() == 0 or (numel % known != 0 if -1 in view else numel != known):
+        raise BadInput(f"{name}: cannot view shape {tuple(tensor.shape)} as {view}")
+    data, itemsize = _byte_view(tensor), tensor.dtype.itemsize
+
+    def make() -> torch.Tensor:  # one tensor's worth of memory, while it is written or compared
+        viewed = data.reshape(*view, itemsize).permute(*perm, len(view))
+        return viewed.contiguous().reshape(*tensor.shape, itemsize)
+
+    return _Out(tuple(tensor.shape), tensor.dtype, make=make)
 
 
 # ---------------------------------------------------------------- comparison
 
 
-def _bits(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.detach().contiguous().reshape(-1).view(torch.uint8)
+def _equal_bytes(x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Two contiguous 1-D uint8 tensors hold the same bytes (compared a word at a time)."""
+    if x.numel() != y.numel():
+        return False
+    for word in (torch.int64, torch.int32, torch.int16):
+        try:
+            return torch.equal(x.view(word), y.view(word))
+        except RuntimeError:  # length or offset not a multiple of the word size
+            continue
+    return torch.equal(x, y)
 
 
-def _identical(a: torch.Tensor, b: torch.Tensor) -> bool:
+def _same(a: _Out, b: _Out, mappings: _Mappings | None = None) -> bool:
     """Same dtype, shape and bytes; unlike torch.equal this also tells NaNs and -0.0 apart."""
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
-    try:
-        return torch.equal(_bits(a), _bits(b))
-    except RuntimeError:  # dtypes that cannot be viewed as bytes
-        return torch.equal(a, b)
-
-
-def _tensor_bytes(tensor: torch.Tensor) -> int:
-    return tensor.numel() * tensor.element_size()
+    for x, y in zip(a.blocks(), b.blocks(), strict=True):
+        equal = _equal_bytes(x, y)
+        if mappings is not None:
+            mappings.touched(x.numel() + y.numel())
+        if not equal:
+            return False
+    return True
 
 
 # ---------------------------------------------------------------- writing
 
 
 class _ShardWriter:
-    """Accumulates tensors into shards no larger than ``max_bytes`` and writes them.
+    """Groups tensors into shards no larger than ``max_bytes`` and writes them.
 
-    Shards go to temporary names first; ``commit`` gives them their Hub names once
-    the number of shards is known, so a failed run never leaves a half checkpoint.
+    A shard holds ``_Out`` references; ``flush`` writes it streaming (see
+    ``_write_safetensors``). Shards go to temporary names first; ``commit`` gives them
+    their Hub names once the number of shards is known, so a failed run never leaves a
+    half checkpoint.
     """
 
-    def __init__(self, out_dir: Path, max_bytes: int):
+    def __init__(self, out_dir: Path, max_bytes: int, mappings: _Mappings | None = None):
         self.out_dir = out_dir
         self.max_bytes = max_bytes
-        self.current: dict[str, torch.Tensor] = {}
+        self.mappings = mappings or _Mappings()
+        self.current: list[tuple[str, _Out]] = []
         self.current_bytes = 0
         self.temp_files: list[Path] = []
         self.shard_of: dict[str, int] = {}  # tensor name -> shard number (0-based)
         self.total_bytes = 0
 
-    def add(self, name: str, tensor: torch.Tensor) -> None:
-        if tensor.layout != torch.strided:
-            raise BadInput(f"{name}: {tensor.layout} tensors cannot be stored in safetensors")
-        size = _tensor_bytes(tensor)
+    def add(self, name: str, out: _Out) -> None:
+        if out.dtype not in _ST_NAMES:
+            raise BadInput(f"{name}: dtype {out.dtype} cannot be stored in safetensors")
+        if name == "__metadata__":
+            raise BadInput(f"{name}: this tensor name is reserved in safetensors")
+        size = out.nbytes
         # Like the Hub: start a new shard when this tensor would overflow a non-empty one;
         # a tensor larger than the limit gets a shard of its own.
         if self.current and self.current_bytes + size > self.max_bytes:
             self.flush()
-        self.current[name] = self._materialise(tensor)
+        self.current.append((name, out))
         self.current_bytes += size
         self.total_bytes += size
         self.shard_of[name] = len(self.temp_files)
-
-    def _materialise(self, tensor: torch.Tensor) -> torch.Tensor:
-        tensor = tensor.detach().contiguous()
-        # safetensors refuses tensors sharing storage within one file, so a tensor that
-        # aliases one already in this shard (untied shared weights, split parts) is copied.
-        storage = tensor.untyped_storage().data_ptr()
-        if storage and any(kept.untyped_storage().data_ptr() == storage
-                           for kept in self.current.values()):
-            tensor = tensor.clone()
-        return tensor
 
     def flush(self) -> None:
         if not self.current:
             return
         path = self.out_dir / f".model-partial-{len(self.temp_files):05d}.safetensors"
         self.temp_files.append(path)
-        save_file(self.current, str(path), metadata=METADATA)
-        self.current, self.current_bytes = {}, 0
+        _write_safetensors(path, self.current, self.mappings)
+        self.current, self.current_bytes = [], 0
 
     def final_names(self) -> list[str]:
         count = len(self.temp_files)
@@ -397,6 +811,35 @@ class _ShardWriter:
         self.temp_files = []
 
 
+def _write_safetensors(path: Path, entries: list[tuple[str, _Out]], mappings: _Mappings) -> None:
+    """Write one safetensors file, a block at a time: the file format, built by hand.
+
+    An 8-byte little-endian header length, the JSON header (``__metadata__`` and, per
+    tensor, dtype, shape and data offsets) padded with spaces to a multiple of 8, then
+    the tensors' bytes back to back. Wider dtypes come first, as safetensors itself
+    orders them, so that every tensor starts at a multiple of its item size.
+    """
+    ordered = sorted(entries, key=lambda entry: -entry[1].dtype.itemsize)  # stable: source order
+    header: dict[str, Any] = {"__metadata__": METADATA}
+    offset = 0
+    for name, out in ordered:
+        header[name] = {"dtype": _ST_NAMES[out.dtype], "shape": list(out.shape),
+                        "data_offsets": [offset, offset + out.nbytes]}
+        offset += out.nbytes
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        _write_fully(fd, struct.pack("<Q", len(raw)) + raw)
+        for _, out in ordered:
+            for block in out.blocks():
+                if not mappings.copy(block, fd):
+                    _write_fully(fd, block)
+                    mappings.touched(block.numel())
+    finally:
+        os.close(fd)
+
+
 # ---------------------------------------------------------------- conversion
 
 
@@ -404,42 +847,43 @@ class _TiedFilter:
     """Drops declared tied targets that are bit-identical to their source.
 
     Names are output names (after ops). A target seen before its source is held
-    back (a reference only: mmap'd pickles cost no RAM) until the source arrives.
+    back (a reference only: mmap'd sources cost no RAM) until the source arrives.
     Sources are remembered the same way so a later target can be compared.
     """
 
-    def __init__(self, tied: Mapping[str, str], report: ConversionReport):
+    def __init__(self, tied: Mapping[str, str], report: ConversionReport,
+                 mappings: _Mappings | None = None):
         chained = sorted(set(tied) & set(tied.values()))
         if chained:
             raise BadInput(f"tied weights: {chained[0]!r} is both a tied target and a source")
         self.tied = dict(tied)
         self.report = report
-        self.sources: dict[str, torch.Tensor] = {}
-        self.waiting: dict[str, torch.Tensor] = {}
+        self.mappings = mappings
+        self.sources: dict[str, _Out] = {}
+        self.waiting: dict[str, _Out] = {}
 
-    def feed(self, name: str, tensor: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    def feed(self, name: str, out: _Out) -> list[tuple[str, _Out]]:
         """Tensors to write now, given the next output tensor."""
         source = self.tied.get(name)
         if source is not None:
             if source not in self.sources:
-                self.waiting[name] = tensor
+                self.waiting[name] = out
                 return []
-            return self._keep_unless_identical(name, tensor, self.sources[source])
-        out = [(name, tensor)]
+            return self._keep_unless_identical(name, out, self.sources[source])
+        kept = [(name, out)]
         if name in self.tied.values():
-            self.sources[name] = tensor
+            self.sources[name] = out
             for target in [t for t, s in self.tied.items() if s == name and t in self.waiting]:
-                out += self._keep_unless_identical(target, self.waiting.pop(target), tensor)
-        return out
+                kept += self._keep_unless_identical(target, self.waiting.pop(target), out)
+        return kept
 
-    def _keep_unless_identical(self, target: str, tensor: torch.Tensor,
-                               source: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
-        if _identical(tensor, source):
+    def _keep_unless_identical(self, target: str, out: _Out, source: _Out) -> list[tuple[str, _Out]]:
+        if _same(out, source, self.mappings):
             self.report.dropped_duplicates[target] = self.tied[target]
             return []
-        return [(target, tensor)]
+        return [(target, out)]
 
-    def leftovers(self) -> list[tuple[str, torch.Tensor]]:
+    def leftovers(self) -> list[tuple[str, _Out]]:
         """Targets whose source never appeared: they are real weights and are kept."""
         out, self.waiting = list(self.waiting.items()), {}
         return out
@@ -456,35 +900,54 @@ def convert_checkpoint(
 ) -> ConversionReport:
     """Convert ``files`` to Hub-style safetensors in ``out_dir`` and verify the result.
 
-    Tensors keep dtype, values and source order; ``ops`` rename/split matching
-    names; ``tied`` (target -> source, output names) drops identical duplicates.
-    At most one shard of tensors is held in memory. Raises ``BadInput`` for bad
-    input and ``RuntimeError`` if the written files do not match the source.
+    Tensors keep dtype, values and source order; ``ops`` rename, split, merge or permute
+    matching tensors; ``tied`` (target -> source, output names) drops identical
+    duplicates. Tensors are streamed a block at a time, so memory stays near one block
+    (one tensor for a permute with ``view_shape``) whatever the shard size. Raises
+    ``BadInput`` for bad input (nothing is written then) and ``RuntimeError`` if the
+    written files do not match the source.
     """
     files = [Path(f) for f in files]
     if not files:
         raise BadInput("no weight files to convert")
     out_dir = Path(out_dir)
     _refuse_overwriting_sources(files, out_dir)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     ops = list(ops)
     report = ConversionReport(source_files=[str(f) for f in files], output_files=[],
                               tensors=0, bytes=0)
-    writer = _ShardWriter(out_dir, parse_shard_size(max_shard_size))
+    mappings = _Mappings()
+    writer = _ShardWriter(out_dir, parse_shard_size(max_shard_size), mappings)
     try:
-        _write_all(files, ops, _TiedFilter(tied or {}, report), writer, report, progress)
-        if not writer.shard_of:
-            raise BadInput.at(files[0], "the checkpoint contains no tensors")
-        weight_map = {n: writer.temp_files[i] for n, i in writer.shard_of.items()}
-        _verify(files, ops, set(report.dropped_duplicates), weight_map)
-        finals = writer.commit()
-    finally:
-        writer.discard()
+        try:
+            _write_all(files, ops, _TiedFilter(tied or {}, report, mappings), writer, report,
+                       progress)
+            if not writer.shard_of:
+                raise BadInput.at(files[0], "the checkpoint contains no tensors")
+            weight_map = {n: writer.temp_files[i] for n, i in writer.shard_of.items()}
+            mappings.close()  # the write pass's maps: verification maps every file afresh
+            _verify(files, ops, set(report.dropped_duplicates), weight_map, mappings)
+            finals = writer.commit()
+        finally:
+            writer.discard()
+            mappings.close()
+    except BaseException:
+        if created:  # leave no trace of a failed conversion
+            _remove_empty_dir(out_dir)
+        raise
     report.output_files = [str(p) for p in finals]
     report.tensors = len(writer.shard_of)
     report.bytes = writer.total_bytes
     report.verified = True
     return report
+
+
+def _remove_empty_dir(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass
 
 
 def _refuse_overwriting_sources(files: list[Path], out_dir: Path) -> None:
@@ -499,9 +962,10 @@ def _write_all(files: list[Path], ops: list[WeightOp], tied: _TiedFilter, writer
                report: ConversionReport, progress: Callable[[int, int], None] | None) -> None:
     """Stream every source tensor through ops and the tied filter into the writer."""
     total = _count_tensors(files)
+    applier = _OpApplier(ops, report)
     origin: dict[str, str] = {}  # output name -> source name, for duplicate messages
-    for done, (source_name, tensor) in enumerate(iter_source_tensors(files), start=1):
-        for name, out in _apply_ops(source_name, tensor, ops, report):
+    for done, (source_name, tensor) in enumerate(_read(files, writer.mappings), start=1):
+        for name, out in applier.feed(source_name, tensor):
             if name in origin:
                 raise BadInput(f"two tensors would be written as {name!r}: from "
                                f"{origin[name]!r} and {source_name!r}")
@@ -510,6 +974,7 @@ def _write_all(files: list[Path], ops: list[WeightOp], tied: _TiedFilter, writer
                 writer.add(keep_name, keep)
         if progress is not None:
             progress(done, total)
+    applier.finish()
     for keep_name, keep in tied.leftovers():
         writer.add(keep_name, keep)
     writer.flush()
@@ -529,25 +994,58 @@ def _count_tensors(files: list[Path]) -> int:
         return 0
 
 
+# ---------------------------------------------------------------- verification
+
+
 def _verify(files: list[Path], ops: list[WeightOp], dropped: set[str],
-            weight_map: Mapping[str, Path]) -> None:
-    """Reload every written tensor and compare it bit for bit with the source after ops."""
+            weight_map: Mapping[str, Path], mappings: _Mappings | None = None) -> None:
+    """Reload every written tensor and compare it bit for bit with the source after ops.
+
+    Both sides are read afresh (the sources are loaded again, the ops applied again)
+    and compared a block at a time, so this needs no more memory than the writing did.
+    """
+    mappings = mappings or _Mappings()
     with ExitStack() as stack:
         handles = {path: stack.enter_context(safe_open(str(path), framework="pt"))
                    for path in dict.fromkeys(weight_map.values())}
         _check_written_names(handles, weight_map)
+        for path, handle in handles.items():
+            _track_output(mappings, path, handle)
+        applier = _OpApplier(ops)
         unchecked = set(weight_map)
-        for source_name, tensor in iter_source_tensors(files):
-            for name, expected in _apply_ops(source_name, tensor, ops):
+        for source_name, tensor in _read(files, mappings):
+            for name, expected in applier.feed(source_name, tensor):
                 if name in dropped:
                     continue
                 if name not in unchecked:
                     raise RuntimeError(f"verification failed: {name!r} was not written")
-                if not _identical(handles[weight_map[name]].get_tensor(name), expected):
+                if not _same(_written(handles[weight_map[name]], name), expected, mappings):
                     raise RuntimeError(f"verification failed: {name!r} differs from its source")
                 unchecked.discard(name)
+        applier.finish()
         if unchecked:
             raise RuntimeError(f"verification failed: {min(unchecked)!r} has no source tensor")
+
+
+def _track_output(mappings: _Mappings, path: Path, handle: Any) -> None:
+    """Register a written file's memory map (safetensors maps the whole file at open)."""
+    for name in handle.keys():
+        piece = handle.get_slice(name)
+        if piece.get_shape() and piece.get_shape()[0]:
+            mappings.track(path, piece[0:1])
+            return
+
+
+def _written(handle: Any, name: str) -> _Out:
+    """A written tensor, as safetensors reads it back, a block of rows at a time."""
+    piece = handle.get_slice(name)
+    dtype = _ST_DTYPES.get(piece.get_dtype())
+    if dtype is None:
+        raise RuntimeError(f"verification failed: {name!r} has unknown dtype {piece.get_dtype()}")
+    shape = tuple(piece.get_shape())
+    if not shape:
+        return _Out((), dtype, lambda a, b: _byte_view(handle.get_tensor(name)))
+    return _Out(shape, dtype, lambda a, b: _byte_view(piece[a:b]))
 
 
 def _check_written_names(handles: Mapping[Path, Any], weight_map: Mapping[str, Path]) -> None:

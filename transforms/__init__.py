@@ -10,13 +10,17 @@ from transforms.buffer_init import RebuildBuffers
 from transforms.cache_api import ModernCacheAPI
 from transforms.generation import GenerationSupport
 from transforms.kwargs_threading import ThreadKwargs
+from transforms.layer_index import ThreadLayerIndex
 from transforms.masks import UseMaskingUtils
 from transforms.removed_imports import RemovedImports
 from transforms.rope_config import RopeConfigAccess
 from transforms.tied_weights import TiedWeightsDict
+from transforms.tuple_cache import CacheObjects
 
 REGISTRY: tuple[type[Transform], ...] = (
     CollapseBackendClasses,
+    ThreadLayerIndex,
+    CacheObjects,
     RouteAttention,
     UseMaskingUtils,
     ModernCacheAPI,

@@ -195,3 +195,11 @@ def free_names(stmts: list[cst.BaseStatement], bound: set[str]) -> tuple[set[str
             free |= names_loaded(stmt) - bound
             bound |= {n.value for n in walk(stmt) if isinstance(n, cst.Name)}
     return free, bound
+
+
+TIGHT_EQUAL = cst.AssignEqual(whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace(""))
+
+
+def keyword_arg(name: str, value: str) -> cst.Arg:
+    """`name=value` as a call argument, formatted the usual way."""
+    return cst.Arg(keyword=cst.Name(name), value=cst.parse_expression(value), equal=TIGHT_EQUAL)

@@ -1,0 +1,276 @@
+"""Tuple caches become the Cache API (CONTRACT C4; LEGACY_PATTERNS B).
+
+Before transformers 4.36 each layer received `(past_key, past_value)` and returned a new
+tuple, and the model gathered them into a tuple of tuples. transformers 5 hands the model
+one `Cache` object and expects every layer to `update` it. The rewrite, by pattern:
+
+In attention modules (the cache parameter is the forward parameter named `*past*`):
+- `past[0].shape[-2]` (or `.size(-2)`, `.shape[2]`)  -> `past.get_seq_length(self.layer_idx)`
+- `k = torch.cat([past[0], k], dim=...)` and the value twin  -> `k, v = past.update(k, v, self.layer_idx)`
+  (also after `past_k, past_v = past` unpacking, which is removed)
+- `present = (k, v)` / `(k, v) if use_cache else None`  -> the cache object itself
+
+In base models (the parameter `past_key_values`):
+- a `DynamicCache` is created when `use_cache` is on and none was given
+- `past_key_values[0][0].shape[2]`  -> `past_key_values.get_seq_length()`
+- `past_key_values[i]`  -> `past_key_values` (every layer shares the one cache)
+- `zip(self.layers, past_key_values)`  -> `zip(self.layers, [past_key_values] * len(self.layers))`
+- `past_key_values = tuple([None] * n)`  -> `past_key_values = None`
+- the tuple that gathers each layer's present  -> the cache itself.
+"""
+
+from __future__ import annotations
+
+import libcst as cst
+from libcst.codemod.visitors import AddImportsVisitor
+
+from transforms.base import Transform
+from transforms.cst_utils import (
+    assigned_names,
+    code_of,
+    dotted,
+    function_defs,
+    last_part,
+    param_names,
+    parse_expr,
+    parse_stmts,
+    single_assign,
+)
+
+
+def _cache_param(fn: cst.FunctionDef, plural: bool) -> str | None:
+    for name in param_names(fn):
+        if "past" in name and name.endswith("s") == plural:
+            return name
+    return None
+
+
+def _uses_tuple_cache(fn: cst.FunctionDef, cache: str) -> bool:
+    text = code_of(fn)
+    return f"{cache}[0]" in text or f"= {cache}\n" in text or f"{cache}[idx]" in text
+
+
+def _is_length_of_first(node: cst.CSTNode, base: str) -> bool:
+    """`base.shape[2]`, `base.shape[-2]`, `base.size(-2)`, `base.size(2)` with base given as code."""
+    text = code_of(node).replace(" ", "")
+    return text in {f"{base}.shape[-2]", f"{base}.shape[2]", f"{base}.size(-2)", f"{base}.size(2)"}
+
+
+class CacheObjects(Transform):
+    name = "tuple-cache"
+    summary = "Replace tuple key/value caches with the Cache API."
+
+    def transform_module_impl(self, tree: cst.Module) -> cst.Module:
+        analysis = self.state.analysis
+        new_body = []
+        for stmt in tree.body:
+            if isinstance(stmt, cst.ClassDef) and analysis.classes.get(stmt.name.value) and analysis.classes[stmt.name.value].file == self.filename:
+                name = stmt.name.value
+                if name in analysis.attention:
+                    stmt = self._attention(stmt)
+                elif name in analysis.base_models:
+                    stmt = self._base_model(stmt)
+            new_body.append(stmt)
+        return tree.with_changes(body=new_body)
+
+    # -- attention -------------------------------------------------------------------------
+    def _attention(self, cls: cst.ClassDef) -> cst.ClassDef:
+        forward = function_defs(cls).get("forward")
+        cache = _cache_param(forward, plural=False) if forward else None
+        if cache is None or not _uses_tuple_cache(forward, cache) or f"{cache}.update(" in code_of(forward):
+            return cls
+        body = list(forward.body.body)
+        new_body = self._attention_statements(body, cache, cls.name.value)
+        if new_body is None:
+            return cls
+        new_forward = forward.with_changes(body=forward.body.with_changes(body=new_body))
+        new_forward = new_forward.visit(_LengthOfPast(cache, f"{cache}.get_seq_length(self.layer_idx)", index_depth=1))
+        self.record(forward, f"{cls.name.value}.forward: tuple cache `{cache}` -> Cache.update(..., self.layer_idx)")
+        return cls.deep_replace(forward, new_forward)
+
+    def _attention_statements(self, body, cache, where):
+        """Rewrite the concatenation and the `present` tuple, inside branches too."""
+        finder = _AttentionCache(cache)
+        new_body = [stmt.visit(finder) for stmt in body]
+        new_body = [s for s in new_body if not isinstance(s, cst.RemovalSentinel)]
+        if finder.key is None or finder.value is None:
+            self.refuse(body[0], f"tuple cache `{cache}` is read but no `torch.cat` with it was found", where)
+            return None
+        return [s.visit(_PresentIsCache(finder.key, finder.value, cache)) for s in new_body]
+
+    # -- base model ------------------------------------------------------------------------
+    def _base_model(self, cls: cst.ClassDef) -> cst.ClassDef:
+        forward = function_defs(cls).get("forward")
+        cache = _cache_param(forward, plural=True) if forward else None
+        text = code_of(forward) if forward else ""
+        if cache is None or not (f"{cache}[0][0]" in text or f"{cache}[idx]" in text or f", {cache})" in text):
+            return cls
+        new_forward = forward.visit(_LengthOfPast(cache, f"{cache}.get_seq_length()", index_depth=2))
+        new_forward = new_forward.visit(_SharedCache(cache))
+        body = list(new_forward.body.body)
+        create = parse_stmts(
+            f"if use_cache and not isinstance({cache}, Cache):\n"
+            f"    {cache} = DynamicCache(config=self.config)\n"
+        )
+        insert_at = 0
+        for i, stmt in enumerate(body):
+            if "use_cache" in assigned_names(stmt):
+                insert_at = i + 1
+                break
+        if "use_cache" not in param_names(forward):
+            self.refuse(forward, "base model forward has a tuple cache but no use_cache parameter", cls.name.value)
+            return cls
+        body[insert_at:insert_at] = create
+        new_forward = new_forward.with_changes(body=new_forward.body.with_changes(body=body))
+        new_forward = new_forward.visit(_GatheredPresents(cache))
+        AddImportsVisitor.add_needed_import(self.context, "transformers.cache_utils", "Cache")
+        AddImportsVisitor.add_needed_import(self.context, "transformers.cache_utils", "DynamicCache")
+        self.record(forward, f"{cls.name.value}.forward: one DynamicCache shared by every layer instead of tuples")
+        return cls.deep_replace(forward, new_forward)
+
+
+class _LengthOfPast(cst.CSTTransformer):
+    """`past[0].shape[-2]` (depth 1) or `past[0][0].shape[2]` (depth 2) -> replacement."""
+
+    def __init__(self, cache: str, replacement: str, index_depth: int):
+        self.base = cache + "[0]" * index_depth
+        self.replacement = replacement
+
+    def leave_Subscript(self, original, updated):
+        return parse_expr(self.replacement) if _is_length_of_first(updated, self.base) else updated
+
+    def leave_Call(self, original, updated):
+        return parse_expr(self.replacement) if _is_length_of_first(updated, self.base) else updated
+
+
+class _AttentionCache(cst.CSTTransformer):
+    """The two `torch.cat` statements become one `update`; unpacking of the cache goes."""
+
+    def __init__(self, cache: str):
+        self.cache = cache
+        self.parts: dict[str, int] = {}
+        self.key: str | None = None
+        self.value: str | None = None
+
+    def _part(self, node: cst.BaseExpression) -> int | None:
+        text = code_of(node).replace(" ", "")
+        if text in (f"{self.cache}[0]", f"{self.cache}[1]"):
+            return int(text[-2])
+        return self.parts.get(text)
+
+    def leave_SimpleStatementLine(self, original, updated):
+        assign = single_assign(updated)
+        if assign is None:
+            return updated
+        targets, value = assign
+        # past_key, past_value = layer_past
+        if isinstance(targets[0], cst.Tuple) and code_of(value) == self.cache and len(targets[0].elements) == 2:
+            for i, element in enumerate(targets[0].elements):
+                self.parts[code_of(element.value)] = i
+            return cst.RemoveFromParent()
+        if not (isinstance(value, cst.Call) and last_part(dotted(value.func)) == "cat" and value.args):
+            return updated
+        pieces = value.args[0].value
+        if not isinstance(pieces, (cst.List, cst.Tuple)) or len(pieces.elements) != 2:
+            return updated
+        part = self._part(pieces.elements[0].value)
+        new = code_of(pieces.elements[1].value)
+        target = code_of(targets[0])
+        if part is None or new != target:
+            return updated
+        if part == 0:
+            self.key = target
+            return updated  # replaced once the value's name is known
+        self.value = target
+        return cst.RemoveFromParent()
+
+    def leave_IndentedBlock(self, original, updated):
+        if not updated.body:
+            return updated.with_changes(body=[cst.SimpleStatementLine(body=[cst.Pass()])])
+        return updated
+
+
+class _PresentIsCache(cst.CSTTransformer):
+    """Finish the update and make every `(k, v)` present tuple the cache object."""
+
+    def __init__(self, key: str, value: str, cache: str):
+        self.key, self.value, self.cache = key, value, cache
+        self.targets: set[int] = set()
+
+    def visit_AssignTarget(self, node: cst.AssignTarget) -> None:
+        self.targets.add(id(node.target))
+
+    def leave_SimpleStatementLine(self, original, updated):
+        assign = single_assign(updated)
+        if assign and code_of(assign[0][0]) == self.key and last_part(dotted(assign[1].func) if isinstance(assign[1], cst.Call) else "") == "cat":
+            return parse_stmts(f"{self.key}, {self.value} = {self.cache}.update({self.key}, {self.value}, self.layer_idx)\n")[0]
+        return updated
+
+    def leave_Tuple(self, original, updated):
+        names = [code_of(e.value) for e in updated.elements]
+        if names == [self.key, self.value] and id(original) not in self.targets:
+            return cst.Name(self.cache)
+        return updated
+
+
+class _SharedCache(cst.CSTTransformer):
+    """Every layer gets the one cache object."""
+
+    def __init__(self, cache: str):
+        self.cache = cache
+
+    def leave_Subscript(self, original, updated):
+        if code_of(updated.value) == self.cache and len(updated.slice) == 1:
+            index = updated.slice[0].slice
+            if isinstance(index, cst.Index) and isinstance(index.value, cst.Name):
+                return cst.Name(self.cache)
+        return updated
+
+    def leave_Call(self, original, updated):
+        if dotted(updated.func) == "zip" and len(updated.args) == 2 and code_of(updated.args[1].value) == self.cache:
+            layers = code_of(updated.args[0].value)
+            return updated.with_changes(args=[updated.args[0], cst.Arg(parse_expr(f"[{self.cache}] * len({layers})"))])
+        return updated
+
+    def leave_Assign(self, original, updated):
+        if code_of(updated.targets[0].target) == self.cache and code_of(updated.value).replace(" ", "").startswith("tuple([None]*"):
+            return updated.with_changes(value=cst.Name("None"))
+        return updated
+
+
+class _GatheredPresents(cst.CSTTransformer):
+    """`presents = () if use_cache else None` gathers layer tuples: it becomes the cache."""
+
+    def __init__(self, cache: str):
+        self.cache = cache
+        self.gatherers: set[str] = set()
+
+    def leave_Assign(self, original, updated):
+        text = code_of(updated.value).replace(" ", "")
+        target = code_of(updated.targets[0].target)
+        if text == "()ifuse_cacheelseNone":
+            self.gatherers.add(target)
+            return updated.with_changes(value=parse_expr(f"{self.cache} if use_cache else None"))
+        if target in self.gatherers and text.startswith(f"{target}+("):
+            return cst.RemoveFromParent()
+        return updated
+
+    def leave_AugAssign(self, original, updated):
+        if code_of(updated.target) in self.gatherers and isinstance(updated.operator, cst.AddAssign):
+            return cst.RemoveFromParent()
+        return updated
+
+    def leave_SimpleStatementLine(self, original, updated):
+        return cst.RemoveFromParent() if not updated.body else updated
+
+    def leave_If(self, original, updated):
+        # `if use_cache: presents += (...)` is empty once the gathering is gone.
+        inner = updated.body.body
+        if updated.orelse is None and (not inner or all(code_of(s).strip() == "pass" for s in inner)):
+            return cst.RemoveFromParent()
+        return updated
+
+    def leave_IndentedBlock(self, original, updated):
+        if not updated.body:
+            return updated.with_changes(body=[cst.SimpleStatementLine(body=[cst.Pass()])])
+        return updated
