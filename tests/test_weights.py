@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import struct
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+import porter.weights as weights
 from porter.errors import BadInput
 from porter.weights import (
     ConversionReport,
@@ -364,3 +367,274 @@ def test_report_as_dict_is_json_ready(tmp_path: Path) -> None:
     report = convert_checkpoint([tmp_path / "w.pt"], tmp_path / "out", max_shard_size="1KB")
     assert isinstance(report, ConversionReport)
     assert json.loads(json.dumps(report.as_dict()))["verified"] is True
+
+
+# ---------------------------------------------------------------- merge and permute
+
+
+def rotary_permute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """The reference: convert_llama_weights_to_hf.permute (interleaved -> half-split rotary)."""
+    dim1, dim2 = w.shape
+    return w.view(n_heads, dim1 // n_heads // 2, 2, dim2).transpose(1, 2).reshape(dim1, dim2)
+
+
+QKV_MERGE = WeightOp("merge", r"(.*)\.(?P<part>q|k|v)_proj\.weight", (r"\1.qkv_proj.weight",),
+                     parts=("q", "k", "v"))
+
+
+def test_merge_concatenates_parts_in_declared_order(tmp_path: Path) -> None:
+    q, k, v = (torch.randn(4, 6).to(torch.bfloat16) for _ in range(3))
+    # Stored v, q, k and across two shard files: the declared order wins, not the file order.
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    write_sharded_bin(repo, [{"l.0.v_proj.weight": v, "l.0.q_proj.weight": q, "other": torch.ones(2)},
+                             {"l.0.k_proj.weight": k}])
+
+    report = convert_checkpoint(find_weight_files(repo), tmp_path / "out", ops=[QKV_MERGE])
+
+    written = read_output(tmp_path / "out")
+    assert set(written) == {"l.0.qkv_proj.weight", "other"}
+    assert bits_equal(written["l.0.qkv_proj.weight"], torch.cat([q, k, v]))
+    assert report.merged == {"l.0.qkv_proj.weight": ["l.0.q_proj.weight", "l.0.k_proj.weight",
+                                                     "l.0.v_proj.weight"]}
+
+
+def test_merge_along_dim_1_and_split_round_trip(tmp_path: Path) -> None:
+    gate, up = torch.arange(12.0).reshape(3, 4), -torch.arange(6.0).reshape(3, 2)
+    torch.save({"mlp.gate": gate, "mlp.up": up}, tmp_path / "w.pt")
+    merge = WeightOp("merge", r"(.*)\.(?P<part>gate|up)", (r"\1.gate_up",), dim=-1,
+                     parts=["gate", "up"])
+    convert_checkpoint([tmp_path / "w.pt"], tmp_path / "merged", ops=[merge])
+    fused = read_output(tmp_path / "merged")["mlp.gate_up"]
+    assert bits_equal(fused, torch.tensor([[0.0, 1, 2, 3, -0.0, -1], [4, 5, 6, 7, -2, -3],
+                                           [8, 9, 10, 11, -4, -5]]))
+
+    split = WeightOp("split", r"(.*)\.gate_up", (r"\1.gate", r"\1.up"), dim=1, sizes=(4, 2))
+    convert_checkpoint([tmp_path / "merged" / "model.safetensors"], tmp_path / "back", ops=[split])
+    back = read_output(tmp_path / "back")
+    assert bits_equal(back["mlp.gate"], gate) and bits_equal(back["mlp.up"], up)
+
+
+def test_incomplete_merge_is_refused_and_nothing_written(tmp_path: Path) -> None:
+    torch.save({"a.q_proj.weight": torch.ones(2, 2), "a.k_proj.weight": torch.ones(2, 2)},
+               tmp_path / "w.pt")
+    with pytest.raises(BadInput, match=r"merge into 'a.qkv_proj.weight': no source tensor for "
+                                       r"part\(s\) v"):
+        convert_checkpoint([tmp_path / "w.pt"], tmp_path / "out", ops=[QKV_MERGE])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("k", "message"), [
+    (torch.ones(2, 3), "does not fit"),
+    (torch.ones(2, 2, dtype=torch.float16), "torch.float16"),
+])
+def test_merge_of_mismatched_parts_is_refused(tmp_path: Path, k: torch.Tensor, message: str) -> None:
+    torch.save({"a.q_proj.weight": torch.ones(2, 2), "a.k_proj.weight": k,
+                "a.v_proj.weight": torch.ones(2, 2)}, tmp_path / "w.pt")
+    with pytest.raises(BadInput, match=message):
+        convert_checkpoint([tmp_path / "w.pt"], tmp_path / "out", ops=[QKV_MERGE])
+
+
+def test_permute_matches_the_rotary_reference(tmp_path: Path) -> None:
+    n_heads, head_dim, hidden = 4, 6, 8
+    q = torch.arange(n_heads * head_dim * hidden, dtype=torch.float32).reshape(-1, hidden)
+    k = torch.randn(n_heads * head_dim, hidden).to(torch.bfloat16)
+    torch.save({"l.q_proj.weight": q, "l.k_proj.weight": k, "l.o_proj.weight": q},
+               tmp_path / "w.pt")
+    op = WeightOp("permute", r"(.*)\.(q|k)_proj\.weight", (r"\1.\2_proj.weight",),
+                  view_shape=(n_heads, head_dim // 2, 2, -1), perm_spec=(0, 2, 1, 3))
+
+    report = convert_checkpoint([tmp_path / "w.pt"], tmp_path / "out", ops=[op])
+
+    written = read_output(tmp_path / "out")
+    assert bits_equal(written["l.q_proj.weight"], rotary_permute(q, n_heads))
+    assert bits_equal(written["l.k_proj.weight"], rotary_permute(k, n_heads))
+    assert bits_equal(written["l.o_proj.weight"], q)
+    # Row r of head h moves from 2*i + j to j*half + i: spot-check exact rows of head 0.
+    assert torch.equal(written["l.q_proj.weight"][:, 0][:6], torch.tensor([0.0, 16, 32, 8, 24, 40]))
+    assert report.permuted == {"l.q_proj.weight": "l.q_proj.weight",
+                               "l.k_proj.weight": "l.k_proj.weight"}
+
+
+def test_permute_without_view_shape_transposes(tmp_path: Path) -> None:
+    w = torch.arange(6, dtype=torch.int32).reshape(2, 3)
+    torch.save({"proj": w}, tmp_path / "w.pt")
+    op = WeightOp("permute", r"proj", ("proj_t",), perm_spec=(1, 0))
+    convert_checkpoint([tmp_path / "w.pt"], tmp_path / "out", ops=[op])
+    assert bits_equal(read_output(tmp_path / "out")["proj_t"],
+                      torch.tensor([[0, 3], [1, 4], [2, 5]], dtype=torch.int32))
+
+
+def test_permute_that_does_not_fit_is_refused(tmp_path: Path) -> None:
+    torch.save({"w": torch.ones(5, 4)}, tmp_path / "w.pt")
+    op = WeightOp("permute", "w", ("w",), view_shape=(3, 2, -1), perm_spec=(1, 0, 2))
+    with pytest.raises(BadInput, match=r"w: cannot view shape \(5, 4\) as \(3, 2, -1\)"):
+        convert_checkpoint([tmp_path / "w.pt"], tmp_path / "out", ops=[op])
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"kind": "merge", "source": r"(.*)\.(q|k)", "targets": ("x",), "parts": ("q", "k")},
+     "group named 'part'"),
+    ({"kind": "merge", "source": r"(?P<part>q|k)", "targets": ("x",), "parts": ("q",)},
+     "two or more distinct parts"),
+    ({"kind": "merge", "source": r"(?P<part>q|k)", "targets": ("x", "y"), "parts": ("q", "k")},
+     "exactly one target"),
+    ({"kind": "permute", "source": "w", "targets": ("w",), "perm_spec": (0, 2)}, "permutation"),
+    ({"kind": "permute", "source": "w", "targets": ("w",)}, "permutation"),
+    ({"kind": "permute", "source": "w", "targets": ("w",), "perm_spec": (1, 0),
+      "view_shape": (2, 3, 4)}, "has 3 dims"),
+    ({"kind": "permute", "source": "w", "targets": ("w",), "perm_spec": (1, 0),
+      "view_shape": (-1, -1)}, "at most one -1"),
+    ({"kind": "transpose", "source": "w", "targets": ("w",)}, "unknown weight op kind"),
+])
+def test_bad_ops_fail_at_construction(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        WeightOp(**kwargs)
+
+
+def test_ops_round_trip_through_json() -> None:
+    for op in (QKV_MERGE, WeightOp("permute", "w", ("w",), perm_spec=[0, 2, 1, 3],
+                                   view_shape=[4, 3, 2, -1])):
+        assert WeightOp(**json.loads(json.dumps(dataclasses.asdict(op)))) == op
+
+
+def test_small_blocks_stream_every_layout_exactly(tmp_path: Path, monkeypatch) -> None:
+    """Blocks of 64 bytes cut every tensor, merge and permute into many pieces."""
+    monkeypatch.setattr(weights, "BLOCK_BYTES", 64)
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(n, 8, generator=gen) for n in (11, 12, 12))  # 11: a block spans q and v
+    fused = torch.randn(10, 6, generator=gen).to(torch.float16)
+    plain = torch.randn(7, 5, generator=gen).to(torch.float64)
+    torch.save({"a.q_proj.weight": q, "a.k_proj.weight": k[:5], "b.k_proj.weight": k,
+                "a.v_proj.weight": v, "fused": fused, "plain": plain, "odd": torch.ones(3, 40, 1)},
+               tmp_path / "w.pt")
+    ops = [
+        WeightOp("merge", r"(.*)\.(?P<part>q|v)_proj\.weight", (r"\1.qv.weight",), parts=("q", "v")),
+        WeightOp("split", "fused", ("f1", "f2"), dim=1, sizes=(1, 5)),
+        WeightOp("permute", r"(.*)\.k_proj\.weight", (r"\1.k.weight",), perm_spec=(1, 0)),
+        WeightOp("permute", "plain", ("plain",), view_shape=(7, 5), perm_spec=(1, 0)),
+    ]
+    convert_checkpoint([tmp_path / "w.pt"], tmp_path / "out", ops=ops, max_shard_size=400)
+    written = read_output(tmp_path / "out")
+    assert bits_equal(written["a.qv.weight"], torch.cat([q, v]))
+    assert bits_equal(written["f1"], fused[:, :1].contiguous())
+    assert bits_equal(written["f2"], fused[:, 1:].contiguous())
+    assert bits_equal(written["a.k.weight"], k[:5].t().contiguous())
+    assert bits_equal(written["b.k.weight"], k.t().contiguous())
+    assert bits_equal(written["plain"], plain.t().contiguous().reshape(7, 5))
+    assert bits_equal(written["odd"], torch.ones(3, 40, 1))
+
+
+# ---------------------------------------------------------------- written format and checks
+
+
+def test_written_file_is_aligned_and_loads_with_safetensors(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    source = mixed_state_dict()
+    torch.save(source, tmp_path / "w.pt")
+    convert_checkpoint([tmp_path / "w.pt"], tmp_path / "out")
+    path = tmp_path / "out" / "model.safetensors"
+    raw = path.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    assert length % 8 == 0
+    header = json.loads(raw[8:8 + length])
+    assert header.pop("__metadata__") == {"format": "pt"}
+    for name, entry in header.items():
+        start, end = entry["data_offsets"]
+        assert start % source[name].element_size() == 0, name  # every tensor aligned
+    assert max(e["data_offsets"][1] for e in header.values()) == len(raw) - 8 - length
+    loaded = load_file(str(path))
+    for name, tensor in source.items():
+        assert bits_equal(loaded[name], tensor), name
+
+
+def test_verification_catches_a_corrupted_write(tmp_path: Path, monkeypatch) -> None:
+    torch.save({"w": torch.zeros(16), "v": torch.ones(4)}, tmp_path / "w.pt")
+    write = weights._write_safetensors
+
+    def write_then_flip_last_byte(path, entries, mappings):
+        write(path, entries, mappings)
+        with open(path, "r+b") as f:
+            f.seek(-1, os.SEEK_END)
+            last = f.read(1)
+            f.seek(-1, os.SEEK_END)
+            f.write(bytes([last[0] ^ 1]))
+
+    monkeypatch.setattr(weights, "_write_safetensors", write_then_flip_last_byte)
+    with pytest.raises(RuntimeError, match="verification failed: '.' differs from its source"):
+        convert_checkpoint([tmp_path / "w.pt"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_without_copy_file_range_the_bytes_are_written(tmp_path: Path, monkeypatch) -> None:
+    def unsupported(*args, **kwargs):
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(os, "copy_file_range", unsupported, raising=False)
+    source = {"a": torch.randn(64, 3), "b": torch.arange(10)}
+    torch.save(source, tmp_path / "pytorch_model.bin")
+    convert_checkpoint([tmp_path / "pytorch_model.bin"], tmp_path / "out")
+    written = read_output(tmp_path / "out")
+    assert all(bits_equal(written[n], t) for n, t in source.items())
+
+
+def test_dropping_mapped_pages_keeps_the_data(tmp_path: Path) -> None:
+    source = torch.randn(256, 1024)  # 1 MiB
+    torch.save({"w": source}, tmp_path / "pytorch_model.bin")
+    mappings = weights._Mappings()
+    [(_, tensor)] = list(weights._read([tmp_path / "pytorch_model.bin"], mappings))
+    if weights._MADVISE is None:
+        pytest.skip("page tracking is Linux only")
+    assert [r.path for r in mappings.regions] == [os.path.realpath(tmp_path / "pytorch_model.bin")]
+    assert bits_equal(tensor, source)
+    mappings.release()
+    assert bits_equal(tensor, source)  # faulted back in from the file
+    mappings.close()
+    assert mappings.regions == []
+
+
+# ---------------------------------------------------------------- truncated and corrupt files
+
+
+def truncate_to_half(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+@pytest.mark.parametrize("fmt", ["zip", "legacy", "safetensors"])
+def test_truncated_file_is_bad_input_and_nothing_written(tmp_path: Path, fmt: str) -> None:
+    repo, out = tmp_path / "repo", tmp_path / "out"
+    repo.mkdir()
+    state = {f"w{i}": torch.randn(32, 32) for i in range(4)}
+    if fmt == "safetensors":
+        path = repo / "model.safetensors"
+        save_file(state, str(path))
+    else:
+        path = repo / "pytorch_model.bin"
+        torch.save(state, path, _use_new_zipfile_serialization=fmt == "zip")
+    truncate_to_half(path)
+
+    with pytest.raises(BadInput, match=rf"{path.name}: cannot read .*truncated or corrupt"):
+        convert_checkpoint(find_weight_files(repo), out)
+    assert not out.exists()
+
+
+def test_corrupt_safetensors_header_is_bad_input(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    save_file({"w": torch.ones(4)}, str(path))
+    data = bytearray(path.read_bytes())
+    data[8:12] = b"!!!!"  # the JSON header is no longer JSON
+    path.write_bytes(bytes(data))
+    with pytest.raises(BadInput, match="model.safetensors: cannot read safetensors file"):
+        convert_checkpoint([path], tmp_path / "out")
+
+
+def test_failed_conversion_keeps_an_existing_output_dir(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "README.md").write_text("mine")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(BadInput, match="pytorch_model.bin"):
+        convert_checkpoint([tmp_path / "pytorch_model.bin"], out)
+    assert sorted(p.name for p in out.iterdir()) == ["README.md"]

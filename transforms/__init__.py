@@ -13,6 +13,7 @@ from transforms.kwargs_threading import ThreadKwargs
 from transforms.layer_index import ThreadLayerIndex
 from transforms.masks import UseMaskingUtils
 from transforms.removed_imports import RemovedImports
+from transforms.removed_methods import RemovedModelMethods
 from transforms.rope_config import RopeConfigAccess
 from transforms.tied_weights import TiedWeightsDict
 from transforms.tuple_cache import CacheObjects
@@ -26,6 +27,7 @@ REGISTRY: tuple[type[Transform], ...] = (
     ModernCacheAPI,
     RopeConfigAccess,
     RebuildBuffers,
+    RemovedModelMethods,
     ThreadKwargs,
     GenerationSupport,
     TiedWeightsDict,

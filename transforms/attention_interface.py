@@ -1,21 +1,34 @@
 """Route attention through `ALL_ATTENTION_FUNCTIONS` (CONTRACT B1-B3).
 
-The legacy eager math inside an attention forward (scores = q k^T, mask, softmax,
-dropout, probs v) is cut out, unchanged but for names, into a module-level
-`eager_attention_forward`, and the forward calls the interface once in its place. The
-region is found by data flow: the softmax, the matmul that produced its input, and the
-matmul that consumes its output. Key/value head repetition moves into the eager function
-because every other kernel repeats heads itself from `module.num_key_value_groups`.
+The legacy eager math of an attention module, written inline in `forward` or in a helper
+method such as `_attn`, is moved, unchanged but for names, scale and causal buffer (see
+`attention_math`), into a module-level `eager_attention_forward`; the forward calls the
+interface once in its place. Key/value head repetition moves into the eager function too,
+because every other kernel repeats heads itself from `module.num_key_value_groups`. The
+interface returns `[batch, seq, heads, head_dim]`, so the legacy transpose back from
+`[batch, heads, seq, head_dim]` after the math is removed (or, for a merge-heads helper,
+replaced by a reshape).
 """
 
 from __future__ import annotations
 
 import builtins
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import libcst as cst
 from libcst.codemod.visitors import AddImportsVisitor
 
+from transforms.attention_math import (
+    HEAD_SIZE_ATTRIBUTES,
+    SOFTMAX,
+    GuardStripper,
+    Math,
+    NotUnderstood,
+    clean_math,
+    find_math,
+    has_call,
+    is_guard,
+)
 from transforms.base import Transform
 from transforms.cst_utils import (
     assigned_names,
@@ -27,7 +40,7 @@ from transforms.cst_utils import (
     is_self_attr,
     last_part,
     names_read,
-    parse_expr,
+    param_names,
     parse_stmts,
     single_assign,
     spaced,
@@ -36,26 +49,25 @@ from transforms.cst_utils import (
 )
 from transforms.masks import uses_sliding_window
 
-SOFTMAX = {"softmax", ".softmax"}
-MATMUL = {"matmul", ".matmul", "bmm"}
 REPEAT_HINTS = ("repeat",)
 
 
 @dataclass
-class Region:
-    """The span of forward statements holding the eager attention math."""
+class Site:
+    """Where the math sits in forward, and what the eager function will run."""
 
-    start: int
-    end: int  # inclusive; guards after the output matmul included
-    query: str
-    key: str
-    value: str
-    output: str
-    weights: str
-    scaling_code: str  # expression for `self.scaling`, in terms of `self`
-    score_index: int
-    repeat_indices: list[int]
-    transpose_index: int
+    start: int  # forward statements start..end are replaced by the interface call
+    end: int
+    math_stmts: list[cst.BaseStatement]  # statements the eager function runs, legacy names
+    math: Math
+    inputs: dict[str, str]  # query/key/value/attention_mask -> expression at the call site
+    targets: tuple[str, str]  # (output, weights) names the forward assigns
+    drop: set[int] = field(default_factory=set)
+    replace: dict[int, cst.BaseStatement] = field(default_factory=dict)
+    extras: dict[str, str] = field(default_factory=dict)  # extra keyword -> call-site expression
+    renames: dict[str, str] = field(default_factory=dict)  # math name -> eager name
+    folded_helpers: set[str] = field(default_factory=set)
+    repeat_stmts: list[cst.BaseStatement] = field(default_factory=list)
 
 
 class RouteAttention(Transform):
@@ -83,26 +95,29 @@ class RouteAttention(Transform):
 
     # -- one attention class --------------------------------------------------------------
     def _rewrite_class(self, cls: cst.ClassDef, emitted: dict[str, str], tree: cst.Module):
+        name = cls.name.value
         methods = function_defs(cls)
         forward = methods.get("forward")
         if forward is None:
-            self.refuse(cls, "attention class has no forward method", cls.name.value)
+            self.refuse(cls, "attention class has no forward method", name)
             return cls, None
         if "get_interface(" in code_of(forward) and "ALL_ATTENTION_FUNCTIONS" in code_of(forward):
-            self.state.facts.setdefault("routed", set()).add(cls.name.value)
+            self.state.facts.setdefault("routed", set()).add(name)
             return cls, None  # already on the interface
-        body = list(forward.body.body)
-        region = self._find_region(body, forward, cls, tree)
-        if region is None:
-            return cls, None
         init = methods.get("__init__")
-        has_config = init is not None and ("config" in [p.name.value for p in init.params.params] or "self.config" in code_of(init))
-        if not has_config:
-            self.refuse(cls, "attention module has no `config` to read the selected kernel from", cls.name.value)
+        if init is None or not ("config" in param_names(init) or "self.config" in code_of(init)):
+            self.refuse(cls, "attention module has no `config` to read the selected kernel from", name)
+            return cls, None
+        body = list(forward.body.body)
+        try:
+            site = self._locate(body, forward, methods, init)
+            dropout_code, eager_code = self._eager_function(site)
+        except NotUnderstood as exc:
+            self.refuse(exc.node or forward, str(exc), name)
+            return cls, None
+        if not self._free_names_ok(site, tree, name):
             return cls, None
 
-        kwargs_name = star_kwargs_name(forward) or "kwargs"
-        dropout_code, eager_code = self._eager_function(body, region, self._mask_candidate(forward))
         eager_name = emitted.get(eager_code)
         eager_node = None
         if eager_name is None:
@@ -110,184 +125,173 @@ class RouteAttention(Transform):
             emitted[eager_code] = eager_name
             eager_node = spaced(cst.parse_statement(eager_code.replace("def eager_attention_forward(", f"def {eager_name}(", 1)))
 
-        mask_name = self._mask_name(body, region, forward)
-        window = "    sliding_window=self.sliding_window,\n" if uses_sliding_window(self.state.analysis) else ""
-        call_site = _with_blank_line_before(parse_stmts(
-            f"attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(\n"
-            f"    self.config._attn_implementation, {eager_name}\n)\n"
-            f"{region.output}, {region.weights} = attention_interface(\n"
-            f"    self,\n    {region.query},\n    {region.key},\n    {region.value},\n    {mask_name},\n"
-            f"    dropout={dropout_code},\n    scaling=self.scaling,\n{window}    **{kwargs_name},\n)\n"
-        ))
-        dropped = set(region.repeat_indices) | {region.transpose_index} | set(range(region.start, region.end + 1))
+        kwargs_name = star_kwargs_name(forward) or "kwargs"
+        call_site = self._call_site(site, eager_name, dropout_code, kwargs_name)
         new_body: list[cst.BaseStatement] = []
         for i, stmt in enumerate(body):
-            if i == region.start:
+            if i == site.start:
                 new_body += call_site
-            if i not in dropped:
-                new_body.append(stmt)
+            if site.start <= i <= site.end or i in site.drop:
+                continue
+            new_body.append(site.replace.get(i, stmt))
         new_forward = forward.with_changes(body=forward.body.with_changes(body=new_body))
         if star_kwargs_name(forward) is None:
             new_forward = _add_star_kwargs(new_forward)
-        self.state.facts.setdefault("routed", set()).add(cls.name.value)
-        self.record(forward, f"{cls.name.value}.forward: attention math moved to {eager_name}; one interface call")
+        self.state.facts.setdefault("routed", set()).add(name)
+        self.record(forward, f"{name}.forward: attention math moved to {eager_name}; one interface call")
 
-        new_init = self._complete_init(cls, init, region, body) if init is not None else None
-        new_members = []
+        new_init = self._complete_init(cls, init, site)
+        members = []
         for member in cls.body.body:
             if member is forward:
-                new_members.append(new_forward)
-            elif member is init and new_init is not None:
-                new_members.append(new_init)
+                members.append(new_forward)
+            elif member is init:
+                members.append(new_init)
             else:
-                new_members.append(member)
-        return cls.with_changes(body=cls.body.with_changes(body=new_members)), eager_node
+                members.append(member)
+        members = self._drop_unused_helpers(cls, members, site.folded_helpers)
+        members = self._scaling_property(cls, members, site, init)
+        return cls.with_changes(body=cls.body.with_changes(body=members)), eager_node
 
     # -- finding the math ------------------------------------------------------------------
-    def _find_region(self, body, forward, cls, tree) -> Region | None:
-        where = cls.name.value
-        softmax_index = next((i for i, s in enumerate(body) if _has_call(s, SOFTMAX)), None)
-        if softmax_index is None:
-            self.refuse(forward, "no softmax at the top level of forward (math in a helper or a branch)", where)
-            return None
-        assign = single_assign(body[softmax_index])
-        softmax_call = next(c for c in walk(body[softmax_index]) if call_name(c) and last_part(call_name(c)) in {"softmax"} | {".softmax"})
-        scores = _first_name_arg(softmax_call)
-        if assign is None or scores is None or not isinstance(assign[0][0], cst.Name):
-            self.refuse(body[softmax_index], "softmax is not a plain `name = softmax(name, ...)` assignment", where)
-            return None
-        weights = assign[0][0].value
+    def _locate(self, body, forward, methods, init) -> Site:
+        head_attr = _head_size_attribute(init)
+        if any(has_call(s, SOFTMAX) for s in body):
+            return self._inline_site(body, forward, head_attr)
+        return self._helper_site(body, methods, head_attr, forward)
 
-        score_index = None
-        for i in range(softmax_index, -1, -1):
-            if scores in assigned_names(body[i]) and _has_call(body[i], MATMUL):
-                score_index = i
-                break
-        if score_index is None:
-            self.refuse(body[softmax_index], f"could not find the q @ k^T matmul that computes {scores}", where)
-            return None
-        for i in range(score_index + 1, softmax_index):
-            if scores in assigned_names(body[i]) and _is_rescale(body[i], scores):
-                self.refuse(body[i], f"{scores} is scaled in its own statement; expected the scale in the q @ k^T line", where)
-                return None
-        score_value = single_assign(body[score_index])[1]
-        matmul, scaling = _split_scaling(score_value)
-        if matmul is None or len(matmul.args) < 2:
-            self.refuse(body[score_index], "scores are not `matmul(q, k.transpose(...))` with an optional scale", where)
-            return None
-        query = dotted(matmul.args[0].value)
-        key_arg = matmul.args[1].value
-        is_transpose = isinstance(key_arg, cst.Call) and isinstance(key_arg.func, cst.Attribute)
-        is_transpose = is_transpose and key_arg.func.attr.value == "transpose"
-        key = dotted(key_arg.func.value) if is_transpose else None
-        if not query or not key or "." in query or "." in key:
-            self.refuse(body[score_index], "q and k^T in the score matmul are not plain variables", where)
-            return None
-
-        output_index = None
-        for i in range(softmax_index + 1, len(body)):
-            if _has_call(body[i], MATMUL) and weights in names_read(body[i]):
-                output_index = i
-                break
-        if output_index is None:
-            self.refuse(body[softmax_index], f"could not find the matmul of {weights} with the values", where)
-            return None
-        out_assign = single_assign(body[output_index])
-        out_call = out_assign[1] if out_assign else None
-        if not (isinstance(out_call, cst.Call) and len(out_call.args) == 2 and out_assign and isinstance(out_assign[0][0], cst.Name)):
-            self.refuse(body[output_index], "the probs @ v statement is not `out = matmul(probs, v)`", where)
-            return None
-        value = dotted(out_call.args[1].value)
-        output = out_assign[0][0].value
-
-        end = output_index
-        while end + 1 < len(body) and _is_guard(body[end + 1]):
+    def _inline_site(self, body, forward, head_attr) -> Site:
+        math = find_math(body, head_attr)
+        end = math.output_index
+        while end + 1 < len(body) and is_guard(body[end + 1]):
             end += 1
         transpose_index = end + 1
-        if transpose_index >= len(body) or not _is_head_transpose(body[transpose_index], output):
-            self.refuse(
+        if transpose_index >= len(body) or not _restores_heads(body[transpose_index], math.output):
+            raise NotUnderstood(
                 body[min(transpose_index, len(body) - 1)],
-                f"expected `{output} = {output}.transpose(1, 2)` after the attention math",
-                where,
+                f"expected `{math.output} = {math.output}.transpose(1, 2)` after the attention math",
             )
-            return None
-        repeat_indices = [
+        repeats = [
             i
-            for i in range(score_index)
-            if assigned_names(body[i]) & {key, value}
+            for i in range(math.score_index)
+            if assigned_names(body[i]) & {math.key, math.value}
             and any(h in last_part(call_name(c) or "").lower() for c in walk(body[i]) for h in REPEAT_HINTS)
         ]
-        region = Region(
-            start=score_index,
+        stmts = [body[i] for i in repeats] + body[math.score_index : end + 1]
+        local_math = find_math(stmts, head_attr)
+        mask = _mask_param(forward)
+        reads = set().union(*(names_read(s) for s in stmts))
+        inputs = {"query": math.query, "key": math.key, "value": math.value}
+        inputs["attention_mask"] = mask if mask in reads else "None"
+        renames = {math.query: "query", math.key: "key", math.value: "value", mask: "attention_mask"}
+        return Site(
+            start=math.score_index,
             end=end,
-            query=query,
-            key=key,
-            value=value,
-            output=output,
-            weights=weights,
-            scaling_code=scaling,
-            score_index=score_index,
-            repeat_indices=repeat_indices,
-            transpose_index=transpose_index,
+            math_stmts=stmts,
+            math=local_math,
+            inputs=inputs,
+            targets=(math.output, math.weights),
+            drop={transpose_index, *repeats},
+            renames=renames,
+            repeat_stmts=[body[i] for i in repeats],
         )
-        if not self._free_names_ok(body, region, forward, tree, where):
-            return None
-        return region
 
-    def _region_statements(self, body, region: Region) -> list[cst.BaseStatement]:
-        """The math, without shape guards: they check locals the eager function lacks."""
-        indices = [*region.repeat_indices, *range(region.start, region.end + 1)]
-        return [(i, body[i].visit(_GuardStripper())) for i in indices if not _is_guard(body[i])]
+    def _helper_site(self, body, methods, head_attr, forward) -> Site:
+        helpers = {n for n, fn in methods.items() if n not in ("forward", "__init__") and has_call(fn, SOFTMAX)}
+        if not helpers:
+            raise NotUnderstood(forward, "no softmax in forward or in a helper method it calls")
+        index, call, chosen, alternatives = _helper_call(body, helpers)
+        if call is None:
+            raise NotUnderstood(forward, f"forward calls the attention helper(s) {sorted(helpers)} in a form not understood")
+        helper = methods[chosen]
+        stmts = list(helper.body.body)
+        returned = stmts[-1] if stmts else None
+        if not (isinstance(returned, cst.SimpleStatementLine) and isinstance(returned.body[0], cst.Return)):
+            raise NotUnderstood(helper, f"{chosen} does not end with `return output, weights`")
+        stmts = stmts[:-1]
+        math = find_math(stmts, head_attr)
+        returned_names = [code_of(e.value) for e in getattr(returned.body[0].value, "elements", [])]
+        if returned_names[:1] != [math.output]:
+            raise NotUnderstood(returned, f"{chosen} returns {returned_names}, expected ({math.output}, ...)")
+        weights_returned = returned_names[1] if len(returned_names) > 1 else None
 
-    def _free_names_ok(self, body, region: Region, forward, tree, where) -> bool:
+        bound = _bind_arguments(helper, call)
+        mask_param = next((p for p in param_names(helper) if "mask" in p and "head" not in p), None)
+        inputs = {
+            "query": bound.get(math.query),
+            "key": bound.get(math.key),
+            "value": bound.get(math.value),
+            "attention_mask": bound.get(mask_param, "None") if mask_param else "None",
+        }
+        if None in inputs.values():
+            raise NotUnderstood(call, f"q, k or v of {chosen} are not parameters passed by forward")
+        reads = set().union(*(names_read(s) for s in stmts))
+        extras = {
+            p: bound[p]
+            for p in param_names(helper)[1:]
+            if p in reads and p in bound and p not in (math.query, math.key, math.value, mask_param) and bound[p] != "None"
+        }
+        assign = single_assign(body[index]) if isinstance(body[index], cst.SimpleStatementLine) else None
+        target_nodes = assign[0][0] if assign else _assign_targets_of(call, body[index])
+        targets = [code_of(e.value) for e in getattr(target_nodes, "elements", [])] or [code_of(target_nodes)]
+        output = targets[0]
+        weights = targets[1] if len(targets) > 1 else "_"
+        replace, drop = {}, set()
+        after = index + 1
+        if after < len(body) and _restores_heads(body[after], output):
+            drop.add(after)
+        elif after < len(body) and _merges_heads(body[after], output, methods):
+            replace[after] = parse_stmts(f"{output} = {output}.reshape(*{output}.shape[:-2], -1).contiguous()\n")[0]
+        else:
+            raise NotUnderstood(body[min(after, len(body) - 1)], f"expected heads to be merged back from `{output}` after {chosen}")
+        renames = {math.query: "query", math.key: "key", math.value: "value"}
+        if mask_param:
+            renames[mask_param] = "attention_mask"
+        if weights_returned and weights_returned != math.weights:
+            raise NotUnderstood(returned, f"{chosen} returns weights `{weights_returned}`, not the softmax output")
+        return Site(
+            start=index,
+            end=index,
+            math_stmts=stmts,
+            math=math,
+            inputs=inputs,
+            targets=(output, weights),
+            drop=drop,
+            replace=replace,
+            extras=extras,
+            renames=renames,
+            folded_helpers={chosen, *alternatives},
+        )
+
+    def _free_names_ok(self, site: Site, tree, where) -> bool:
         module_names = _module_level_names(tree)
-        bound = {region.query, region.key, region.value, "self"}
-        allowed_params = {self._mask_candidate(forward)}
-        for index, stmt in self._region_statements(body, region):
-            free, bound = free_names([stmt], bound)
-            free -= module_names | set(dir(builtins)) | allowed_params
+        allowed = {site.math.query, site.math.key, site.math.value, "self", "scaling", "dropout", "kwargs"}
+        allowed |= {*site.renames, *site.extras}
+        bound = set(allowed)
+        for index, stmt in enumerate(site.math_stmts):
+            if index in site.math.rescale_indices or is_guard(stmt):
+                continue
+            free, bound = free_names([stmt.visit(GuardStripper())], bound)
+            free -= module_names | set(dir(builtins))
             if free:
-                self.refuse(body[index], f"attention math reads {sorted(free)}, which the interface cannot pass", where)
+                self.refuse(stmt, f"attention math reads {sorted(free)}, which the interface cannot pass", where)
                 return False
         return True
 
-    @staticmethod
-    def _mask_candidate(forward: cst.FunctionDef) -> str:
-        params = [p.name.value for p in forward.params.params]
-        return next((p for p in params if "mask" in p and "head" not in p), "attention_mask")
-
-    def _mask_name(self, body, region: Region, forward) -> str:
-        candidate = self._mask_candidate(forward)
-        reads = set()
-        for _, stmt in self._region_statements(body, region):
-            reads |= names_read(stmt)
-        return candidate if candidate in reads else "None"
-
     # -- the eager function ----------------------------------------------------------------
-    def _eager_function(self, body, region: Region, mask_name: str) -> tuple[str, str]:
-        renames = {region.query: "query", region.key: "key", region.value: "value", "self": "module"}
-        renames[mask_name] = "attention_mask"
+    def _eager_function(self, site: Site) -> tuple[str, str]:
+        renames = {**site.renames, "self": "module", site.math.output: "attn_output"}
         dropout_code = "0.0"
-        lines = []
-        for position, (index, stmt) in enumerate(self._region_statements(body, region)):
+        lines = [f'{extra} = kwargs.get("{extra}")' for extra in site.extras]
+        for position, stmt in enumerate(clean_math(list(site.math_stmts), site.math)):
             if position == 0:
                 stmt = stmt.with_changes(leading_lines=[])
-            if index == region.score_index:
-                assign = single_assign(stmt)
-                matmul, _ = _split_scaling(assign[1])
-                stmt = stmt.with_changes(
-                    body=[cst.Assign(targets=stmt.body[0].targets, value=parse_expr(f"{code_of(matmul)} * scaling"))]
-                )
             found = _dropout_probability(stmt)
             if found is not None:
                 dropout_code, stmt = found
             stmt = stmt.visit(_Renamer(renames))
             lines.append(code_of(stmt).rstrip("\n"))
-        out = "attn_output" if region.output != "attn_output" else region.output
-        renamed_output = {region.output: out}
         text = "\n".join(lines)
-        if region.output != out:
-            text = code_of(cst.parse_module(text).visit(_Renamer(renamed_output)))
         indented = "\n".join("    " + line if line.strip() else "" for line in text.splitlines())
         code = (
             "def eager_attention_forward(\n"
@@ -301,112 +305,174 @@ class RouteAttention(Transform):
             "    **kwargs,\n"
             "):\n"
             f"{indented}\n"
-            f"    {out} = {out}.transpose(1, 2).contiguous()\n"
-            f"    return {out}, {region.weights}\n"
+            "    attn_output = attn_output.transpose(1, 2).contiguous()\n"
+            f"    return attn_output, {renames.get(site.math.weights, site.math.weights)}\n"
         )
         return dropout_code, code
 
+    def _call_site(self, site: Site, eager_name: str, dropout_code: str, kwargs_name: str) -> list[cst.BaseStatement]:
+        window = "    sliding_window=self.sliding_window,\n" if uses_sliding_window(self.state.analysis) else ""
+        extras = "".join(f"    {k}={v},\n" for k, v in site.extras.items())
+        output, weights = site.targets
+        inputs = site.inputs
+        return _with_blank_line_before(
+            parse_stmts(
+                f"attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(\n"
+                f"    self.config._attn_implementation, {eager_name}\n)\n"
+                f"{output}, {weights} = attention_interface(\n"
+                f"    self,\n    {inputs['query']},\n    {inputs['key']},\n    {inputs['value']},\n"
+                f"    {inputs['attention_mask']},\n"
+                f"    dropout={dropout_code},\n    scaling=self.scaling,\n{window}{extras}    **{kwargs_name},\n)\n"
+            )
+        )
+
     # -- attributes the interface reads (B3) -----------------------------------------------
-    def _complete_init(self, cls, init: cst.FunctionDef, region: Region, forward_body) -> cst.FunctionDef:
-        assigned = {
-            s.attr.value for s in walk(init) if isinstance(s, cst.Attribute) and is_self_attr(s)
-        }
-        params = [p.name.value for p in init.params.params]
+    def _complete_init(self, cls, init: cst.FunctionDef, site: Site) -> cst.FunctionDef:
+        assigned = {s.attr.value for s in walk(init) if isinstance(s, cst.Attribute) and is_self_attr(s)}
         additions = []
-        if "scaling" not in assigned:
-            additions.append(f"self.scaling = {region.scaling_code}")
-        if "config" not in assigned and "config" in params:
+        tensor_scale = _reads_tensor(site.math.scaling_code, init)
+        if "scaling" not in assigned and not tensor_scale:
+            additions.append(f"self.scaling = {site.math.scaling_code}")
+        if "config" not in assigned and "config" in param_names(init):
             additions.append("self.config = config")
         if "is_causal" not in assigned:
             additions.append("self.is_causal = True")
         if "sliding_window" not in assigned and uses_sliding_window(self.state.analysis):
             additions.append('self.sliding_window = getattr(self.config, "sliding_window", None)')
         if "num_key_value_groups" not in assigned:
-            additions.append(f"self.num_key_value_groups = {self._groups_code(forward_body, region)}")
+            additions.append(f"self.num_key_value_groups = {_groups_code(site.repeat_stmts)}")
+        head = _head_size_attribute(init)
+        if "head_dim" not in assigned and head is not None:
+            additions.append(f"self.head_dim = self.{head}")
         if not additions:
             return init
         self.record(init, f"{cls.name.value}.__init__: added " + ", ".join(a.split(" =")[0] for a in additions))
         stmts = parse_stmts("\n".join(additions) + "\n")
         return init.with_changes(body=init.body.with_changes(body=[*init.body.body, *stmts]))
 
-    @staticmethod
-    def _groups_code(body, region: Region) -> str:
-        for i in region.repeat_indices:
-            call = next((c for c in walk(body[i]) if isinstance(c, cst.Call) and len(c.args) >= 2), None)
-            if call is not None:
-                return code_of(call.args[1].value)
-        return "1"
+    def _scaling_property(self, cls, members, site: Site, init):
+        """A scale computed from a buffer cannot be taken in __init__ (buffers are on the meta
+        device then): it becomes a property read at call time."""
+        if not _reads_tensor(site.math.scaling_code, init) or any(
+            isinstance(m, cst.FunctionDef) and m.name.value == "scaling" for m in members
+        ):
+            return members
+        prop = parse_stmts(f"@property\ndef scaling(self) -> float:\n    return float({site.math.scaling_code})\n")
+        self.record(cls, f"{cls.name.value}.scaling is a property: the scale reads a tensor")
+        return [*members, *prop]
+
+    def _drop_unused_helpers(self, cls, members, helpers: set[str]):
+        if not helpers:
+            return members
+        text = "\n".join(code_of(m) for m in members)
+        kept = []
+        for member in members:
+            if isinstance(member, cst.FunctionDef) and member.name.value in helpers and f"self.{member.name.value}(" not in text:
+                self.record(member, f"{cls.name.value}.{member.name.value} removed: its math is in the eager function")
+                continue
+            kept.append(member)
+        return kept
 
 
 # -- helpers -------------------------------------------------------------------------------
-def _is_rescale(stmt: cst.CSTNode, scores: str) -> bool:
-    """`scores = scores / x`, `scores = scores * x`, `scores /= x` or `scores *= x`."""
-    if isinstance(stmt, cst.SimpleStatementLine) and len(stmt.body) == 1:
-        small = stmt.body[0]
-        if isinstance(small, cst.AugAssign):
-            return isinstance(small.operator, (cst.DivideAssign, cst.MultiplyAssign))
-    assign = single_assign(stmt)
-    value = assign[1] if assign else None
-    return (
-        isinstance(value, cst.BinaryOperation)
-        and isinstance(value.operator, (cst.Divide, cst.Multiply))
-        and scores in (dotted(value.left), dotted(value.right))
-    )
+def _head_size_attribute(init: cst.FunctionDef | None) -> str | None:
+    if init is None:
+        return None
+    assigned = {s.attr.value for s in walk(init) if isinstance(s, cst.Attribute) and is_self_attr(s)}
+    return next((a for a in HEAD_SIZE_ATTRIBUTES if a in assigned), None)
 
 
-def _with_blank_line_before(stmts: list[cst.BaseStatement]) -> list[cst.BaseStatement]:
-    return [stmts[0].with_changes(leading_lines=[cst.EmptyLine(indent=False)]), *stmts[1:]]
+def _reads_tensor(code: str, init: cst.FunctionDef) -> bool:
+    """Whether a scale expression reads a tensor: a torch call or a registered buffer."""
+    buffers = {
+        c.args[0].value.evaluated_value
+        for c in walk(init)
+        if isinstance(c, cst.Call) and last_part(call_name(c)) == "register_buffer" and c.args
+        and isinstance(c.args[0].value, cst.SimpleString)
+    }
+    return "torch." in code or any(f"self.{b}" in code for b in buffers)
 
 
-def _has_call(stmt: cst.CSTNode, names: set[str]) -> bool:
-    return any(last_part(call_name(c)) in names or call_name(c) in names for c in walk(stmt) if isinstance(c, cst.Call))
+def _mask_param(forward: cst.FunctionDef) -> str:
+    params = [p.name.value for p in forward.params.params]
+    return next((p for p in params if "mask" in p and "head" not in p and "encoder" not in p), "attention_mask")
 
 
-def _first_name_arg(call: cst.Call) -> str | None:
-    if call_name(call) == ".softmax":
-        return dotted(call.func.value)
-    return dotted(call.args[0].value) if call.args else None
+def _groups_code(repeat_stmts) -> str:
+    for stmt in repeat_stmts:
+        call = next((c for c in walk(stmt) if isinstance(c, cst.Call) and len(c.args) >= 2), None)
+        if call is not None:
+            return code_of(call.args[1].value)
+    return "1"
 
 
-def _split_scaling(value: cst.BaseExpression) -> tuple[cst.Call | None, str]:
-    """`matmul(q, kT) / X` -> (matmul, "1 / X"); `* X` -> X; bare matmul -> 1.0."""
-    if isinstance(value, cst.Call) and last_part(call_name(value)) in {"matmul"} | {".matmul"}:
-        return value, "1.0"
-    if isinstance(value, cst.BinaryOperation) and isinstance(value.left, cst.Call):
-        scale = code_of(value.right)
-        if not _refers_only_to_self(value.right):
-            return None, ""
-        if isinstance(value.operator, cst.Divide):
-            return value.left, f"1 / {scale}"
-        if isinstance(value.operator, cst.Multiply):
-            return value.left, scale
-    return None, ""
+def _helper_call(body, helpers: set[str]):
+    """(index, call, chosen helper, other helpers) for `out, w = self.<helper>(...)`, also
+    inside an `if flag: ... else: ...` choosing between two helpers (the plain-matmul one wins)."""
+    for index, stmt in enumerate(body):
+        calls = [c for c in walk(stmt) if isinstance(c, cst.Call) and is_self_attr(c.func) and c.func.attr.value in helpers]
+        if not calls:
+            continue
+        if isinstance(stmt, cst.SimpleStatementLine) and len(calls) == 1:
+            return index, calls[0], calls[0].func.attr.value, set()
+        if isinstance(stmt, cst.If) and len(calls) == 2 and stmt.orelse is not None and isinstance(stmt.orelse, cst.Else):
+            arms = [stmt.body.body, stmt.orelse.body.body]
+            if all(len(a) == 1 for a in arms):
+                # The arm for the default configuration is the `else` one (flags default off).
+                chosen = calls[1]
+                names = {c.func.attr.value for c in calls}
+                return index, chosen, chosen.func.attr.value, names - {chosen.func.attr.value}
+        return index, None, None, set()
+    return None, None, None, set()
 
 
-def _refers_only_to_self(expr: cst.BaseExpression) -> bool:
-    """A scale that `__init__` can compute: constants, module globals and `self.*`."""
-    for node in walk(expr):
-        if isinstance(node, cst.Attribute) and isinstance(node.value, cst.Name) and node.value.value not in {"self", "math", "torch", "np", "numpy"}:
-            return False
-    return True
+def _assign_targets_of(call: cst.Call, stmt: cst.CSTNode):
+    for node in walk(stmt):
+        if isinstance(node, cst.Assign) and node.value is call:
+            return node.targets[0].target
+    raise NotUnderstood(stmt, "the attention helper's result is not assigned")
 
 
-def _is_guard(stmt: cst.CSTNode) -> bool:
-    """`if <shape check>: raise ...` with nothing else in it."""
-    if not isinstance(stmt, cst.If) or stmt.orelse is not None:
-        return False
-    inner = stmt.body.body if isinstance(stmt.body, cst.IndentedBlock) else []
-    return bool(inner) and all(
-        isinstance(s, cst.SimpleStatementLine) and all(isinstance(x, cst.Raise) for x in s.body) for s in inner
-    )
+def _bind_arguments(helper: cst.FunctionDef, call: cst.Call) -> dict[str, str]:
+    """Helper parameter -> the expression forward passes for it (defaults included)."""
+    params = [p for p in helper.params.params][1:]  # drop self
+    bound = {}
+    positional = [a for a in call.args if a.keyword is None]
+    for param, arg in zip(params, positional, strict=False):
+        bound[param.name.value] = code_of(arg.value)
+    for arg in call.args:
+        if arg.keyword is not None:
+            bound[arg.keyword.value] = code_of(arg.value)
+    for param in params:
+        if param.name.value not in bound and param.default is not None:
+            bound[param.name.value] = code_of(param.default)
+    return bound
 
 
-def _is_head_transpose(stmt: cst.CSTNode, output: str) -> bool:
+def _restores_heads(stmt: cst.CSTNode, output: str) -> bool:
+    """`out = out.transpose(1, 2)[.contiguous()]` or `out = out.permute(0, 2, 1, 3)[.contiguous()]`."""
     assign = single_assign(stmt)
     if not assign or dotted(assign[0][0]) != output:
         return False
     text = code_of(assign[1]).replace(" ", "")
-    return text in {f"{output}.transpose(1,2).contiguous()", f"{output}.transpose(1,2)"}
+    forms = (f"{output}.transpose(1,2)", f"{output}.permute(0,2,1,3)")
+    return text in forms or text in {f + ".contiguous()" for f in forms}
+
+
+def _merges_heads(stmt: cst.CSTNode, output: str, methods) -> bool:
+    """`out = self._merge_heads(out, ...)` where the method permutes heads back and flattens."""
+    assign = single_assign(stmt)
+    if not assign or dotted(assign[0][0]) != output or not isinstance(assign[1], cst.Call):
+        return False
+    func = assign[1].func
+    if not is_self_attr(func) or func.attr.value not in methods:
+        return False
+    text = code_of(methods[func.attr.value]).replace(" ", "")
+    return "permute(0,2,1,3)" in text or "transpose(1,2)" in text
+
+
+def _with_blank_line_before(stmts: list[cst.BaseStatement]) -> list[cst.BaseStatement]:
+    return [stmts[0].with_changes(leading_lines=[cst.EmptyLine(indent=False)]), *stmts[1:]]
 
 
 def _dropout_probability(stmt: cst.BaseStatement) -> tuple[str, cst.BaseStatement] | None:
@@ -444,11 +510,6 @@ def _module_level_names(tree: cst.Module) -> set[str]:
                     bound = node.asname.name if node.asname else node.name
                     names.add(dotted(bound).split(".")[0])
     return names
-
-
-class _GuardStripper(cst.CSTTransformer):
-    def leave_If(self, original: cst.If, updated: cst.If):
-        return cst.RemoveFromParent() if _is_guard(updated) else updated
 
 
 class _Renamer(cst.CSTTransformer):

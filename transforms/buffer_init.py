@@ -14,33 +14,65 @@ from __future__ import annotations
 import libcst as cst
 
 from transforms.base import Transform
-from transforms.cst_utils import call_name, code_of, function_defs, last_part, parse_stmts, spaced, walk
+from transforms.cst_utils import call_name, code_of, function_defs, is_self_attr, last_part, parse_stmts, spaced, walk
 
 ARGS_ATTRIBUTE = "_legacy_init_args"
 HELPER = "_rebuild_non_persistent_buffers"
 HELPER_CODE = f'''
-def {HELPER}(module: torch.nn.Module) -> None:
-    """Recompute the non-persistent buffers of `module` the way its __init__ did."""
+def {HELPER}(module: torch.nn.Module, only_if_meta: bool = False) -> None:
+    """Recompute the tensors `module`'s __init__ computed: non-persistent buffers and plain
+    tensor attributes, which transformers 5 leaves uninitialised after building on meta."""
     init_args = getattr(module, "{ARGS_ATTRIBUTE}", None)
-    names = [n for n in getattr(module, "_non_persistent_buffers_set", ()) if module._buffers.get(n) is not None]
-    if init_args is None or not names:
+    if init_args is None:
+        return
+    if only_if_meta and not any(isinstance(v, torch.Tensor) and v.is_meta for v in vars(module).values()):
         return
     args, kwargs = init_args
     with torch.device("cpu"):
         fresh = type(module)(*args, **kwargs)
-    for name in names:
-        current = module._buffers[name]
-        module._buffers[name] = fresh._buffers[name].to(device=current.device, dtype=current.dtype)
+    for name in getattr(module, "_non_persistent_buffers_set", ()):
+        current = module._buffers.get(name)
+        if current is not None and fresh._buffers.get(name) is not None:
+            module._buffers[name] = fresh._buffers[name].to(device=current.device, dtype=current.dtype)
+    placed = [b.device for b in module.buffers() if b.device.type != "meta"]
+    for name, value in vars(fresh).items():
+        if isinstance(value, torch.Tensor) and not isinstance(value, torch.nn.Parameter):
+            setattr(module, name, value.to(placed[0] if placed else "cpu"))
 '''
 
 
+TENSOR_MAKERS = {"arange", "tensor", "ones", "zeros", "tril", "triu", "exp", "outer", "einsum", "cos", "sin", "full"}
+
+
 def _registers_volatile_buffer(cls: cst.ClassDef) -> bool:
+    """A non-persistent buffer, or a plain tensor attribute (`self.cos_cached = emb.cos()`)."""
     for node in walk(cls):
         if isinstance(node, cst.Call) and last_part(call_name(node)) == "register_buffer":
             for arg in node.args:
                 if arg.keyword and arg.keyword.value == "persistent" and code_of(arg.value) == "False":
                     return True
+        if isinstance(node, cst.Assign) and all(is_self_attr(t.target) for t in node.targets):
+            calls = {last_part(call_name(c)).lstrip(".") for c in walk(node.value) if isinstance(c, cst.Call)}
+            if calls & TENSOR_MAKERS:
+                return True
     return False
+
+
+def _has_tensor_attributes(cls: cst.ClassDef) -> bool:
+    for node in walk(cls):
+        if isinstance(node, cst.Assign) and all(is_self_attr(t.target) for t in node.targets):
+            calls = {last_part(call_name(c)).lstrip(".") for c in walk(node.value) if isinstance(c, cst.Call)}
+            if calls & TENSOR_MAKERS:
+                return True
+    return False
+
+
+def _is_docstring(stmt: cst.CSTNode) -> bool:
+    return (
+        isinstance(stmt, cst.SimpleStatementLine)
+        and isinstance(stmt.body[0], cst.Expr)
+        and isinstance(stmt.body[0].value, (cst.SimpleString, cst.ConcatenatedString))
+    )
 
 
 class RebuildBuffers(Transform):
@@ -59,6 +91,8 @@ class RebuildBuffers(Transform):
         for stmt in tree.body:
             if isinstance(stmt, cst.ClassDef) and stmt.name.value in volatile:
                 stmt = self._capture_args(stmt)
+                if _has_tensor_attributes(stmt):
+                    stmt = self._rebuild_on_first_use(stmt)
             if isinstance(stmt, cst.ClassDef) and stmt.name.value in roots and not has_helper:
                 new_body.append(spaced(parse_stmts(HELPER_CODE)[0]))
                 stmt = self._rebuild_in_init_weights(stmt)
@@ -83,6 +117,19 @@ class RebuildBuffers(Transform):
         new_init = init.with_changes(body=init.body.with_changes(body=[*init.body.body, *line]))
         self.record(init, f"{cls.name.value}.__init__ records its arguments to rebuild non-persistent buffers")
         return cls.deep_replace(init, new_init)
+
+    def _rebuild_on_first_use(self, cls: cst.ClassDef) -> cst.ClassDef:
+        """Plain tensor attributes are not buffers, so loading never revisits them: the
+        module checks them when it first runs."""
+        forward = function_defs(cls).get("forward")
+        if forward is None or HELPER in code_of(forward):
+            return cls
+        line = parse_stmts(f"{HELPER}(self, only_if_meta=True)\n")
+        body = list(forward.body.body)
+        start = 1 if body and _is_docstring(body[0]) else 0
+        new_forward = forward.with_changes(body=forward.body.with_changes(body=[*body[:start], *line, *body[start:]]))
+        self.record(forward, f"{cls.name.value}.forward rebuilds tensor attributes left on the meta device")
+        return cls.deep_replace(forward, new_forward)
 
     def _rebuild_in_init_weights(self, cls: cst.ClassDef) -> cst.ClassDef:
         existing = function_defs(cls).get("_init_weights")

@@ -72,17 +72,28 @@ class _PassKwargs(cst.CSTTransformer):
         self.count = 0
 
     def visit_For(self, node: cst.For) -> None:
-        iterable = node.iter
-        if isinstance(iterable, cst.Call) and dotted(iterable.func) in ("enumerate", "zip") and iterable.args:
-            iterable = iterable.args[0].value
+        name = self._layer_name(node.target, node.iter)
+        if name:
+            self.loop_vars.add(name)
+
+    def _layer_name(self, target: cst.BaseExpression, iterable: cst.BaseExpression) -> str | None:
+        """The loop variable bound to the layers: `for layer in self.layers`, also through
+        `enumerate(...)`, `zip(self.layers, ...)` and slices."""
         if isinstance(iterable, cst.Subscript):
             iterable = iterable.value  # self.layers[: n]
         if is_self_attr(iterable) and iterable.attr.value in self.list_attrs:
-            target = node.target
-            if isinstance(target, cst.Tuple) and target.elements:
-                target = target.elements[-1].value
-            if isinstance(target, cst.Name):
-                self.loop_vars.add(target.value)
+            return target.value if isinstance(target, cst.Name) else None
+        if not (isinstance(iterable, cst.Call) and isinstance(target, cst.Tuple)):
+            return None
+        elements = [e.value for e in target.elements]
+        if dotted(iterable.func) == "enumerate" and len(elements) == 2 and iterable.args:
+            return self._layer_name(elements[1], iterable.args[0].value)
+        if dotted(iterable.func) == "zip" and len(elements) == len(iterable.args):
+            for element, arg in zip(elements, iterable.args, strict=True):
+                found = self._layer_name(element, arg.value)
+                if found:
+                    return found
+        return None
 
     def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.Call:
         func = updated.func

@@ -15,7 +15,15 @@ import libcst as cst
 from libcst.codemod.visitors import AddImportsVisitor
 
 from transforms.base import Transform
-from transforms.cst_utils import call_name, code_of, function_defs, last_part, param_names, parse_stmts, walk
+from transforms.cst_utils import (
+    call_name,
+    code_of,
+    function_defs,
+    last_part,
+    param_names,
+    parse_stmts,
+    walk,
+)
 
 CAUSAL_HELPERS = {
     "_prepare_4d_causal_attention_mask",
@@ -24,6 +32,24 @@ CAUSAL_HELPERS = {
     "_update_causal_mask",
     "_prepare_4d_causal_attention_mask_with_cache_position",
 }
+
+
+def _binds(stmt: cst.CSTNode, name: str) -> bool:
+    """Whether `stmt` assigns `name` anywhere inside it (branches included)."""
+    return any(isinstance(n, cst.Assign) and any(code_of(t.target) == name for t in n.targets) for n in walk(stmt))
+
+
+def _extended_mask_var(stmt: cst.CSTNode) -> str | None:
+    """`mask = (1.0 - mask) * torch.finfo(dtype).min` anywhere in `stmt`: the hand-built
+    additive padding mask of pre-4.36 code (causality then came from a buffer)."""
+    for node in walk(stmt):
+        if isinstance(node, cst.Assign) and isinstance(node.value, cst.BinaryOperation):
+            value = node.value
+            left = value.left
+            if isinstance(value.operator, cst.Multiply) and "finfo" in code_of(value.right) and isinstance(left, cst.BinaryOperation):
+                if isinstance(left.operator, cst.Subtract) and code_of(left.left) in ("1.0", "1"):
+                    return code_of(node.targets[0].target)
+    return None
 
 
 def _assigned_from(stmt: cst.CSTNode, call: cst.Call) -> str | None:
@@ -84,17 +110,25 @@ class UseMaskingUtils(Transform):
         params = set(param_names(forward))
         for index, stmt in enumerate(body):
             helper_calls = _helper_calls(stmt)
-            if not helper_calls:
+            extended = _extended_mask_var(stmt)
+            if not helper_calls and not extended:
                 continue
-            mask_var, embeds_var = self._mask_and_embeds(helper_calls[0])
+            if helper_calls:
+                mask_var, embeds_var = self._mask_and_embeds(helper_calls[0])
+                target = _assigned_from(stmt, helper_calls[0]) or mask_var
+            else:
+                has_embeds = "inputs_embeds" in params or any(_binds(b, "inputs_embeds") for b in body)
+                mask_var, embeds_var, target = extended, "inputs_embeds" if has_embeds else None, extended
             if mask_var is None or embeds_var is None:
-                self.refuse(stmt, "mask helper called with arguments that name no mask and no embeddings", owner)
+                self.refuse(stmt, "mask built from arguments that name no mask or no embeddings", owner)
                 return forward
             sliding = uses_sliding_window(self.state.analysis)
             builder = "create_sliding_window_causal_mask" if sliding else "create_causal_mask"
-            call = self._builder_call(builder, mask_var, embeds_var, params)
-            target = _assigned_from(stmt, helper_calls[0]) or mask_var
-            body[index] = parse_stmts(f"{target} = {call}\n")[0]
+            new_stmt = parse_stmts(f"{target} = {self._builder_call(builder, mask_var, embeds_var, params)}\n")[0]
+            # The embeddings may be computed after the legacy mask code: build the mask once they exist.
+            place = max([i for i in range(index, len(body)) if _binds(body[i], embeds_var)], default=index)
+            body.insert(place + 1, new_stmt)
+            del body[index]
             AddImportsVisitor.add_needed_import(self.context, "transformers.masking_utils", builder)
             self.record(stmt, f"{owner}.forward: mask built with masking_utils.{builder}")
             return forward.with_changes(body=forward.body.with_changes(body=body))
@@ -102,10 +136,11 @@ class UseMaskingUtils(Transform):
 
     @staticmethod
     def _mask_and_embeds(call: cst.Call) -> tuple[str | None, str | None]:
-        """Legacy helpers take (mask, shape, inputs_embeds, past_length); methods may differ."""
-        positional = [a for a in call.args if a.keyword is None]
-        mask = code_of(positional[0].value) if positional else None
-        embeds = next((code_of(a.value) for a in call.args if "embed" in code_of(a.value)), None)
+        """Legacy helpers take (mask, shape, inputs_embeds, past_length), by position or keyword."""
+        keywords = {a.keyword.value: code_of(a.value) for a in call.args if a.keyword}
+        positional = [code_of(a.value) for a in call.args if a.keyword is None]
+        mask = keywords.get("attention_mask") or (positional[0] if positional else None)
+        embeds = keywords.get("inputs_embeds") or next((p for p in positional if "embed" in p), None)
         return mask, embeds
 
     @staticmethod

@@ -75,18 +75,19 @@ class CacheObjects(Transform):
 
     # -- attention -------------------------------------------------------------------------
     def _attention(self, cls: cst.ClassDef) -> cst.ClassDef:
-        forward = function_defs(cls).get("forward")
-        cache = _cache_param(forward, plural=False) if forward else None
-        if cache is None or not _uses_tuple_cache(forward, cache) or f"{cache}.update(" in code_of(forward):
-            return cls
-        body = list(forward.body.body)
-        new_body = self._attention_statements(body, cache, cls.name.value)
-        if new_body is None:
-            return cls
-        new_forward = forward.with_changes(body=forward.body.with_changes(body=new_body))
-        new_forward = new_forward.visit(_LengthOfPast(cache, f"{cache}.get_seq_length(self.layer_idx)", index_depth=1))
-        self.record(forward, f"{cls.name.value}.forward: tuple cache `{cache}` -> Cache.update(..., self.layer_idx)")
-        return cls.deep_replace(forward, new_forward)
+        """Every method that takes the cache (forward, or a helper it delegates to)."""
+        for method in function_defs(cls).values():
+            cache = _cache_param(method, plural=False)
+            if cache is None or not _uses_tuple_cache(method, cache) or f"{cache}.update(" in code_of(method):
+                continue
+            new_body = self._attention_statements(list(method.body.body), cache, cls.name.value)
+            if new_body is None:
+                continue
+            new_method = method.with_changes(body=method.body.with_changes(body=new_body))
+            new_method = new_method.visit(_LengthOfPast(cache, f"{cache}.get_seq_length(self.layer_idx)", index_depth=1))
+            self.record(method, f"{cls.name.value}.{method.name.value}: tuple cache `{cache}` -> Cache.update(..., self.layer_idx)")
+            cls = cls.deep_replace(method, new_method)
+        return cls
 
     def _attention_statements(self, body, cache, where):
         """Rewrite the concatenation and the `present` tuple, inside branches too."""
@@ -96,7 +97,7 @@ class CacheObjects(Transform):
         if finder.key is None or finder.value is None:
             self.refuse(body[0], f"tuple cache `{cache}` is read but no `torch.cat` with it was found", where)
             return None
-        return [s.visit(_PresentIsCache(finder.key, finder.value, cache)) for s in new_body]
+        return [s.visit(_PresentIsCache(finder.key, finder.value, cache, finder.key_statement)) for s in new_body]
 
     # -- base model ------------------------------------------------------------------------
     def _base_model(self, cls: cst.ClassDef) -> cst.ClassDef:
@@ -151,6 +152,7 @@ class _AttentionCache(cst.CSTTransformer):
         self.parts: dict[str, int] = {}
         self.key: str | None = None
         self.value: str | None = None
+        self.key_statement: str | None = None  # code of the key concatenation, replaced later
 
     def _part(self, node: cst.BaseExpression) -> int | None:
         text = code_of(node).replace(" ", "")
@@ -163,6 +165,10 @@ class _AttentionCache(cst.CSTTransformer):
         if assign is None:
             return updated
         targets, value = assign
+        # past_key = layer_past[0]
+        if isinstance(targets[0], cst.Name) and code_of(value).replace(" ", "") in (f"{self.cache}[0]", f"{self.cache}[1]"):
+            self.parts[targets[0].value] = int(code_of(value).strip()[-2])
+            return cst.RemoveFromParent()
         # past_key, past_value = layer_past
         if isinstance(targets[0], cst.Tuple) and code_of(value) == self.cache and len(targets[0].elements) == 2:
             for i, element in enumerate(targets[0].elements):
@@ -180,6 +186,7 @@ class _AttentionCache(cst.CSTTransformer):
             return updated
         if part == 0:
             self.key = target
+            self.key_statement = code_of(updated)
             return updated  # replaced once the value's name is known
         self.value = target
         return cst.RemoveFromParent()
@@ -193,16 +200,16 @@ class _AttentionCache(cst.CSTTransformer):
 class _PresentIsCache(cst.CSTTransformer):
     """Finish the update and make every `(k, v)` present tuple the cache object."""
 
-    def __init__(self, key: str, value: str, cache: str):
+    def __init__(self, key: str, value: str, cache: str, key_statement: str):
         self.key, self.value, self.cache = key, value, cache
+        self.key_statement = key_statement
         self.targets: set[int] = set()
 
     def visit_AssignTarget(self, node: cst.AssignTarget) -> None:
         self.targets.add(id(node.target))
 
     def leave_SimpleStatementLine(self, original, updated):
-        assign = single_assign(updated)
-        if assign and code_of(assign[0][0]) == self.key and last_part(dotted(assign[1].func) if isinstance(assign[1], cst.Call) else "") == "cat":
+        if code_of(updated) == self.key_statement:
             return parse_stmts(f"{self.key}, {self.value} = {self.cache}.update({self.key}, {self.value}, self.layer_idx)\n")[0]
         return updated
 

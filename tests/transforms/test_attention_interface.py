@@ -236,24 +236,60 @@ def test_diagnostic_without_head_transpose_after_the_math():
     assert diagnostic.line is not None
 
 
-def test_diagnostic_when_the_math_lives_in_a_helper_method():
-    legacy = '''\
-    import torch
-    from torch import nn
+HELPER_LEGACY = '''\
+import math
+
+import torch
+from torch import nn
 
 
-    class FooAttention(nn.Module):
-        def _attn(self, query, key, value):
-            attn_weights = torch.matmul(query, key.transpose(-1, -2))
-            attn_weights = nn.functional.softmax(attn_weights, dim=-1)
-            return torch.matmul(attn_weights, value), attn_weights
+class FooAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.head_dim = 4
 
-        def forward(self, query, key, value):
-            attn_output, attn_weights = self._attn(query, key, value)
-            return attn_output.transpose(1, 2), attn_weights
-    '''
-    state = check_noop(legacy, RouteAttention, diagnostics=True)
-    assert "no softmax at the top level of forward" in state.diagnostics[0].message
+    def _attn(self, query, key, value, attention_mask=None):
+        attn_weights = torch.matmul(query, key.transpose(-1, -2))
+        attn_weights = attn_weights / math.sqrt(self.head_dim)
+        if attention_mask is not None:
+            attn_weights = attn_weights + attention_mask
+        attn_weights = nn.functional.softmax(attn_weights, dim=-1)
+        attn_output = torch.matmul(attn_weights, value)
+        return attn_output, attn_weights
+
+    def _merge_heads(self, tensor):
+        tensor = tensor.permute(0, 2, 1, 3).contiguous()
+        return tensor.view(tensor.size()[:-2] + (-1,))
+
+    def forward(self, query, key, value, attention_mask=None):
+        attn_output, attn_weights = self._attn(query, key, value, attention_mask)
+        attn_output = self._merge_heads(attn_output)
+        return attn_output, attn_weights
+'''
+
+
+def test_math_in_a_helper_method_is_folded_and_computes_the_same():
+    output, state = transformed(HELPER_LEGACY, RouteAttention)
+    assert not state.diagnostics, state.diagnostics
+    compile(output, FILENAME, "exec")
+    assert "def _attn" not in output and output.count("ALL_ATTENTION_FUNCTIONS.get_interface(") == 1
+    assert "self.scaling = 1 / math.sqrt(self.head_dim)" in output
+
+    class Config:
+        _attn_implementation = "eager"
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 4) for _ in range(3))
+    mask = torch.zeros(2, 1, 5, 5)
+    mask[1, :, :, :2] = torch.finfo(torch.float32).min
+    results = []
+    for source in (HELPER_LEGACY, output):
+        namespace = {}
+        exec(compile(source, FILENAME, "exec"), namespace)
+        results.append(namespace["FooAttention"](Config())(q, k, v, mask)[0])
+    assert results[1].shape == (2, 5, 12)
+    torch.testing.assert_close(results[1], results[0], rtol=0, atol=1e-6)
 
 
 # -- behaviour ---------------------------------------------------------------------------

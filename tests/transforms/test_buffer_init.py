@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.transforms.helpers import FILENAME, check_idempotent, check_noop, check_transformed, transformed
-from transforms.buffer_init import RebuildBuffers
+from transforms.buffer_init import HELPER_CODE, RebuildBuffers
 
 ROTARY = '''\
     import torch
@@ -54,22 +54,7 @@ ROOT = '''\
                 module.weight.data.normal_(mean=0.0, std=0.02)
 '''
 
-HELPER = '''\
-
-
-    def _rebuild_non_persistent_buffers(module: torch.nn.Module) -> None:
-        """Recompute the non-persistent buffers of `module` the way its __init__ did."""
-        init_args = getattr(module, "_legacy_init_args", None)
-        names = [n for n in getattr(module, "_non_persistent_buffers_set", ()) if module._buffers.get(n) is not None]
-        if init_args is None or not names:
-            return
-        args, kwargs = init_args
-        with torch.device("cpu"):
-            fresh = type(module)(*args, **kwargs)
-        for name in names:
-            current = module._buffers[name]
-            module._buffers[name] = fresh._buffers[name].to(device=current.device, dtype=current.dtype)
-'''
+HELPER = "\n\n" + textwrap.indent(HELPER_CODE.lstrip("\n"), "    ")
 
 PORTED = (
     ROTARY.replace(

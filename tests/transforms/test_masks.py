@@ -125,14 +125,21 @@ def test_cache_argument_is_none_when_forward_has_no_cache():
     assert "past_key_values=None, position_ids=position_ids)" in output
 
 
-def test_noop_without_mask_helpers():
-    check_noop(
+def test_hand_built_padding_mask_becomes_create_causal_mask():
+    output, state = transformed(
         module('''\
         if attention_mask is not None:
             attention_mask = (1.0 - attention_mask[:, None, None, :]) * torch.finfo(inputs_embeds.dtype).min
         '''),
         UseMaskingUtils,
     )
+    compile(output, FILENAME, "exec")
+    assert not state.diagnostics
+    assert "attention_mask = create_causal_mask(" in output and "finfo" not in output
+
+
+def test_noop_without_mask_code():
+    check_noop(module("        pass\n"), UseMaskingUtils)
 
 
 def test_noop_helper_outside_the_base_model():
@@ -151,7 +158,6 @@ def test_noop_helper_outside_the_base_model():
 def test_diagnostic_when_the_helper_names_no_mask():
     legacy = '''\
     attention_mask = _prepare_4d_causal_attention_mask(
-        attention_mask=attention_mask,
         input_shape=(batch_size, seq_length),
         inputs_embeds=inputs_embeds,
         past_key_values_length=past_key_values_length,

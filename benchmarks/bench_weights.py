@@ -1,0 +1,250 @@
+"""Peak memory and wall time of port-model's weight conversion, against two baselines.
+
+Builds a synthetic ``pytorch_model.bin`` (default 2.2 GiB: fp32 and bf16 tensors, the
+largest 256 MiB) and measures, in the same run and each in a fresh process so that
+peak RSS is that process's own (``os.wait4``):
+
+  convert    porter.weights.convert_checkpoint(..., max_shard_size="5GB"), the CLI default
+             (reads with mmap, streams, writes safetensors, reloads and compares every tensor)
+  load-save  torch.load(mmap=False) of the whole state dict + safetensors.torch.save_file
+  cp         cp of the same bytes
+
+Peak RSS is the high-water mark of the process after exec (VmHWM, file-backed pages
+included, as in ru_maxrss); for cp, ru_maxrss from os.wait4. This script itself never
+imports torch (it builds the checkpoint in a child) so that a forked child does not
+inherit its memory in ru_maxrss.
+
+Before each step the previous output is deleted, ``sync`` flushes dirty pages (not
+timed) and the source is read once, so every step reads a warm page cache (dropping the
+cache needs root; this benchmark does not try). "wall" is the step's process from start
+to exit (interpreter start-up and imports included); "op" is the operation alone,
+timed inside the process; "+sync" is the time of a ``sync`` right after it, i.e. what
+it takes until the output is on disk. Each step runs ``--repeat`` times; the table shows
+medians.
+
+    python benchmarks/bench_weights.py [--dir DIR] [--size-gib 2.2] [--repeat 3]
+
+Targets (from the weights issue): peak RSS of convert <= 1.25 x largest tensor group +
+300 MB; wall of convert <= 1.5 x cp.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MiB = 2**20
+LARGEST_MIB = 256  # the embedding: the largest tensor, and the largest tensor group (no merges)
+CHILD = """
+import json, os, sys, time
+from pathlib import Path
+step, src, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+phases = {}
+if step == "convert":
+    import porter.weights as weights
+
+    def timed(phase, function):  # split the call into its write and verify passes
+        def run(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                phases[phase] = time.perf_counter() - t
+        return run
+
+    weights._write_all = timed("write", weights._write_all)
+    weights._verify = timed("verify", weights._verify)
+    t = time.perf_counter()
+    report = weights.convert_checkpoint([src], out, max_shard_size="5GB")
+    assert report.verified
+else:
+    import torch
+    from safetensors.torch import save_file
+    t = time.perf_counter()
+    state = torch.load(src, map_location="cpu", weights_only=True)
+    out.mkdir()
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+op = time.perf_counter() - t
+t = time.perf_counter()
+os.sync()
+sync = time.perf_counter() - t
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"op": op, "sync": sync, "hwm_mib": hwm / 1024, **phases}))
+"""
+
+
+# ---------------------------------------------------------------- building the checkpoint
+
+
+def plan(size_gib: float) -> list[tuple[str, tuple[int, ...], str]]:
+    """Tensor names, shapes and dtypes of a small-LLM-like checkpoint of >= size_gib."""
+    tensors = [("model.embed_tokens.weight", (LARGEST_MIB * MiB // 4 // 1024, 1024), "float32"),
+               ("lm_head.weight", (LARGEST_MIB * MiB // 4 // 1024, 1024), "bfloat16")]
+    total = 3 * LARGEST_MIB * MiB // 2
+    layer = 0
+    while total < size_gib * 2**30:
+        p = f"model.layers.{layer}"
+        tensors += [(f"{p}.self_attn.{n}_proj.weight", (2048, 2048), "bfloat16") for n in "qkvo"]
+        tensors += [(f"{p}.mlp.up_proj.weight", (8192, 2048), "float32"),
+                    (f"{p}.mlp.down_proj.weight", (2048, 8192), "float32"),
+                    (f"{p}.input_layernorm.weight", (2048,), "float32"),
+                    (f"{p}.post_attention_layernorm.weight", (2048,), "float32")]
+        total += 4 * 2048 * 2048 * 2 + 2 * 8192 * 2048 * 4 + 2 * 2048 * 4
+        layer += 1
+    tensors.append(("model.norm.weight", (1024,), "float32"))
+    return tensors
+
+
+def build(path: Path, size_gib: float) -> tuple[int, int]:
+    """Write the checkpoint; returns (file bytes, largest tensor bytes).
+
+    Each tensor is generated into its own scratch file a chunk at a time and mapped back
+    (torch.from_file), so torch.save reads file-backed pages: building needs about one
+    chunk of anonymous memory, not the checkpoint's size.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    scratch = path.parent / "scratch"
+    scratch.mkdir()
+    state, largest = {}, 0
+    try:
+        for i, (name, shape, dtype_name) in enumerate(plan(size_gib)):
+            dtype = getattr(torch, dtype_name)
+            numel = 1
+            for n in shape:
+                numel *= n
+            raw = scratch / f"{i}.raw"
+            with open(raw, "wb") as f:
+                for start in range(0, numel, 8 * MiB):
+                    chunk = torch.randn(min(8 * MiB, numel - start), generator=gen).to(dtype)
+                    f.write(chunk.view(torch.uint8).numpy().tobytes())
+            state[name] = torch.from_file(str(raw), shared=False, size=numel, dtype=dtype).view(shape)
+            largest = max(largest, numel * dtype.itemsize)
+        torch.save(state, path)
+    finally:
+        state.clear()
+        shutil.rmtree(scratch)
+    return path.stat().st_size, largest
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def warm(path: Path) -> None:
+    with open(path, "rb", buffering=0) as f:
+        while f.read(16 * MiB):
+            pass
+
+
+def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS (MiB) and stdout of one child process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env)
+    stdout = proc.stdout.read().decode()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"{cmd[:3]}... failed with exit code {proc.returncode}")
+    return wall, usage.ru_maxrss / 1024, stdout  # ru_maxrss is in KiB on Linux
+
+
+def measure(step: str, src: Path, out: Path) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    if out.with_suffix(".bin").exists():
+        out.with_suffix(".bin").unlink()
+    os.sync()
+    warm(src)
+    if step == "cp":
+        dst = out.with_suffix(".bin")
+        wall, rss, _ = run_measured(["cp", str(src), str(dst)])
+        t = time.perf_counter()
+        os.sync()
+        result = {"wall": wall, "op": wall, "sync": time.perf_counter() - t, "rss": rss, "maxrss": rss}
+        dst.unlink()
+        return result
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    wall, rss, stdout = run_measured([sys.executable, "-c", CHILD, step, str(src), str(out)], env)
+    timings = json.loads(stdout.strip().splitlines()[-1])
+    shutil.rmtree(out)
+    # VmHWM is this process's own peak; ru_maxrss may include the parent's at fork time.
+    return {"wall": wall, "op": timings["op"], "sync": timings["sync"], "rss": timings["hwm_mib"],
+            "maxrss": rss, **{k: timings[k] for k in ("write", "verify") if k in timings}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dir", type=Path, help="work folder (default: a temporary one)")
+    parser.add_argument("--size-gib", type=float, default=2.2, help="checkpoint size (>= 2)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each step; medians shown")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--build", type=Path, help=argparse.SUPPRESS)  # internal: the child that builds
+    args = parser.parse_args()
+    if args.build:
+        print(json.dumps(build(args.build, args.size_gib)))
+        return
+
+    work = Path(tempfile.mkdtemp(prefix="bench-weights-", dir=args.dir))
+    try:
+        src = work / "pytorch_model.bin"
+        t = time.perf_counter()
+        out = subprocess.run([sys.executable, __file__, "--build", str(src), "--size-gib", str(args.size_gib)],
+                             check=True, stdout=subprocess.PIPE, text=True).stdout
+        size, largest = json.loads(out.strip().splitlines()[-1])
+        print(f"checkpoint: {src} {size / 2**30:.2f} GiB, largest tensor {largest / MiB:.0f} MiB "
+              f"(built in {time.perf_counter() - t:.0f} s)")
+        print(f"machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}, "
+              f"{os.uname().sysname} {os.uname().release}")
+        steps = ("convert", "load-save", "cp")
+        runs: dict[str, list[dict]] = {s: [] for s in steps}
+        for i in range(args.repeat):
+            for step in steps[i % 3:] + steps[:i % 3]:  # rotate the order: no step always goes first
+                runs[step].append(measure(step, src, work / f"out-{step}"))
+        report(runs, largest, args.repeat)
+    finally:
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def report(runs: dict[str, list[dict]], largest: int, repeat: int) -> None:
+    med = {s: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for s, rs in runs.items()}
+    print(f"\nmedians of {repeat} run(s); page cache warm for every step\n")
+    print(f"{'step':<10} {'wall s':>8} {'op s':>8} {'+sync s':>8} {'peak RSS MiB':>13} {'ru_maxrss':>10}"
+          "   all ops (s)")
+    for step, m in med.items():
+        ops = " ".join(f"{r['op']:.2f}" for r in runs[step])
+        print(f"{step:<10} {m['wall']:>8.2f} {m['op']:>8.2f} {m['sync']:>8.2f} {m['rss']:>13.0f} "
+              f"{m['maxrss']:>10.0f}   {ops}")
+    conv, cp, base = med["convert"], med["cp"], med["load-save"]
+    walls = {phase: " ".join(f"{r[phase]:.2f}" for r in runs["convert"]) for phase in ("write", "verify")}
+    print(f"\nconvert op, by pass: write {conv['write']:.2f} s ({walls['write']}), "
+          f"verify {conv['verify']:.2f} s ({walls['verify']})")
+    print(f"\nconvert / cp:        wall {conv['wall'] / cp['wall']:.2f}x   op {conv['op'] / cp['op']:.2f}x   "
+          f"op+sync {(conv['op'] + conv['sync']) / (cp['op'] + cp['sync']):.2f}x")
+    print(f"convert / load-save: wall {conv['wall'] / base['wall']:.2f}x   op {conv['op'] / base['op']:.2f}x   "
+          f"peak RSS {conv['rss'] / base['rss']:.2f}x")
+    rss_target = (1.25 * largest + 300e6) / MiB
+    print("\ntargets")
+    print(f"  peak RSS <= 1.25 x largest tensor group ({largest / MiB:.0f} MiB) + 300 MB = "
+          f"{rss_target:.0f} MiB: {conv['rss']:.0f} MiB  {'PASS' if conv['rss'] <= rss_target else 'MISS'}")
+    for label, ours, theirs in (("wall (process)", conv["wall"], cp["wall"]),
+                                ("op (conversion call)", conv["op"], cp["op"]),
+                                ("op + sync", conv["op"] + conv["sync"], cp["op"] + cp["sync"])):
+        verdict = "PASS" if ours <= 1.5 * theirs else "MISS"
+        print(f"  {label:<22} <= 1.5 x cp = {1.5 * theirs:.2f} s: {ours:.2f} s  {verdict}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""Real legacy code from old transformers releases, ported and proven against itself.
+
+Each entry is an in-library model of transformers 4.30.2, 4.36.2 or 4.44.2 turned into a
+remote-code repo (tests/corpus.py), with a checkpoint saved by that release. Every check
+of the port must pass: the reference runs in the entry's own release.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import porter
+from porter.report import PASS
+from tests.corpus import CORPUS
+
+pytestmark = pytest.mark.slow
+
+PORTED_ARCHITECTURES = {"llama", "mistral", "gpt_neox"}
+ENTRIES = [m for m in CORPUS if m.arch in PORTED_ARCHITECTURES]
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=[m.id for m in ENTRIES])
+def test_legacy_model_ports_and_verifies(entry, cache_dir, tmp_path):
+    repo = entry.build(cache_dir)
+    result = porter.port(repo, tmp_path / "ported")
+    failing = [c for c in result.checks if c.status != PASS]
+    assert not failing, result.report.summary_table()
+    assert result.report.reference["transformers_version"] == entry.version
+    assert {"F1", "F2", "F3", "B1", "C1", "C3"} <= {c.item for c in result.checks}
+    again = porter.check(result.output)
+    assert again.report.status == "unchanged", again.diff

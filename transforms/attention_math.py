@@ -1,0 +1,366 @@
+"""Find and clean the eager attention math in a list of statements.
+
+Used on a forward body (math inline) and on a helper method's body (`_attn`). The math is
+found by data flow: the softmax, the q @ k^T product (matmul or baddbmm) that produced its
+input, any separate rescaling of the scores, and the product of the probabilities with
+the values. Cleaning prepares it for `eager_attention_forward`:
+
+- the scale moves into one `scaling` factor (the interface passes `scaling=self.scaling`);
+- a causal-mask buffer (`torch.where(self.bias[...], scores, min)`) is dropped: the mask
+  from `masking_utils` already holds causality, and adding both would overflow to -inf;
+- shape guards (`if ...: raise`) are dropped: they check locals the function lacks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import libcst as cst
+
+from transforms.cst_utils import (
+    assigned_names,
+    call_name,
+    code_of,
+    dotted,
+    last_part,
+    names_loaded,
+    names_read,
+    parse_expr,
+    single_assign,
+    walk,
+)
+
+SOFTMAX = {"softmax", ".softmax"}
+SCORE_PRODUCTS = {"matmul", "bmm", "baddbmm"}
+HEAD_SIZE_ATTRIBUTES = ("head_dim", "head_size", "attention_head_size", "attn_head_size")
+
+
+class NotUnderstood(Exception):
+    """The math has a shape this module does not handle; `node` says where."""
+
+    def __init__(self, node: cst.CSTNode | None, message: str):
+        super().__init__(message)
+        self.node = node
+
+
+@dataclass
+class Math:
+    """The attention math found in `stmts`, with names as the statements use them."""
+
+    query: str
+    key: str
+    value: str
+    weights: str
+    output: str
+    score_index: int
+    softmax_index: int
+    output_index: int
+    scaling_code: str  # in terms of `self`, for `__init__`
+    rescale_indices: list[int] = field(default_factory=list)
+
+
+def has_call(stmt: cst.CSTNode, names: set[str]) -> bool:
+    return any(
+        last_part(call_name(c)) in names or call_name(c) in names for c in walk(stmt) if isinstance(c, cst.Call)
+    )
+
+
+def find_math(stmts: list[cst.BaseStatement], head_size_attr: str | None) -> Math:
+    """Locate softmax(q k^T * s) v in `stmts`; raise NotUnderstood with the place if absent."""
+    softmax_index = next((i for i, s in enumerate(stmts) if has_call(s, SOFTMAX)), None)
+    if softmax_index is None:
+        raise NotUnderstood(None, "no softmax in the attention code")
+    assign = single_assign(stmts[softmax_index])
+    softmax_call = next(c for c in walk(stmts[softmax_index]) if isinstance(c, cst.Call) and last_part(call_name(c)) in SOFTMAX)
+    scores = _softmax_input(softmax_call)
+    if assign is None or scores is None or not isinstance(assign[0][0], cst.Name):
+        raise NotUnderstood(stmts[softmax_index], "softmax is not a plain `name = softmax(name, ...)` assignment")
+    weights = assign[0][0].value
+
+    score_index = next(
+        (i for i in range(softmax_index, -1, -1) if scores in assigned_names(stmts[i]) and has_call(stmts[i], SCORE_PRODUCTS)),
+        None,
+    )
+    if score_index is None:
+        raise NotUnderstood(stmts[softmax_index], f"could not find the q @ k^T product that computes {scores}")
+    product, base_scale = _score_product(single_assign(stmts[score_index]), stmts[score_index])
+    query, key = _query_and_key(product, stmts[score_index])
+
+    factors = [base_scale] if base_scale != "1.0" else []
+    rescale_indices = []
+    for i in range(score_index + 1, softmax_index):
+        factor = _rescale_factor(stmts[i], scores)
+        if factor is not None:
+            factors.append(factor)
+            rescale_indices.append(i)
+    factors = [_head_size_as_attribute(f, {query, key}, head_size_attr, stmts[score_index]) for f in factors]
+    for factor in factors:
+        if not _computable_in_init(parse_expr(factor)):
+            raise NotUnderstood(stmts[score_index], f"the scale `{factor}` reads values that __init__ does not have")
+    if len(factors) > 1:
+        factors = [f"({f})" if " " in f and not f.startswith("(") else f for f in factors]
+    scaling = " * ".join(factors) if factors else "1.0"
+
+    output_index = next(
+        (i for i in range(softmax_index + 1, len(stmts)) if has_call(stmts[i], {"matmul", ".matmul", "bmm"}) and weights in names_read(stmts[i])),
+        None,
+    )
+    if output_index is None:
+        raise NotUnderstood(stmts[softmax_index], f"could not find the product of {weights} with the values")
+    out_assign = single_assign(stmts[output_index])
+    out_call = out_assign[1] if out_assign else None
+    if not (isinstance(out_call, cst.Call) and len(out_call.args) == 2 and isinstance(out_assign[0][0], cst.Name)):
+        raise NotUnderstood(stmts[output_index], "the probs @ v statement is not `out = matmul(probs, v)`")
+    value = dotted(out_call.args[1].value)
+    if not value or "." in value:
+        raise NotUnderstood(stmts[output_index], "the values in the probs @ v product are not a plain variable")
+    return Math(
+        query=query,
+        key=key,
+        value=value,
+        weights=weights,
+        output=out_assign[0][0].value,
+        score_index=score_index,
+        softmax_index=softmax_index,
+        output_index=output_index,
+        scaling_code=scaling,
+        rescale_indices=rescale_indices,
+    )
+
+
+def clean_math(stmts: list[cst.BaseStatement], math: Math) -> list[cst.BaseStatement]:
+    """The statements as the eager function runs them (scale folded, buffer and guards gone)."""
+    kept = []
+    for i, stmt in enumerate(stmts):
+        if i in math.rescale_indices or is_guard(stmt):
+            continue
+        if i == math.score_index:
+            stmt = _scaled_product(stmt)
+        kept.append(stmt.visit(GuardStripper()))
+    kept = _drop_causal_buffer(kept)
+    return _drop_dead_assignments(kept, keep={math.output, math.weights})
+
+
+# -- scores ---------------------------------------------------------------------------------
+def _softmax_input(call: cst.Call) -> str | None:
+    if call_name(call) == ".softmax" or (isinstance(call.func, cst.Attribute) and call.func.attr.value == "softmax" and not call.args):
+        return dotted(call.func.value)
+    return dotted(call.args[0].value) if call.args else None
+
+
+def _score_product(assign, stmt) -> tuple[cst.Call, str]:
+    """(the product call, its scale) for `s = matmul(q, kT) [* or /] x` and `s = baddbmm(..., alpha=x)`."""
+    if assign is None:
+        raise NotUnderstood(stmt, "the q @ k^T product is not a plain assignment")
+    value = assign[1]
+    if isinstance(value, cst.Call) and last_part(call_name(value)) == "baddbmm":
+        alpha = next((a for a in value.args if a.keyword and a.keyword.value == "alpha"), None)
+        beta = next((a for a in value.args if a.keyword and a.keyword.value == "beta"), None)
+        if beta is not None and code_of(beta.value) not in ("1.0", "1", "0", "0.0"):
+            raise NotUnderstood(stmt, "baddbmm with a beta other than 0 or 1")
+        return value, code_of(alpha.value) if alpha else "1.0"
+    if isinstance(value, cst.Call) and last_part(call_name(value)) in ("matmul", "bmm"):
+        return value, "1.0"
+    if isinstance(value, cst.BinaryOperation) and isinstance(value.left, cst.Call):
+        if isinstance(value.operator, cst.Divide):
+            return value.left, f"1 / {code_of(value.right)}"
+        if isinstance(value.operator, cst.Multiply):
+            return value.left, code_of(value.right)
+    raise NotUnderstood(stmt, "scores are not `matmul(q, k^T)` or `baddbmm(..., q, k^T)` with an optional scale")
+
+
+def _query_and_key(product: cst.Call, stmt) -> tuple[str, str]:
+    positional = [a.value for a in product.args if a.keyword is None]
+    if last_part(call_name(product)) == "baddbmm":
+        positional = positional[1:]
+    if len(positional) < 2:
+        raise NotUnderstood(stmt, "the q @ k^T product has fewer than two operands")
+    query = dotted(positional[0])
+    key_arg = positional[1]
+    is_transpose = isinstance(key_arg, cst.Call) and isinstance(key_arg.func, cst.Attribute)
+    key = dotted(key_arg.func.value) if is_transpose and key_arg.func.attr.value in ("transpose", "mT") else None
+    if not query or not key or "." in query or "." in key:
+        raise NotUnderstood(stmt, "q and k^T in the score product are not plain variables")
+    return query, key
+
+
+def _rescale_factor(stmt: cst.CSTNode, scores: str) -> str | None:
+    """`s = s / x` -> "1 / x"; `s = s * x` -> "x"; `if c: s = s / x` -> "(1 / x if c else 1.0)"."""
+    if isinstance(stmt, cst.If) and stmt.orelse is None and len(stmt.body.body) == 1:
+        inner = _rescale_factor(stmt.body.body[0], scores)
+        return f"({inner} if {code_of(stmt.test)} else 1.0)" if inner else None
+    if not isinstance(stmt, cst.SimpleStatementLine) or len(stmt.body) != 1:
+        return None
+    small = stmt.body[0]
+    if isinstance(small, cst.AugAssign) and code_of(small.target) == scores:
+        if isinstance(small.operator, cst.DivideAssign):
+            return f"1 / {code_of(small.value)}"
+        if isinstance(small.operator, cst.MultiplyAssign):
+            return code_of(small.value)
+        return None
+    assign = single_assign(stmt)
+    if not assign or code_of(assign[0][0]) != scores or not isinstance(assign[1], cst.BinaryOperation):
+        return None
+    value = assign[1]
+    if dotted(value.left) == scores and isinstance(value.operator, cst.Divide):
+        return f"1 / {code_of(value.right)}"
+    if isinstance(value.operator, cst.Multiply) and scores in (dotted(value.left), dotted(value.right)):
+        other = value.right if dotted(value.left) == scores else value.left
+        return code_of(other)
+    return None
+
+
+def _head_size_as_attribute(factor: str, qk: set[str], attr: str | None, stmt) -> str:
+    """`value.size(-1)` / `query.shape[-1]` / `torch.full([], x, ...)` -> forms __init__ can compute."""
+    tree = parse_expr(factor)
+    tree = tree.visit(_HeadSize(qk | {"value"}, attr, stmt))
+    return code_of(tree)
+
+
+class _HeadSize(cst.CSTTransformer):
+    def __init__(self, tensors: set[str], attr: str | None, stmt):
+        self.tensors, self.attr, self.stmt = tensors, attr, stmt
+
+    def _head(self) -> cst.BaseExpression:
+        if self.attr is None:
+            raise NotUnderstood(self.stmt, "the scale reads the head size from a tensor and the module stores none")
+        return parse_expr(f"self.{self.attr}")
+
+    def leave_Call(self, original, updated):
+        name = call_name(updated)
+        if name and name.endswith(".size") and isinstance(updated.func, cst.Attribute):
+            if dotted(updated.func.value) in self.tensors and [code_of(a.value) for a in updated.args] == ["-1"]:
+                return self._head()
+        if last_part(name) == "full" and len(updated.args) >= 2:
+            return updated.args[1].value
+        return updated
+
+    def leave_Subscript(self, original, updated):
+        text = code_of(updated).replace(" ", "")
+        for tensor in self.tensors:
+            if text == f"{tensor}.shape[-1]":
+                return self._head()
+        return updated
+
+
+def _computable_in_init(expr: cst.BaseExpression) -> bool:
+    """Constants, module globals (math, torch) and `self.*`: what `__init__` can evaluate."""
+    allowed = {"self", "math", "torch", "np", "numpy", "float", "int", "True", "False", "None"}
+    return names_read(expr) <= allowed
+
+
+def _scaled_product(stmt: cst.SimpleStatementLine) -> cst.SimpleStatementLine:
+    assign = single_assign(stmt)
+    value = assign[1]
+    if isinstance(value, cst.Call) and last_part(call_name(value)) == "baddbmm":
+        args = [a for a in value.args if not (a.keyword and a.keyword.value == "alpha")]
+        alpha = cst.Arg(keyword=cst.Name("alpha"), value=cst.Name("scaling"), equal=_TIGHT)
+        new_value = value.with_changes(args=[*args, alpha])
+    else:
+        product = value.left if isinstance(value, cst.BinaryOperation) else value
+        new_value = parse_expr(f"{code_of(product)} * scaling")
+    return stmt.with_changes(body=[cst.Assign(targets=stmt.body[0].targets, value=new_value)])
+
+
+_TIGHT = cst.AssignEqual(whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace(""))
+
+
+# -- guards, buffers, dead code -------------------------------------------------------------
+def is_guard(stmt: cst.CSTNode) -> bool:
+    """`if <shape check>: raise ...` with nothing else in it."""
+    if not isinstance(stmt, cst.If) or stmt.orelse is not None:
+        return False
+    inner = stmt.body.body if isinstance(stmt.body, cst.IndentedBlock) else []
+    return bool(inner) and all(
+        isinstance(s, cst.SimpleStatementLine) and all(isinstance(x, cst.Raise) for x in s.body) for s in inner
+    )
+
+
+class GuardStripper(cst.CSTTransformer):
+    def leave_If(self, original: cst.If, updated: cst.If):
+        return cst.RemoveFromParent() if is_guard(updated) else updated
+
+
+def _buffer_condition(stmt: cst.CSTNode) -> str | None:
+    """For `s = torch.where(cond, s, fill)` return cond's name."""
+    assign = single_assign(stmt)
+    if not assign or not isinstance(assign[1], cst.Call) or last_part(call_name(assign[1])) != "where":
+        return None
+    args = assign[1].args
+    if len(args) == 3 and dotted(args[0].value):
+        return dotted(args[0].value)
+    return None
+
+
+def _drop_causal_buffer(stmts: list[cst.BaseStatement]) -> list[cst.BaseStatement]:
+    """Remove `torch.where(<slice of a self buffer>, s, min)` and what only fed it, recursively."""
+    conditions = {}
+    for stmt in _all_simple(stmts):
+        cond = _buffer_condition(stmt)
+        if cond:
+            conditions[id(stmt)] = cond
+    if not conditions:
+        return stmts
+    sources = {}
+    for stmt in _all_simple(stmts):
+        assign = single_assign(stmt)
+        if assign and isinstance(assign[0][0], cst.Name) and "self." in code_of(assign[1]):
+            sources[assign[0][0].value] = code_of(assign[1])
+    buffer_conditions = {k for k, c in conditions.items() if c in sources}
+    if not buffer_conditions:
+        return stmts
+    pruned = [s.visit(_RemoveById(buffer_conditions)) for s in stmts]
+    pruned = [s for s in pruned if not isinstance(s, cst.RemovalSentinel)]
+    buffers = {sources[conditions[k]].split("[")[0] for k in buffer_conditions}
+    pruned = [s for s in pruned if not any(b in code_of(s) for b in buffers)]
+    return pruned
+
+
+def _all_simple(stmts):
+    for stmt in stmts:
+        for node in walk(stmt):
+            if isinstance(node, cst.SimpleStatementLine):
+                yield node
+
+
+class _RemoveById(cst.CSTTransformer):
+    def __init__(self, ids: set[int]):
+        self.ids = ids
+
+    def leave_SimpleStatementLine(self, original, updated):
+        return cst.RemoveFromParent() if id(original) in self.ids else updated
+
+    def leave_IndentedBlock(self, original, updated):
+        if not updated.body:
+            return updated.with_changes(body=[cst.SimpleStatementLine(body=[cst.Pass()])])
+        return updated
+
+
+def _drop_dead_assignments(stmts: list[cst.BaseStatement], keep: set[str]) -> list[cst.BaseStatement]:
+    """Drop plain assignments (and branches of only those) whose names nothing reads later."""
+    changed = True
+    while changed:
+        changed = False
+        for i in range(len(stmts) - 1, -1, -1):
+            later = set(keep)
+            for other in stmts[i + 1 :]:
+                later |= names_loaded(other)
+            if _is_dead(stmts[i], later):
+                del stmts[i]
+                changed = True
+    return stmts
+
+
+def _is_dead(stmt: cst.CSTNode, later: set[str]) -> bool:
+    if isinstance(stmt, cst.SimpleStatementLine):
+        if all(isinstance(s, cst.Pass) for s in stmt.body):
+            return True
+        assign = single_assign(stmt)
+        if assign is None or any(isinstance(t, (cst.Attribute, cst.Subscript)) for t in assign[0]):
+            return False
+        if any(isinstance(n, cst.Call) and code_of(n.func).startswith("self.") for n in walk(assign[1])):
+            return False  # a method call may have effects
+        return not (assigned_names(stmt) & later)
+    if isinstance(stmt, cst.If) and stmt.orelse is None:
+        return all(_is_dead(s, later | names_loaded(stmt.test)) for s in stmt.body.body)
+    return False
