@@ -18,8 +18,9 @@ Before each step the previous output is deleted, ``sync`` flushes dirty pages (n
 timed) and the source is read once, so every step reads a warm page cache (dropping the
 cache needs root; this benchmark does not try). "wall" is the step's process from start
 to exit (interpreter start-up and imports included); "op" is the operation alone,
-timed inside the process; "+sync" is the time of a ``sync`` right after it, i.e. what
-it takes until the output is on disk. Each step runs ``--repeat`` times; the table shows
+timed inside the process (for cp, its wall); "+sync" is the time of a ``sync`` run by
+this script right after the step's process exits, i.e. the extra time until the output
+is on disk. Each step runs ``--repeat`` times; the table shows
 medians.
 
     python benchmarks/bench_weights.py [--dir DIR] [--size-gib 2.2] [--repeat 3]
@@ -73,11 +74,8 @@ else:
     out.mkdir()
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
 op = time.perf_counter() - t
-t = time.perf_counter()
-os.sync()
-sync = time.perf_counter() - t
 hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-print(json.dumps({"op": op, "sync": sync, "hwm_mib": hwm / 1024, **phases}))
+print(json.dumps({"op": op, "hwm_mib": hwm / 1024, **phases}))
 """
 
 
@@ -160,26 +158,26 @@ def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float,
 
 def measure(step: str, src: Path, out: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
-    if out.with_suffix(".bin").exists():
-        out.with_suffix(".bin").unlink()
+    out.with_suffix(".bin").unlink(missing_ok=True)
     os.sync()
     warm(src)
     if step == "cp":
         dst = out.with_suffix(".bin")
         wall, rss, _ = run_measured(["cp", str(src), str(dst)])
-        t = time.perf_counter()
-        os.sync()
-        result = {"wall": wall, "op": wall, "sync": time.perf_counter() - t, "rss": rss, "maxrss": rss}
-        dst.unlink()
-        return result
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
-                                                        os.environ.get("PYTHONPATH", "")])}
-    wall, rss, stdout = run_measured([sys.executable, "-c", CHILD, step, str(src), str(out)], env)
-    timings = json.loads(stdout.strip().splitlines()[-1])
-    shutil.rmtree(out)
-    # VmHWM is this process's own peak; ru_maxrss may include the parent's at fork time.
-    return {"wall": wall, "op": timings["op"], "sync": timings["sync"], "rss": timings["hwm_mib"],
-            "maxrss": rss, **{k: timings[k] for k in ("write", "verify") if k in timings}}
+        timings = {"op": wall, "hwm_mib": rss}
+    else:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                            os.environ.get("PYTHONPATH", "")])}
+        wall, rss, stdout = run_measured([sys.executable, "-c", CHILD, step, str(src), str(out)], env)
+        timings = json.loads(stdout.strip().splitlines()[-1])
+    t = time.perf_counter()
+    os.sync()  # until the output is on disk
+    sync = time.perf_counter() - t
+    shutil.rmtree(out, ignore_errors=True)
+    out.with_suffix(".bin").unlink(missing_ok=True)
+    # VmHWM is the process's own peak; ru_maxrss may include the parent's at fork time.
+    return {"wall": wall, "op": timings["op"], "sync": sync, "rss": timings["hwm_mib"], "maxrss": rss,
+            **{k: timings[k] for k in ("write", "verify") if k in timings}}
 
 
 def main() -> None:

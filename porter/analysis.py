@@ -55,6 +55,7 @@ class RepoAnalysis:
     base_models: set[str] = field(default_factory=set)
     heads: dict[str, str] = field(default_factory=dict)  # head class -> attribute holding the base model
     decoder_layers: set[str] = field(default_factory=set)
+    entry_points: set[str] = field(default_factory=set)  # classes config.json's auto_map names
 
     def ancestors(self, name: str) -> list[str]:
         """Repo classes `name` inherits from, nearest first."""
@@ -97,11 +98,16 @@ def _looks_like_attention(cls: cst.ClassDef) -> bool:
     return has_math or bool(calls & KERNEL_CALLS)
 
 
-def _held_class(value: cst.BaseExpression, known: set[str], dicts: dict[str, dict[str, str]]) -> str | None:
-    """The repo class an `__init__` value builds: `Cls(...)` or `DICT[key](...)`."""
+def _held_class(
+    value: cst.BaseExpression, known: set[str], dicts: dict[str, dict[str, str]], aliases: dict | None = None
+) -> str | None:
+    """The repo class an `__init__` value builds: `Cls(...)`, `DICT[key](...)`, or a local
+    alias of either (`attention_class = DICT[key]; self.attn = attention_class(...)`)."""
     if not isinstance(value, cst.Call):
         return None
     func = value.func
+    if isinstance(func, cst.Name) and aliases and func.value in aliases:
+        return aliases[func.value]
     if isinstance(func, cst.Subscript):
         table = dotted(func.value)
         if table in dicts:
@@ -109,6 +115,21 @@ def _held_class(value: cst.BaseExpression, known: set[str], dicts: dict[str, dic
         return None
     name = last_part(dotted(func))
     return name if name in known else None
+
+
+def _local_class_aliases(init: cst.FunctionDef, known: set[str], dicts: dict) -> dict[str, str]:
+    aliases = {}
+    for stmt in walk(init):
+        assign = single_assign(stmt) if isinstance(stmt, cst.SimpleStatementLine) else None
+        if not assign or not isinstance(assign[0][0], cst.Name):
+            continue
+        value = assign[1]
+        if isinstance(value, cst.Subscript) and dotted(value.value) in dicts:
+            entries = dicts[dotted(value.value)]
+            aliases[assign[0][0].value] = entries.get("eager") or next(iter(entries.values()))
+        elif dotted(value) in known:
+            aliases[assign[0][0].value] = dotted(value)
+    return aliases
 
 
 def _layer_list_class(value: cst.BaseExpression, known: set[str], dicts: dict) -> str | None:
@@ -138,9 +159,9 @@ def _backend_dicts(module: cst.Module) -> dict[str, dict[str, str]]:
     return found
 
 
-def analyse(modules: dict[str, cst.Module]) -> RepoAnalysis:
+def analyse(modules: dict[str, cst.Module], entry_points: set[str] | None = None) -> RepoAnalysis:
     """Build the class index and assign roles for every modeling file of a repo."""
-    result = RepoAnalysis(modules=modules)
+    result = RepoAnalysis(modules=modules, entry_points=set(entry_points or ()))
     for filename, module in modules.items():
         result.attention_dicts.update(_backend_dicts(module))
         for stmt in module.body:
@@ -152,6 +173,7 @@ def analyse(modules: dict[str, cst.Module]) -> RepoAnalysis:
         init = info.methods.get("__init__")
         if init is None:
             continue
+        aliases = _local_class_aliases(init, known, result.attention_dicts)
         for stmt in walk(init):
             assign = single_assign(stmt) if isinstance(stmt, cst.SimpleStatementLine) else None
             if not assign or not is_self_attr(assign[0][0]):
@@ -161,7 +183,7 @@ def analyse(modules: dict[str, cst.Module]) -> RepoAnalysis:
             if element:
                 info.layer_lists[attr] = element
                 continue
-            held = _held_class(assign[1], known, result.attention_dicts)
+            held = _held_class(assign[1], known, result.attention_dicts, aliases)
             if held:
                 info.children[attr] = held
 

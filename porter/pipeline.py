@@ -71,7 +71,8 @@ def load(src: Path | str) -> LegacyRepo:
 
 def analyse_repo(repo: LegacyRepo) -> tuple[dict, RepoAnalysis]:
     modules = repo.modules()
-    return modules, analyse(modules)
+    entry_points = {reference.rsplit(".", 1)[-1] for reference in repo.auto_map.values()}
+    return modules, analyse(modules, entry_points)
 
 
 def rewrite_code(repo: LegacyRepo, allow_partial: bool = False) -> RewriteResult:

@@ -505,14 +505,16 @@ def test_small_blocks_stream_every_layout_exactly(tmp_path: Path, monkeypatch) -
     q, k, v = (torch.randn(n, 8, generator=gen) for n in (11, 12, 12))  # 11: a block spans q and v
     fused = torch.randn(10, 6, generator=gen).to(torch.float16)
     plain = torch.randn(7, 5, generator=gen).to(torch.float64)
+    rot = torch.randn(36, 3, generator=gen).to(torch.bfloat16)  # 6 heads of 6 rows; 6-byte rows
     torch.save({"a.q_proj.weight": q, "a.k_proj.weight": k[:5], "b.k_proj.weight": k,
-                "a.v_proj.weight": v, "fused": fused, "plain": plain, "odd": torch.ones(3, 40, 1)},
-               tmp_path / "w.pt")
+                "a.v_proj.weight": v, "fused": fused, "plain": plain, "odd": torch.ones(3, 40, 1),
+                "rot": rot}, tmp_path / "w.pt")
     ops = [
         WeightOp("merge", r"(.*)\.(?P<part>q|v)_proj\.weight", (r"\1.qv.weight",), parts=("q", "v")),
         WeightOp("split", "fused", ("f1", "f2"), dim=1, sizes=(1, 5)),
         WeightOp("permute", r"(.*)\.k_proj\.weight", (r"\1.k.weight",), perm_spec=(1, 0)),
         WeightOp("permute", "plain", ("plain",), view_shape=(7, 5), perm_spec=(1, 0)),
+        WeightOp("permute", "rot", ("rot",), view_shape=(6, 3, 2, -1), perm_spec=(0, 2, 1, 3)),
     ]
     convert_checkpoint([tmp_path / "w.pt"], tmp_path / "out", ops=ops, max_shard_size=400)
     written = read_output(tmp_path / "out")
@@ -523,6 +525,7 @@ def test_small_blocks_stream_every_layout_exactly(tmp_path: Path, monkeypatch) -
     assert bits_equal(written["b.k.weight"], k.t().contiguous())
     assert bits_equal(written["plain"], plain.t().contiguous().reshape(7, 5))
     assert bits_equal(written["odd"], torch.ones(3, 40, 1))
+    assert bits_equal(written["rot"], rotary_permute(rot, 6))  # blocks of 10 rows cut across heads
 
 
 # ---------------------------------------------------------------- written format and checks

@@ -8,6 +8,7 @@ from transforms.backend_flags import DeclareBackends
 from transforms.base import Change, PortState, Transform
 from transforms.buffer_init import RebuildBuffers
 from transforms.cache_api import ModernCacheAPI
+from transforms.config_defaults import LegacyConfigDefaults
 from transforms.generation import GenerationSupport
 from transforms.kwargs_threading import ThreadKwargs
 from transforms.layer_index import ThreadLayerIndex
@@ -28,6 +29,7 @@ REGISTRY: tuple[type[Transform], ...] = (
     RopeConfigAccess,
     RebuildBuffers,
     RemovedModelMethods,
+    LegacyConfigDefaults,
     ThreadKwargs,
     GenerationSupport,
     TiedWeightsDict,

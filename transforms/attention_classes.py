@@ -47,16 +47,15 @@ class CollapseBackendClasses(Transform):
 
 
 class _DictLookupReplacer(cst.CSTTransformer):
-    """`X_ATTENTION_CLASSES[config._attn_implementation](...)` -> `XAttention(...)`."""
+    """`X_ATTENTION_CLASSES[config._attn_implementation]` -> `XAttention`, called or not."""
 
     def __init__(self, transform: Transform, dicts: dict[str, dict[str, str]]):
         self.transform = transform
         self.dicts = dicts
 
-    def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.Call:
-        func = updated.func
-        if isinstance(func, cst.Subscript) and dotted(func.value) in self.dicts:
-            primary = self.dicts[dotted(func.value)]["eager"]
-            self.transform.record(original, f"{dotted(func.value)}[...] -> {primary}")
-            return updated.with_changes(func=cst.Name(primary))
+    def leave_Subscript(self, original: cst.Subscript, updated: cst.Subscript) -> cst.BaseExpression:
+        if dotted(updated.value) in self.dicts:
+            primary = self.dicts[dotted(updated.value)]["eager"]
+            self.transform.record(original, f"{dotted(updated.value)}[...] -> {primary}")
+            return cst.Name(primary)
         return updated

@@ -136,7 +136,13 @@ class RebuildBuffers(Transform):
         call = parse_stmts(f"{HELPER}(module)\n")
         if existing is not None:
             module_param = existing.params.params[1].name.value if len(existing.params.params) > 1 else "module"
-            call = parse_stmts(f"{HELPER}({module_param})\n")
+            # transformers 5 calls _init_weights on every module whose buffers were not loaded;
+            # legacy init code writes in place and would overwrite the loaded parameters.
+            call = parse_stmts(
+                f"{HELPER}({module_param})\n"
+                f'if all(getattr(p, "_is_hf_initialized", False) for p in {module_param}.parameters()):\n'
+                "    return\n"
+            )
             new = existing.with_changes(body=existing.body.with_changes(body=[*call, *existing.body.body]))
             self.record(existing, f"{cls.name.value}._init_weights rebuilds non-persistent buffers")
             return cls.deep_replace(existing, new)

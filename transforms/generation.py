@@ -24,6 +24,7 @@ STANDARD_GENERATION_INPUTS = {
     "past_key_values",
     "use_cache",
     "cache_position",
+    "token_type_ids",  # GenerationMixin extends and slices these itself
 }
 GENERATIVE_OUTPUTS = ("CausalLMOutput", "Seq2SeqLMOutput", "MaskedLMOutput")
 

@@ -61,12 +61,76 @@ class RemovedImports(Transform):
             return tree
         probes = {n: CONSTANT_PROBES[n] for n in missing if n in CONSTANT_PROBES}
         tree = tree.visit(_ReplaceProbes(self, probes))
+        removed = set(missing) - set(probes)
+        tree = self._drop_dependent_code(tree, removed)
         used = _names_used_outside_imports(tree)
         still_used = {name for name in missing if name in used and name not in probes}
         for name in sorted(still_used):
             self.refuse(None, f"uses {name} from {missing[name]}, which the installed transformers no longer has", name)
         # A name still in use keeps its import: the failure stays visible where it is.
         return tree.visit(_DropImports(set(missing) - still_used, self))
+
+    def _drop_dependent_code(self, tree: cst.Module, removed: set[str]) -> cst.Module:
+        """Code that only exists to use a removed API goes with it: a class no entry point
+        needs (an ONNX export config, a head with a removed pooling helper), or methods only
+        such code calls (head pruning, naive model parallelism)."""
+        entry_points = getattr(self.state.analysis, "entry_points", set())
+        body = []
+        for stmt in tree.body:
+            if isinstance(stmt, cst.ClassDef) and names_read(stmt) & removed:
+                others = "\n".join(code_of(s) for s in tree.body if s is not stmt)
+                if stmt.name.value not in entry_points and not _mentions(others, stmt.name.value):
+                    needed = sorted(names_read(stmt) & removed)
+                    self.record(stmt, f"removed {stmt.name.value}: it needs {', '.join(needed)}, gone from transformers")
+                    continue
+            body.append(stmt)
+        tree = tree.with_changes(body=body)
+        dead = _dead_methods(tree, removed)
+        if not dead:
+            return tree
+        body = []
+        for stmt in tree.body:
+            if isinstance(stmt, cst.ClassDef):
+                members = []
+                for member in stmt.body.body:
+                    if isinstance(member, cst.FunctionDef) and (stmt.name.value, member.name.value) in dead:
+                        self.record(member, f"removed {stmt.name.value}.{member.name.value}: it relies on an API gone from transformers")
+                        continue
+                    members.append(member)
+                stmt = stmt.with_changes(body=stmt.body.with_changes(body=members))
+            body.append(stmt)
+        return tree.with_changes(body=body)
+
+
+def _dead_methods(tree: cst.Module, removed: set[str]) -> set[tuple[str, str]]:
+    """Methods that use a removed name, or call only-dead methods, and that no living code calls."""
+    methods = {
+        (cls.name.value, fn.name.value): fn
+        for cls in tree.body
+        if isinstance(cls, cst.ClassDef)
+        for fn in cls.body.body
+        if isinstance(fn, cst.FunctionDef) and fn.name.value not in ("forward", "__init__")
+    }
+    dead = {key for key, fn in methods.items() if names_read(fn) & removed}
+    changed = True
+    while changed:
+        changed = False
+        dead_names = {name for _, name in dead}
+        for key, fn in methods.items():
+            if key not in dead and any(f".{name}(" in code_of(fn) for name in dead_names):
+                dead.add(key)
+                changed = True
+    living = "\n".join(
+        code_of(s) for cls in tree.body if isinstance(cls, cst.ClassDef)
+        for s in cls.body.body if not (isinstance(s, cst.FunctionDef) and (cls.name.value, s.name.value) in dead)
+    )
+    return {key for key in dead if f".{key[1]}(" not in living}
+
+
+def _mentions(text: str, name: str) -> bool:
+    import re
+
+    return re.search(rf"\b{re.escape(name)}\b", text) is not None
 
 
 def _names_used_outside_imports(tree: cst.Module) -> set[str]:

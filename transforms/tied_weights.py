@@ -41,7 +41,27 @@ class TiedWeightsDict(Transform):
             members[index] = parse_stmts(f"_tied_weights_keys = {{{entries}}}\n")[0]
             self.record(member, f"{cls.name.value}._tied_weights_keys -> {{{entries}}}")
             self.state.facts.setdefault("tied", {}).update({k: f"{source}.weight" for k in keys})
-        return cls.with_changes(body=cls.body.with_changes(body=members))
+            return cls.with_changes(body=cls.body.with_changes(body=members))
+        return self._declare_implicit_tie(cls, members)
+
+    def _declare_implicit_tie(self, cls: cst.ClassDef, members: list) -> cst.ClassDef:
+        """transformers 4 tied `get_output_embeddings()` to the input embeddings whenever
+        `tie_word_embeddings` was on, declared or not; transformers 5 ties only what
+        `_tied_weights_keys` names. A head with an output embedding and no declaration
+        gets one (it still ties only when the config asks)."""
+        getter = function_defs(cls).get("get_output_embeddings")
+        returned = next((n.value for n in walk(getter) if isinstance(n, cst.Return) and n.value), None) if getter else None
+        if returned is None or not code_of(returned).startswith("self.") or call_name(returned):
+            return cls
+        source = self._embedding_path(cls.name.value)
+        if source is None:
+            return cls
+        target = code_of(returned)[len("self.") :] + ".weight"
+        entry = f'"{target}": "{source}.weight"'
+        declaration = parse_stmts(f"_tied_weights_keys = {{{entry}}}\n")
+        self.record(cls, f"{cls.name.value} declares the tie transformers 4 made implicitly: {{{entry}}}")
+        self.state.facts.setdefault("tied", {})[target] = f"{source}.weight"
+        return cls.with_changes(body=cls.body.with_changes(body=[*declaration, *members]))
 
     def _embedding_path(self, head: str) -> str | None:
         analysis = self.state.analysis

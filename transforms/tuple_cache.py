@@ -70,6 +70,8 @@ class CacheObjects(Transform):
                     stmt = self._attention(stmt)
                 elif name in analysis.base_models:
                     stmt = self._base_model(stmt)
+                elif name in analysis.heads:
+                    stmt = self._head(stmt)
             new_body.append(stmt)
         return tree.with_changes(body=new_body)
 
@@ -98,6 +100,19 @@ class CacheObjects(Transform):
             self.refuse(body[0], f"tuple cache `{cache}` is read but no `torch.cat` with it was found", where)
             return None
         return [s.visit(_PresentIsCache(finder.key, finder.value, cache, finder.key_statement)) for s in new_body]
+
+    # -- heads -----------------------------------------------------------------------------
+    def _head(self, cls: cst.ClassDef) -> cst.ClassDef:
+        """Generation helpers kept on a head read the cache length the tuple way."""
+        for method in function_defs(cls).values():
+            cache = _cache_param(method, plural=True)
+            if cache is None or f"{cache}[0][0]" not in code_of(method):
+                continue
+            new_method = method.visit(_LengthOfPast(cache, f"{cache}.get_seq_length()", index_depth=2))
+            if new_method is not method:
+                self.record(method, f"{cls.name.value}.{method.name.value}: cache length from get_seq_length()")
+                cls = cls.deep_replace(method, new_method)
+        return cls
 
     # -- base model ------------------------------------------------------------------------
     def _base_model(self, cls: cst.ClassDef) -> cst.ClassDef:

@@ -38,7 +38,50 @@ def _load_model(spec, attn_implementation):
         model, info = auto_cls.from_pretrained(spec["repo"], **kwargs)
     model.eval()
     loading = {k: sorted(v) if isinstance(v, (list, set)) else str(v) for k, v in info.items() if v}
+    never_loaded = _never_loaded(model, spec["repo"])
+    if never_loaded:
+        # Reported even where the model's ignore lists would have silenced it.
+        loading["missing_keys"] = sorted(set(loading.get("missing_keys", [])) | set(never_loaded))
     return model, auto_name, loading
+
+
+def _checkpoint_keys(repo):
+    import glob
+
+    keys = set()
+    for path in glob.glob(os.path.join(repo, "*.safetensors")):
+        from safetensors import safe_open
+
+        with safe_open(path, "pt") as f:
+            keys |= set(f.keys())
+    if not keys:
+        import torch
+
+        for path in glob.glob(os.path.join(repo, "pytorch_model*.bin")):
+            keys |= set(torch.load(path, map_location="meta", weights_only=True).keys())
+    return keys
+
+
+def _never_loaded(model, repo):
+    """Parameters and persistent buffers absent from the checkpoint and not tied to one present."""
+    stored = _checkpoint_keys(repo)
+    if not stored:
+        return []
+    prefix = getattr(model, "base_model_prefix", "")
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
+    pointers = {}
+    for name, tensor in model.state_dict().items():
+        pointers.setdefault(tensor.data_ptr(), []).append(name)
+    missing = []
+    for name in model.state_dict():
+        candidates = {name, f"{prefix}.{name}", name[len(prefix) + 1 :] if name.startswith(prefix + ".") else name}
+        if candidates & stored or name in tied:
+            continue
+        shared = pointers.get(model.state_dict()[name].data_ptr(), [])
+        if any({n, f"{prefix}.{n}"} & stored for n in shared if n != name):
+            continue  # tied in memory to a loaded tensor
+        missing.append(name)
+    return missing
 
 
 def _accepts(model, name):
