@@ -49,6 +49,8 @@ class TiedWeightsDict(Transform):
         `tie_word_embeddings` was on, declared or not; transformers 5 ties only what
         `_tied_weights_keys` names. A head with an output embedding and no declaration
         gets one (it still ties only when the config asks)."""
+        if any((a := single_assign(m)) and dotted(a[0][0]) == "_tied_weights_keys" for m in members):
+            return cls  # declared already
         getter = function_defs(cls).get("get_output_embeddings")
         returned = next((n.value for n in walk(getter) if isinstance(n, cst.Return) and n.value), None) if getter else None
         if returned is None or not code_of(returned).startswith("self.") or call_name(returned):

@@ -69,7 +69,9 @@ PORTED = (
     + HELPER
     + ROOT.replace(
         "        def _init_weights(self, module):\n",
-        "        def _init_weights(self, module):\n            _rebuild_non_persistent_buffers(module)\n",
+        "        def _init_weights(self, module):\n            _rebuild_non_persistent_buffers(module)\n"
+        '            if all(getattr(p, "_is_hf_initialized", False) for p in module.parameters()):\n'
+        "                return\n",
     )
 )
 

@@ -70,12 +70,53 @@ def test_removed_name_still_used_is_a_diagnostic():
         def __init__(self, config):
             super().__init__(config)
             self.sequence_summary = SequenceSummary(config)
+
+
+    HEADS = {"multiple-choice": FooForMultipleChoice}
     ''',
         RemovedImports,
     )
     [diagnostic] = state.diagnostics
     assert diagnostic.symbol == "SequenceSummary"
     assert "transformers.modeling_utils" in diagnostic.message
+
+
+def test_code_only_a_removed_api_needed_is_removed_with_it():
+    output, state = transformed(
+        '''\
+    from transformers.modeling_utils import PreTrainedModel, SequenceSummary
+    from transformers.pytorch_utils import prune_conv1d_layer
+
+
+    class FooModel(PreTrainedModel):
+        def forward(self, x):
+            return x
+
+        def _prune_heads(self, heads):
+            for layer, heads in heads.items():
+                self.layers[layer].prune_heads(heads)
+
+
+    class FooLayer(PreTrainedModel):
+        def prune_heads(self, heads):
+            self.dense = prune_conv1d_layer(self.dense, heads)
+
+        def forward(self, x):
+            return x
+
+
+    class FooForMultipleChoice(PreTrainedModel):
+        def __init__(self, config):
+            super().__init__(config)
+            self.sequence_summary = SequenceSummary(config)
+    ''',
+        RemovedImports,
+    )
+    compile(output, "modeling_test.py", "exec")
+    assert not state.diagnostics
+    assert "FooForMultipleChoice" not in output and "prune_heads" not in output and "_prune_heads" not in output
+    assert "SequenceSummary" not in output and "prune_conv1d_layer" not in output
+    assert "class FooModel" in output and "class FooLayer" in output
 
 
 def test_noop_for_imports_that_exist():
