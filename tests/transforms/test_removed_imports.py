@@ -89,6 +89,10 @@ def test_code_only_a_removed_api_needed_is_removed_with_it():
 
 
     class FooModel(PreTrainedModel):
+        def __init__(self, config):
+            super().__init__(config)
+            self.layers = [FooLayer(config)]
+
         def forward(self, x):
             return x
 
