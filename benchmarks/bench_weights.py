@@ -1,8 +1,8 @@
 """Peak memory and wall time of port-model's weight conversion, against two baselines.
 
 Builds a synthetic ``pytorch_model.bin`` (default 2.2 GiB: fp32 and bf16 tensors, the
-largest 256 MiB) and measures, in the same run and each in a fresh process so that
-peak RSS is that process's own (``os.wait4``):
+largest 256 MiB) and measures, in the same run, each step in a fresh process so that
+its peak RSS is its own:
 
   convert    porter.weights.convert_checkpoint(..., max_shard_size="5GB"), the CLI default
              (reads with mmap, streams, writes safetensors, reloads and compares every tensor)
@@ -20,8 +20,8 @@ cache needs root; this benchmark does not try). "wall" is the step's process fro
 to exit (interpreter start-up and imports included); "op" is the operation alone,
 timed inside the process (for cp, its wall); "+sync" is the time of a ``sync`` run by
 this script right after the step's process exits, i.e. the extra time until the output
-is on disk. Each step runs ``--repeat`` times; the table shows
-medians.
+is on disk. Each step runs ``--repeat`` times, in rotating order; the table shows
+medians. Needs about 7 GiB of free disk.
 
     python benchmarks/bench_weights.py [--dir DIR] [--size-gib 2.2] [--repeat 3]
 

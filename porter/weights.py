@@ -741,6 +741,8 @@ def _permute(name: str, tensor: torch.Tensor, op: WeightOp) -> _Out:
     numel = tensor.numel()
     if tensor.dim() == 0 or (numel % known != 0 if -1 in view else numel != known):
         raise BadInput(f"{name}: cannot view shape {tuple(tensor.shape)} as {view}")
+    if numel == 0:  # nothing to move (and a -1 in view_shape would be ambiguous)
+        return _Out.of(tensor)
     shape, itemsize = tuple(tensor.shape), tensor.dtype.itemsize
     moved = _byte_view(tensor).reshape(*view, itemsize).permute(*perm, len(view))  # views
     if perm[0] != 0:
