@@ -41,7 +41,7 @@ class RewriteResult:
 
 def rewrite(modules: dict[str, cst.Module], analysis: RepoAnalysis) -> RewriteResult:
     """Apply the registry to `modules` (file name -> parsed module)."""
-    state = PortState(analysis=analysis)
+    state = PortState(analysis=analysis, original_code={name: tree.code for name, tree in modules.items()})
     trees = dict(modules)
     # One context per file: transforms queue the imports they need, added once at the end.
     contexts = {filename: CodemodContext(filename=filename) for filename in trees}

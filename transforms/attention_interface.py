@@ -117,6 +117,10 @@ class RouteAttention(Transform):
             return cls, None
         if not self._free_names_ok(site, tree, name):
             return cls, None
+        between = site.math_stmts[site.math.score_index : site.math.softmax_index]
+        if any(has_call(stmt, {"tanh"}) for stmt in between):
+            # Softcapped scores: kernels that take no softcap must not be claimed (B4).
+            self.state.facts["softcap"] = True
 
         eager_name = emitted.get(eager_code)
         eager_node = None

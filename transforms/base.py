@@ -7,6 +7,7 @@ diagnostics for shapes it does not understand instead of guessing.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -39,6 +40,7 @@ class PortState:
     diagnostics: list[Diagnostic] = field(default_factory=list)
     weight_ops: list = field(default_factory=list)
     facts: dict = field(default_factory=dict)
+    original_code: dict[str, str] = field(default_factory=dict)  # file -> source as read
 
 
 class Transform(Codemod):
@@ -53,6 +55,7 @@ class Transform(Codemod):
         self.filename = filename
         self._input: cst.Module | None = None
         self._positions = None
+        self._line_map: dict[int, int] | None = None
 
     def apply(self, tree: cst.Module) -> cst.Module:
         """Run the transform. Positions are computed only if a change is recorded:
@@ -61,11 +64,32 @@ class Transform(Codemod):
         return self.transform_module_impl(tree)
 
     def line_of(self, node: cst.CSTNode) -> int | None:
+        """The node's line in the file as the user wrote it (earlier transforms shift lines)."""
         if self._positions is None and self._input is not None:
             wrapper = MetadataWrapper(self._input, unsafe_skip_copy=True)
             self._positions = wrapper.resolve(PositionProvider)
         position = (self._positions or {}).get(node)
-        return position.start.line if position is not None else None
+        if position is None:
+            return None
+        return self._original_line(position.start.line)
+
+    def _original_line(self, line: int) -> int:
+        original = self.state.original_code.get(self.filename)
+        if original is None or self._input is None:
+            return line
+        if self._line_map is None:
+            current_lines = self._input.code.splitlines()
+            matcher = difflib.SequenceMatcher(None, current_lines, original.splitlines(), autojunk=False)
+            self._line_map = {
+                block.a + k + 1: block.b + k + 1 for block in matcher.get_matching_blocks() for k in range(block.size)
+            }
+        if line in self._line_map:
+            return self._line_map[line]
+        earlier = [c for c in self._line_map if c < line]
+        if not earlier:
+            return line
+        anchor = max(earlier)  # a line this transform's input added: report the nearest original one
+        return self._line_map[anchor] + 1
 
     def record(self, node: cst.CSTNode | None, message: str) -> None:
         line = self.line_of(node) if node is not None else None

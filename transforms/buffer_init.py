@@ -112,9 +112,12 @@ class RebuildBuffers(Transform):
         if isinstance(params.star_kwarg, cst.Param):
             kwargs = "{" + ", ".join([*keywords, f"**{params.star_kwarg.name.value}"]) + "}"
         args = "(" + ", ".join(positional) + ("," if len(positional) == 1 else "") + ")"
-        # Last in __init__, so the most derived class's arguments win.
-        line = parse_stmts(f"self.{ARGS_ATTRIBUTE} = ({args}, {kwargs})\n")
-        new_init = init.with_changes(body=init.body.with_changes(body=[*init.body.body, *line]))
+        # First in __init__, before the body rebinds any parameter; the most derived class
+        # runs first, so `setdefault` keeps its arguments over those its bases receive.
+        line = parse_stmts(f'self.__dict__.setdefault("{ARGS_ATTRIBUTE}", ({args}, {kwargs}))\n')
+        body = list(init.body.body)
+        start = 1 if body and _is_docstring(body[0]) else 0
+        new_init = init.with_changes(body=init.body.with_changes(body=[*body[:start], *line, *body[start:]]))
         self.record(init, f"{cls.name.value}.__init__ records its arguments to rebuild non-persistent buffers")
         return cls.deep_replace(init, new_init)
 

@@ -44,6 +44,8 @@ class RemovedImports(Transform):
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
         missing: dict[str, str] = {}
+        where: dict[str, cst.ImportFrom] = {}
+        bound_as: dict[str, str] = {}  # imported name -> the name the code uses
         for node in walk(tree):
             if isinstance(node, cst.ImportFrom) and node.relative == [] or (
                 isinstance(node, cst.ImportFrom) and not node.relative
@@ -57,16 +59,18 @@ class RemovedImports(Transform):
                     name = dotted(alias.name)
                     if name and not installed_has(module, name):
                         missing[name] = module
+                        where[name] = node
+                        bound_as[name] = alias.asname.name.value if alias.asname else name
         if not missing:
             return tree
         probes = {n: CONSTANT_PROBES[n] for n in missing if n in CONSTANT_PROBES}
         tree = tree.visit(_ReplaceProbes(self, probes))
-        removed = set(missing) - set(probes)
+        removed = {bound_as[n] for n in missing if n not in probes}
         tree = self._drop_dependent_code(tree, removed)
         used = _names_used_outside_imports(tree)
-        still_used = {name for name in missing if name in used and name not in probes}
+        still_used = {name for name in missing if bound_as[name] in used and name not in probes}
         for name in sorted(still_used):
-            self.refuse(None, f"uses {name} from {missing[name]}, which the installed transformers no longer has", name)
+            self.refuse(where[name], f"uses {name} from {missing[name]}, which the installed transformers no longer has", name)
         # A name still in use keeps its import: the failure stays visible where it is.
         return tree.visit(_DropImports(set(missing) - still_used, self))
 

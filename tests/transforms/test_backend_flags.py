@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import textwrap
 
-import pytest
-
 from tests.transforms.helpers import check_noop, check_transformed, transformed
 from transforms.attention_interface import RouteAttention
 from transforms.backend_flags import DeclareBackends
@@ -99,12 +97,6 @@ def test_noop_on_ported_code():
     check_noop(routed(attention()) + root("_supports_attention_backend = True"), ROUTE_THEN_FLAGS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="backend_flags.supported_backends reads facts['softcap'] / facts['additive_bias'], but no transform "
-    "ever sets them (attention_interface.py moves a tanh softcap into eager_attention_forward silently), so "
-    "_supports_flash_attn = True / _supports_sdpa = True are claimed for math those kernels drop",
-)
 def test_softcapped_attention_does_not_claim_flash():
     legacy = attention(bias="attn_weights = torch.tanh(attn_weights / 50.0) * 50.0\n        ") + root()
     output, state = transformed(legacy, ROUTE_THEN_FLAGS)

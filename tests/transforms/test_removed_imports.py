@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from tests.transforms.helpers import check_noop, check_transformed, transformed
 from transforms.removed_imports import RemovedImports
 
@@ -140,11 +138,6 @@ def test_noop_for_imports_that_exist():
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="removed_imports.py transform_module_impl: the still-used check looks for the imported name, not its "
-    "alias, so `import SequenceSummary as Summary` is dropped silently while `Summary(...)` is still called",
-)
 def test_removed_name_used_under_an_alias_is_a_diagnostic():
     _, state = transformed(
         '''\
