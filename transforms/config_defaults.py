@@ -82,7 +82,9 @@ class LegacyConfigDefaults(Transform):
         if init is None:
             return cls
         set_here = {n.attr.value for n in walk(init) if isinstance(n, cst.Attribute) and is_self_attr(n)}
-        missing = {a: v for a, v in wanted.items() if a not in set_here and f'"{a}"' not in code_of(init)}
+        text = code_of(init)
+        # Passed on to the base class, or read from kwargs: the config sets it already.
+        missing = {a: v for a, v in wanted.items() if a not in set_here and f'"{a}"' not in text and f"{a}=" not in text}
         if not missing:
             return cls
         lines = "".join(f'if not hasattr(self, "{a}"):\n    self.{a} = {v}\n' for a, v in missing.items())
