@@ -92,9 +92,13 @@ def _calls(node: cst.CSTNode) -> set[str]:
 
 def _looks_like_attention(cls: cst.ClassDef) -> bool:
     calls = set()
+    matmul_operator = False
     for fn in function_defs(cls).values():
         calls |= _calls(fn)
-    has_math = bool(calls & SOFTMAX_CALLS) and bool(calls & MATMUL_CALLS)
+        matmul_operator |= any(
+            isinstance(n, cst.BinaryOperation) and isinstance(n.operator, cst.MatrixMultiply) for n in walk(fn)
+        )
+    has_math = bool(calls & SOFTMAX_CALLS) and (bool(calls & MATMUL_CALLS) or matmul_operator)
     return has_math or bool(calls & KERNEL_CALLS)
 
 

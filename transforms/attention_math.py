@@ -65,6 +65,19 @@ def has_call(stmt: cst.CSTNode, names: set[str]) -> bool:
     )
 
 
+def _matmul_operators(stmt: cst.CSTNode) -> list[cst.BinaryOperation]:
+    return [n for n in walk(stmt) if isinstance(n, cst.BinaryOperation) and isinstance(n.operator, cst.MatrixMultiply)]
+
+
+def has_product(stmt: cst.CSTNode, names: set[str]) -> bool:
+    """A call to one of `names`, or the `@` operator."""
+    return has_call(stmt, names) or bool(_matmul_operators(stmt))
+
+
+def _unwrap(node: cst.BaseExpression) -> cst.BaseExpression:
+    return node.with_changes(lpar=[], rpar=[]) if getattr(node, "lpar", None) else node
+
+
 def find_math(stmts: list[cst.BaseStatement], head_size_attr: str | None) -> Math:
     """Locate softmax(q k^T * s) v in `stmts`; raise NotUnderstood with the place if absent."""
     softmax_index = next((i for i, s in enumerate(stmts) if has_call(s, SOFTMAX)), None)
@@ -78,7 +91,7 @@ def find_math(stmts: list[cst.BaseStatement], head_size_attr: str | None) -> Mat
     weights = assign[0][0].value
 
     score_index = next(
-        (i for i in range(softmax_index, -1, -1) if scores in assigned_names(stmts[i]) and has_call(stmts[i], SCORE_PRODUCTS)),
+        (i for i in range(softmax_index, -1, -1) if scores in assigned_names(stmts[i]) and has_product(stmts[i], SCORE_PRODUCTS)),
         None,
     )
     if score_index is None:
@@ -102,16 +115,25 @@ def find_math(stmts: list[cst.BaseStatement], head_size_attr: str | None) -> Mat
     scaling = " * ".join(factors) if factors else "1.0"
 
     output_index = next(
-        (i for i in range(softmax_index + 1, len(stmts)) if has_call(stmts[i], {"matmul", ".matmul", "bmm"}) and weights in names_read(stmts[i])),
+        (
+            i
+            for i in range(softmax_index + 1, len(stmts))
+            if has_product(stmts[i], {"matmul", ".matmul", "bmm"}) and weights in names_read(stmts[i])
+        ),
         None,
     )
     if output_index is None:
         raise NotUnderstood(stmts[softmax_index], f"could not find the product of {weights} with the values")
     out_assign = single_assign(stmts[output_index])
-    out_call = out_assign[1] if out_assign else None
-    if not (isinstance(out_call, cst.Call) and len(out_call.args) == 2 and isinstance(out_assign[0][0], cst.Name)):
+    out_call = _unwrap(out_assign[1]) if out_assign else None
+    if isinstance(out_call, cst.BinaryOperation) and isinstance(out_call.operator, cst.MatrixMultiply):
+        value = dotted(out_call.right)
+    elif isinstance(out_call, cst.Call) and len(out_call.args) == 2:
+        value = dotted(out_call.args[1].value)
+    else:
+        value = None
+    if not out_assign or not isinstance(out_assign[0][0], cst.Name) or value is None and out_call is None:
         raise NotUnderstood(stmts[output_index], "the probs @ v statement is not `out = matmul(probs, v)`")
-    value = dotted(out_call.args[1].value)
     if not value or "." in value:
         raise NotUnderstood(stmts[output_index], "the values in the probs @ v product are not a plain variable")
     return Math(
@@ -152,7 +174,9 @@ def _score_product(assign, stmt) -> tuple[cst.Call, str]:
     """(the product call, its scale) for `s = matmul(q, kT) [* or /] x` and `s = baddbmm(..., alpha=x)`."""
     if assign is None:
         raise NotUnderstood(stmt, "the q @ k^T product is not a plain assignment")
-    value = assign[1]
+    value = _unwrap(assign[1])
+    if isinstance(value, cst.BinaryOperation) and isinstance(value.operator, cst.MatrixMultiply):
+        return value, "1.0"
     if isinstance(value, cst.Call) and last_part(call_name(value)) == "baddbmm":
         alpha = next((a for a in value.args if a.keyword and a.keyword.value == "alpha"), None)
         beta = next((a for a in value.args if a.keyword and a.keyword.value == "beta"), None)
@@ -161,17 +185,24 @@ def _score_product(assign, stmt) -> tuple[cst.Call, str]:
         return value, code_of(alpha.value) if alpha else "1.0"
     if isinstance(value, cst.Call) and last_part(call_name(value)) in ("matmul", "bmm"):
         return value, "1.0"
-    if isinstance(value, cst.BinaryOperation) and isinstance(value.left, cst.Call):
+    left = _unwrap(value.left) if isinstance(value, cst.BinaryOperation) else None
+    is_product = isinstance(left, cst.Call) or (
+        isinstance(left, cst.BinaryOperation) and isinstance(left.operator, cst.MatrixMultiply)
+    )
+    if isinstance(value, cst.BinaryOperation) and is_product:
         if isinstance(value.operator, cst.Divide):
-            return value.left, f"1 / {code_of(value.right)}"
+            return left, f"1 / {code_of(value.right)}"
         if isinstance(value.operator, cst.Multiply):
-            return value.left, code_of(value.right)
+            return left, code_of(value.right)
     raise NotUnderstood(stmt, "scores are not `matmul(q, k^T)` or `baddbmm(..., q, k^T)` with an optional scale")
 
 
-def _query_and_key(product: cst.Call, stmt) -> tuple[str, str]:
-    positional = [a.value for a in product.args if a.keyword is None]
-    if last_part(call_name(product)) == "baddbmm":
+def _query_and_key(product: cst.BaseExpression, stmt) -> tuple[str, str]:
+    if isinstance(product, cst.BinaryOperation):
+        positional = [product.left, product.right]
+    else:
+        positional = [a.value for a in product.args if a.keyword is None]
+    if isinstance(product, cst.Call) and last_part(call_name(product)) == "baddbmm":
         positional = positional[1:]
     if len(positional) < 2:
         raise NotUnderstood(stmt, "the q @ k^T product has fewer than two operands")
@@ -251,14 +282,16 @@ def _computable_in_init(expr: cst.BaseExpression) -> bool:
 
 def _scaled_product(stmt: cst.SimpleStatementLine) -> cst.SimpleStatementLine:
     assign = single_assign(stmt)
-    value = assign[1]
+    value = _unwrap(assign[1])
     if isinstance(value, cst.Call) and last_part(call_name(value)) == "baddbmm":
         args = [a for a in value.args if not (a.keyword and a.keyword.value == "alpha")]
         alpha = cst.Arg(keyword=cst.Name("alpha"), value=cst.Name("scaling"), equal=_TIGHT)
         new_value = value.with_changes(args=[*args, alpha])
     else:
-        product = value.left if isinstance(value, cst.BinaryOperation) else value
-        new_value = parse_expr(f"{code_of(product)} * scaling")
+        is_scaled = isinstance(value, cst.BinaryOperation) and not isinstance(value.operator, cst.MatrixMultiply)
+        product = _unwrap(value.left) if is_scaled else value
+        text = code_of(product)
+        new_value = parse_expr(f"({text}) * scaling" if "@" in text else f"{text} * scaling")
     return stmt.with_changes(body=[cst.Assign(targets=stmt.body[0].targets, value=new_value)])
 
 

@@ -413,11 +413,6 @@ def test_interface_call_never_reads_an_unset_self_config():
     assert state.diagnostics or "self.config = " in output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="porter/analysis.py MATMUL_CALLS / attention_interface.py MATMUL: attention written with the `@` "
-    "operator is not recognised, so it is neither routed nor diagnosed (silently left on the legacy path)",
-)
 def test_attention_with_matmul_operator_is_routed_or_diagnosed():
     legacy = '''\
     import math
