@@ -188,6 +188,9 @@ class RouteAttention(Transform):
         inputs = {"query": math.query, "key": math.key, "value": math.value}
         inputs["attention_mask"] = mask if mask in reads else "None"
         renames = {math.query: "query", math.key: "key", math.value: "value", mask: "attention_mask"}
+        # A head mask given to forward reaches the eager function as a keyword; kernels
+        # other than eager never applied one (legacy sdpa classes fell back to eager for it).
+        extras = {p: p for p in param_names(forward) if "head_mask" in p and p in reads}
         return Site(
             start=math.score_index,
             end=end,
@@ -197,6 +200,7 @@ class RouteAttention(Transform):
             targets=(math.output, math.weights),
             drop={transpose_index, *repeats},
             renames=renames,
+            extras=extras,
             repeat_stmts=[body[i] for i in repeats],
         )
 
