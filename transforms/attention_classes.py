@@ -12,7 +12,7 @@ from __future__ import annotations
 import libcst as cst
 
 from transforms.base import Transform
-from transforms.cst_utils import dotted, single_assign
+from transforms.cst_utils import dotted, names_read, single_assign
 
 
 class CollapseBackendClasses(Transform):
@@ -25,7 +25,8 @@ class CollapseBackendClasses(Transform):
             v for v, _ in analysis.attention_variants.items() if analysis.classes[v].file == self.filename
         }
         dicts = set(analysis.attention_dicts)
-        if not variants and not any(self._defines_dict(s, dicts) for s in tree.body):
+        uses_dict = bool(names_read(tree) & dicts)
+        if not variants and not uses_dict:
             return tree
         body = []
         for stmt in tree.body:
@@ -38,7 +39,8 @@ class CollapseBackendClasses(Transform):
                 continue
             body.append(stmt)
         tree = tree.with_changes(body=body)
-        return tree.visit(_DictLookupReplacer(self, analysis.attention_dicts))
+        tree = tree.visit(_DictLookupReplacer(self, analysis.attention_dicts))
+        return tree.visit(_ImportPrimaryInstead(self, analysis.attention_dicts))
 
     @staticmethod
     def _defines_dict(stmt: cst.CSTNode, dicts: set[str]) -> bool:
@@ -59,3 +61,34 @@ class _DictLookupReplacer(cst.CSTTransformer):
             self.transform.record(original, f"{dotted(updated.value)}[...] -> {primary}")
             return cst.Name(primary)
         return updated
+
+
+class _ImportPrimaryInstead(cst.CSTTransformer):
+    """`from .modeling_x import X_ATTENTION_CLASSES` -> `from .modeling_x import XAttention`:
+    the dict is gone from the file that defined it; the eager class is what the lookups became."""
+
+    def __init__(self, transform: Transform, dicts: dict[str, dict[str, str]]):
+        self.transform = transform
+        self.dicts = dicts
+
+    def leave_ImportFrom(self, original: cst.ImportFrom, updated: cst.ImportFrom):
+        if isinstance(updated.names, cst.ImportStar):
+            return updated
+        imported = {dotted(a.name) for a in updated.names}
+        names = []
+        for alias in updated.names:
+            name = dotted(alias.name)
+            if name in self.dicts:
+                primary = self.dicts[name]["eager"]
+                self.transform.record(original, f"imports {primary} instead of the removed {name}")
+                if primary in imported:
+                    continue
+                imported.add(primary)
+                alias = alias.with_changes(name=cst.Name(primary), asname=None)
+            names.append(alias)
+        if len(names) == len(updated.names) and all(a is b for a, b in zip(names, updated.names, strict=True)):
+            return updated
+        if not names:
+            return cst.RemoveFromParent()
+        names[-1] = names[-1].with_changes(comma=cst.MaybeSentinel.DEFAULT)
+        return updated.with_changes(names=names)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from tests.transforms.helpers import check_noop, check_transformed, run_transforms
 from transforms.attention_classes import CollapseBackendClasses
 
@@ -119,11 +117,6 @@ def test_noop_dict_that_is_not_a_backend_dict():
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="attention_classes.py:28: a file that only *uses* the backend dict (imported from the file that "
-    "defines it) is skipped, so its X_ATTENTION_CLASSES[...] lookup and import survive while the dict is removed",
-)
 def test_lookup_in_another_file_is_replaced():
     attention = EAGER_ATTENTION + '''\
 
