@@ -45,6 +45,10 @@ _LAZY = {
 
 def __getattr__(name: str):
     # The stages are imported on first use so that `import porter` stays cheap.
+    if name == "verify":  # the subpackage: porter.verify.verify, VerifyOptions
+        import importlib
+
+        return importlib.import_module("porter.verify")
     if name in _LAZY:
         import importlib
 
