@@ -217,6 +217,14 @@ def analyse(modules: dict[str, cst.Module], entry_points: set[str] | None = None
         if info.layer_lists:
             result.base_models.add(name)
             result.decoder_layers |= set(info.layer_lists.values())
+    # Encoder-style models keep the layer list in a plain submodule (`self.encoder.layer`):
+    # the pretrained class holding that submodule is the base model.
+    for name in result.pretrained - result.base_models:
+        for held in result.classes[name].children.values():
+            holder = result.classes.get(held)
+            if holder and holder.name not in result.pretrained and holder.layer_lists:
+                result.base_models.add(name)
+                result.decoder_layers |= set(holder.layer_lists.values())
     for name in result.pretrained - result.base_models:
         for attr, held in result.classes[name].children.items():
             if held in result.base_models:

@@ -15,7 +15,7 @@ from tests.corpus import CORPUS
 
 pytestmark = pytest.mark.slow
 
-PORTED_ARCHITECTURES = {"llama", "mistral", "gpt_neox", "gpt2"}
+PORTED_ARCHITECTURES = {"llama", "mistral", "gpt_neox", "gpt2", "bert"}
 ENTRIES = [m for m in CORPUS if m.arch in PORTED_ARCHITECTURES]
 
 

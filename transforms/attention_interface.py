@@ -47,7 +47,7 @@ from transforms.cst_utils import (
     star_kwargs_name,
     walk,
 )
-from transforms.masks import uses_sliding_window
+from transforms.masks import uses_bidirectional_mask, uses_sliding_window
 
 REPEAT_HINTS = ("repeat",)
 
@@ -68,6 +68,7 @@ class Site:
     renames: dict[str, str] = field(default_factory=dict)  # math name -> eager name
     folded_helpers: set[str] = field(default_factory=set)
     repeat_stmts: list[cst.BaseStatement] = field(default_factory=list)
+    unsupported_branches: list[str] = field(default_factory=list)  # config tests refused at __init__
 
 
 class RouteAttention(Transform):
@@ -79,6 +80,7 @@ class RouteAttention(Transform):
         targets = [n for n in sorted(analysis.attention) if analysis.classes[n].file == self.filename]
         if not targets:
             return tree
+        self._module_names = _module_level_names(tree)
         new_body: list[cst.CSTNode] = []
         emitted: dict[str, str] = {}  # eager function code -> its name
         for stmt in tree.body:
@@ -182,6 +184,8 @@ class RouteAttention(Transform):
             and any(h in last_part(call_name(c) or "").lower() for c in walk(body[i]) for h in REPEAT_HINTS)
         ]
         stmts = [body[i] for i in repeats] + body[math.score_index : end + 1]
+        known = {math.query, math.key, math.value, _mask_param(forward)} | self._module_names
+        stmts, unsupported = _split_config_branches(stmts, known)
         local_math = find_math(stmts, head_attr)
         mask = _mask_param(forward)
         reads = set().union(*(names_read(s) for s in stmts))
@@ -202,6 +206,7 @@ class RouteAttention(Transform):
             renames=renames,
             extras=extras,
             repeat_stmts=[body[i] for i in repeats],
+            unsupported_branches=unsupported,
         )
 
     def _helper_site(self, body, methods, head_attr, forward) -> Site:
@@ -344,7 +349,11 @@ class RouteAttention(Transform):
         if "config" not in assigned and "config" in param_names(init):
             additions.append("self.config = config")
         if "is_causal" not in assigned:
-            additions.append("self.is_causal = True")
+            if uses_bidirectional_mask(self.state.analysis):
+                decoder = 'bool(getattr(config, "is_decoder", False))' if "config" in param_names(init) else "False"
+                additions.append(f"self.is_causal = {decoder}")
+            else:
+                additions.append("self.is_causal = True")
         if "sliding_window" not in assigned and uses_sliding_window(self.state.analysis):
             additions.append('self.sliding_window = getattr(self.config, "sliding_window", None)')
         if "num_key_value_groups" not in assigned:
@@ -352,9 +361,14 @@ class RouteAttention(Transform):
         head = _head_size_attribute(init)
         if "head_dim" not in assigned and head is not None:
             additions.append(f"self.head_dim = self.{head}")
+        for test in site.unsupported_branches:
+            message = f"{cls.name.value}: the configuration selects `{test}`, which port-model did not port"
+            additions.append(f"if {test}:\n    raise NotImplementedError({message!r})")
+            self.record(init, f"{cls.name.value}: `{test}` refused at load time: its math reads forward's locals")
         if not additions:
             return init
-        self.record(init, f"{cls.name.value}.__init__: added " + ", ".join(a.split(" =")[0] for a in additions))
+        added = [a.split(" =")[0] for a in additions if not a.startswith("if ")]
+        self.record(init, f"{cls.name.value}.__init__: added " + ", ".join(added))
         stmts = parse_stmts("\n".join(additions) + "\n")
         return init.with_changes(body=init.body.with_changes(body=[*init.body.body, *stmts]))
 
@@ -399,6 +413,23 @@ def _reads_tensor(code: str, init: cst.FunctionDef) -> bool:
         and isinstance(c.args[0].value, cst.SimpleString)
     }
     return "torch." in code or any(f"self.{b}" in code for b in buffers)
+
+
+def _split_config_branches(stmts, inputs: set[str]) -> tuple[list, list[str]]:
+    """Branches chosen by the module's own settings (`if self.position_embedding_type == ...:`)
+    whose math needs forward's locals cannot move into the eager function. They are taken
+    out, and the port refuses those settings when the module is built instead of guessing."""
+    kept, refused = [], []
+    bound = set(inputs) | {"self", "scaling", "dropout", "kwargs", "torch", "math", "nn", "F"}
+    for stmt in stmts:
+        if isinstance(stmt, cst.If) and names_read(stmt.test) <= {"self"}:
+            free, _ = free_names([stmt], bound | set(dir(builtins)))
+            if free:
+                refused.append(code_of(stmt.test))
+                continue
+        _, bound = free_names([stmt], bound)
+        kept.append(stmt)
+    return kept, refused
 
 
 def _mask_param(forward: cst.FunctionDef) -> str:

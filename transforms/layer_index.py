@@ -44,8 +44,11 @@ class ThreadLayerIndex(Transform):
         needing = {n for n in analysis.attention if not _has_param(analysis.classes[n].methods.get("__init__"), PARAM)}
         if not needing:
             return tree
-        # Classes between a layer list and an attention module that lack the parameter.
-        carriers = {n for n in analysis.decoder_layers if not _has_param(analysis.classes[n].methods.get("__init__"), PARAM)}
+        # Classes between a layer list and an attention module that lack the parameter: the
+        # decoder layer and any wrapper it holds on the way (`BertLayer -> BertAttention`).
+        between = analysis.path_to_attention() - analysis.attention - analysis.pretrained
+        carriers = {n for n in between if not _has_param(analysis.classes[n].methods.get("__init__"), PARAM)}
+        carriers -= {n for n in between if analysis.classes[n].layer_lists}
         new_body = []
         for stmt in tree.body:
             if isinstance(stmt, cst.ClassDef):
@@ -55,7 +58,7 @@ class ThreadLayerIndex(Transform):
                 if name in carriers and analysis.classes[name].file == self.filename:
                     stmt = self._accept_index(stmt, store=False)
                     stmt = self._pass_to_children(stmt, needing | carriers)
-                if name in analysis.base_models and analysis.classes[name].file == self.filename:
+                if analysis.classes[name].layer_lists and analysis.classes[name].file == self.filename:
                     stmt = self._index_layer_lists(stmt, carriers | needing)
             new_body.append(stmt)
         return tree.with_changes(body=new_body)

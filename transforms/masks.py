@@ -32,6 +32,9 @@ CAUSAL_HELPERS = {
     "_update_causal_mask",
     "_prepare_4d_causal_attention_mask_with_cache_position",
 }
+# Encoder masks: causal only when the config says the model is a decoder (transformers 4's
+# get_extended_attention_mask made the same choice).
+ENCODER_HELPERS = {"get_extended_attention_mask", "_prepare_4d_attention_mask_for_sdpa", "_prepare_4d_attention_mask"}
 
 
 def _binds(stmt: cst.CSTNode, name: str) -> bool:
@@ -57,11 +60,24 @@ def _assigned_from(stmt: cst.CSTNode, call: cst.Call) -> str | None:
     for node in walk(stmt):
         if isinstance(node, cst.Assign) and node.value is call and len(node.targets) == 1:
             return code_of(node.targets[0].target)
+        if isinstance(node, cst.AnnAssign) and node.value is call:
+            return code_of(node.target)
     return None
 
 
-def _helper_calls(stmt: cst.CSTNode) -> list[cst.Call]:
-    return [c for c in walk(stmt) if isinstance(c, cst.Call) and last_part(call_name(c)) in CAUSAL_HELPERS]
+def _helper_calls(stmt: cst.CSTNode, names: set[str] = CAUSAL_HELPERS) -> list[cst.Call]:
+    return [c for c in walk(stmt) if isinstance(c, cst.Call) and last_part(call_name(c)) in names]
+
+
+def uses_bidirectional_mask(analysis) -> bool:
+    """Whether a base model builds its self-attention mask the encoder way."""
+    for name in analysis.base_models:
+        forward = function_defs(analysis.classes[name].node).get("forward")
+        if forward is not None and any(
+            last_part(call_name(c)) == "get_extended_attention_mask" for c in _helper_calls(forward, ENCODER_HELPERS)
+        ):
+            return True
+    return False
 
 
 def uses_sliding_window(analysis) -> bool:
@@ -109,6 +125,9 @@ class UseMaskingUtils(Transform):
         body = list(forward.body.body)
         params = set(param_names(forward))
         for index, stmt in enumerate(body):
+            encoder_calls = [c for c in _helper_calls(stmt, ENCODER_HELPERS) if "encoder" not in code_of(c)]
+            if any(last_part(call_name(c)) == "get_extended_attention_mask" for c in encoder_calls):
+                return self._encoder_mask(owner, forward, body, index, stmt, encoder_calls, params)
             helper_calls = _helper_calls(stmt)
             extended = _extended_mask_var(stmt)
             if not helper_calls and not extended:
@@ -133,6 +152,41 @@ class UseMaskingUtils(Transform):
             self.record(stmt, f"{owner}.forward: mask built with masking_utils.{builder}")
             return forward.with_changes(body=forward.body.with_changes(body=body))
         return forward
+
+    def _encoder_mask(self, owner, forward, body, index, stmt, calls, params) -> cst.FunctionDef:
+        """`m = self.get_extended_attention_mask(mask, shape)` (and sdpa variants in the same
+        statement) -> the bidirectional mask, or the causal one when the config is a decoder."""
+        call = next(c for c in calls if last_part(call_name(c)) == "get_extended_attention_mask")
+        mask_var = code_of(call.args[0].value) if call.args else None
+        target = _assigned_from(stmt, call)
+        embeds_var = self._embeddings_var(owner, body) or ("inputs_embeds" if "inputs_embeds" in params else None)
+        if not mask_var or not target or not embeds_var:
+            self.refuse(stmt, "encoder mask built from arguments port-model cannot follow", owner)
+            return forward
+        bidirectional = self._builder_call("create_bidirectional_mask", mask_var, embeds_var, params)
+        causal = self._builder_call("create_causal_mask", mask_var, embeds_var, params)
+        new_stmt = parse_stmts(
+            f"{target} = (\n    {causal}\n    if self.config.is_decoder\n    else {bidirectional}\n)\n"
+        )[0]
+        place = max([i for i in range(index, len(body)) if _binds(body[i], embeds_var)], default=index)
+        body.insert(place + 1, new_stmt)
+        del body[index]
+        for builder in ("create_bidirectional_mask", "create_causal_mask"):
+            AddImportsVisitor.add_needed_import(self.context, "transformers.masking_utils", builder)
+        self.record(stmt, f"{owner}.forward: encoder mask built with masking_utils.create_bidirectional_mask")
+        return forward.with_changes(body=forward.body.with_changes(body=body))
+
+    def _embeddings_var(self, owner: str, body) -> str | None:
+        """The variable holding the output of the model's own embeddings module, if any."""
+        children = self.state.analysis.classes[owner].children
+        embedding_attrs = {a for a, c in children.items() if "embed" in c.lower()}
+        for stmt in body:
+            for node in walk(stmt):
+                if isinstance(node, cst.Assign) and isinstance(node.value, cst.Call):
+                    func = code_of(node.value.func)
+                    if func.startswith("self.") and func[5:] in embedding_attrs:
+                        return code_of(node.targets[0].target)
+        return None
 
     @staticmethod
     def _mask_and_embeds(call: cst.Call) -> tuple[str | None, str | None]:
