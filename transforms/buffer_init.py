@@ -51,14 +51,11 @@ def _registers_volatile_buffer(cls: cst.ClassDef) -> bool:
             for arg in node.args:
                 if arg.keyword and arg.keyword.value == "persistent" and code_of(arg.value) == "False":
                     return True
-        if isinstance(node, cst.Assign) and all(is_self_attr(t.target) for t in node.targets):
-            calls = {last_part(call_name(c)).lstrip(".") for c in walk(node.value) if isinstance(c, cst.Call)}
-            if calls & TENSOR_MAKERS:
-                return True
-    return False
+    return _has_tensor_attributes(cls)
 
 
 def _has_tensor_attributes(cls: cst.ClassDef) -> bool:
+    """`self.x = <tensor computed here>`: an attribute no state dict or loader knows about."""
     for node in walk(cls):
         if isinstance(node, cst.Assign) and all(is_self_attr(t.target) for t in node.targets):
             calls = {last_part(call_name(c)).lstrip(".") for c in walk(node.value) if isinstance(c, cst.Call)}
