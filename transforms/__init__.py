@@ -13,6 +13,7 @@ from transforms.generation import GenerationSupport
 from transforms.kwargs_threading import ThreadKwargs
 from transforms.layer_index import ThreadLayerIndex
 from transforms.masks import UseMaskingUtils
+from transforms.post_init import CallPostInit
 from transforms.removed_imports import RemovedImports
 from transforms.removed_methods import RemovedModelMethods
 from transforms.rope_config import RopeConfigAccess
@@ -32,6 +33,7 @@ REGISTRY: tuple[type[Transform], ...] = (
     LegacyConfigDefaults,
     ThreadKwargs,
     GenerationSupport,
+    CallPostInit,
     TiedWeightsDict,
     DeclareBackends,
     RemovedImports,
