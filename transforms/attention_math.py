@@ -22,6 +22,7 @@ from transforms.cst_utils import (
     call_name,
     code_of,
     dotted,
+    keyword_arg,
     last_part,
     names_loaded,
     names_read,
@@ -285,8 +286,7 @@ def _scaled_product(stmt: cst.SimpleStatementLine) -> cst.SimpleStatementLine:
     value = _unwrap(assign[1])
     if isinstance(value, cst.Call) and last_part(call_name(value)) == "baddbmm":
         args = [a for a in value.args if not (a.keyword and a.keyword.value == "alpha")]
-        alpha = cst.Arg(keyword=cst.Name("alpha"), value=cst.Name("scaling"), equal=_TIGHT)
-        new_value = value.with_changes(args=[*args, alpha])
+        new_value = value.with_changes(args=[*args, keyword_arg("alpha", "scaling")])
     else:
         is_scaled = isinstance(value, cst.BinaryOperation) and not isinstance(value.operator, cst.MatrixMultiply)
         product = _unwrap(value.left) if is_scaled else value
@@ -294,8 +294,6 @@ def _scaled_product(stmt: cst.SimpleStatementLine) -> cst.SimpleStatementLine:
         new_value = parse_expr(f"({text}) * scaling" if "@" in text else f"{text} * scaling")
     return stmt.with_changes(body=[cst.Assign(targets=stmt.body[0].targets, value=new_value)])
 
-
-_TIGHT = cst.AssignEqual(whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace(""))
 
 
 # -- guards, buffers, dead code -------------------------------------------------------------

@@ -39,12 +39,7 @@ class DeclareBackends(Transform):
         if not roots:
             return tree
         flags = supported_backends(self.state.facts)
-        new_body = []
-        for stmt in tree.body:
-            if isinstance(stmt, cst.ClassDef) and stmt.name.value in roots:
-                stmt = self._set_flags(stmt, flags)
-            new_body.append(stmt)
-        return tree.with_changes(body=new_body)
+        return self.rewrite_classes(tree, roots, lambda cls: self._set_flags(cls, flags))
 
     def _set_flags(self, cls: cst.ClassDef, flags: dict[str, bool]) -> cst.ClassDef:
         members, present = [], {}

@@ -63,6 +63,11 @@ class Transform(Codemod):
         self._input = tree
         return self.transform_module_impl(tree)
 
+    def rewrite_classes(self, tree: cst.Module, names: set[str], rewrite) -> cst.Module:
+        """Apply `rewrite(class_def) -> class_def` to the module-level classes named in `names`."""
+        body = [rewrite(s) if isinstance(s, cst.ClassDef) and s.name.value in names else s for s in tree.body]
+        return tree.with_changes(body=body)
+
     def line_of(self, node: cst.CSTNode) -> int | None:
         """The node's line in the file as the user wrote it (earlier transforms shift lines)."""
         if self._positions is None and self._input is not None:

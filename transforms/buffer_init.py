@@ -64,6 +64,13 @@ def _has_tensor_attributes(cls: cst.ClassDef) -> bool:
     return False
 
 
+def _prepend(fn: cst.FunctionDef, stmts: list[cst.BaseStatement]) -> cst.FunctionDef:
+    """`stmts` first in `fn`'s body, after its docstring if it has one."""
+    body = list(fn.body.body)
+    start = 1 if body and _is_docstring(body[0]) else 0
+    return fn.with_changes(body=fn.body.with_changes(body=[*body[:start], *stmts, *body[start:]]))
+
+
 def _is_docstring(stmt: cst.CSTNode) -> bool:
     return (
         isinstance(stmt, cst.SimpleStatementLine)
@@ -112,9 +119,7 @@ class RebuildBuffers(Transform):
         # First in __init__, before the body rebinds any parameter; the most derived class
         # runs first, so `setdefault` keeps its arguments over those its bases receive.
         line = parse_stmts(f'self.__dict__.setdefault("{ARGS_ATTRIBUTE}", ({args}, {kwargs}))\n')
-        body = list(init.body.body)
-        start = 1 if body and _is_docstring(body[0]) else 0
-        new_init = init.with_changes(body=init.body.with_changes(body=[*body[:start], *line, *body[start:]]))
+        new_init = _prepend(init, line)
         self.record(init, f"{cls.name.value}.__init__ records its arguments to rebuild non-persistent buffers")
         return cls.deep_replace(init, new_init)
 
@@ -124,10 +129,7 @@ class RebuildBuffers(Transform):
         forward = function_defs(cls).get("forward")
         if forward is None or HELPER in code_of(forward):
             return cls
-        line = parse_stmts(f"{HELPER}(self, only_if_meta=True)\n")
-        body = list(forward.body.body)
-        start = 1 if body and _is_docstring(body[0]) else 0
-        new_forward = forward.with_changes(body=forward.body.with_changes(body=[*body[:start], *line, *body[start:]]))
+        new_forward = _prepend(forward, parse_stmts(f"{HELPER}(self, only_if_meta=True)\n"))
         self.record(forward, f"{cls.name.value}.forward rebuilds tensor attributes left on the meta device")
         return cls.deep_replace(forward, new_forward)
 

@@ -70,12 +70,7 @@ class LegacyConfigDefaults(Transform):
         wanted = {a: v for a, v in LEGACY_DEFAULTS.items() if a in reads and not hasattr(base, a)}
         if not wanted:
             return tree
-        new_body = []
-        for stmt in tree.body:
-            if stmt in configs:
-                stmt = self._add_defaults(stmt, wanted)
-            new_body.append(stmt)
-        return tree.with_changes(body=new_body)
+        return self.rewrite_classes(tree, {c.name.value for c in configs}, lambda cls: self._add_defaults(cls, wanted))
 
     def _add_defaults(self, cls: cst.ClassDef, wanted: dict[str, str]) -> cst.ClassDef:
         init = function_defs(cls).get("__init__")

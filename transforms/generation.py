@@ -35,12 +35,9 @@ class GenerationSupport(Transform):
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
         analysis = self.state.analysis
-        new_body = []
-        for stmt in tree.body:
-            if isinstance(stmt, cst.ClassDef) and stmt.name.value in analysis.heads and self._is_generative(stmt):
-                stmt = self._rewrite(stmt)
-            new_body.append(stmt)
-        return tree.with_changes(body=new_body)
+        return self.rewrite_classes(
+            tree, set(analysis.heads), lambda cls: self._rewrite(cls) if self._is_generative(cls) else cls
+        )
 
     @staticmethod
     def _is_generative(cls: cst.ClassDef) -> bool:

@@ -27,12 +27,9 @@ class ThreadKwargs(Transform):
         targets = {n for n in on_path if analysis.classes[n].file == self.filename}
         if not targets:
             return tree
-        new_body = []
-        for stmt in tree.body:
-            if isinstance(stmt, cst.ClassDef) and stmt.name.value in targets:
-                stmt = self._rewrite_class(stmt, analysis.classes[stmt.name.value], on_path)
-            new_body.append(stmt)
-        return tree.with_changes(body=new_body)
+        return self.rewrite_classes(
+            tree, targets, lambda cls: self._rewrite_class(cls, analysis.classes[cls.name.value], on_path)
+        )
 
     def _rewrite_class(self, cls: cst.ClassDef, info, on_path: set[str]) -> cst.ClassDef:
         forward = function_defs(cls).get("forward")

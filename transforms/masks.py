@@ -37,6 +37,14 @@ CAUSAL_HELPERS = {
 ENCODER_HELPERS = {"get_extended_attention_mask", "_prepare_4d_attention_mask_for_sdpa", "_prepare_4d_attention_mask"}
 
 
+def _replace_once_embedded(body: list, index: int, new_stmt: cst.BaseStatement, embeds_var: str) -> None:
+    """Replace `body[index]` with `new_stmt`, moved after the statement that computes the
+    embeddings when the legacy mask code ran before them."""
+    place = max([i for i in range(index, len(body)) if _binds(body[i], embeds_var)], default=index)
+    body.insert(place + 1, new_stmt)
+    del body[index]
+
+
 def _binds(stmt: cst.CSTNode, name: str) -> bool:
     """Whether `stmt` assigns `name` anywhere inside it (branches included)."""
     return any(isinstance(n, cst.Assign) and any(code_of(t.target) == name for t in n.targets) for n in walk(stmt))
@@ -106,20 +114,14 @@ class UseMaskingUtils(Transform):
         owners = {n for n in analysis.base_models if analysis.classes[n].file == self.filename}
         if not owners:
             return tree
-        new_body = []
-        changed = False
-        for stmt in tree.body:
-            if isinstance(stmt, cst.ClassDef) and stmt.name.value in owners:
-                forward = function_defs(stmt).get("forward")
-                if forward is not None:
-                    new_forward = self._rewrite_forward(stmt.name.value, forward)
-                    if new_forward is not forward:
-                        changed = True
-                        stmt = stmt.deep_replace(forward, new_forward)
-            new_body.append(stmt)
-        if not changed:
-            return tree
-        return tree.with_changes(body=new_body)
+        return self.rewrite_classes(tree, owners, self._rewrite_class)
+
+    def _rewrite_class(self, cls: cst.ClassDef) -> cst.ClassDef:
+        forward = function_defs(cls).get("forward")
+        if forward is None:
+            return cls
+        new_forward = self._rewrite_forward(cls.name.value, forward)
+        return cls if new_forward is forward else cls.deep_replace(forward, new_forward)
 
     def _rewrite_forward(self, owner: str, forward: cst.FunctionDef) -> cst.FunctionDef:
         body = list(forward.body.body)
@@ -144,10 +146,7 @@ class UseMaskingUtils(Transform):
             sliding = uses_sliding_window(self.state.analysis)
             builder = "create_sliding_window_causal_mask" if sliding else "create_causal_mask"
             new_stmt = parse_stmts(f"{target} = {self._builder_call(builder, mask_var, embeds_var, params)}\n")[0]
-            # The embeddings may be computed after the legacy mask code: build the mask once they exist.
-            place = max([i for i in range(index, len(body)) if _binds(body[i], embeds_var)], default=index)
-            body.insert(place + 1, new_stmt)
-            del body[index]
+            _replace_once_embedded(body, index, new_stmt, embeds_var)
             AddImportsVisitor.add_needed_import(self.context, "transformers.masking_utils", builder)
             self.record(stmt, f"{owner}.forward: mask built with masking_utils.{builder}")
             return forward.with_changes(body=forward.body.with_changes(body=body))
@@ -168,9 +167,7 @@ class UseMaskingUtils(Transform):
         new_stmt = parse_stmts(
             f"{target} = (\n    {causal}\n    if self.config.is_decoder\n    else {bidirectional}\n)\n"
         )[0]
-        place = max([i for i in range(index, len(body)) if _binds(body[i], embeds_var)], default=index)
-        body.insert(place + 1, new_stmt)
-        del body[index]
+        _replace_once_embedded(body, index, new_stmt, embeds_var)
         for builder in ("create_bidirectional_mask", "create_causal_mask"):
             AddImportsVisitor.add_needed_import(self.context, "transformers.masking_utils", builder)
         self.record(stmt, f"{owner}.forward: encoder mask built with masking_utils.create_bidirectional_mask")

@@ -25,12 +25,7 @@ class CallPostInit(Transform):
         }
         if not models:
             return tree
-        new_body = []
-        for stmt in tree.body:
-            if isinstance(stmt, cst.ClassDef) and stmt.name.value in models:
-                stmt = self._finish_init(stmt)
-            new_body.append(stmt)
-        return tree.with_changes(body=new_body)
+        return self.rewrite_classes(tree, models, self._finish_init)
 
     def _finish_init(self, cls: cst.ClassDef) -> cst.ClassDef:
         init = function_defs(cls).get("__init__")

@@ -10,6 +10,7 @@ a diagnostic, never a silent guess.
 from __future__ import annotations
 
 import importlib
+import re
 
 import libcst as cst
 
@@ -132,8 +133,6 @@ def _dead_methods(tree: cst.Module, removed: set[str]) -> set[tuple[str, str]]:
 
 
 def _mentions(text: str, name: str) -> bool:
-    import re
-
     return re.search(rf"\b{re.escape(name)}\b", text) is not None
 
 

@@ -19,12 +19,7 @@ class TiedWeightsDict(Transform):
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
         analysis = self.state.analysis
-        new_body = []
-        for stmt in tree.body:
-            if isinstance(stmt, cst.ClassDef) and stmt.name.value in analysis.heads:
-                stmt = self._rewrite(stmt)
-            new_body.append(stmt)
-        return tree.with_changes(body=new_body)
+        return self.rewrite_classes(tree, set(analysis.heads), self._rewrite)
 
     def _rewrite(self, cls: cst.ClassDef) -> cst.ClassDef:
         members = list(cls.body.body)

@@ -62,18 +62,11 @@ class CacheObjects(Transform):
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
         analysis = self.state.analysis
-        new_body = []
-        for stmt in tree.body:
-            if isinstance(stmt, cst.ClassDef) and analysis.classes.get(stmt.name.value) and analysis.classes[stmt.name.value].file == self.filename:
-                name = stmt.name.value
-                if name in analysis.attention:
-                    stmt = self._attention(stmt)
-                elif name in analysis.base_models:
-                    stmt = self._base_model(stmt)
-                elif name in analysis.heads:
-                    stmt = self._head(stmt)
-            new_body.append(stmt)
-        return tree.with_changes(body=new_body)
+        here = {n for n, info in analysis.classes.items() if info.file == self.filename}
+        tree = self.rewrite_classes(tree, analysis.attention & here, self._attention)
+        tree = self.rewrite_classes(tree, (analysis.base_models - analysis.attention) & here, self._base_model)
+        heads = set(analysis.heads) - analysis.attention - analysis.base_models
+        return self.rewrite_classes(tree, heads & here, self._head)
 
     # -- attention -------------------------------------------------------------------------
     def _attention(self, cls: cst.ClassDef) -> cst.ClassDef:

@@ -69,15 +69,16 @@ def _never_loaded(model, repo):
         return []
     prefix = getattr(model, "base_model_prefix", "")
     tied = set(getattr(model, "all_tied_weights_keys", None) or {})
+    state = model.state_dict()
     pointers = {}
-    for name, tensor in model.state_dict().items():
+    for name, tensor in state.items():
         pointers.setdefault(tensor.data_ptr(), []).append(name)
     missing = []
-    for name in model.state_dict():
+    for name, tensor in state.items():
         candidates = {name, f"{prefix}.{name}", name[len(prefix) + 1 :] if name.startswith(prefix + ".") else name}
         if candidates & stored or name in tied:
             continue
-        shared = pointers.get(model.state_dict()[name].data_ptr(), [])
+        shared = pointers.get(tensor.data_ptr(), [])
         if any({n, f"{prefix}.{n}"} & stored for n in shared if n != name):
             continue  # tied in memory to a loaded tensor
         missing.append(name)
