@@ -1,7 +1,9 @@
 """`port-model` on the command line.
 
-Exit codes: 0 ported and verified (or nothing to do); 1 verification failed, or with
-`--check` the repo needs porting; 2 bad input, usage error or an unsupported pattern.
+`port-model SRC` ports one repo (the default command, `port`); other commands are named
+first (`port-model check REPO`). Exit codes: 0 ported and verified (or nothing to do);
+1 verification failed, or with `--check` the repo needs porting; 2 bad input, usage error
+or an unsupported pattern.
 """
 
 from __future__ import annotations
@@ -47,7 +49,30 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+class _DefaultToPort(click.Group):
+    """A group whose first argument, unless it names a command, belongs to `port`.
+
+    Keeps `port-model SRC [options]` working beside `port-model COMMAND ...`.
+    """
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["port", *args]
+        return super().parse_args(ctx, args)
+
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+@click.group(cls=_DefaultToPort, context_settings=CONTEXT)
+def main():
+    """Port legacy Hugging Face model repos to transformers 5 and inference engines, with proof.
+
+    `port-model SRC` is short for `port-model port SRC`.
+    """
+
+
+@main.command("port", context_settings=CONTEXT)
 @click.argument("src", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=Path), help="Output folder (default: SRC-ported beside SRC).")
 @click.option("--diff", "show_diff", is_flag=True, help="Print the unified diff of the code changes; write nothing.")
@@ -61,8 +86,8 @@ def _terminate(signum, frame):
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("-v", "--verbose", is_flag=True, help="Show every transform applied.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and the final status.")
-def main(src, out, show_diff, check, as_json, device, no_verify, reference_transformers, allow_partial,
-         max_shard_size, overwrite, verbose, quiet):
+def port_command(src, out, show_diff, check, as_json, device, no_verify, reference_transformers, allow_partial,
+                 max_shard_size, overwrite, verbose, quiet):
     """Port the legacy Hugging Face model repo SRC to transformers 5 and verify it."""
     import porter
     from porter.pipeline import check_only
