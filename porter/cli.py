@@ -73,7 +73,7 @@ def main():
 
 
 @main.command("port", context_settings=CONTEXT)
-@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("src", type=click.Path(path_type=Path), metavar="SRC")
 @click.option("-o", "--out", type=click.Path(path_type=Path), help="Output folder (default: SRC-ported beside SRC).")
 @click.option("--diff", "show_diff", is_flag=True, help="Print the unified diff of the code changes; write nothing.")
 @click.option("--check", "check", is_flag=True, help="Exit 1 if the repo needs porting; write nothing.")
@@ -84,11 +84,16 @@ def main():
 @click.option("--allow-partial", is_flag=True, help="Write output even where some code was not understood.")
 @click.option("--max-shard-size", default="5GB", show_default=True, callback=_shard_size, help="Largest safetensors shard.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option("--push", is_flag=True, help="Open a pull request with the port on the Hub repo SRC.")
+@click.option("--force", is_flag=True, help="With --push: push even when not verified, marked unverified.")
 @click.option("-v", "--verbose", is_flag=True, help="Show every transform applied.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and the final status.")
 def port_command(src, out, show_diff, check, as_json, device, no_verify, reference_transformers, allow_partial,
-                 max_shard_size, overwrite, verbose, quiet):
-    """Port the legacy Hugging Face model repo SRC to transformers 5 and verify it."""
+                 max_shard_size, overwrite, push, force, verbose, quiet):
+    """Port the legacy Hugging Face model repo SRC to transformers 5 and verify it.
+
+    SRC is a folder, or a Hub repo id `org/name[@revision]` (a folder that exists wins).
+    """
     import porter
     from porter.pipeline import check_only
 
@@ -139,9 +144,28 @@ def port_command(src, out, show_diff, check, as_json, device, no_verify, referen
             for check in report.failed:  # failures are never silenced
                 click.echo(f"FAIL {check.item} {check.name}: {check.detail or check.figures}")
         click.echo(f"{report.status}{' and verified' if report.verified else ''}: {result.output}")
+    if push:
+        _push(result, force, progress, as_json)
     if report.failed or report.status == "partial":
         sys.exit(EXIT_FAILED)
     sys.exit(EXIT_OK)
+
+
+def _push(result, force: bool, progress, as_json: bool) -> None:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from porter.hub import push
+
+    try:
+        pull_request = push(result, force=force, progress=progress)
+    except PortError as exc:
+        click.echo(f"port-model: {exc.render()}", err=True)
+        sys.exit(exc.exit_code)
+    except HfHubHTTPError as exc:
+        click.echo(f"port-model: error: push failed: {str(exc).splitlines()[0]}", err=True)
+        sys.exit(EXIT_FAILED)
+    what = "reused open pull request" if pull_request.reused else "opened pull request"
+    click.echo(f"{what}: {pull_request.url}", err=as_json)  # stdout stays pure JSON with --json
 
 
 if __name__ == "__main__":

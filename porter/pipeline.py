@@ -18,6 +18,7 @@ from pathlib import Path
 
 from porter.analysis import RepoAnalysis, analyse
 from porter.errors import BadInput, UnsupportedPattern, WeightsMismatch
+from porter.hub import resolve_source
 from porter.repo import LegacyRepo, load_repo
 from porter.report import SKIP, Check, Report, versions
 from porter.rewrite import RewriteResult, rewrite
@@ -99,9 +100,10 @@ def resolve_device(device: str) -> str:
 
 # -- the whole port ------------------------------------------------------------------------
 def run_port(src: Path | str, options: PortOptions, progress: Progress = lambda m: None) -> PortResult:
-    src = Path(src)
     started = time.monotonic()
-    report = Report(source=str(src), versions=versions(), device=resolve_device(options.device))
+    source = resolve_source(src, progress)  # a Hub repo id is fetched; a local folder is used as is
+    src = source.path
+    report = Report(source=source.label, hub=source.hub, versions=versions(), device=resolve_device(options.device))
     progress(f"reading {src}")
     repo = load(src)
     progress("rewriting code")
@@ -111,7 +113,7 @@ def run_port(src: Path | str, options: PortOptions, progress: Progress = lambda 
     diff = result.diff(repo.code)
     changed = result.changed_files(repo.code)
 
-    out = Path(options.out) if options.out else default_output(src)
+    out = Path(options.out) if options.out else (source.default_output or default_output(src))
     if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
         raise BadInput.at(out, "the output must not be the input folder or inside it")
     if out.exists() and any(out.iterdir()) and not options.overwrite:
@@ -173,10 +175,10 @@ def run_port(src: Path | str, options: PortOptions, progress: Progress = lambda 
 
 def check_only(src: Path | str, allow_partial: bool = False) -> PortResult:
     """What `--check` and `--diff` need: the rewrite, with nothing written."""
-    src = Path(src)
-    repo = load(src)
+    source = resolve_source(src)
+    repo = load(source.path)
     result = rewrite_code(repo, allow_partial)
-    report = Report(source=str(src), versions=versions())
+    report = Report(source=source.label, hub=source.hub, versions=versions())
     report.transforms = [c.as_dict() for c in result.changes]
     report.diagnostics = [d.as_dict() for d in result.diagnostics]
     needs_weights = any(not p.name.endswith(".safetensors") for p in repo.weight_files)

@@ -24,6 +24,7 @@ class Check:
 class Report:
     source: str
     output: str | None = None
+    hub: dict = field(default_factory=dict)  # repo_id, revision and exact commit sha of a Hub source
     status: str = "pending"  # ported | unchanged | verification-failed | partial | needs-porting
     versions: dict = field(default_factory=dict)
     device: str = "cpu"
@@ -75,6 +76,7 @@ class Report:
             "# Porting report",
             "",
             f"- Source: `{self.source}`",
+            *([f"- Hub: `{self.hub['repo_id']}` at commit `{self.hub['sha']}`"] if self.hub else []),
             f"- Status: **{self.status}**" + (" (verified)" if self.verified else ""),
             "- Versions: " + ", ".join(f"{k} {v}" for k, v in self.versions.items()),
             f"- Device: {self.device}",
