@@ -168,5 +168,52 @@ def _push(result, force: bool, progress, as_json: bool) -> None:
     click.echo(f"{what}: {pull_request.url}", err=as_json)  # stdout stays pure JSON with --json
 
 
+@main.command("batch", context_settings=CONTEXT)
+@click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--search", metavar="QUERY", help="Port the model repos a Hub search finds instead of FILE.")
+@click.option("--filter", "filters", multiple=True, metavar="TAG", help="With --search: only repos with TAG.")
+@click.option("--limit", type=int, help="With --search: at most this many repos.")
+@click.option("-j", "--jobs", default=1, show_default=True, help="Repos ported at the same time.")
+@click.option("--time-limit", default=3600.0, show_default=True, help="Seconds one repo may take.")
+@click.option("--out-dir", type=click.Path(path_type=Path), default=Path("ported"), show_default=True,
+              help="Ported repos, the state file and the result tables go here.")
+@click.option("--state", type=click.Path(path_type=Path), help="State file (default: OUT_DIR/batch.sqlite).")
+@click.option("--push", is_flag=True, help="Open a pull request for each verified port.")
+@click.option("--force", is_flag=True, help="With --push: push unverified ports too, marked unverified.")
+@click.option("--no-verify", is_flag=True, help="Skip running the legacy and ported models.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--reference-transformers", metavar="VER", help="transformers release to run the legacy code with.")
+@click.option("--retry-failed", is_flag=True, help="Also redo repos that failed in an earlier run.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--ray-address", metavar="ADDRESS", help="Ray cluster to join (default: RAY_ADDRESS or a local one).")
+def batch_command(file, search, filters, limit, jobs, time_limit, out_dir, state, push, force, no_verify, device,
+                  reference_transformers, retry_failed, executor, ray_address):
+    """Port many Hub repos: one repo id per line of FILE, or those `--search QUERY` finds.
+
+    Interrupted batches resume from the state file; results go to OUT_DIR/batch.csv and batch.json.
+    """
+    from porter.batch import BatchOptions, read_repo_list, run_batch, search_repos, summary
+
+    signal.signal(signal.SIGTERM, _terminate)
+    if (file is None) == (search is None):
+        raise click.UsageError("give either FILE or --search QUERY")
+    progress = _Progress(False, False)
+    options = BatchOptions(out_dir=out_dir, state=state, jobs=jobs, time_limit=time_limit, verify=not no_verify,
+                           push=push, force=force, device=device, reference_transformers=reference_transformers,
+                           retry_failed=retry_failed, executor=executor, ray_address=ray_address)
+    try:
+        repos = read_repo_list(file) if file else search_repos(search, filters, limit, progress)
+        rows = run_batch(repos, options)
+    except PortError as exc:
+        click.echo(f"port-model: error: {exc.render()}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("port-model: interrupted; run the same command again to resume", err=True)
+        sys.exit(130)
+    click.echo(summary(rows))
+    click.echo(f"tables: {out_dir / 'batch.csv'} and {out_dir / 'batch.json'}")
+    sys.exit(EXIT_FAILED if any(row["failed"] for row in rows) else EXIT_OK)
+
+
 if __name__ == "__main__":
     main()
