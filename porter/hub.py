@@ -103,7 +103,7 @@ def _backoff(attempt: int, base: float, cap: float) -> float:
 
 
 def with_retries(call: Callable, what: str, progress: Callable[[str], None] = lambda m: None,
-                 attempts: int = 6, sleep: Callable[[float], None] = time.sleep,
+                 attempts: int = 6, sleep: Callable[[float], None] | None = None,
                  before_retry: Callable[[], object] | None = None):
     """Run `call`, retrying transient Hub failures with exponential backoff.
 
@@ -119,7 +119,7 @@ def with_retries(call: Callable, what: str, progress: Callable[[str], None] = la
             if delay is None or attempt == attempts - 1:
                 raise
             progress(f"{what}: {_describe(exc)}; retry {attempt + 1} in {delay:.1f}s")
-            sleep(delay)
+            (sleep or time.sleep)(delay)
             if before_retry is not None:
                 found = before_retry()
                 if found is not None:
@@ -267,7 +267,7 @@ def pr_description(report, key: str) -> str:
 
 
 def push(result, force: bool = False, progress: Callable[[str], None] = lambda m: None,
-         sleep: Callable[[float], None] = time.sleep) -> PullRequest:
+         sleep: Callable[[float], None] | None = None) -> PullRequest:
     """Open a pull request with the ported repo against the commit it was ported from.
 
     An open pull request by the same user for the same change is reused. A commit whose answer

@@ -5,9 +5,10 @@ Point the client at it with `HF_ENDPOINT=hub.url`. It implements what port-model
 repo info at a revision, the file tree, file downloads (`resolve`, HEAD and GET with the
 commit and etag headers), model search with `Link` pagination, repo creation, `whoami`,
 preupload, the LFS batch and upload endpoints, commits (to a branch or as a pull request)
-and the discussions list. Faults are injected per request: an HTTP status (429 with
-`Retry-After`, 5xx), a connection dropped before the request is handled, or one dropped
-after it was handled (the client never hears that its commit landed).
+and the discussions list. Uploads use the LFS protocol, not Xet: run the client with
+`HF_HUB_DISABLE_XET=1`. Faults are injected per request: an HTTP status (429 with
+`Retry-After`, 5xx), a connection dropped before the request is handled, one dropped after
+it was handled (the client never hears that its commit landed), or no answer at all.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt")
 PAGE_SIZE = 50  # small, so that listing a few hundred repos crosses pages
+HANG_SECONDS = 120
 
 
 def git_blob_oid(data: bytes) -> str:
@@ -74,7 +76,7 @@ class Fault:
 
     method: str | None
     pattern: str
-    action: int | str  # an HTTP status, "drop" (before handling) or "drop-after" (after handling)
+    action: int | str  # an HTTP status, "drop" (before handling), "drop-after" (after handling), or "hang"
     times: int = 1
     retry_after: int | None = None
 
@@ -114,7 +116,7 @@ class FakeHub:
     # -- seeding and inspection (what the tests use directly) -------------------------------
     def add_repo(self, repo_id: str, files: Path | dict[str, bytes], tags=("transformers", "custom_code"),
                  message: str = "initial commit") -> str:
-        """Create (or add a commit to) a repo on `main`; returns the commit sha."""
+        """Create a repo, or add or replace files in a new commit on `main`; returns the commit sha."""
         if isinstance(files, Path):
             files = {str(p.relative_to(files)): p.read_bytes() for p in sorted(files.rglob("*")) if p.is_file()}
         with self.lock:
@@ -122,7 +124,9 @@ class FakeHub:
             for path, data in files.items():
                 if is_lfs(path, data):
                     self.lfs[hashlib.sha256(data).hexdigest()] = data
-            return self._commit(repo, repo.refs.get("main"), dict(files), message, "main")
+            parent = repo.refs.get("main")
+            tree = {**(repo.commits[parent].files if parent else {}), **files}
+            return self._commit(repo, parent, tree, message, "main")
 
     def fail(self, pattern: str, action: int | str, times: int = 1, method: str | None = None,
              retry_after: int | None = None) -> None:
@@ -192,6 +196,9 @@ class _Handler(BaseHTTPRequestHandler):
         fault = self._take_fault(method, self.path)
         record = [method, self.path, 0, self.headers.get("authorization") is not None]
         try:
+            if fault is not None and fault.action == "hang":  # a Hub that stops answering
+                time.sleep(HANG_SECONDS)
+                raise _Drop
             if fault is not None and fault.action == "drop":
                 raise _Drop
             if fault is not None and isinstance(fault.action, int):
