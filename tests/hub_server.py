@@ -87,7 +87,7 @@ class FakeHub:
         self.repos: dict[str, Repo] = {}
         self.lfs: dict[str, bytes] = {}
         self.faults: list[Fault] = []
-        self.log: list[tuple[str, str, int | str, bool]] = []  # method, path, status, sent a token
+        self.log: list[list] = []  # [method, path, status, sent a token], in order of arrival
         self.lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -143,7 +143,7 @@ class FakeHub:
 
     def requests(self, method: str | None = None, pattern: str = "") -> list[tuple]:
         with self.lock:
-            return [r for r in self.log if (method is None or r[0] == method) and re.search(pattern, r[1])]
+            return [tuple(r) for r in self.log if (method is None or r[0] == method) and re.search(pattern, r[1])]
 
     # -- state changes ----------------------------------------------------------------------
     def _commit(self, repo: Repo, parent: str | None, files: dict[str, bytes], message: str, ref: str) -> str:
@@ -194,7 +194,9 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body() if method in ("POST", "PUT") else b""
         user = self._user()
         fault = self._take_fault(method, self.path)
-        record = [method, self.path, 0, self.headers.get("authorization") is not None]
+        record = [method, self.path, "pending", self.headers.get("authorization") is not None]
+        with hub.lock:  # logged on arrival, so the log's order is the order requests came in
+            hub.log.append(record)
         try:
             if fault is not None and fault.action == "hang":  # a Hub that stops answering
                 time.sleep(HANG_SECONDS)
@@ -219,9 +221,6 @@ class _Handler(BaseHTTPRequestHandler):
         except _Drop:
             record[2] = "dropped"
             self.close_connection = True
-        finally:
-            with hub.lock:
-                hub.log.append(tuple(record))
 
     def _take_fault(self, method: str, path: str) -> Fault | None:
         hub = self.state
