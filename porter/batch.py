@@ -69,14 +69,18 @@ def search_repos(query: str, filters: tuple[str, ...] = (), limit: int | None = 
                  progress: Callable[[str], None] = lambda m: None) -> list[str]:
     """Model repos the Hub search finds, e.g. `search_repos("llama", ("custom_code",))`."""
     from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
 
     from porter.hub import endpoint, with_retries
 
     api = HfApi(endpoint=endpoint())
-    found = with_retries(
-        lambda: [m.id for m in api.list_models(search=query or None, filter=list(filters) or None, limit=limit)],
-        "searching the Hub", progress,
-    )
+    try:
+        found = with_retries(
+            lambda: [m.id for m in api.list_models(search=query or None, filter=list(filters) or None, limit=limit)],
+            "searching the Hub", progress,
+        )
+    except HfHubHTTPError as exc:
+        raise BadInput(f"the Hub search failed: {str(exc).splitlines()[0]}") from None
     progress(f"the search found {len(found)} repo(s)")
     return found
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.test_hub import hub, hub_env  # noqa: F401 (the fixture)
+from tests.test_hub import TOKEN, hub, hub_env  # noqa: F401 (the fixture)
 from tests.tiny_repos import tiny_repo_files
 
 CLI = [sys.executable, "-m", "porter.cli"]
@@ -88,6 +88,8 @@ def test_batch_of_200_repos_survives_faults_a_kill_and_a_resume(hub, tmp_path): 
         assert not [r for r in hub.log[asked_before:] if f"/{name}/" in r[1]], f"{name} was redone"
     for name in names[1:]:
         assert (out / name.replace("/", "--") / "model.safetensors").exists()
+    for text in (second.stdout, second.stderr, *(p.read_bytes().decode(errors="replace") for p in out.glob("batch.*"))):
+        assert TOKEN not in text
 
 
 def test_repo_list_files_are_checked_line_by_line(tmp_path):
