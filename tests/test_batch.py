@@ -49,13 +49,13 @@ def test_batch_of_200_repos_survives_faults_a_kill_and_a_resume(hub, tmp_path): 
     out = tmp_path / "batch"
     state = out / "batch.sqlite"
     env = {**os.environ, **hub_env(hub, tmp_path)}
-    command = [*CLI, "batch", "--search", "tiny", "--filter", "custom_code", "-j", "2", "--time-limit", "20",
+    command = [*CLI, "batch", "--search", "tiny", "--filter", "custom_code", "-j", "2", "--time-limit", "10",
                "--no-verify", "--push", "--force", "--out-dir", str(out)]
 
     first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
     deadline = time.monotonic() + 600
-    while not ({"acme/tiny-000", "acme/tiny-040"} <= finished(state) and len(finished(state)) >= 60):
+    while len(finished(state)) < 60:
         assert first.poll() is None and time.monotonic() < deadline, "the batch ended before it was killed"
         time.sleep(0.2)
     os.killpg(first.pid, signal.SIGKILL)  # no clean-up of any kind
@@ -71,7 +71,7 @@ def test_batch_of_200_repos_survives_faults_a_kill_and_a_resume(hub, tmp_path): 
     rows = json.loads((out / "batch.json").read_text())
     assert [r["repo"] for r in rows] == names
     [hung] = [r for r in rows if r["failed"]]
-    assert hung["repo"] == "acme/tiny-000" and "time limit of 20s" in hung["why"] and not hung["pushed"]
+    assert hung["repo"] == "acme/tiny-000" and "time limit of 10s" in hung["why"] and not hung["pushed"]
     for row in rows[1:]:
         assert row["state"] == "done" and row["ported"] and row["pushed"] and row["status"] == "ported", row
         assert row["sha"] == hub.repos[row["repo"]].refs["main"]
