@@ -101,6 +101,10 @@ def port_command(src, out, show_diff, check, as_json, device, no_verify, referen
     signal.signal(signal.SIGTERM, _terminate)
 
     progress = _Progress(quiet or as_json, verbose)
+    if push and (show_diff or check):
+        raise click.UsageError("--push writes a port; it cannot be combined with --diff or --check")
+    if force and not push:
+        raise click.UsageError("--force only applies to --push")
     try:
         if show_diff or check:
             result = check_only(src, allow_partial)

@@ -169,7 +169,8 @@ def fetch(repo_id: str, revision: str | None = None, progress: Callable[[str], N
             progress,
         )
     except RepositoryNotFoundError:
-        raise BadInput(f"{repo_id}: no such model repo on {endpoint()} (or no access to it)") from None
+        raise BadInput(f"{repo_id}: no folder of that name, and no such model repo on {endpoint()} "
+                       "(or no access to it)") from None
     except RevisionNotFoundError:
         raise BadInput(f"{repo_id}@{wanted}: no such revision") from None
     except LocalEntryNotFoundError as exc:

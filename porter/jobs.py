@@ -13,8 +13,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-# What a worker process imports before it ports anything (the forkserver preloads these).
-PRELOAD = ["porter.pipeline", "porter.hub", "transforms", "transformers.modeling_utils", "huggingface_hub"]
+# Imported by the batch's fork server before it forks a process per repo.
+PRELOAD = ["porter.fork_preload"]
 
 
 @dataclass
