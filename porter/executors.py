@@ -87,7 +87,10 @@ class LocalExecutor:
 
 def _child(spec: JobSpec, sender) -> None:
     os.setpgrp()  # the time limit kills the port and everything it started
+    parent = os.getppid()
     _die_with_parent()
+    if os.getppid() != parent:  # the batch died before the line above took effect
+        os._exit(1)
     outcome = run_job(spec)
     sender.send(outcome)
     sender.close()
