@@ -89,7 +89,7 @@ def _child(spec: JobSpec, sender) -> None:
     os.setpgrp()  # the time limit kills the port and everything it started
     parent = os.getppid()
     _die_with_parent()
-    if os.getppid() != parent:  # the batch died before the line above took effect
+    if parent == 1 or os.getppid() != parent:  # the batch died before the line above took effect
         os._exit(1)
     outcome = run_job(spec)
     sender.send(outcome)
