@@ -71,6 +71,14 @@ class Site:
     unsupported_branches: list[str] = field(default_factory=list)  # config tests refused at __init__
 
 
+def written_for_interface(state) -> bool:
+    """Every attention module was on the interface before the port: the code was written
+    for transformers 5 (or already ported), and its kwargs and backend flags are its
+    author's choice (CONTRACT G3)."""
+    attention = state.analysis.attention
+    return bool(attention) and state.facts.get("found_routed", set()) >= attention
+
+
 class RouteAttention(Transform):
     name = "attention-interface"
     summary = "Move eager attention math into eager_attention_forward and call ALL_ATTENTION_FUNCTIONS."
@@ -105,6 +113,7 @@ class RouteAttention(Transform):
             return cls, None
         if "get_interface(" in code_of(forward) and "ALL_ATTENTION_FUNCTIONS" in code_of(forward):
             self.state.facts.setdefault("routed", set()).add(name)
+            self.state.facts.setdefault("found_routed", set()).add(name)
             return cls, None  # already on the interface
         init = methods.get("__init__")
         if init is None or not ("config" in param_names(init) or "self.config" in code_of(init)):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import libcst as cst
 
+from transforms.attention_interface import written_for_interface
 from transforms.base import Transform
 from transforms.cst_utils import parse_stmts, single_assign
 
@@ -33,7 +34,7 @@ class DeclareBackends(Transform):
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
         analysis = self.state.analysis
         routed = self.state.facts.get("routed", set())
-        if not analysis.attention or not routed >= analysis.attention:
+        if not analysis.attention or not routed >= analysis.attention or written_for_interface(self.state):
             return tree
         roots = {n for n in analysis.pretrained_roots if analysis.classes[n].file == self.filename}
         if not roots:

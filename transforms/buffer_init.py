@@ -41,6 +41,7 @@ def {HELPER}(module: torch.nn.Module, only_if_meta: bool = False) -> None:
 '''
 
 
+STATE_WRAPPERS = {"Parameter", "Buffer"}
 TENSOR_MAKERS = {"arange", "tensor", "ones", "zeros", "tril", "triu", "exp", "outer", "einsum", "cos", "sin", "full"}
 
 
@@ -58,10 +59,24 @@ def _has_tensor_attributes(cls: cst.ClassDef) -> bool:
     """`self.x = <tensor computed here>`: an attribute no state dict or loader knows about."""
     for node in walk(cls):
         if isinstance(node, cst.Assign) and all(is_self_attr(t.target) for t in node.targets):
-            calls = {last_part(call_name(c)).lstrip(".") for c in walk(node.value) if isinstance(c, cst.Call)}
+            calls = {last_part(call_name(c)).lstrip(".") for c in _calls_outside_state(node.value)}
             if calls & TENSOR_MAKERS:
                 return True
     return False
+
+
+def _calls_outside_state(node: cst.CSTNode) -> list[cst.Call]:
+    """Calls in `node`, except inside `nn.Parameter(...)` or `nn.Buffer(...)`: a parameter,
+    or a buffer declared the transformers 5 way, is in the state dict's and loader's care."""
+    found, stack = [], [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, cst.Call):
+            if last_part(call_name(current)) in STATE_WRAPPERS:
+                continue
+            found.append(current)
+        stack.extend(current.children)
+    return found
 
 
 def _prepend(fn: cst.FunctionDef, stmts: list[cst.BaseStatement]) -> cst.FunctionDef:

@@ -84,5 +84,7 @@ def _extra_inputs(fn: cst.FunctionDef) -> set[str]:
     kwargs_passthrough = any(
         isinstance(n, cst.Call) and "update" in code_of(n.func) and any(a.star == "**" for a in n.args) for n in walk(fn)
     )
+    # An override that calls GenerationMixin's own adds behaviour around it, not a copy of it.
+    wraps_mixin = any(isinstance(n, cst.Call) and code_of(n.func).startswith("super()") for n in walk(fn))
     extra = keys - STANDARD_GENERATION_INPUTS
-    return extra | ({"**kwargs"} if kwargs_passthrough else set())
+    return extra | ({"**kwargs"} if kwargs_passthrough else set()) | ({"super()"} if wraps_mixin else set())

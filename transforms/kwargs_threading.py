@@ -11,6 +11,7 @@ from __future__ import annotations
 import libcst as cst
 from libcst.codemod.visitors import AddImportsVisitor
 
+from transforms.attention_interface import written_for_interface
 from transforms.base import Transform
 from transforms.cst_utils import dotted, function_defs, is_self_attr, parse_expr, star_kwargs_name
 
@@ -23,6 +24,8 @@ class ThreadKwargs(Transform):
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
         analysis = self.state.analysis
+        if written_for_interface(self.state):
+            return tree
         on_path = analysis.path_to_attention()
         targets = {n for n in on_path if analysis.classes[n].file == self.filename}
         if not targets:

@@ -53,7 +53,10 @@ class RopeConfigAccess(Transform):
             return tree
         if any(isinstance(s, cst.FunctionDef) and s.name.value == DEFAULT_ROPE for s in tree.body):
             return tree
-        tree = tree.visit(_WithDefaultRope(self))
+        rewriter = _WithDefaultRope(self)
+        tree = tree.visit(rewriter)
+        if not rewriter.rewritten:
+            return tree
         body = list(tree.body)
         first_def = next((i for i, s in enumerate(body) if isinstance(s, (cst.FunctionDef, cst.ClassDef))), len(body))
         body.insert(first_def, spaced(parse_stmts(DEFAULT_ROPE_CODE)[0]))
@@ -107,10 +110,32 @@ class _RopeAccess(cst.CSTTransformer):
 class _WithDefaultRope(cst.CSTTransformer):
     def __init__(self, transform: Transform):
         self.transform = transform
+        self.rewritten = 0
+        self.default_excluded = 0  # depth of `if kind != "default":` blocks: lookups there never miss
+
+    def visit_If(self, node: cst.If) -> None:
+        if _excludes_default(node.test):
+            self.default_excluded += 1
+
+    def leave_If(self, original: cst.If, updated: cst.If) -> cst.If:
+        if _excludes_default(original.test):
+            self.default_excluded -= 1
+        return updated
 
     def leave_Subscript(self, original: cst.Subscript, updated: cst.Subscript) -> cst.BaseExpression:
-        if code_of(updated.value) != "ROPE_INIT_FUNCTIONS":
+        if code_of(updated.value) != "ROPE_INIT_FUNCTIONS" or self.default_excluded:
             return updated
+        self.rewritten += 1
         key = code_of(updated.slice[0].slice.value)
         self.transform.record(original, 'ROPE_INIT_FUNCTIONS[...] gains the "default" entry transformers 5 removed')
         return parse_expr(f'{{**ROPE_INIT_FUNCTIONS, "default": {DEFAULT_ROPE}}}[{key}]')
+
+
+def _excludes_default(test: cst.BaseExpression) -> bool:
+    """`kind != "default"`: the test transformers 5 code puts before its table lookup."""
+    return (
+        isinstance(test, cst.Comparison)
+        and len(test.comparisons) == 1
+        and isinstance(test.comparisons[0].operator, cst.NotEqual)
+        and code_of(test.comparisons[0].comparator) in ('"default"', "'default'")
+    )
