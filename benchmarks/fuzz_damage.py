@@ -79,7 +79,7 @@ def main() -> int:
         for edit in edits:
             by_edit[(edit.kind, outcome)] += 1
         total = sum(counts.values())
-        if total % 25 == 0:
+        if total % 10 == 0:
             elapsed = time.monotonic() - started
             print(f"{total} cases, {elapsed:.0f} s: {dict(counts)}", flush=True)
 
