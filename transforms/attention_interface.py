@@ -47,6 +47,7 @@ from transforms.cst_utils import (
     star_kwargs_name,
     walk,
 )
+from transforms.interface_code import FOUND_ROUTED
 from transforms.masks import uses_bidirectional_mask, uses_sliding_window
 
 REPEAT_HINTS = ("repeat",)
@@ -69,14 +70,6 @@ class Site:
     folded_helpers: set[str] = field(default_factory=set)
     repeat_stmts: list[cst.BaseStatement] = field(default_factory=list)
     unsupported_branches: list[str] = field(default_factory=list)  # config tests refused at __init__
-
-
-def written_for_interface(state) -> bool:
-    """Every attention module was on the interface before the port: the code was written
-    for transformers 5 (or already ported), and its kwargs and backend flags are its
-    author's choice (CONTRACT G3)."""
-    attention = state.analysis.attention
-    return bool(attention) and state.facts.get("found_routed", set()) >= attention
 
 
 class RouteAttention(Transform):
@@ -113,7 +106,7 @@ class RouteAttention(Transform):
             return cls, None
         if "get_interface(" in code_of(forward) and "ALL_ATTENTION_FUNCTIONS" in code_of(forward):
             self.state.facts.setdefault("routed", set()).add(name)
-            self.state.facts.setdefault("found_routed", set()).add(name)
+            self.state.facts.setdefault(FOUND_ROUTED, set()).add(name)
             return cls, None  # already on the interface
         init = methods.get("__init__")
         if init is None or not ("config" in param_names(init) or "self.config" in code_of(init)):

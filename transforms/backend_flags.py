@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import libcst as cst
 
-from transforms.attention_interface import written_for_interface
 from transforms.base import Transform
 from transforms.cst_utils import parse_stmts, single_assign
+from transforms.interface_code import written_for_interface
 
 LEGACY_FLAGS = {"_supports_flash_attn_2", "_supports_cache_class", "_supports_static_cache", "_supports_quantized_cache"}
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import libcst as cst
 from libcst.codemod.visitors import AddImportsVisitor
 
-from transforms.attention_interface import written_for_interface
 from transforms.base import Transform
 from transforms.cst_utils import dotted, function_defs, is_self_attr, parse_expr, star_kwargs_name
+from transforms.interface_code import written_for_interface
 
 ANNOTATION = "Unpack[TransformersKwargs]"
 

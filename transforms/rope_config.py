@@ -16,7 +16,7 @@ from __future__ import annotations
 import libcst as cst
 
 from transforms.base import Transform
-from transforms.cst_utils import code_of, parse_expr, parse_stmts, spaced
+from transforms.cst_utils import code_of, parse_expr, parse_stmts, spaced, walk
 
 DEFAULT_ROPE = "_legacy_default_rope_parameters"
 DEFAULT_ROPE_CODE = f'''
@@ -111,19 +111,17 @@ class _WithDefaultRope(cst.CSTTransformer):
     def __init__(self, transform: Transform):
         self.transform = transform
         self.rewritten = 0
-        self.default_excluded = 0  # depth of `if kind != "default":` blocks: lookups there never miss
+        self.guarded: set[int] = set()  # lookups only reached when the kind is not "default"
 
-    def visit_If(self, node: cst.If) -> None:
-        if _excludes_default(node.test):
-            self.default_excluded += 1
-
-    def leave_If(self, original: cst.If, updated: cst.If) -> cst.If:
-        if _excludes_default(original.test):
-            self.default_excluded -= 1
-        return updated
+    def visit_Module(self, node: cst.Module) -> None:
+        for branch in walk(node):
+            if isinstance(branch, (cst.If, cst.IfExp)):
+                guarded = _branch_without_default(branch)
+                if guarded is not None:
+                    self.guarded |= {id(n) for n in walk(guarded) if isinstance(n, cst.Subscript)}
 
     def leave_Subscript(self, original: cst.Subscript, updated: cst.Subscript) -> cst.BaseExpression:
-        if code_of(updated.value) != "ROPE_INIT_FUNCTIONS" or self.default_excluded:
+        if code_of(updated.value) != "ROPE_INIT_FUNCTIONS" or id(original) in self.guarded:
             return updated
         self.rewritten += 1
         key = code_of(updated.slice[0].slice.value)
@@ -131,11 +129,19 @@ class _WithDefaultRope(cst.CSTTransformer):
         return parse_expr(f'{{**ROPE_INIT_FUNCTIONS, "default": {DEFAULT_ROPE}}}[{key}]')
 
 
-def _excludes_default(test: cst.BaseExpression) -> bool:
-    """`kind != "default"`: the test transformers 5 code puts before its table lookup."""
-    return (
+def _branch_without_default(branch: cst.If | cst.IfExp) -> cst.CSTNode | None:
+    """The branch of `if kind != "default": ...` / `a if kind == "default" else b` that runs
+    only for other kinds: the test transformers 5 code puts before its table lookup."""
+    test = branch.test
+    if not (
         isinstance(test, cst.Comparison)
         and len(test.comparisons) == 1
-        and isinstance(test.comparisons[0].operator, cst.NotEqual)
         and code_of(test.comparisons[0].comparator) in ('"default"', "'default'")
-    )
+    ):
+        return None
+    operator = test.comparisons[0].operator
+    if isinstance(operator, cst.NotEqual):
+        return branch.body
+    if isinstance(operator, cst.Equal):
+        return branch.orelse
+    return None
