@@ -69,6 +69,8 @@ def _span(stmt: ast.stmt) -> tuple[int, int]:
 def remove_statement(text: str, pick: int) -> tuple[str, str]:
     lines = text.splitlines(keepends=True)
     stmts = [s for body in _statements(ast.parse(text)) for s in body]
+    if not stmts:
+        return text, "no statement to remove"
     stmt = stmts[pick % len(stmts)]
     start, end = _span(stmt)
     indent = re.match(r"\s*", lines[start]).group(0)
@@ -110,6 +112,8 @@ def _identifiers(text: str) -> list[str]:
 
 def rename(text: str, pick: int, everywhere: bool, occurrence: int) -> tuple[str, str]:
     names = _identifiers(text)
+    if not names:
+        return text, "no name to rename"
     name = names[pick % len(names)]
     new = f"{name}_x"
     pattern = re.compile(rf"\b{re.escape(name)}\b")
@@ -123,6 +127,8 @@ def rename(text: str, pick: int, everywhere: bool, occurrence: int) -> tuple[str
 
 def break_syntax(text: str, how: int, position: int, token: int) -> tuple[str, str]:
     lines = text.splitlines(keepends=True)
+    if not lines:
+        return text + "(", "inserted '(' into an empty file"
     index = position % len(lines)
     where = f"line {index + 1}"
     kind = how % 4
