@@ -13,6 +13,7 @@ from porter.errors import BadInput
 
 CODE_PREFIXES = ("configuration_", "modeling_", "processing_", "image_processing_", "tokenization_")
 MAX_CODE_BYTES = 5_000_000  # a modeling file larger than this is not source code a person wrote
+MAX_CONFIG_BYTES = 20_000_000  # config.json is read whole: a larger one is not a model config
 
 
 @dataclass
@@ -27,8 +28,17 @@ class LegacyRepo:
 
     @property
     def auto_map(self) -> dict[str, str]:
+        """Auto class -> `module.Class`; a list (tokenizers: slow, fast) gives its first entry set."""
         value = self.config.get("auto_map") or {}
-        return {k: v[0] if isinstance(v, list) else v for k, v in value.items() if v}
+        if not isinstance(value, dict):
+            return {}
+        found = {}
+        for auto_class, reference in value.items():
+            if isinstance(reference, list):
+                reference = next((r for r in reference if r), None)
+            if reference:
+                found[auto_class] = reference
+        return found
 
     @property
     def transformers_version(self) -> str | None:
@@ -51,6 +61,19 @@ def _inside(root: Path, path: Path) -> bool:
         return True
     except ValueError:
         return False
+    except (OSError, RuntimeError):  # a symlink loop resolves nowhere
+        raise BadInput.at(path, "symlink cannot be resolved (a loop?)") from None
+
+
+def check_compiles(path: Path, text: str) -> None:
+    """Python itself must accept the code: a file it cannot compile is not ported (the
+    rewrite would carry the error into the output, or hide it)."""
+    try:
+        compile(text, str(path), "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        raise BadInput.at(f"{path}:{exc.lineno}", f"does not compile: {exc.msg}") from None
+    except (ValueError, RecursionError, MemoryError) as exc:  # null bytes, absurd nesting
+        raise BadInput.at(path, f"does not compile: {exc}") from None
 
 
 def load_repo(src: Path) -> LegacyRepo:
@@ -63,10 +86,12 @@ def load_repo(src: Path) -> LegacyRepo:
     config_path = src / "config.json"
     if not config_path.is_file():
         raise BadInput.at(config_path, "missing: a model repo needs a config.json")
+    if config_path.stat().st_size > MAX_CONFIG_BYTES:
+        raise BadInput.at(config_path, f"larger than {MAX_CONFIG_BYTES} bytes: not a model config")
     try:
         config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadInput.at(config_path, f"not valid JSON: {exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise BadInput.at(config_path, f"not valid JSON: {exc or 'nested too deeply'}") from None
     if not isinstance(config, dict):
         raise BadInput.at(config_path, "not a JSON object")
 
@@ -87,6 +112,7 @@ def load_repo(src: Path) -> LegacyRepo:
                 code[path.name] = path.read_text()
             except UnicodeDecodeError:
                 raise BadInput.at(path, "not UTF-8 text") from None
+            check_compiles(path, code[path.name])
         else:
             others.append(path)
 
@@ -113,6 +139,8 @@ def _check_auto_map(repo: LegacyRepo) -> None:
     if not repo.auto_map:
         raise BadInput.at(config_path, "no auto_map: not a remote-code repo")
     for auto_class, reference in repo.auto_map.items():
+        if not isinstance(reference, str):
+            raise BadInput.at(config_path, f"auto_map[{auto_class!r}] = {reference!r} is not a `module.Class` name")
         if "--" in reference or "/" in reference or reference.count(".") != 1:
             raise BadInput.at(config_path, f"auto_map[{auto_class!r}] = {reference!r} names code outside the repo")
         module_name, class_name = reference.split(".")

@@ -42,6 +42,7 @@ SAFE_SINGLE = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
 BIN_SINGLE = "pytorch_model.bin"
 BIN_INDEX = "pytorch_model.bin.index.json"
+MAX_INDEX_BYTES = 100_000_000  # an index names tensors and files; this is far beyond any real one
 PICKLE_SUFFIXES = (".pt", ".ckpt", ".pth")
 METADATA = {"format": "pt"}
 OP_KINDS = ("rename", "split", "merge", "permute")
@@ -216,9 +217,11 @@ def _present(path: Path) -> bool:
 def _files_from_index(repo_dir: Path, index_path: Path) -> list[Path]:
     """Shard files named by a Hub index's weight_map, sorted and de-duplicated."""
     _checked_file(repo_dir, index_path.name)
+    if index_path.stat().st_size > MAX_INDEX_BYTES:  # read whole: refuse before reading
+        raise BadInput.at(index_path, f"larger than {MAX_INDEX_BYTES} bytes: not a checkpoint index")
     try:
         weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
         raise BadInput.at(index_path, f"unreadable index ({e})") from e
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise BadInput.at(index_path, "weight_map must map tensor names to file names")

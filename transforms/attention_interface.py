@@ -47,6 +47,7 @@ from transforms.cst_utils import (
     star_kwargs_name,
     walk,
 )
+from transforms.interface_code import FOUND_ROUTED
 from transforms.masks import uses_bidirectional_mask, uses_sliding_window
 
 REPEAT_HINTS = ("repeat",)
@@ -105,6 +106,7 @@ class RouteAttention(Transform):
             return cls, None
         if "get_interface(" in code_of(forward) and "ALL_ATTENTION_FUNCTIONS" in code_of(forward):
             self.state.facts.setdefault("routed", set()).add(name)
+            self.state.facts.setdefault(FOUND_ROUTED, set()).add(name)
             return cls, None  # already on the interface
         init = methods.get("__init__")
         if init is None or not ("config" in param_names(init) or "self.config" in code_of(init)):

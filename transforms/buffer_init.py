@@ -41,6 +41,7 @@ def {HELPER}(module: torch.nn.Module, only_if_meta: bool = False) -> None:
 '''
 
 
+STATE_WRAPPERS = {"Parameter", "Buffer"}
 TENSOR_MAKERS = {"arange", "tensor", "ones", "zeros", "tril", "triu", "exp", "outer", "einsum", "cos", "sin", "full"}
 
 
@@ -55,13 +56,38 @@ def _registers_volatile_buffer(cls: cst.ClassDef) -> bool:
 
 
 def _has_tensor_attributes(cls: cst.ClassDef) -> bool:
-    """`self.x = <tensor computed here>`: an attribute no state dict or loader knows about."""
-    for node in walk(cls):
+    """`self.x = <tensor computed here>`: an attribute no state dict or loader knows about.
+    Only construction counts (`__init__` and the methods it calls): state a forward keeps
+    between calls (recurrent states, conv caches) is rebuilt by the forward itself."""
+    for node in (n for method in _construction(cls) for n in walk(method)):
         if isinstance(node, cst.Assign) and all(is_self_attr(t.target) for t in node.targets):
-            calls = {last_part(call_name(c)).lstrip(".") for c in walk(node.value) if isinstance(c, cst.Call)}
+            calls = {last_part(call_name(c)).lstrip(".") for c in _calls_outside_state(node.value)}
             if calls & TENSOR_MAKERS:
                 return True
     return False
+
+
+def _construction(cls: cst.ClassDef) -> list[cst.FunctionDef]:
+    methods = function_defs(cls)
+    init = methods.get("__init__")
+    if init is None:
+        return []
+    called = {c.func.attr.value for c in walk(init) if isinstance(c, cst.Call) and is_self_attr(c.func)}
+    return [init, *(methods[name] for name in sorted(called) if name in methods and name != "__init__")]
+
+
+def _calls_outside_state(node: cst.CSTNode) -> list[cst.Call]:
+    """Calls in `node`, except inside `nn.Parameter(...)` or `nn.Buffer(...)`: a parameter,
+    or a buffer declared the transformers 5 way, is in the state dict's and loader's care."""
+    found, stack = [], [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, cst.Call):
+            if last_part(call_name(current)) in STATE_WRAPPERS:
+                continue
+            found.append(current)
+        stack.extend(current.children)
+    return found
 
 
 def _prepend(fn: cst.FunctionDef, stmts: list[cst.BaseStatement]) -> cst.FunctionDef:

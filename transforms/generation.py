@@ -15,6 +15,7 @@ from libcst.codemod.visitors import AddImportsVisitor
 
 from transforms.base import Transform
 from transforms.cst_utils import code_of, function_defs, walk
+from transforms.interface_code import written_for_interface
 
 STANDARD_GENERATION_INPUTS = {
     "input_ids",
@@ -35,6 +36,8 @@ class GenerationSupport(Transform):
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
         analysis = self.state.analysis
+        if written_for_interface(self.state):
+            return tree  # transformers 5 code: which classes generate is its author's choice (CTC heads do not)
         return self.rewrite_classes(
             tree, set(analysis.heads), lambda cls: self._rewrite(cls) if self._is_generative(cls) else cls
         )
@@ -84,5 +87,7 @@ def _extra_inputs(fn: cst.FunctionDef) -> set[str]:
     kwargs_passthrough = any(
         isinstance(n, cst.Call) and "update" in code_of(n.func) and any(a.star == "**" for a in n.args) for n in walk(fn)
     )
+    # An override that calls GenerationMixin's own adds behaviour around it, not a copy of it.
+    wraps_mixin = any(isinstance(n, cst.Call) and code_of(n.func).startswith("super()") for n in walk(fn))
     extra = keys - STANDARD_GENERATION_INPUTS
-    return extra | ({"**kwargs"} if kwargs_passthrough else set())
+    return extra | ({"**kwargs"} if kwargs_passthrough else set()) | ({"super()"} if wraps_mixin else set())

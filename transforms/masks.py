@@ -24,6 +24,7 @@ from transforms.cst_utils import (
     parse_stmts,
     walk,
 )
+from transforms.interface_code import written_for_interface
 
 CAUSAL_HELPERS = {
     "_prepare_4d_causal_attention_mask",
@@ -112,7 +113,7 @@ class UseMaskingUtils(Transform):
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
         analysis = self.state.analysis
         owners = {n for n in analysis.base_models if analysis.classes[n].file == self.filename}
-        if not owners:
+        if not owners or written_for_interface(self.state):  # transformers 5 code builds the mask its own way
             return tree
         return self.rewrite_classes(tree, owners, self._rewrite_class)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import libcst as cst
 
 from transforms.base import Transform
-from transforms.cst_utils import code_of, parse_expr, parse_stmts, spaced
+from transforms.cst_utils import code_of, parse_expr, parse_stmts, spaced, walk
 
 DEFAULT_ROPE = "_legacy_default_rope_parameters"
 DEFAULT_ROPE_CODE = f'''
@@ -53,7 +53,10 @@ class RopeConfigAccess(Transform):
             return tree
         if any(isinstance(s, cst.FunctionDef) and s.name.value == DEFAULT_ROPE for s in tree.body):
             return tree
-        tree = tree.visit(_WithDefaultRope(self))
+        rewriter = _WithDefaultRope(self)
+        tree = tree.visit(rewriter)
+        if not rewriter.rewritten:
+            return tree
         body = list(tree.body)
         first_def = next((i for i, s in enumerate(body) if isinstance(s, (cst.FunctionDef, cst.ClassDef))), len(body))
         body.insert(first_def, spaced(parse_stmts(DEFAULT_ROPE_CODE)[0]))
@@ -107,10 +110,38 @@ class _RopeAccess(cst.CSTTransformer):
 class _WithDefaultRope(cst.CSTTransformer):
     def __init__(self, transform: Transform):
         self.transform = transform
+        self.rewritten = 0
+        self.guarded: set[int] = set()  # lookups only reached when the kind is not "default"
+
+    def visit_Module(self, node: cst.Module) -> None:
+        for branch in walk(node):
+            if isinstance(branch, (cst.If, cst.IfExp)):
+                guarded = _branch_without_default(branch)
+                if guarded is not None:
+                    self.guarded |= {id(n) for n in walk(guarded) if isinstance(n, cst.Subscript)}
 
     def leave_Subscript(self, original: cst.Subscript, updated: cst.Subscript) -> cst.BaseExpression:
-        if code_of(updated.value) != "ROPE_INIT_FUNCTIONS":
+        if code_of(updated.value) != "ROPE_INIT_FUNCTIONS" or id(original) in self.guarded:
             return updated
+        self.rewritten += 1
         key = code_of(updated.slice[0].slice.value)
         self.transform.record(original, 'ROPE_INIT_FUNCTIONS[...] gains the "default" entry transformers 5 removed')
         return parse_expr(f'{{**ROPE_INIT_FUNCTIONS, "default": {DEFAULT_ROPE}}}[{key}]')
+
+
+def _branch_without_default(branch: cst.If | cst.IfExp) -> cst.CSTNode | None:
+    """The branch of `if kind != "default": ...` / `a if kind == "default" else b` that runs
+    only for other kinds: the test transformers 5 code puts before its table lookup."""
+    test = branch.test
+    if not (
+        isinstance(test, cst.Comparison)
+        and len(test.comparisons) == 1
+        and code_of(test.comparisons[0].comparator) in ('"default"', "'default'")
+    ):
+        return None
+    operator = test.comparisons[0].operator
+    if isinstance(operator, cst.NotEqual):
+        return branch.body
+    if isinstance(operator, cst.Equal):
+        return branch.orelse
+    return None

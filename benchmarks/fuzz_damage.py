@@ -1,0 +1,105 @@
+"""Fuzz the tool with damaged legacy repos and print how each case ended.
+
+Sources: `samples/tiny_legacy_lm` and every corpus repo already built under
+`$PORT_MODEL_CACHE/repos` (tests/corpus.py makes them from transformers 4.30.2, 4.36.2
+and 4.44.2). Each case damages 1 to 3 code edits deep (statements removed, names renamed,
+statements swapped, syntax broken; see tests/fuzz/damage.py), ports the result without
+verification, and classifies it: refused (PortError, exit 2), ported or unchanged
+(output compiles, report honest), or BROKEN (a crash, output that does not compile, a
+report that lies). Cases keep going after a BROKEN one; each is printed with its edits.
+Exits 1 if any case was BROKEN.
+
+    python benchmarks/fuzz_damage.py [--cases 10000] [--minutes M] [--seed S] [--only NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
+
+from tests.fuzz.damage import Broken, build_case, damaged_repo, port_damaged  # noqa: E402
+
+
+def sources(only: list[str] | None) -> list[Path]:
+    cache = Path(os.environ.get("PORT_MODEL_CACHE", ROOT / ".port-model-cache"))
+    found = [ROOT / "samples" / "tiny_legacy_lm"]
+    found += sorted(p.parent for p in (cache / "repos").glob("*/.complete"))
+    if only:
+        found = [p for p in found if p.name in only]
+    return found
+
+
+class Stop(Exception):
+    """The time limit was reached."""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", type=int, default=10_000)
+    parser.add_argument("--minutes", type=float, help="stop after this long, whatever the count")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", nargs="*", help="source repo folder names")
+    args = parser.parse_args()
+
+    repos = sources(args.only)
+    print(f"sources: {', '.join(p.name for p in repos)}", flush=True)
+    counts: collections.Counter = collections.Counter()
+    by_edit: collections.Counter = collections.Counter()
+    broken: list[str] = []
+    started = time.monotonic()
+    deadline = started + 60 * args.minutes if args.minutes else None
+
+    @seed(args.seed)
+    @settings(max_examples=args.cases, deadline=None, database=None, phases=[Phase.generate],
+              suppress_health_check=list(HealthCheck))
+    @given(damaged_repo(repos))
+    def case(drawn):
+        if deadline and time.monotonic() > deadline:
+            raise Stop
+        source, files, edits = drawn
+        with tempfile.TemporaryDirectory() as tmp:
+            repo = build_case(source, files, Path(tmp))
+            try:
+                outcome = port_damaged(repo, Path(tmp) / "out")
+            except Broken as exc:
+                outcome = "BROKEN"
+                broken.append(f"{source.name}: {'; '.join(map(str, edits))}\n{exc}")
+                print(f"BROKEN {broken[-1]}", flush=True)
+        counts[outcome] += 1
+        for edit in edits:
+            by_edit[(edit.kind, outcome)] += 1
+        total = sum(counts.values())
+        if total % 10 == 0:
+            elapsed = time.monotonic() - started
+            print(f"{total} cases, {elapsed:.0f} s: {dict(counts)}", flush=True)
+
+    try:
+        case()
+    except Stop:
+        pass
+    elapsed = time.monotonic() - started
+    total = sum(counts.values())
+    print(f"\n{total} cases in {elapsed:.0f} s ({total / max(elapsed, 1e-9):.2f} cases/s)")
+    for outcome in ("refused", "ported", "unchanged", "BROKEN"):
+        print(f"  {outcome:10} {counts[outcome]}")
+    print("edits by kind and outcome:")
+    for kind in ("remove", "rename", "swap", "syntax"):
+        row = {o: by_edit[(kind, o)] for o in ("refused", "ported", "unchanged", "BROKEN")}
+        print(f"  {kind:7} {row}")
+    if total < args.cases:
+        print(f"stopped after {total} of {args.cases} cases (time limit)")
+    return 1 if broken else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
