@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import libcst as cst
 import libcst.matchers as m
@@ -46,11 +47,37 @@ def code_of(node: cst.CSTNode) -> str:
 
 def walk(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
     """Every node below `node`, depth first, itself included."""
+    cache = _children_cache
     stack = [node]
     while stack:
         current = stack.pop()
         yield current
-        stack.extend(reversed(list(current.children)))
+        if cache is None:
+            stack.extend(reversed(current.children))
+            continue
+        children = cache.get(current)
+        if children is None:
+            children = cache[current] = tuple(reversed(current.children))
+        stack.extend(children)
+
+
+# libcst computes `children` by rebuilding the node through its visitor machinery, which
+# dominates walking. Nodes are immutable and transforms share unchanged subtrees, so
+# within a rewrite each node's children are worked out once. Keys are the nodes
+# themselves (hashed by identity, kept alive by the cache), so an id is never reused.
+_children_cache: dict[cst.CSTNode, tuple[cst.CSTNode, ...]] | None = None
+
+
+@contextmanager
+def children_cached() -> Iterator[None]:
+    """Remember the children of every node walked until the block ends."""
+    global _children_cache
+    outer = _children_cache
+    _children_cache = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _children_cache = outer
 
 
 class _NameCollector(cst.CSTVisitor):
