@@ -42,7 +42,16 @@ def parse_stmts(code: str) -> list[cst.BaseStatement]:
 
 
 def code_of(node: cst.CSTNode) -> str:
-    return cst.Module(body=[]).code_for_node(node)
+    cache = _code_cache
+    if cache is None:
+        return _EMPTY_MODULE.code_for_node(node)
+    code = cache.get(node)
+    if code is None:
+        code = cache[node] = _EMPTY_MODULE.code_for_node(node)
+    return code
+
+
+_EMPTY_MODULE = cst.Module(body=[])
 
 
 def walk(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
@@ -62,22 +71,25 @@ def walk(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
 
 
 # libcst computes `children` by rebuilding the node through its visitor machinery, which
-# dominates walking. Nodes are immutable and transforms share unchanged subtrees, so
-# within a rewrite each node's children are worked out once. Keys are the nodes
-# themselves (hashed by identity, kept alive by the cache), so an id is never reused.
+# dominates walking, and code by generating it afresh. Nodes are immutable and transforms
+# share unchanged subtrees, so within a rewrite each node's children and code are worked
+# out once. Keys are the nodes themselves (hashed by identity, kept alive by the cache),
+# so an id is never reused.
 _children_cache: dict[cst.CSTNode, tuple[cst.CSTNode, ...]] | None = None
+_code_cache: dict[cst.CSTNode, str] | None = None
 
 
 @contextmanager
 def children_cached() -> Iterator[None]:
-    """Remember the children of every node walked until the block ends."""
-    global _children_cache
-    outer = _children_cache
-    _children_cache = {} if outer is None else outer
+    """Remember the children and the code of every node walked or printed until the block ends."""
+    global _children_cache, _code_cache
+    outer = _children_cache, _code_cache
+    if _children_cache is None:
+        _children_cache, _code_cache = {}, {}
     try:
         yield
     finally:
-        _children_cache = outer
+        _children_cache, _code_cache = outer
 
 
 class _NameCollector(cst.CSTVisitor):
