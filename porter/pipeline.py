@@ -24,6 +24,7 @@ from porter.report import SKIP, Check, Report, versions
 from porter.rewrite import RewriteResult, rewrite
 from porter.verify import VerifyOptions, verify
 from porter.weights import convert_checkpoint
+from transforms.cst_utils import children_cached
 
 Progress = Callable[[str], None]
 
@@ -77,8 +78,9 @@ def analyse_repo(repo: LegacyRepo) -> tuple[dict, RepoAnalysis]:
 
 
 def rewrite_code(repo: LegacyRepo, allow_partial: bool = False) -> RewriteResult:
-    modules, analysis = analyse_repo(repo)
-    result = rewrite(modules, analysis)
+    with children_cached():  # the analysis walks the nodes the transforms walk again
+        modules, analysis = analyse_repo(repo)
+        result = rewrite(modules, analysis)
     if result.diagnostics and not allow_partial:
         raise UnsupportedPattern("the code holds shapes port-model does not understand", result.diagnostics)
     return result

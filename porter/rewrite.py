@@ -12,6 +12,7 @@ from libcst.codemod.visitors import AddImportsVisitor
 from porter.analysis import RepoAnalysis
 from porter.errors import Diagnostic
 from transforms import REGISTRY, Change, PortState
+from transforms.cst_utils import children_cached
 
 
 @dataclass
@@ -41,15 +42,22 @@ class RewriteResult:
 
 def rewrite(modules: dict[str, cst.Module], analysis: RepoAnalysis) -> RewriteResult:
     """Apply the registry to `modules` (file name -> parsed module)."""
-    state = PortState(analysis=analysis, original_code={name: tree.code for name, tree in modules.items()})
+    state = PortState(
+        analysis=analysis,
+        original_code={name: tree.code for name, tree in modules.items()},
+        original_trees=dict(modules),
+    )
     trees = dict(modules)
     # One context per file: transforms queue the imports they need, added once at the end.
     contexts = {filename: CodemodContext(filename=filename) for filename in trees}
-    for transform_cls in REGISTRY:
-        for filename, tree in trees.items():
-            trees[filename] = transform_cls(contexts[filename], state, filename).apply(tree)
+    with children_cached():
+        for transform_cls in REGISTRY:
+            for filename, tree in trees.items():
+                trees[filename] = transform_cls(contexts[filename], state, filename).apply(tree)
     for filename, context in contexts.items():
         if context.scratch:
-            trees[filename] = AddImportsVisitor(context).transform_module(trees[filename])
+            # transform_module_impl, not transform_module: this visitor needs no metadata,
+            # and transform_module would deep-copy the whole tree to compute none.
+            trees[filename] = AddImportsVisitor(context).transform_module_impl(trees[filename])
     files = {name: tree.code for name, tree in trees.items()}
     return RewriteResult(files, state.changes, state.diagnostics, state.weight_ops, state.facts)

@@ -7,15 +7,14 @@ diagnostics for shapes it does not understand instead of guessing.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import libcst as cst
 from libcst.codemod import Codemod, CodemodContext
-from libcst.metadata import MetadataWrapper, PositionProvider
 
 from porter.errors import Diagnostic
+from transforms.positions import FileLines
 
 
 @dataclass(frozen=True)
@@ -41,6 +40,14 @@ class PortState:
     weight_ops: list = field(default_factory=list)
     facts: dict = field(default_factory=dict)
     original_code: dict[str, str] = field(default_factory=dict)  # file -> source as read
+    original_trees: dict[str, cst.Module] = field(default_factory=dict)  # file -> tree as parsed
+    _lines: dict[str, FileLines] = field(default_factory=dict, repr=False)
+
+    def lines(self, filename: str) -> FileLines:
+        """Line lookup for one file, shared by every transform that records on it."""
+        if filename not in self._lines:
+            self._lines[filename] = FileLines(self.original_trees.get(filename), self.original_code.get(filename))
+        return self._lines[filename]
 
 
 class Transform(Codemod):
@@ -54,12 +61,10 @@ class Transform(Codemod):
         self.state = state
         self.filename = filename
         self._input: cst.Module | None = None
-        self._positions = None
-        self._line_map: dict[int, int] | None = None
 
     def apply(self, tree: cst.Module) -> cst.Module:
-        """Run the transform. Positions are computed only if a change is recorded:
-        resolving metadata for every transform on every file would dominate the run."""
+        """Run the transform. Positions are computed only if a change is recorded (see
+        `transforms.positions`): resolving them for every transform on every file would dominate the run."""
         self._input = tree
         return self.transform_module_impl(tree)
 
@@ -70,31 +75,7 @@ class Transform(Codemod):
 
     def line_of(self, node: cst.CSTNode) -> int | None:
         """The node's line in the file as the user wrote it (earlier transforms shift lines)."""
-        if self._positions is None and self._input is not None:
-            wrapper = MetadataWrapper(self._input, unsafe_skip_copy=True)
-            self._positions = wrapper.resolve(PositionProvider)
-        position = (self._positions or {}).get(node)
-        if position is None:
-            return None
-        return self._original_line(position.start.line)
-
-    def _original_line(self, line: int) -> int:
-        original = self.state.original_code.get(self.filename)
-        if original is None or self._input is None:
-            return line
-        if self._line_map is None:
-            current_lines = self._input.code.splitlines()
-            matcher = difflib.SequenceMatcher(None, current_lines, original.splitlines(), autojunk=False)
-            self._line_map = {
-                block.a + k + 1: block.b + k + 1 for block in matcher.get_matching_blocks() for k in range(block.size)
-            }
-        if line in self._line_map:
-            return self._line_map[line]
-        earlier = [c for c in self._line_map if c < line]
-        if not earlier:
-            return line
-        anchor = max(earlier)  # a line this transform's input added: report the nearest original one
-        return self._line_map[anchor] + 1
+        return self.state.lines(self.filename).line_of(node, self._input)
 
     def record(self, node: cst.CSTNode | None, message: str) -> None:
         line = self.line_of(node) if node is not None else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import libcst as cst
 import libcst.matchers as m
@@ -41,16 +42,54 @@ def parse_stmts(code: str) -> list[cst.BaseStatement]:
 
 
 def code_of(node: cst.CSTNode) -> str:
-    return cst.Module(body=[]).code_for_node(node)
+    cache = _code_cache
+    if cache is None:
+        return _EMPTY_MODULE.code_for_node(node)
+    code = cache.get(node)
+    if code is None:
+        code = cache[node] = _EMPTY_MODULE.code_for_node(node)
+    return code
+
+
+_EMPTY_MODULE = cst.Module(body=[])
 
 
 def walk(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
     """Every node below `node`, depth first, itself included."""
+    cache = _children_cache
     stack = [node]
     while stack:
         current = stack.pop()
         yield current
-        stack.extend(reversed(list(current.children)))
+        if cache is None:
+            stack.extend(reversed(current.children))
+            continue
+        children = cache.get(current)
+        if children is None:
+            children = cache[current] = tuple(reversed(current.children))
+        stack.extend(children)
+
+
+# libcst computes `children` by rebuilding the node through its visitor machinery, which
+# dominates walking, and code by generating it afresh. Nodes are immutable and transforms
+# share unchanged subtrees, so within a rewrite each node's children and code are worked
+# out once. Keys are the nodes themselves (hashed by identity, kept alive by the cache),
+# so an id is never reused.
+_children_cache: dict[cst.CSTNode, tuple[cst.CSTNode, ...]] | None = None
+_code_cache: dict[cst.CSTNode, str] | None = None
+
+
+@contextmanager
+def children_cached() -> Iterator[None]:
+    """Remember the children and the code of every node walked or printed until the block ends."""
+    global _children_cache, _code_cache
+    outer = _children_cache, _code_cache
+    if _children_cache is None:
+        _children_cache, _code_cache = {}, {}
+    try:
+        yield
+    finally:
+        _children_cache, _code_cache = outer
 
 
 class _NameCollector(cst.CSTVisitor):
