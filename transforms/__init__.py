@@ -4,6 +4,7 @@ every other rewrite has dropped the names it no longer needs."""
 
 from transforms.attention_classes import CollapseBackendClasses
 from transforms.attention_interface import RouteAttention
+from transforms.attention_layout import UnflattenHeads
 from transforms.backend_flags import DeclareBackends
 from transforms.base import Change, PortState, Transform
 from transforms.buffer_init import RebuildBuffers
@@ -24,6 +25,7 @@ REGISTRY: tuple[type[Transform], ...] = (
     CollapseBackendClasses,
     ThreadLayerIndex,
     CacheObjects,
+    UnflattenHeads,
     RouteAttention,
     UseMaskingUtils,
     ModernCacheAPI,

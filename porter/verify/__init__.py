@@ -20,6 +20,7 @@ from porter.environments import ensure_reference_env
 from porter.errors import ReferenceUnavailable
 from porter.report import FAIL, PASS, SKIP, Check, Report
 from porter.verify.child import current_python, run_model
+from porter.verify.images import add_image_checks, add_tower_probe_check, is_vision_language, make_image_inputs
 
 EAGER_TOLERANCE = 1e-5
 SDPA_TOLERANCE = 1e-4
@@ -50,13 +51,16 @@ def make_inputs(config: dict) -> dict[str, torch.Tensor]:
     batch[1, :PADDING] = pad
     mask[1, :PADDING] = 0
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return {
+    inputs = {
         "single.input_ids": single,
         "single.position_ids": torch.arange(SEQUENCE_LENGTH).unsqueeze(0),
         "batch.input_ids": batch,
         "batch.attention_mask": mask,
         "batch.position_ids": positions,
     }
+    if is_vision_language(config):
+        inputs.update(make_image_inputs(config))
+    return inputs
 
 
 def _pad_id(config: dict) -> int:
@@ -137,6 +141,8 @@ def _verify_in(work, legacy_repo, ported_repo, config, report, options, progress
     ref_tag = "eager" if "eager.single.output" in reference else "default"
     _numeric_checks(report, reference, outputs, ref_tag, inputs, generative)
     _probe_checks(report, ported.result.get("probe") or {}, reference, outputs, ref_tag)
+    add_image_checks(report, reference, outputs, ref_tag, {"eager": EAGER_TOLERANCE, "sdpa": SDPA_TOLERANCE})
+    add_tower_probe_check(report, (ported.result.get("probe") or {}).get("image_probe"))
 
 
 def _loading_checks(report: Report, result: dict) -> None:

@@ -1,0 +1,88 @@
+"""Image inputs and image checks for vision-language models (CONTRACT F2, B1).
+
+A config that nests a `vision_config` and names an image token (`image_token_id`, or the
+legacy `image_token_index`) belongs to a vision-language model: the verification then
+also runs a batch of images with text, in both the legacy and the ported model
+(porter/verify/image_runs.py in the child), and compares the logits and the embeddings the
+language model receives, which hold the image features.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from porter.report import FAIL, PASS, Check
+
+IMAGE_TOKEN_KEYS = ("image_token_id", "image_token_index")
+IMAGE_BATCH = 2
+TEXT_LENGTH = 10
+PLACEHOLDER_POSITION = 2
+
+
+def image_token_id(config: dict) -> int | None:
+    for key in IMAGE_TOKEN_KEYS:
+        if isinstance(config.get(key), int):
+            return config[key]
+    return None
+
+
+def is_vision_language(config: dict) -> bool:
+    return isinstance(config.get("vision_config"), dict) and image_token_id(config) is not None
+
+
+def make_image_inputs(config: dict, placeholders_per_image: int = 1) -> dict[str, torch.Tensor]:
+    """Two images and two prompts, each with its image's placeholder tokens, from a fixed seed.
+
+    Legacy models of the llava family expand one placeholder per image inside the model;
+    the placeholder count is a parameter for models whose processor expands them.
+    """
+    vision = config["vision_config"]
+    size = vision.get("image_size", 224)
+    height, width = (size, size) if isinstance(size, int) else tuple(size)[:2]
+    channels = int(vision.get("num_channels", 3))
+    text = config.get("text_config") or {}
+    vocab = int(text.get("vocab_size") or config.get("vocab_size") or 100)
+    token = image_token_id(config)
+    generator = torch.Generator().manual_seed(4321)
+    pixels = torch.randn(IMAGE_BATCH, channels, height, width, generator=generator)
+    ids = torch.randint(3, vocab, (IMAGE_BATCH, TEXT_LENGTH + placeholders_per_image), generator=generator)
+    ids[ids == token] = 3  # the only placeholders are the ones put there
+    ids[:, PLACEHOLDER_POSITION : PLACEHOLDER_POSITION + placeholders_per_image] = token
+    return {
+        "image.pixel_values": pixels,
+        "image.input_ids": ids,
+        "image.attention_mask": torch.ones_like(ids),
+    }
+
+
+def add_image_checks(report, reference, outputs, ref_tag: str, tolerances: dict[str, float]) -> None:
+    """F2 rows for the image batch: logits and the image-bearing embeddings, per kernel."""
+    from porter.verify import _max_diff
+
+    for tag, tolerance in tolerances.items():
+        if f"{tag}.image.output" not in outputs:
+            continue
+        figures = {
+            "logits_max_abs_diff": _max_diff(reference[f"{ref_tag}.image.output"], outputs[f"{tag}.image.output"]),
+            "tolerance": tolerance,
+        }
+        if f"{ref_tag}.image.embeds" in reference and f"{tag}.image.embeds" in outputs:
+            figures["image_embeddings_max_abs_diff"] = _max_diff(
+                reference[f"{ref_tag}.image.embeds"], outputs[f"{tag}.image.embeds"]
+            )
+        worst = max(v for k, v in figures.items() if k.endswith("diff"))
+        status = PASS if worst <= tolerance else FAIL
+        report.add(Check("F2", f"image features and logits vs legacy, float32 {tag}", status, "", figures))
+
+
+def add_tower_probe_check(report, image_probe: dict | None) -> None:
+    """B1 for every tower: the image batch calls the registered kernel once per layer of each tower."""
+    if not image_probe:
+        return
+    layers = image_probe.get("layers") or {}
+    expected = sum(layers.values())
+    calls = image_probe.get("calls", 0)
+    ok = calls == expected and expected > 0 and image_probe.get("sentinel")
+    detail = "" if ok else f"{calls} calls for {expected} layers in {layers}"
+    figures = {"calls": calls, "layers": layers, "modules": image_probe.get("modules")}
+    report.add(Check("B1", "attention of every tower goes through the interface", PASS if ok else FAIL, detail, figures))
