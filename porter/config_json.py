@@ -1,9 +1,9 @@
 """The ported repo's config.json: the input's, with what the rewritten code now declares.
 
 Auto classes that transformers 5 removed are renamed to their replacements (a legacy
-vision-language repo maps `AutoModelForVision2Seq`, which no longer exists), and entries
-that transforms add (a new base-model class for `AutoModel`, a config key such as
-`image_token_id`) are merged in. Existing entries are never overwritten.
+vision-language repo maps `AutoModelForVision2Seq`, which no longer exists), and auto
+classes that transforms add (`state.facts["auto_map"]`) are merged in. Existing entries
+are never overwritten.
 """
 
 from __future__ import annotations
@@ -21,6 +21,4 @@ def updated_config(config: dict, facts: dict) -> dict:
         auto_map.setdefault(auto_class, reference)
     if auto_map:
         config["auto_map"] = auto_map
-    for key, value in (facts.get("config_keys") or {}).items():
-        config.setdefault(key, config.get(value) if isinstance(value, str) and value in config else value)
     return config

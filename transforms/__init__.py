@@ -14,6 +14,9 @@ from transforms.generation import GenerationSupport
 from transforms.kwargs_threading import ThreadKwargs
 from transforms.layer_index import ThreadLayerIndex
 from transforms.masks import UseMaskingUtils
+from transforms.multimodal_config import MultimodalConfigNames
+from transforms.multimodal_delegation import DropTowerDelegations
+from transforms.multimodal_features import ImageFeaturesMethod
 from transforms.post_init import CallPostInit
 from transforms.removed_imports import RemovedImports
 from transforms.removed_methods import RemovedModelMethods
@@ -33,6 +36,9 @@ REGISTRY: tuple[type[Transform], ...] = (
     RebuildBuffers,
     RemovedModelMethods,
     LegacyConfigDefaults,
+    MultimodalConfigNames,
+    ImageFeaturesMethod,
+    DropTowerDelegations,
     ThreadKwargs,
     GenerationSupport,
     CallPostInit,
