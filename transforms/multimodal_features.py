@@ -3,8 +3,9 @@
 Engines compute image features apart from the language model: they call
 `model.get_image_features(pixel_values, **kwargs)`. Legacy vision-language code computes
 them inline in the forward of the class that fuses modalities. That class is recognised
-by its forward: a pretrained class whose forward takes `pixel_values` and hands it to a
-child module (`self.vision_tower(pixel_values, ...)`). The statements that turn the pixels
+by its forward: a pretrained class whose forward takes `pixel_values`, hands it to a
+child module (`self.vision_tower(pixel_values, ...)`) and uses the result together with the
+text embeddings (`inputs_embeds`, `input_ids`); a vision model alone is left as it is. The statements that turn the pixels
 into features are found by data flow, from that call while each next statement reads
 what the previous ones produced and no text input (`input_ids`, `inputs_embeds`, the
 masks...); they move, unchanged, into `get_image_features`, and forward calls it in their
@@ -28,12 +29,12 @@ from transforms.cst_utils import (
     names_read,
     param_names,
     parse_stmts,
-    spaced,
     walk,
 )
 
 PIXELS = "pixel_values"
 METHOD = "get_image_features"
+TEXT_STREAM = {"input_ids", "inputs_embeds"}  # what image features are merged into
 TEXT_INPUTS = {"input_ids", "inputs_embeds", "attention_mask", "position_ids", "labels", "past_key_values", "cache_position"}
 
 
@@ -64,6 +65,8 @@ class ImageFeaturesMethod(Transform):
         after = [s for s in suite.body[end + 1 :]]
         used_after = set().union(*(names_read(s) for s in after)) if after else set()
         outputs = sorted(produced & used_after)
+        if not any(names_read(s) & set(outputs) and names_read(s) & TEXT_STREAM for s in after):
+            return cls  # the features never meet the text embeddings: not a fusing model (a vision tower)
         if len(outputs) != 1:
             self.refuse(run[-1], f"the image features are not one name used after their computation ({outputs})", cls.name.value)
             return cls
@@ -90,7 +93,10 @@ class ImageFeaturesMethod(Transform):
         members = []
         for member in cls.body.body:
             if member is forward:
-                members += [spaced(method), new_forward]
+                members += [
+                    method.with_changes(leading_lines=forward.leading_lines),
+                    new_forward.with_changes(leading_lines=[cst.EmptyLine(indent=False)]),
+                ]
             else:
                 members.append(member)
         self.record(forward, f"{cls.name.value}.{METHOD}: the image features forward computed inline")
