@@ -11,8 +11,9 @@ this rewrite, run before [attention_interface], undoes the folding in place:
   `bmm(p, v)` becomes `matmul(p, v)`; `.view(...)` calls on the scores (no-ops once they
   are four-dimensional) and the view of the output back to four dimensions go; a key
   length read as `key.size(1)` becomes `key.size(2)`;
-- a query scaled where it is projected (`q = self.q_proj(h) * self.scale`) gets its scale
-  on the scores instead, where the interface's `scaling` applies it;
+- a query scaled where it is projected (`q = self.q_proj(h) * self.scale`) stays so: the
+  scores then take no scale, `scaling` is 1.0, and eager stays bit-identical to the legacy
+  math (moving the scale onto the scores changes the rounding);
 - a second additive mask (`causal_attention_mask`) is summed into the attention mask
   before the math, as transformers 5's own CLIP does, since the interface takes one mask;
 - a dropout written to a new name (`probs = dropout(weights)`) keeps the weights' name,
@@ -68,7 +69,7 @@ class UnflattenHeads(Transform):
             return cls
         combined = _combine_masks(body, forward)
         takes_causal_mask = combined is not body
-        body = _keep_weights_name(_scale_on_scores(combined))
+        body = _keep_weights_name(combined)
         new_forward = forward.with_changes(body=forward.body.with_changes(body=body))
         self.record(forward, f"{cls.name.value}.forward: heads kept apart from the batch ([batch, heads, seq, dim])")
         init = function_defs(cls).get("__init__")
@@ -134,7 +135,7 @@ class _FourDimProducts(cst.CSTTransformer):
         second = args[1].value if len(args) == 2 else None
         if isinstance(second, cst.Call) and isinstance(second.func, cst.Attribute) and second.func.attr.value == "transpose":
             if [code_of(a.value) for a in second.args] == ["1", "2"]:
-                swapped = second.with_changes(args=[a.with_changes(value=cst.Integer(v)) for a, v in zip(second.args, "23")])
+                swapped = second.with_changes(args=[a.with_changes(value=cst.Integer(v)) for a, v in zip(second.args, "23", strict=True)])
                 args[1] = args[1].with_changes(value=swapped)
         return updated.with_changes(func=updated.func.with_changes(attr=cst.Name("matmul")), args=args)
 
@@ -268,36 +269,7 @@ def _adds_mask(stmt, candidates: list[str]) -> str | None:
     return None
 
 
-# -- scale and dropout ----------------------------------------------------------------------------
-def _scale_on_scores(body):
-    """`q = self.q_proj(h) * self.scale` ... `s = matmul(q, kT)` -> the scale multiplies `s`."""
-    score_index = next((i for i, s in enumerate(body) if has_call(s, {"matmul"}) and assigned_names(s)), None)
-    if score_index is None:
-        return body
-    score = single_assign(body[score_index])
-    if not score or not isinstance(score[1], cst.Call) or not score[1].args:
-        return body
-    query = dotted(score[1].args[0].value)
-    for index in range(score_index):
-        assign = single_assign(body[index])
-        if not assign or dotted(assign[0][0]) != query:
-            continue
-        value = assign[1]
-        if (
-            isinstance(value, cst.BinaryOperation)
-            and isinstance(value.operator, cst.Multiply)
-            and (dotted(value.right) or "").startswith("self.")
-        ):
-            scale = value.right
-            body = list(body)
-            body[index] = body[index].deep_replace(value, value.left)
-            product = single_assign(body[score_index])[1]
-            scaled = cst.BinaryOperation(left=product, operator=cst.Multiply(), right=scale)
-            body[score_index] = body[score_index].deep_replace(product, scaled)
-        return body
-    return body
-
-
+# -- dropout ----------------------------------------------------------------------------
 def _keep_weights_name(body):
     """`p = dropout(w)` then `matmul(p, v)` -> `w = dropout(w)`, `matmul(w, v)`; an `if` block
     between softmax and the output that only reads the weights moves after the heads are restored."""

@@ -4,13 +4,15 @@ Engines compute image features apart from the language model: they call
 `model.get_image_features(pixel_values, **kwargs)`. Legacy vision-language code computes
 them inline in the forward of the class that fuses modalities. That class is recognised
 by its forward: a pretrained class whose forward takes `pixel_values`, hands it to a
-child module (`self.vision_tower(pixel_values, ...)`) and uses the result together with the
-text embeddings (`inputs_embeds`, `input_ids`); a vision model alone is left as it is. The statements that turn the pixels
-into features are found by data flow, from that call while each next statement reads
-what the previous ones produced and no text input (`input_ids`, `inputs_embeds`, the
-masks...); they move, unchanged, into `get_image_features`, and forward calls it in their
-place. Forward parameters they read (a feature layer, a selection strategy) become
-keyword parameters, with the defaulting statements forward had for them.
+child module (`self.vision_tower(pixel_values, ...)`) and uses the result together with
+the text stream (`inputs_embeds`, `input_ids`); a vision model alone is left as it is.
+The statements that turn the pixels into features are found by data flow, from that call
+while each next statement reads what the previous ones produced and no text input
+(`input_ids`, `inputs_embeds`, the masks...); they move, unchanged, into
+`get_image_features`, and forward calls it in their place. Forward parameters they read
+(a feature layer, a selection strategy) become keyword parameters, with the defaulting
+statements forward had for them; the keywords forward threads to the vision tower
+(`**kwargs`, added by kwargs_threading, which runs first) are passed on.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from transforms.cst_utils import (
     names_read,
     param_names,
     parse_stmts,
+    star_kwargs_name,
     walk,
 )
 
@@ -72,7 +75,8 @@ class ImageFeaturesMethod(Transform):
             return cls
         output = outputs[0]
         params = param_names(forward)
-        free, _ = free_names(run, {"self", PIXELS})
+        kwargs_name = star_kwargs_name(forward)
+        free, _ = free_names(run, {"self", PIXELS, kwargs_name or "kwargs"})
         free -= self._module_names | set(dir(builtins))
         not_params = sorted(free - set(params))
         if not_params:
@@ -80,13 +84,14 @@ class ImageFeaturesMethod(Transform):
             return cls
         options = sorted(free - {PIXELS})
         defaults = [s for s in forward.body.body if _defaults(s, options)]
-        signature = ", ".join(["self", PIXELS, *(f"{o}=None" for o in options), "**kwargs"])
+        signature = ", ".join(["self", PIXELS, *(f"{o}=None" for o in options), f"**{kwargs_name or 'kwargs'}"])
         doc = '"""Image features in the embedding space of the language model, one row per image token."""\n'
         method_code = f"def {METHOD}({signature}):\n    {doc}"
         method = parse_stmts(method_code + "    pass\n")[0]
         body = [*(_dedented(s) for s in defaults), *(_dedented(s) for s in run), *parse_stmts(f"return {output}\n")]
         method = method.with_changes(body=method.body.with_changes(body=[method.body.body[0], *body]))
-        call_args = ", ".join([PIXELS, *(f"{o}={o}" for o in options)])
+        passes_kwargs = kwargs_name is not None and any(kwargs_name in names_read(s) for s in run)
+        call_args = ", ".join([PIXELS, *(f"{o}={o}" for o in options), *([f"**{kwargs_name}"] if passes_kwargs else [])])
         call = parse_stmts(f"{output} = self.{METHOD}({call_args})\n")[0].with_changes(leading_lines=run[0].leading_lines)
         new_suite = suite.with_changes(body=[*suite.body[:start], call, *suite.body[end + 1 :]])
         new_forward = forward.deep_replace(suite, new_suite)

@@ -167,6 +167,7 @@ def _run_probe(spec, inputs, tensors):
         out = model(input_ids=ids, use_cache=False, return_dict=True, **{SENTINEL: 1234})
     value = out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
     tensors["probe.single.output"] = value.detach().float().contiguous()
+    text_calls = list(calls)
     image_probe = image_runs.probe_images(model, inputs, calls, SENTINEL)
     config = model.config
     text_config = getattr(config, "get_text_config", lambda: config)()
@@ -181,7 +182,7 @@ def _run_probe(spec, inputs, tensors):
         except Exception as exc:  # reported, not fatal
             compatible = f"error: {exc}"
     return {
-        "calls": calls,
+        "calls": text_calls,
         "num_layers": getattr(text_config, "num_hidden_layers", None),
         "loading_info": loading,
         "flags": flags,

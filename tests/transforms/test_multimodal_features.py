@@ -118,3 +118,14 @@ def test_features_reading_a_forward_local_are_refused():
     output, state = transformed(before, ImageFeaturesMethod)
     assert output == before
     assert state.diagnostics and "scale" in state.diagnostics[0].render()
+
+
+def test_keywords_threaded_to_the_vision_tower_are_passed_on():
+    before = HEADER + FORWARD.replace("feature_layer=None):", "feature_layer=None, **kwargs):").replace(
+        "self.vision_tower(pixel_values)", "self.vision_tower(pixel_values, **kwargs)"
+    )
+    output, state = transformed(before, ImageFeaturesMethod)
+    assert not state.diagnostics
+    assert "    def get_image_features(self, pixel_values, feature_layer=None, **kwargs):" in output
+    assert "states = self.vision_tower(pixel_values, **kwargs)" in output
+    assert "self.get_image_features(pixel_values, feature_layer=feature_layer, **kwargs)" in output
