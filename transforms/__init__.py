@@ -17,6 +17,7 @@ from transforms.masks import UseMaskingUtils
 from transforms.multimodal_config import MultimodalConfigNames
 from transforms.multimodal_delegation import DropTowerDelegations
 from transforms.multimodal_features import ImageFeaturesMethod
+from transforms.multimodal_processor import ProcessorHooks
 from transforms.post_init import CallPostInit
 from transforms.removed_imports import RemovedImports
 from transforms.removed_methods import RemovedModelMethods
@@ -40,6 +41,7 @@ REGISTRY: tuple[type[Transform], ...] = (
     DropTowerDelegations,
     ThreadKwargs,
     ImageFeaturesMethod,
+    ProcessorHooks,
     GenerationSupport,
     CallPostInit,
     TiedWeightsDict,
