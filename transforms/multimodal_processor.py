@@ -222,19 +222,27 @@ def _with_type_ids(call: cst.FunctionDef, returns) -> cst.FunctionDef:
 
 def _hook_method(sizes: list[str], stmts, count, attr: str) -> cst.FunctionDef:
     height, width = sizes
+    taken = set(sizes).union(*(assigned_names(s) for s in stmts))
+    tokens, patches, blank = (_fresh(n, taken) for n in ("image_token_counts", "image_patch_counts", "blank_image"))
     slice_code = "".join("            " + line + "\n" for s in stmts for line in code_of(s.with_changes(leading_lines=[])).strip("\n").splitlines())
     code = (
         f"def {HOOK}(self, image_sizes=None, **kwargs):\n"
         '    """Placeholder tokens and pixel rows per image, from `(height, width)` sizes, before any image is processed."""\n'
         "    vision_data = {}\n"
         "    if image_sizes is not None:\n"
-        "        num_image_tokens, num_image_patches = [], []\n"
+        f"        {tokens}, {patches} = [], []\n"
         f"        for {height}, {width} in image_sizes:\n"
         f"{slice_code}"
-        f"            num_image_tokens.append(int({code_of(count)}))\n"
-        f"            blank = np.zeros(({height}, {width}, 3), dtype=np.uint8)\n"
-        f'            num_image_patches.append(len(self(text=self.{attr}, images=[blank])["pixel_values"]))\n'
-        '        vision_data.update(num_image_tokens=num_image_tokens, num_image_patches=num_image_patches)\n'
+        f"            {tokens}.append(int({code_of(count)}))\n"
+        f"            {blank} = np.zeros(({height}, {width}, 3), dtype=np.uint8)\n"
+        f'            {patches}.append(len(self(text=self.{attr}, images=[{blank}])["pixel_values"]))\n'
+        f"        vision_data.update(num_image_tokens={tokens}, num_image_patches={patches})\n"
         "    return MultiModalData(**vision_data)\n"
     )
     return parse_stmts(code)[0]
+
+
+def _fresh(name: str, taken: set[str]) -> str:
+    while name in taken:
+        name += "_"
+    return name
