@@ -30,16 +30,20 @@ def is_vision_language(config: dict) -> bool:
     return isinstance(config.get("vision_config"), dict) and image_token_id(config) is not None
 
 
+def image_size(config: dict) -> list[int]:
+    size = config["vision_config"].get("image_size", 224)
+    return [size, size] if isinstance(size, int) else list(size)[:2]
+
+
 def make_image_inputs(config: dict, placeholders_per_image: int = 1) -> dict[str, torch.Tensor]:
     """Two images and two prompts, each with its image's placeholder tokens, from a fixed seed.
 
-    Legacy models of the llava family expand one placeholder per image inside the model;
-    the placeholder count is a parameter for models whose processor expands them.
+    Images are `vision_config.image_size` square. Legacy models of the llava family expand
+    one placeholder per image inside the model; where the processor expands them, the
+    count it predicts for that size is passed in.
     """
-    vision = config["vision_config"]
-    size = vision.get("image_size", 224)
-    height, width = (size, size) if isinstance(size, int) else tuple(size)[:2]
-    channels = int(vision.get("num_channels", 3))
+    height, width = image_size(config)
+    channels = int(config["vision_config"].get("num_channels", 3))
     text = config.get("text_config") or {}
     vocab = int(text.get("vocab_size") or config.get("vocab_size") or 100)
     token = image_token_id(config)
