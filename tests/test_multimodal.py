@@ -1,20 +1,26 @@
-"""A composite vision-language model, ported and proven against itself in its own release.
+"""Vision-language models, ported and proven against themselves in their own release.
 
 transformers 4.44.2's llava with its CLIP vision tower and llama text tower, as one
-remote-code repo (tests/corpus.py). The verification runs images with text through the
-legacy and the ported model and compares image features and logits (F2), and counts the
-attention calls of both towers through a registered kernel (B1).
+remote-code repo (tests/corpus.py), and the team-written sample in samples/tiny_legacy_vlm,
+whose processor tiles images so that the number of placeholders depends on the image
+size. The verification runs images with text through the legacy and the ported model and
+compares image features and logits (F2), counts the attention calls of every tower through
+a registered kernel (B1), and checks the processor's predicted placeholder counts against
+what it emits for random image sizes (E4).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 
 import pytest
 
 import porter
-from porter.report import PASS
-from tests.conftest import tree_digest
+from porter.report import FAIL, PASS, SKIP
+from tests.conftest import ROOT, tree_digest
 
 pytestmark = pytest.mark.slow
 
@@ -29,11 +35,16 @@ def ported_llava(cache_dir, tmp_path_factory):
     return source, before, result
 
 
-def test_llava_ports_and_every_check_passes(ported_llava):
+def test_llava_ports_and_every_model_check_passes(ported_llava):
     source, before, result = ported_llava
-    failing = [c for c in result.checks if c.status != PASS]
+    failing = [c for c in result.checks if c.status != PASS and c.item != "E4"]
     assert not failing, result.report.summary_table()
-    assert result.verified and tree_digest(source) == before
+    assert tree_digest(source) == before
+    # llava 4.44's processor writes one placeholder per image and the model expands it:
+    # nothing in the processor tells the count, so E4 is not claimed.
+    processor_rows = [c for c in result.checks if c.item == "E4"]
+    assert processor_rows and all(c.status in (SKIP, FAIL) for c in processor_rows)
+    assert all("missing" in c.detail for c in processor_rows if c.status == FAIL)
 
 
 def test_image_features_and_logits_match_the_legacy_model(ported_llava):
@@ -68,3 +79,34 @@ def test_ported_repo_exposes_the_multimodal_names(ported_llava):
     clip = (out / "modeling_clip.py").read_text()
     assert clip.count("ALL_ATTENTION_FUNCTIONS.get_interface(") == 1 and "torch.bmm" not in clip
     assert {"tokenizer.json", "preprocessor_config.json", "processing_llava.py"} <= {p.name for p in out.iterdir()}
+
+
+@pytest.fixture(scope="module")
+def ported_sample(cache_dir, tmp_path_factory):
+    source = tmp_path_factory.mktemp("vlm_sample") / "tiny_legacy_vlm"
+    shutil.copytree(ROOT / "samples" / "tiny_legacy_vlm", source)
+    script = ROOT / "samples" / "make_vlm_sample.py"
+    subprocess.run([sys.executable, str(script), str(source), "--cache-dir", str(cache_dir)], check=True)
+    return porter.port(source, source.parent / "ported")
+
+
+def test_sample_ports_and_every_check_passes(ported_sample):
+    failing = [c for c in ported_sample.checks if c.status != PASS]
+    assert not failing, ported_sample.report.summary_table()
+    assert ported_sample.verified
+
+
+def test_sample_processor_predicts_its_placeholders(ported_sample):
+    rows = {c.name: c for c in ported_sample.checks if c.item == "E4"}
+    counts = rows["processor predicts its image placeholders"].figures
+    assert counts["sizes"] >= 20 and counts["mismatches"] == 0
+    assert counts["distinct_counts"] > 3, "the image sizes must give different placeholder counts"
+    runs = rows["mm_token_type_ids: one contiguous run per image"].figures["runs"]
+    assert len(runs) == 3 and len(set(runs)) > 1
+
+
+def test_sample_image_features_match_the_legacy_model(ported_sample):
+    eager = next(c for c in ported_sample.checks if c.name == "image features and logits vs legacy, float32 eager")
+    assert eager.figures["logits_max_abs_diff"] <= 1e-5 and eager.figures["image_embeddings_max_abs_diff"] <= 1e-5
+    towers = next(c for c in ported_sample.checks if c.name == "attention of every tower goes through the interface")
+    assert towers.status == PASS and towers.figures["calls"] == 4

@@ -13,7 +13,10 @@ as `config.text_config` and `config.vision_config`, and the placeholder token as
 
 The aliases read and write the legacy attribute, so `config.json` keeps its keys and the
 legacy code keeps working. A nested config whose role the name does not tell is left
-alone (the port says so in the change list rather than guess).
+alone. When `__init__` builds every nested config with its class (`Cls(**vision_config)`),
+the class also declares `sub_configs = {"vision_config": Cls, ...}`: transformers 5 hands
+the selected attention kernel to the configs listed there, and a tower built from a nested
+config would otherwise stay on eager whatever kernel was asked for.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ TOKEN_INDEX = re.compile(r"^(image|video|audio)_token_index$")
 
 class MultimodalConfigNames(Transform):
     name = "multimodal-config"
-    summary = "Alias image_token_id, text_config and vision_config on composite config classes."
+    summary = "Alias image_token_id, text_config and vision_config on composite configs; declare sub_configs."
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
         analysis = self.state.analysis
@@ -43,6 +46,7 @@ class MultimodalConfigNames(Transform):
         return self.rewrite_classes(tree, configs, self._rewrite) if configs else tree
 
     def _rewrite(self, cls: cst.ClassDef) -> cst.ClassDef:
+        original = cls
         init = function_defs(cls).get("__init__")
         if init is None:
             return cls
@@ -63,14 +67,19 @@ class MultimodalConfigNames(Transform):
             candidates = [n for n in nested if any(w in n.removesuffix("_config").split("_") for w in words)]
             if len(candidates) == 1:
                 aliases[role] = candidates[0]
-        if not aliases:
-            return cls
-        self.state.facts.setdefault("config_aliases", {}).update(aliases)
-        self.record(
-            cls,
-            f"{cls.name.value}: attribute_map aliases " + ", ".join(f"{k} -> {v}" for k, v in sorted(aliases.items())),
-        )
-        return _with_attribute_map(cls, {**existing, **aliases})
+        sub_configs = {} if _declares(cls, "sub_configs") else _sub_config_classes(init, nested, self.state.analysis)
+        if aliases:
+            self.record(
+                original,
+                f"{cls.name.value}: attribute_map aliases " + ", ".join(f"{k} -> {v}" for k, v in sorted(aliases.items())),
+            )
+            cls = _with_attribute_map(cls, {**existing, **aliases})
+        if sub_configs:
+            # transformers 5 hands the selected attention kernel (and dtype) to every config
+            # listed here: a tower built from a nested config otherwise stays on eager.
+            self.record(original, f"{cls.name.value}: sub_configs declared for " + ", ".join(sorted(sub_configs)))
+            cls = _with_class_attribute(cls, "sub_configs", "{" + ", ".join(f'"{k}": {v}' for k, v in sub_configs.items()) + "}")
+        return cls
 
 
 def _is_config(analysis, name: str) -> bool:
@@ -98,13 +107,36 @@ def _attribute_map(cls: cst.ClassDef) -> dict[str, str]:
     return {}
 
 
+def _declares(cls: cst.ClassDef, attribute: str) -> bool:
+    return any(single_assign(s) and code_of(single_assign(s)[0][0]) == attribute for s in cls.body.body)
+
+
+def _sub_config_classes(init: cst.FunctionDef, nested: list[str], analysis) -> dict[str, str]:
+    """Nested attribute -> the config class `__init__` builds it with (`Cls(**vision_config)`);
+    empty unless every nested config has one."""
+    found = {}
+    for node in walk(init):
+        if not (isinstance(node, cst.Call) and isinstance(node.func, cst.Name) and node.func.value in analysis.classes):
+            continue
+        if not _is_config(analysis, node.func.value):
+            continue
+        for arg in node.args:
+            name = code_of(arg.value) if arg.star == "**" else None
+            if name in nested:
+                found[name] = node.func.value
+    return found if set(found) == set(nested) else {}
+
+
 def _with_attribute_map(cls: cst.ClassDef, mapping: dict[str, str]) -> cst.ClassDef:
-    text = "attribute_map = {" + ", ".join(f'"{k}": "{v}"' for k, v in mapping.items()) + "}\n"
-    new_stmt = parse_stmts(text)[0]
+    return _with_class_attribute(cls, "attribute_map", "{" + ", ".join(f'"{k}": "{v}"' for k, v in mapping.items()) + "}")
+
+
+def _with_class_attribute(cls: cst.ClassDef, attribute: str, value: str) -> cst.ClassDef:
+    new_stmt = parse_stmts(f"{attribute} = {value}\n")[0]
     body = list(cls.body.body)
     for index, stmt in enumerate(body):
         assign = single_assign(stmt)
-        if assign and code_of(assign[0][0]) == "attribute_map":
+        if assign and code_of(assign[0][0]) == attribute:
             body[index] = new_stmt.with_changes(leading_lines=stmt.leading_lines)
             return cls.with_changes(body=cls.body.with_changes(body=body))
     # After the docstring and the `model_type` line, where class attributes of configs sit.

@@ -68,3 +68,18 @@ def test_noop_on_a_config_with_one_nested_config():
 def test_nested_config_of_unknown_role_is_not_aliased():
     output, _ = transformed(LEGACY.replace("llm_config", "extra_config"), MultimodalConfigNames)
     assert '"text_config"' not in output and '"vision_config": "visual_config"' in output
+
+
+def test_sub_configs_are_declared_so_the_kernel_reaches_every_tower():
+    before = LEGACY.replace("TowerConfig(**(visual_config or {}))", "TowerConfig(**visual_config)").replace(
+        "TowerConfig(**(llm_config or {}))", "TowerConfig(**llm_config)"
+    ).replace("visual_config=None, llm_config=None", "visual_config={}, llm_config={}")
+    output, state = transformed(before, MultimodalConfigNames)
+    assert '    sub_configs = {"visual_config": TowerConfig, "llm_config": TowerConfig}\n' in output
+    namespace: dict = {}
+    exec(compile(output, FILENAME, "exec"), namespace)
+    config = namespace["ChatVisionConfig"]()
+    config._attn_implementation = "sdpa"
+    assert config.visual_config._attn_implementation == "sdpa" == config.llm_config._attn_implementation
+    again, state = transformed(output, MultimodalConfigNames)
+    assert again == output and not state.changes
