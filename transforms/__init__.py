@@ -18,6 +18,7 @@ from transforms.multimodal_config import MultimodalConfigNames
 from transforms.multimodal_delegation import DropTowerDelegations
 from transforms.multimodal_features import ImageFeaturesMethod
 from transforms.multimodal_processor import ProcessorHooks
+from transforms.multimodal_split import SplitBaseAndHead
 from transforms.post_init import CallPostInit
 from transforms.removed_imports import RemovedImports
 from transforms.removed_methods import RemovedModelMethods
@@ -42,6 +43,7 @@ REGISTRY: tuple[type[Transform], ...] = (
     ThreadKwargs,
     ImageFeaturesMethod,
     ProcessorHooks,
+    SplitBaseAndHead,
     GenerationSupport,
     CallPostInit,
     TiedWeightsDict,

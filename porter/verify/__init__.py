@@ -22,6 +22,7 @@ from porter.report import FAIL, PASS, SKIP, Check, Report
 from porter.verify.child import current_python, run_model
 from porter.verify.images import (
     add_image_checks,
+    add_structure_checks,
     add_tower_probe_check,
     image_size,
     is_vision_language,
@@ -153,6 +154,7 @@ def _verify_in(work, legacy_repo, ported_repo, config, report, options, progress
     _probe_checks(report, ported.result.get("probe") or {}, reference, outputs, ref_tag)
     add_image_checks(report, reference, outputs, ref_tag, {"eager": EAGER_TOLERANCE, "sdpa": SDPA_TOLERANCE})
     add_tower_probe_check(report, (ported.result.get("probe") or {}).get("image_probe"))
+    add_structure_checks(report, ported.result)
     add_processor_checks(report, processor)
 
 

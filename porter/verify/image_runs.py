@@ -42,14 +42,39 @@ def image_forward(model, inputs, **extra):
 
 
 def run_images(model, inputs, tag, tensors):
-    """`{tag}.image.output` (logits) and `{tag}.image.embeds` (fused embeddings)."""
+    """`{tag}.image.output` (logits) and `{tag}.image.embeds` (fused embeddings); returns
+    what the model's structure offers engines (E1, E2)."""
     if not has_images(inputs):
-        return
+        return None
     out, embeds = image_forward(model, inputs)
     value = out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
     tensors[f"{tag}.{PREFIX}.output"] = value.detach().float().contiguous()
     if embeds is not None:
         tensors[f"{tag}.{PREFIX}.embeds"] = embeds.float().contiguous()
+    return structure(model, inputs)
+
+
+def structure(model, inputs):
+    """E1: a base model (`model.model`) holding `language_model` and no head, under a class
+    with the head. E2: `get_image_features` on that base model, one row per placeholder."""
+    import torch
+
+    base = getattr(model, "model", None)
+    found = {
+        "base_model": type(base).__name__ if base is not None else None,
+        "language_model": base is not None and hasattr(base, "language_model"),
+        "base_without_head": base is not None and not hasattr(base, "lm_head"),
+        "head": model.get_output_embeddings() is not None,
+        "get_image_features_on_base": base is not None and hasattr(base, "get_image_features"),
+    }
+    token = getattr(model.config, "image_token_id", None)
+    if found["get_image_features_on_base"] and isinstance(token, int):
+        with torch.no_grad():
+            features = base.get_image_features(inputs[f"{PREFIX}.pixel_values"])
+        rows = sum(f.reshape(-1, f.shape[-1]).shape[0] for f in (features if isinstance(features, (list, tuple)) else [features]))
+        found["feature_rows"] = int(rows)
+        found["placeholders"] = int((inputs[f"{PREFIX}.input_ids"] == token).sum())
+    return found
 
 
 def probe_images(model, inputs, calls, sentinel):

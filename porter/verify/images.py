@@ -90,3 +90,24 @@ def add_tower_probe_check(report, image_probe: dict | None) -> None:
     detail = "" if ok else f"{calls} calls for {expected} layers in {layers}"
     figures = {"calls": calls, "layers": layers, "modules": image_probe.get("modules")}
     report.add(Check("B1", "attention of every tower goes through the interface", PASS if ok else FAIL, detail, figures))
+
+
+def add_structure_checks(report, ported_result: dict) -> None:
+    """E1 and E2 rows, from what the ported model offered in its eager image run."""
+    found = ((ported_result.get("runs") or {}).get("eager") or {}).get("multimodal")
+    if not found:
+        return
+    e1 = found["base_model"] and found["language_model"] and found["base_without_head"] and found["head"]
+    detail = "" if e1 else (
+        "the generative class has no `model` base model holding `language_model` without a head"
+        f" (base model: {found['base_model']})"
+    )
+    report.add(Check("E1", "base model fuses modalities, head class separate", PASS if e1 else FAIL, detail,
+                     {k: found[k] for k in ("base_model", "language_model", "base_without_head", "head")}))
+    if not found["get_image_features_on_base"]:
+        report.add(Check("E2", "get_image_features on the base model", FAIL, "no get_image_features on the base model"))
+        return
+    counts = {k: found.get(k) for k in ("feature_rows", "placeholders")}
+    same = counts["feature_rows"] is not None and counts["feature_rows"] == counts["placeholders"]
+    report.add(Check("E2", "get_image_features on the base model, one row per placeholder", PASS if same else FAIL,
+                     "" if same else "feature rows and image placeholders differ", counts))

@@ -215,7 +215,7 @@ def main(spec_path):
             for prefix in ("single", "batch"):
                 _run_forward(model, inputs, prefix, tensors, with_positions=True)
                 tensors[f"{tag}.{prefix}.output"] = tensors.pop(f"{prefix}.output")
-            image_runs.run_images(model, inputs, tag, tensors)
+            run["multimodal"] = image_runs.run_images(model, inputs, tag, tensors)
             if spec.get("generate") and hasattr(model, "generate"):
                 pad = spec.get("pad_token_id", 0)
                 for prefix in ("single", "batch"):

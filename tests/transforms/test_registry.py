@@ -41,7 +41,7 @@ def test_first_run_ports_without_diagnostics_and_compiles(first_run):
     # The sample already has layer indices and the Cache API, and uses no removed API.
     not_needed = {"rope-config", "removed-imports", "layer-index", "removed-methods", "config-defaults", "post-init"}
     not_needed |= {"attention-layout", "multimodal-config", "multimodal-features", "multimodal-delegation"}
-    not_needed |= {"multimodal-processor"}
+    not_needed |= {"multimodal-processor", "multimodal-split"}
     assert {c.transform for c in state.changes} == {t.name for t in REGISTRY} - not_needed
 
 
