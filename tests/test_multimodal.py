@@ -37,14 +37,21 @@ def ported_llava(cache_dir, tmp_path_factory):
 
 def test_llava_ports_and_every_model_check_passes(ported_llava):
     source, before, result = ported_llava
-    failing = [c for c in result.checks if c.status != PASS and c.item != "E4"]
+    failing = [c for c in result.checks if c.status != PASS and c.item not in ("E1", "E2", "E4")]
     assert not failing, result.report.summary_table()
     assert tree_digest(source) == before
-    # llava 4.44's processor writes one placeholder per image and the model expands it:
-    # nothing in the processor tells the count, so E4 is not claimed.
-    processor_rows = [c for c in result.checks if c.item == "E4"]
-    assert processor_rows and all(c.status in (SKIP, FAIL) for c in processor_rows)
-    assert all("missing" in c.detail for c in processor_rows if c.status == FAIL)
+
+
+def test_llava_engine_hooks_it_cannot_have_are_reported_not_claimed(ported_llava):
+    """llava 4.44 writes one placeholder per image and expands it inside the model, merging
+    the mask and labels it reuses for the loss: the base/head split is left alone, and the
+    report says so instead of claiming E1, E2 or E4."""
+    _, _, result = ported_llava
+    rows = {c.item: c for c in result.checks if c.item in ("E1", "E2", "E4")}
+    assert rows["E1"].status == FAIL and "language_model" in rows["E1"].detail
+    assert rows["E2"].status == FAIL
+    assert rows["E4"].status in (SKIP, FAIL)
+    assert result.report.status == "verification-failed" and not result.verified
 
 
 def test_image_features_and_logits_match_the_legacy_model(ported_llava):
@@ -94,6 +101,11 @@ def test_sample_ports_and_every_check_passes(ported_sample):
     failing = [c for c in ported_sample.checks if c.status != PASS]
     assert not failing, ported_sample.report.summary_table()
     assert ported_sample.verified
+    assert {"E1", "E2", "E4"} <= {c.item for c in ported_sample.checks}
+    config = json.loads((ported_sample.output / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"] == "modeling_tiny_legacy_vlm.TinyLegacyVLMModel"
+    again = porter.check(ported_sample.output)
+    assert again.report.status == "unchanged", again.diff
 
 
 def test_sample_processor_predicts_its_placeholders(ported_sample):
