@@ -298,7 +298,7 @@ def _keep_weights_name(body):
                 body[output_index] = product
     moved = [
         i for i in range(softmax_index + 1, output_index)
-        if isinstance(body[i], cst.If) and not is_guard(body[i]) and not (assigned_in(body[i]) & {weights} - _self_assigned(body[i]))
+        if isinstance(body[i], cst.If) and not is_guard(body[i]) and not (_assigned_in(body[i]) & {weights} - _self_assigned(body[i]))
     ]
     if not moved:
         return body
@@ -310,7 +310,7 @@ def _keep_weights_name(body):
     return [*kept[:at], *(body[i] for i in moved), *kept[at:]]
 
 
-def assigned_in(stmt) -> set[str]:
+def _assigned_in(stmt) -> set[str]:
     return {name for node in walk(stmt) if isinstance(node, cst.SimpleStatementLine) for name in assigned_names(node)}
 
 
