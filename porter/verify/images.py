@@ -61,7 +61,7 @@ def make_image_inputs(config: dict, placeholders_per_image: int = 1) -> dict[str
 
 def add_image_checks(report, reference, outputs, ref_tag: str, tolerances: dict[str, float]) -> None:
     """F2 rows for the image batch: logits and the image-bearing embeddings, per kernel."""
-    from porter.verify import _max_diff
+    from porter.verify import _max_diff  # imported here: porter.verify imports this module
 
     for tag, tolerance in tolerances.items():
         if f"{tag}.image.output" not in outputs:
