@@ -33,6 +33,7 @@ from __future__ import annotations
 import re
 
 import libcst as cst
+from libcst.codemod.visitors import AddImportsVisitor
 
 from transforms.base import Transform
 from transforms.cst_utils import (
@@ -135,7 +136,12 @@ class SplitBaseAndHead(Transform):
         kept = [m for m in cls.body.body if isinstance(m, cst.FunctionDef) and m.name.value in
                 ("prepare_inputs_for_generation", "_reorder_cache")]
         head_members = [head_init, *helpers, *kept, head_forward]
-        head = cls.with_changes(body=cls.body.with_changes(body=_spaced(head_members)), leading_lines=[
+        bases = list(cls.bases)
+        if not any(code_of(b.value) == "GenerationMixin" for b in bases):
+            # The head is the generative class now (CONTRACT A3); generation.py adds the same.
+            bases.append(cst.Arg(value=cst.Name("GenerationMixin")))
+            AddImportsVisitor.add_needed_import(self.context, "transformers.generation", "GenerationMixin")
+        head = cls.with_changes(bases=bases, body=cls.body.with_changes(body=_spaced(head_members)), leading_lines=[
             cst.EmptyLine(indent=False), cst.EmptyLine(indent=False)])
 
         self.state.weight_ops.extend(plan["weight_ops"])
