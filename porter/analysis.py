@@ -26,6 +26,7 @@ MATMUL_CALLS = {"matmul", "bmm", "baddbmm", "einsum", ".matmul", ".bmm"}
 SOFTMAX_CALLS = {"softmax", ".softmax", "log_softmax"}
 KERNEL_CALLS = {"scaled_dot_product_attention", "flash_attn_func", "flash_attn_varlen_func", "_flash_attention_forward"}
 PRETRAINED_BASES = {"PreTrainedModel", "PretrainedModel"}
+FACTORY_METHODS = {"_from_config", "from_config"}  # class methods that build a model from a config
 BACKEND_KEYS = {"eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"}
 
 
@@ -118,6 +119,8 @@ def _held_class(
             return dicts[table].get("eager") or next(iter(dicts[table].values()))
         return None
     name = last_part(dotted(func))
+    if isinstance(func, cst.Attribute) and name in FACTORY_METHODS:
+        name = last_part(dotted(func.value))  # `Cls._from_config(config.text_config, ...)`
     return name if name in known else None
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from porter.analysis import RepoAnalysis, analyse
+from porter.config_json import updated_config
 from porter.errors import BadInput, UnsupportedPattern, WeightsMismatch
 from porter.hub import resolve_source
 from porter.repo import LegacyRepo, load_repo
@@ -206,7 +207,7 @@ def _write_files(repo: LegacyRepo, result: RewriteResult, staging: Path) -> None
     for name, text in repo.code.items():
         if name not in result.files:
             (staging / name).write_text(text)
-    config = dict(repo.config)
+    config = updated_config(repo.config, result.facts)
     import transformers
 
     if "torch_dtype" in config and "dtype" not in config:

@@ -194,3 +194,127 @@ def minilm_bert(cache_dir: Path) -> Path:
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out_dir / ".complete").write_text("ok\n")
     return out_dir
+
+
+# -- a composite vision-language model ------------------------------------------------------
+VLM_IMAGE_TOKEN = 127
+TINY_CLIP_VISION = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "image_size": 30,
+    "patch_size": 6,
+    "projection_dim": 32,
+    "initializer_range": 0.2,
+}
+TINY_LLAVA = {
+    "vision_config": {"model_type": "clip_vision_model", **TINY_CLIP_VISION},
+    "text_config": {"model_type": "llama", **TINY_LLAMA},
+    "image_token_index": VLM_IMAGE_TOKEN,
+    "vision_feature_layer": -2,
+    "vision_feature_select_strategy": "default",
+    "pad_token_id": 0,
+    "initializer_range": 0.2,
+}
+# Composite code in one repo: every in-library import of a sibling model becomes a relative
+# import of the file beside it, and auto-class construction names the class directly, the
+# way custom vision-language repos are written.
+COMPOSITE_REWRITES = {
+    "configuration_llava": [
+        ("from ..auto import CONFIG_MAPPING",
+         "from .configuration_clip import CLIPVisionConfig\nfrom .configuration_llama import LlamaConfig"),
+        ('CONFIG_MAPPING[vision_config["model_type"]](**vision_config)', "CLIPVisionConfig(**vision_config)"),
+        ('CONFIG_MAPPING["clip_vision_model"](', "CLIPVisionConfig("),
+        ('CONFIG_MAPPING[text_config["model_type"]](**text_config)', "LlamaConfig(**text_config)"),
+        ('CONFIG_MAPPING["llama"]()', "LlamaConfig()"),
+    ],
+    "modeling_llava": [
+        ("from ..auto import AutoModel, AutoModelForCausalLM",
+         "from .modeling_clip import CLIPVisionModel\nfrom .modeling_llama import LlamaForCausalLM"),
+        ("AutoModel.from_config(config.vision_config)",
+         "CLIPVisionModel._from_config(config.vision_config, attn_implementation=config._attn_implementation)"),
+        ("AutoModelForCausalLM.from_config(", "LlamaForCausalLM._from_config("),
+    ],
+}
+
+
+def _composite_file(archive: zipfile.ZipFile, arch: str, kind: str) -> str:
+    text = archive.read(f"transformers/models/{arch}/{kind}_{arch}.py").decode()
+    for old, new in COMPOSITE_REWRITES.get(f"{kind}_{arch}", []):
+        if old not in text:
+            raise RuntimeError(f"{kind}_{arch}.py of this release has no {old!r}")
+        text = text.replace(old, new)
+    return _guard_optional_imports(_absolute_imports(text, arch))
+
+
+def legacy_llava_repo(cache_dir: Path, version: str = "4.44.2") -> Path:
+    """transformers `version`'s llava as a remote-code repo: llava's code with its CLIP vision
+    tower and llama text tower beside it, tiny random towers, a word-level tokenizer and a
+    CLIP image processor built locally, all saved by that release in its own environment."""
+    out_dir = cache_dir / "repos" / f"llava_{version.replace('.', '_')}"
+    if (out_dir / ".complete").exists():
+        return out_dir
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    with zipfile.ZipFile(fetch_wheel("transformers", version, cache_dir)) as archive:
+        for arch in ("llava", "clip", "llama"):
+            for kind in ("configuration", "modeling"):
+                (out_dir / f"{kind}_{arch}.py").write_text(_composite_file(archive, arch, kind))
+        (out_dir / "processing_llava.py").write_text(_composite_file(archive, "llava", "processing"))
+    config_py = out_dir / "configuration_llava.py"
+    config_py.write_text(re.sub(r'model_type = "[^"]+"', 'model_type = "llava_legacy"', config_py.read_text(), count=1))
+    auto_map = {
+        "AutoConfig": "configuration_llava.LlavaConfig",
+        "AutoModelForVision2Seq": "modeling_llava.LlavaForConditionalGeneration",
+    }
+    config = {"model_type": "llava_legacy", "architectures": ["LlavaForConditionalGeneration"], "auto_map": auto_map,
+              **json.loads(json.dumps(TINY_LLAVA))}
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    words = [f"w{i}" for i in range(3, VLM_IMAGE_TOKEN - 1)]
+    script = textwrap.dedent(
+        f"""
+        import torch
+        from tokenizers import Tokenizer, models, pre_tokenizers
+        from transformers import AutoConfig, AutoModelForVision2Seq, PreTrainedTokenizerFast
+        config = AutoConfig.from_pretrained({str(out_dir)!r}, trust_remote_code=True)
+        torch.manual_seed(0)
+        model = AutoModelForVision2Seq.from_config(config, trust_remote_code=True).eval()
+        model.save_pretrained({str(out_dir)!r}, safe_serialization=False)
+        vocab = {{"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": {VLM_IMAGE_TOKEN - 1}, "<image>": {VLM_IMAGE_TOKEN}}}
+        vocab.update({{w: i + 3 for i, w in enumerate({words!r})}})
+        core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+        core.pre_tokenizer = pre_tokenizers.Whitespace()
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                            unk_token="<unk>", additional_special_tokens=["<image>"])
+        tokenizer.save_pretrained({str(out_dir)!r})
+        """
+    )
+    env = ensure_reference_env(version, cache_dir)
+    subprocess.run([str(env.python), "-c", script], check=True, cwd=out_dir, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    _write_processor_files(out_dir, "processing_llava.LlavaProcessor", TINY_CLIP_VISION["image_size"])
+    for cache in out_dir.glob("__pycache__"):
+        shutil.rmtree(cache)
+    (out_dir / ".complete").write_text("ok\n")
+    return out_dir
+
+
+CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+
+
+def _write_processor_files(out_dir: Path, processor: str, size: int) -> None:
+    """The files a legacy processor's `save_pretrained` leaves: the image processor's config
+    and the tokenizer config, both naming the repo's processor class for `AutoProcessor`.
+    Written directly because the reference environments hold no imaging library."""
+    auto_map = {"AutoProcessor": processor}
+    image_config = {
+        "do_resize": True, "size": {"shortest_edge": size}, "resample": 3,
+        "do_center_crop": True, "crop_size": {"height": size, "width": size},
+        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+        "image_mean": CLIP_MEAN, "image_std": CLIP_STD, "do_convert_rgb": True,
+        "image_processor_type": "CLIPImageProcessor", "processor_class": processor.split(".")[1], "auto_map": auto_map,
+    }
+    (out_dir / "preprocessor_config.json").write_text(json.dumps(image_config, indent=2) + "\n")
+    tokenizer_config = json.loads((out_dir / "tokenizer_config.json").read_text())
+    tokenizer_config.update(processor_class=processor.split(".")[1], auto_map=auto_map)
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")

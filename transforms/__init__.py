@@ -4,6 +4,7 @@ every other rewrite has dropped the names it no longer needs."""
 
 from transforms.attention_classes import CollapseBackendClasses
 from transforms.attention_interface import RouteAttention
+from transforms.attention_layout import UnflattenHeads
 from transforms.backend_flags import DeclareBackends
 from transforms.base import Change, PortState, Transform
 from transforms.buffer_init import RebuildBuffers
@@ -13,6 +14,11 @@ from transforms.generation import GenerationSupport
 from transforms.kwargs_threading import ThreadKwargs
 from transforms.layer_index import ThreadLayerIndex
 from transforms.masks import UseMaskingUtils
+from transforms.multimodal_config import MultimodalConfigNames
+from transforms.multimodal_delegation import DropTowerDelegations
+from transforms.multimodal_features import ImageFeaturesMethod
+from transforms.multimodal_processor import ProcessorHooks
+from transforms.multimodal_split import SplitBaseAndHead
 from transforms.post_init import CallPostInit
 from transforms.removed_imports import RemovedImports
 from transforms.removed_methods import RemovedModelMethods
@@ -24,6 +30,7 @@ REGISTRY: tuple[type[Transform], ...] = (
     CollapseBackendClasses,
     ThreadLayerIndex,
     CacheObjects,
+    UnflattenHeads,
     RouteAttention,
     UseMaskingUtils,
     ModernCacheAPI,
@@ -31,7 +38,12 @@ REGISTRY: tuple[type[Transform], ...] = (
     RebuildBuffers,
     RemovedModelMethods,
     LegacyConfigDefaults,
+    MultimodalConfigNames,
+    DropTowerDelegations,
     ThreadKwargs,
+    ImageFeaturesMethod,
+    ProcessorHooks,
+    SplitBaseAndHead,
     GenerationSupport,
     CallPostInit,
     TiedWeightsDict,

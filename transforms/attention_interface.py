@@ -351,7 +351,11 @@ class RouteAttention(Transform):
         if "config" not in assigned and "config" in param_names(init):
             additions.append("self.config = config")
         if "is_causal" not in assigned:
-            if uses_bidirectional_mask(self.state.analysis):
+            if site.inputs["attention_mask"] == "None" and not any(has_call(s, {"where"}) for s in site.math_stmts):
+                # The legacy math takes no mask and keeps no causal buffer: it is bidirectional
+                # (a vision tower), and a kernel given no mask must not make it causal.
+                additions.append("self.is_causal = False")
+            elif uses_bidirectional_mask(self.state.analysis):
                 decoder = 'bool(getattr(config, "is_decoder", False))' if "config" in param_names(init) else "False"
                 additions.append(f"self.is_causal = {decoder}")
             else:

@@ -20,6 +20,15 @@ from porter.environments import ensure_reference_env
 from porter.errors import ReferenceUnavailable
 from porter.report import FAIL, PASS, SKIP, Check, Report
 from porter.verify.child import current_python, run_model
+from porter.verify.images import (
+    add_image_checks,
+    add_structure_checks,
+    add_tower_probe_check,
+    image_size,
+    is_vision_language,
+    make_image_inputs,
+)
+from porter.verify.processor_checks import add_processor_checks, placeholders_per_image, run_processor_check
 
 EAGER_TOLERANCE = 1e-5
 SDPA_TOLERANCE = 1e-4
@@ -36,8 +45,9 @@ class VerifyOptions:
     cache_dir: Path | None = None
 
 
-def make_inputs(config: dict) -> dict[str, torch.Tensor]:
-    """A single sequence and a left-padded batch of two, from a fixed seed."""
+def make_inputs(config: dict, image_placeholders: int = 1) -> dict[str, torch.Tensor]:
+    """A single sequence and a left-padded batch of two, from a fixed seed (and images with
+    text, `image_placeholders` tokens each, for a vision-language model)."""
     text = config.get("text_config") or config
     vocab = int(text.get("vocab_size") or config.get("vocab_size") or 100)
     pad = text.get("pad_token_id", config.get("pad_token_id"))
@@ -50,13 +60,16 @@ def make_inputs(config: dict) -> dict[str, torch.Tensor]:
     batch[1, :PADDING] = pad
     mask[1, :PADDING] = 0
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return {
+    inputs = {
         "single.input_ids": single,
         "single.position_ids": torch.arange(SEQUENCE_LENGTH).unsqueeze(0),
         "batch.input_ids": batch,
         "batch.attention_mask": mask,
         "batch.position_ids": positions,
     }
+    if is_vision_language(config):
+        inputs.update(make_image_inputs(config, image_placeholders))
+    return inputs
 
 
 def _pad_id(config: dict) -> int:
@@ -89,7 +102,9 @@ def verify(
 
 def _verify_in(work, legacy_repo, ported_repo, config, report, options, progress) -> None:
     inputs_path = work / "inputs.safetensors"
-    inputs = make_inputs(config)
+    vision_language = is_vision_language(config)
+    processor = run_processor_check(ported_repo, work, options.timeout, image_size(config) if vision_language else None)
+    inputs = make_inputs(config, placeholders_per_image(processor))
     save_file(inputs, str(inputs_path))
     generative = "AutoModelForCausalLM" in (config.get("auto_map") or {})
     spec = {
@@ -137,6 +152,10 @@ def _verify_in(work, legacy_repo, ported_repo, config, report, options, progress
     ref_tag = "eager" if "eager.single.output" in reference else "default"
     _numeric_checks(report, reference, outputs, ref_tag, inputs, generative)
     _probe_checks(report, ported.result.get("probe") or {}, reference, outputs, ref_tag)
+    add_image_checks(report, reference, outputs, ref_tag, {"eager": EAGER_TOLERANCE, "sdpa": SDPA_TOLERANCE})
+    add_tower_probe_check(report, (ported.result.get("probe") or {}).get("image_probe"))
+    add_structure_checks(report, ported.result)
+    add_processor_checks(report, processor)
 
 
 def _loading_checks(report: Report, result: dict) -> None:

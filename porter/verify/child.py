@@ -46,8 +46,10 @@ def child_environment(hf_home: Path) -> dict[str, str]:
     return env
 
 
-def run_model(python: Path | str, repo: Path, spec: dict, work_dir: Path, timeout: float) -> ChildResult:
-    """Run `repo` with `python` according to `spec`; outputs land in `work_dir`."""
+def run_model(
+    python: Path | str, repo: Path, spec: dict, work_dir: Path, timeout: float, runner: Path = RUNNER
+) -> ChildResult:
+    """Run `repo` with `python` according to `spec` (by `runner`, a standalone script); outputs land in `work_dir`."""
     work_dir.mkdir(parents=True, exist_ok=True)
     # Old releases turn the folder name into a module name: give them one that is safe.
     staging = Path(tempfile.mkdtemp(prefix="pm-stage-", dir=work_dir))
@@ -60,7 +62,7 @@ def run_model(python: Path | str, repo: Path, spec: dict, work_dir: Path, timeou
     try:
         with open(log_path, "w") as log:
             completed = subprocess.run(
-                [str(python), str(RUNNER), str(spec_path)],
+                [str(python), str(runner), str(spec_path)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=child_environment(work_dir / "hf_home"),

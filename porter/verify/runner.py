@@ -13,6 +13,10 @@ import os
 import sys
 import traceback
 
+import image_runs  # the sibling module: this file runs as a script from its own folder
+
+AUTO_CLASSES = ("AutoModelForCausalLM", "AutoModelForImageTextToText", "AutoModelForVision2Seq", "AutoModel")
+
 
 def _load_model(spec, attn_implementation):
     import torch
@@ -20,8 +24,8 @@ def _load_model(spec, attn_implementation):
 
     config = transformers.AutoConfig.from_pretrained(spec["repo"], trust_remote_code=True)
     auto_map = getattr(config, "auto_map", None) or {}
-    auto_name = spec.get("auto_class") or (
-        "AutoModelForCausalLM" if "AutoModelForCausalLM" in auto_map else "AutoModel"
+    auto_name = spec.get("auto_class") or next(
+        (name for name in AUTO_CLASSES if name in auto_map and hasattr(transformers, name)), "AutoModel"
     )
     auto_cls = getattr(transformers, auto_name)
     kwargs = {"trust_remote_code": True, "output_loading_info": True}
@@ -163,6 +167,8 @@ def _run_probe(spec, inputs, tensors):
         out = model(input_ids=ids, use_cache=False, return_dict=True, **{SENTINEL: 1234})
     value = out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
     tensors["probe.single.output"] = value.detach().float().contiguous()
+    text_calls = list(calls)
+    image_probe = image_runs.probe_images(model, inputs, calls, SENTINEL)
     config = model.config
     text_config = getattr(config, "get_text_config", lambda: config)()
     flags = {
@@ -176,11 +182,12 @@ def _run_probe(spec, inputs, tensors):
         except Exception as exc:  # reported, not fatal
             compatible = f"error: {exc}"
     return {
-        "calls": calls,
+        "calls": text_calls,
         "num_layers": getattr(text_config, "num_hidden_layers", None),
         "loading_info": loading,
         "flags": flags,
         "is_backend_compatible": compatible,
+        "image_probe": image_probe,
     }
 
 
@@ -208,6 +215,7 @@ def main(spec_path):
             for prefix in ("single", "batch"):
                 _run_forward(model, inputs, prefix, tensors, with_positions=True)
                 tensors[f"{tag}.{prefix}.output"] = tensors.pop(f"{prefix}.output")
+            run["multimodal"] = image_runs.run_images(model, inputs, tag, tensors)
             if spec.get("generate") and hasattr(model, "generate"):
                 pad = spec.get("pad_token_id", 0)
                 for prefix in ("single", "batch"):

@@ -1,0 +1,24 @@
+"""The ported repo's config.json: the input's, with what the rewritten code now declares.
+
+Auto classes that transformers 5 removed are renamed to their replacements (a legacy
+vision-language repo maps `AutoModelForVision2Seq`, which no longer exists), and auto
+classes that transforms add (`state.facts["auto_map"]`) are merged in. Existing entries
+are never overwritten.
+"""
+
+from __future__ import annotations
+
+REPLACED_AUTO_CLASSES = {"AutoModelForVision2Seq": "AutoModelForImageTextToText"}
+
+
+def updated_config(config: dict, facts: dict) -> dict:
+    config = dict(config)
+    auto_map = dict(config.get("auto_map") or {})
+    for old, new in REPLACED_AUTO_CLASSES.items():
+        if old in auto_map and new not in auto_map:
+            auto_map[new] = auto_map.pop(old)
+    for auto_class, reference in (facts.get("auto_map") or {}).items():
+        auto_map.setdefault(auto_class, reference)
+    if auto_map:
+        config["auto_map"] = auto_map
+    return config
