@@ -1,4 +1,4 @@
-"""Prove the ported repo computes what the legacy one did (CONTRACT F1, F2, B1-B4, C1, C3).
+"""Prove the ported repo computes what the legacy one did (CONTRACT F1, F2, B1-B4, C1, C3-C5).
 
 The legacy repo runs in its own transformers release's environment, the ported repo in
 the current one; both in child processes on the same deterministic inputs. Outputs are
@@ -20,6 +20,7 @@ from porter.environments import ensure_reference_env
 from porter.errors import ReferenceUnavailable
 from porter.report import FAIL, PASS, SKIP, Check, Report
 from porter.verify.child import current_python, run_model
+from porter.verify.engine import engine_checks
 
 EAGER_TOLERANCE = 1e-5
 SDPA_TOLERANCE = 1e-4
@@ -126,7 +127,7 @@ def _verify_in(work, legacy_repo, ported_repo, config, report, options, progress
     report.add(Check("F1", "reference run", PASS, f"legacy code ran under transformers {legacy.result['transformers_version']}"))
 
     progress("running the ported model under the installed transformers (eager, sdpa, probe)")
-    ported_spec = {**spec, "attn_implementations": ["eager", "sdpa"], "probe": True}
+    ported_spec = {**spec, "attn_implementations": ["eager", "sdpa"], "probe": True, "engine": True}
     ported = run_model(current_python(), ported_repo, ported_spec, work / "ported", options.timeout)
     if not ported.ok:
         report.add(Check("A2", "loads and runs under current transformers", FAIL, ported.error or ""))
@@ -137,6 +138,8 @@ def _verify_in(work, legacy_repo, ported_repo, config, report, options, progress
     ref_tag = "eager" if "eager.single.output" in reference else "default"
     _numeric_checks(report, reference, outputs, ref_tag, inputs, generative)
     _probe_checks(report, ported.result.get("probe") or {}, reference, outputs, ref_tag)
+    for check in engine_checks(ported.result.get("engine") or []):
+        report.add(check)
 
 
 def _loading_checks(report: Report, result: dict) -> None:

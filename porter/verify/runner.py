@@ -217,6 +217,10 @@ def main(spec_path):
             del model
         if spec.get("probe"):
             result["probe"] = _run_probe(spec, inputs, tensors)
+        if spec.get("engine"):
+            import engine_run  # a sibling file: packed calls and continuous batching (C3-C5)
+
+            result["engine"] = engine_run.run(spec)
         save_file(tensors, os.path.join(out_dir, "outputs.safetensors"))
         result["ok"] = True
     except BaseException as exc:  # reported to the parent, which turns it into a diagnostic
