@@ -17,6 +17,7 @@ from transforms.post_init import CallPostInit
 from transforms.removed_imports import RemovedImports
 from transforms.removed_methods import RemovedModelMethods
 from transforms.rope_config import RopeConfigAccess
+from transforms.rope_positions import RopePositions
 from transforms.tied_weights import TiedWeightsDict
 from transforms.tuple_cache import CacheObjects
 
@@ -28,6 +29,7 @@ REGISTRY: tuple[type[Transform], ...] = (
     UseMaskingUtils,
     ModernCacheAPI,
     RopeConfigAccess,
+    RopePositions,
     RebuildBuffers,
     RemovedModelMethods,
     LegacyConfigDefaults,
