@@ -36,6 +36,8 @@ MASK_FUNCTIONS = {
     "create_chunked_causal_mask",
     "create_masks_for_generate",
 }
+# Styles engines accept; every transformers 5 release registers them (importing its registry
+# would pull in torch.distributed, seconds for a check that only reads code).
 ENGINE_STYLES = {"colwise", "rowwise", "colwise_rep", "rowwise_rep", "replicate"}
 SOFTMAX = {"softmax", ".softmax", "log_softmax"}
 Place = tuple[str | None, int | None, str]  # file, line, reason
@@ -49,6 +51,7 @@ class Code:
     modules: dict[str, cst.Module]
     analysis: RepoAnalysis
     _positions: dict = field(default_factory=dict)
+    _memo: dict = field(default_factory=dict)  # the checks ask the same questions many times
 
     @classmethod
     def read(cls, config: dict, modules: dict[str, cst.Module]) -> Code:
@@ -79,7 +82,10 @@ class Code:
 
     def class_attributes(self, cls_name: str) -> dict[str, cst.BaseExpression]:
         """`name = value` in the class bodies and `self.name = value` in `__init__`s of the lineage."""
-        found: dict[str, cst.BaseExpression] = {}
+        key = ("attributes", cls_name)
+        if key in self._memo:
+            return self._memo[key]
+        found: dict[str, cst.BaseExpression] = self._memo.setdefault(key, {})
         for owner in reversed(self.lineage(cls_name)):
             info = self.analysis.classes[owner]
             for stmt in info.node.body.body:
@@ -96,11 +102,14 @@ class Code:
 
     def attention(self) -> list[str]:
         """Attention modules: the math-bearing ones analysis finds and those that fetch a kernel."""
+        if "attention" in self._memo:
+            return self._memo["attention"]
         names = set(self.analysis.attention)
         for name, info in self.analysis.classes.items():
             if any(dotted(n) == "ALL_ATTENTION_FUNCTIONS" for n in walk(info.node)):
                 names.add(name)
-        return sorted(names - set(self.analysis.attention_variants))
+        self._memo["attention"] = sorted(names - set(self.analysis.attention_variants))
+        return self._memo["attention"]
 
     def path_to_attention(self) -> set[str]:
         reach, changed = set(self.attention()), True
@@ -381,12 +390,10 @@ def tensor_parallel_plan(code: Code) -> Check:
     if not plan:
         where = code.place(name, None, "")[:2] if name else ("config.json", None)
         return _result("D1", "base_model_tp_plan", [(*where, "no base_model_tp_plan: engines cannot shard the model")])
-    from transformers.integrations.tensor_parallel import ALL_PARALLEL_STYLES
-
     failures, attributes = [], _all_self_attributes(code)
     for key, value in plan.items():
         style = value.evaluated_value if isinstance(value, cst.SimpleString) else value
-        if style not in ALL_PARALLEL_STYLES or style not in ENGINE_STYLES:
+        if style not in ENGINE_STYLES:
             failures.append((*code.place(name, value, "")[:2], f"{key}: style {style!r} is not one engines accept"))
         unknown = [part for part in key.split(".") if part != "*" and not part.isdigit() and part not in attributes]
         if unknown:
