@@ -29,7 +29,6 @@ REGISTRY: tuple[type[Transform], ...] = (
     UseMaskingUtils,
     ModernCacheAPI,
     RopeConfigAccess,
-    RopePositions,
     RebuildBuffers,
     RemovedModelMethods,
     LegacyConfigDefaults,
@@ -39,6 +38,7 @@ REGISTRY: tuple[type[Transform], ...] = (
     TiedWeightsDict,
     DeclareBackends,
     RemovedImports,
+    RopePositions,  # adds no import: its place after the import clean-up is safe
 )
 
 __all__ = ["REGISTRY", "Change", "PortState", "Transform"]
