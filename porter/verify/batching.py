@@ -82,7 +82,7 @@ def continuous_batching(model, vocab_size, max_new_tokens, pad_token_id, kernels
             entry["tokens"] = [_until_eos(list(o.generated_tokens), eos) for o in finished]
             errors = [str(o.error) for o in finished if getattr(o, "error", None)]
             if errors or len(finished) != len(batch):
-                entry["error"] = "; ".join(errors) or f"{len(finished)} of {len(batch)} requests finished"
+                entry["error"] = "; ".join(sorted(set(errors))) or f"{len(finished)} of {len(batch)} requests finished"
         except Exception as exc:  # reported as the check's reason
             entry["error"] = f"{type(exc).__name__}: {exc}"
         finally:

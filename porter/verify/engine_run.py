@@ -73,7 +73,7 @@ def run(spec):
         return [{"kernel": "sdpa", "packed_error": f"{type(exc).__name__}: {exc}"}]
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     vocab = int(getattr(text, "vocab_size", None) or 100)
-    generative = bool(spec.get("generate")) and "AutoModelForCausalLM" in auto_map
+    generative = bool(spec.get("batching", spec.get("generate"))) and "AutoModelForCausalLM" in auto_map
     variants = [_variant(spec, auto_map, vocab, "sdpa", torch.float32, "cpu", generative, batching.BATCHING_KERNELS)]
     if spec.get("device") == "cuda" and torch.cuda.is_available():
         for kernel in gpu_kernels():

@@ -27,7 +27,8 @@ def run_alone(repo: Path, config: dict, device: str = "cpu", timeout: float = 60
         save_file(make_inputs(config), str(inputs))
         spec = {
             "inputs": str(inputs),
-            "generate": "AutoModelForCausalLM" in (config.get("auto_map") or {}),
+            "generate": False,  # greedy tokens matter only against a legacy reference
+            "batching": "AutoModelForCausalLM" in (config.get("auto_map") or {}),
             "max_new_tokens": 8,
             "pad_token_id": _pad_id(config),
             "device": device,
