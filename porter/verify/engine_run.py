@@ -58,7 +58,8 @@ def _variant(spec, auto_map, vocab, kernel, dtype, device, generative, batching_
         try:
             model = _load(spec["repo"], "AutoModelForCausalLM", kernel, dtype, device)
             entry["batching"] = batching.continuous_batching(
-                model, vocab, spec.get("max_new_tokens", 8), spec.get("pad_token_id", 0), batching_kernels, device
+                model, vocab, spec.get("max_new_tokens", 8), spec.get("pad_token_id", 0), batching_kernels, device,
+                recompute=bool(spec.get("recompute")),
             )
         except Exception as exc:
             entry["batching_error"] = f"{type(exc).__name__}: {exc}"

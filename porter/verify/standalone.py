@@ -35,6 +35,7 @@ def run_alone(repo: Path, config: dict, device: str = "cpu", timeout: float = 60
             "attn_implementations": ["sdpa"],
             "probe": True,
             "engine": True,
+            "recompute": True,  # C4: no legacy tokens to compare the cached generation with
         }
         run = run_model(current_python(), repo, spec, work / "run", timeout)
         if not run.ok:
