@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from porter.environments import ensure_reference_env
 from porter.errors import ReferenceUnavailable
 from porter.report import FAIL, PASS, SKIP, Check, Report
-from porter.verify.child import current_python, run_model
+from porter.verify.child import _readable_error, current_python, run_model
 from porter.verify.engine import engine_checks
 
 EAGER_TOLERANCE = 1e-5
@@ -185,6 +185,12 @@ def _numeric_checks(report, reference, outputs, ref_tag, inputs, generative) -> 
             report.add(Check("F2", f"greedy tokens vs legacy, {tag}", PASS if same else FAIL, "", figures))
 
 
+def _unrouted(probe: dict, calls: int, layers) -> str:
+    if probe.get("error"):
+        return "the model fails with an engine's registered attention function: " + _readable_error(probe)
+    return f"registered function called {calls} times for {layers} layers"
+
+
 def _probe_checks(report, probe, reference, outputs, ref_tag) -> None:
     calls = probe.get("calls") or []
     layers = probe.get("num_layers")
@@ -194,7 +200,7 @@ def _probe_checks(report, probe, reference, outputs, ref_tag) -> None:
             "B1",
             "attention goes through the interface, once per layer",
             PASS if routed else FAIL,
-            "" if routed else f"registered function called {len(calls)} times for {layers} layers",
+            "" if routed else _unrouted(probe, len(calls), layers),
             {"calls": len(calls), "layers": layers},
         )
     )
