@@ -370,6 +370,20 @@ def cache_api(code: Code) -> Check:
     return _result("C4", "the KV cache is the Cache API", failures)
 
 
+def cache_geometry(code: Code) -> Check:
+    """Engines and continuous batching size the KV cache from the config, not from the code."""
+    failures = []
+    read = {n.attr.value for m in code.modules.values() for n in walk(m) if isinstance(n, cst.Attribute)}
+    read |= {n.evaluated_value for m in code.modules.values() for n in walk(m) if isinstance(n, cst.SimpleString)}
+    if "num_key_value_heads" in code.config and "num_key_value_heads" not in read:
+        failures.append((
+            "config.json", None,
+            f"declares num_key_value_heads={code.config['num_key_value_heads']} but the code never reads it: "
+            "engines size the KV cache from it, but the attention does not use it",
+        ))
+    return _result("C5", "the config describes the KV cache the code builds", failures)
+
+
 # -- D: parallel plans ---------------------------------------------------------------------
 def _config_class(code: Code) -> str | None:
     name = _class_of(_auto_map(code.config).get("AutoConfig", ""))
@@ -469,6 +483,7 @@ def static_checks(code: Code) -> list[Check]:
         base_model_entry(code),
         positions_from_ids(code),
         cache_api(code),
+        cache_geometry(code),
         tensor_parallel_plan(code),
         Check("D2", "sharded run equals the unsharded one", SKIP, "proven by a two-process tensor-parallel run, not by check"),
         pipeline_plan(code),
