@@ -124,3 +124,27 @@ def test_attention_called_twice_fails_b1(ported_llama, tmp_path):
 
 def test_cannot_run_is_exit_2(tmp_path):
     assert run_check(tmp_path / "missing").returncode == 2
+
+
+def test_bf16_variant_tolerances_follow_f2():
+    """The GPU rows' verdicts, from figures as the child reports them (CONTRACT F2: bf16
+    relative error <= 1e-2 and NMSE <= 1e-4)."""
+    from porter.verify.engine import engine_checks
+
+    def variant(relative_error, nmse):
+        figures = {"max_abs_diff": 0.5, "relative_error": relative_error, "nmse": nmse, "kernel_calls": 2,
+                   "boundaries_from": ["cu_seq_lens_q"]}
+        return {"kernel": "flash_attention_2", "dtype": "bfloat16", "device": "cuda", "packed": figures}
+
+    within, relative, nmse = engine_checks([variant(5e-3, 5e-5), variant(2e-2, 5e-5), variant(5e-3, 2e-4)])
+    assert within.name == "packed sequences, engine-style call, bfloat16 flash_attention_2 on cuda"
+    assert (within.status, relative.status, nmse.status) == (PASS, FAIL, FAIL)
+    assert "attention crosses sequence boundaries" in relative.detail
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_runs_every_installed_kernel_in_bf16(ported_llama):
+    result = check_contract(ported_llama, device="cuda")
+    gpu = [c for c in result.checks if c.name.endswith("on cuda")]
+    assert any("bfloat16 sdpa" in c.name for c in gpu) and any("flex_attention" in c.name for c in gpu)
+    assert all(c.status == PASS for c in gpu), "\n" + result.table()
