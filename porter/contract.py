@@ -17,6 +17,7 @@ from porter.analysis import RepoAnalysis, analyse
 from porter.report import FAIL, PASS, SKIP, Check
 from transforms.cst_utils import (
     call_name,
+    code_of,
     dotted,
     is_self_attr,
     last_part,
@@ -112,6 +113,7 @@ class Code:
         return self._memo["attention"]
 
     def path_to_attention(self) -> set[str]:
+        """Classes that hold, directly or through children, an attention module of `attention()`."""
         reach, changed = set(self.attention()), True
         while changed:
             changed = False
@@ -132,9 +134,10 @@ def _class_of(reference: str) -> str:
     return reference.rsplit(".", 1)[-1]
 
 
-def _result(item: str, name: str, failures: list[Place], passed: str = "", status_if_none: str = PASS) -> Check:
+def _result(item: str, name: str, failures: list[Place], passed: str = "") -> Check:
+    """PASS with `passed` as detail, or FAIL at the first place with every reason."""
     if not failures:
-        return Check(item, name, status_if_none, passed)
+        return Check(item, name, PASS, passed)
     file, line, _ = failures[0]
     detail = "; ".join(f"{f}:{ln}: {r}" if ln else (f"{f}: {r}" if f else r) for f, ln, r in failures)
     return Check(item, name, FAIL, detail, file=file, line=line)
@@ -264,16 +267,12 @@ def backend_flags(code: Code) -> Check:
     failures, flags = [], {}
     for root in sorted(code.analysis.pretrained_roots):
         attributes = code.class_attributes(root)
-        flags = {k: code_text(v) for k, v in attributes.items() if k.startswith("_supports_")}
+        flags = {k: code_of(v) for k, v in attributes.items() if k.startswith("_supports_")}
         if flags.get("_supports_attention_backend") != "True":
             failures.append(code.place(root, None, f"{root} does not set _supports_attention_backend = True"))
     if not code.analysis.pretrained_roots:
         failures.append((None, None, "no PreTrainedModel subclass found"))
     return _result("B4", "backend flags declared", failures, ", ".join(f"{k}={v}" for k, v in sorted(flags.items())))
-
-
-def code_text(node: cst.CSTNode) -> str:
-    return cst.Module(body=[]).code_for_node(node)
 
 
 def mask_building(code: Code) -> Check:
