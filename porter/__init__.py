@@ -39,6 +39,7 @@ _LAZY = {
     "analyse_repo": ("porter.pipeline", "analyse_repo"),
     "rewrite_code": ("porter.pipeline", "rewrite_code"),
     "check": ("porter.pipeline", "check_only"),
+    "check_contract": ("porter.contract_check", "check_contract"),
     "convert_checkpoint": ("porter.weights", "convert_checkpoint"),
 }
 

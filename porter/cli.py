@@ -3,7 +3,8 @@
 `port-model SRC` ports one repo (the default command, `port`); other commands are named
 first (`port-model check REPO`). Exit codes: 0 ported and verified (or nothing to do);
 1 verification failed, or with `--check` the repo needs porting; 2 bad input, usage error
-or an unsupported pattern.
+or an unsupported pattern. `check` exits 0 when every contract item that applies passes,
+1 when one fails, 2 when it cannot run.
 """
 
 from __future__ import annotations
@@ -217,6 +218,39 @@ def batch_command(file, search, filters, limit, jobs, time_limit, out_dir, state
     click.echo(summary(rows))
     click.echo(f"tables: {out_dir / 'batch.csv'} and {out_dir / 'batch.json'}")
     sys.exit(EXIT_FAILED if any(row["failed"] for row in rows) else EXIT_OK)
+
+
+@main.command("check", context_settings=CONTEXT)
+@click.argument("repo", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON on stdout.")
+@click.option("--no-run", is_flag=True, help="Read the code only; do not run the model.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("-q", "--quiet", is_flag=True, help="Print only failing checks and the final line.")
+def check_command(repo, as_json, no_run, device, quiet):
+    """Check REPO (legacy, ported or modern) against the engine contract, items A to E.
+
+    Exit 0 when every item that applies passes, 1 when one fails, 2 when the check cannot run.
+    """
+    from porter.contract_check import check_contract
+
+    progress = _Progress(quiet or as_json, False)
+    try:
+        result = check_contract(repo, run=not no_run, device=device, progress=progress)
+    except PortError as exc:
+        click.echo(f"port-model: error: {exc.render()}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    if as_json:
+        click.echo(result.to_json(), nl=False)
+    else:
+        table = result.table()
+        if quiet:
+            table = "\n".join(line for line in table.splitlines() if line[6:10] == "FAIL")
+        if table:
+            click.echo(table)
+        verdict = "meets the engine contract" if result.passed else "does not meet the engine contract"
+        hint = f"; `port-model {repo}` fixes the failures marked fix" if any(c.fixable for c in result.checks) else ""
+        click.echo(f"{repo}: {verdict}{hint}")
+    sys.exit(EXIT_OK if result.passed else EXIT_FAILED)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,9 @@ class Check:
     status: str
     detail: str = ""
     figures: dict = field(default_factory=dict)
+    file: str | None = None  # where the code that decides it is, when one place does
+    line: int | None = None
+    fixable: bool | None = None  # whether porting fixes a failure; None: not known or not failing
 
 
 @dataclass

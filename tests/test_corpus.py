@@ -17,6 +17,11 @@ pytestmark = pytest.mark.slow
 
 PORTED_ARCHITECTURES = {"llama", "mistral", "gpt_neox", "gpt2", "bert"}
 ENTRIES = [m for m in CORPUS if m.arch in PORTED_ARCHITECTURES]
+# What porting does not fix yet, asserted exactly so that a fix shows here. The 4.30 llama
+# code predates grouped-query attention, but its config.json carries num_key_value_heads=2:
+# continuous batching (like engines) sizes the KV cache from the config (C5; `port-model
+# check` names the cause).
+ENGINE_GAPS = {"llama-4.30.2": {"C5"}}
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=[m.id for m in ENTRIES])
@@ -24,9 +29,13 @@ def test_legacy_model_ports_and_verifies(entry, cache_dir, tmp_path):
     repo = entry.build(cache_dir)
     result = porter.port(repo, tmp_path / "ported")
     failing = [c for c in result.checks if c.status != PASS]
-    assert not failing, result.report.summary_table()
+    assert {c.item for c in failing} == ENGINE_GAPS.get(entry.id, set()), result.report.summary_table()
     assert result.report.reference["transformers_version"] == entry.version
     assert {"F1", "F2", "F3", "B1", "C1", "C3"} <= {c.item for c in result.checks}
+    if entry.head_auto == "AutoModelForCausalLM":
+        assert {"continuous batching (sdpa) equals generate", "packed sequences, engine-style call"} <= {
+            c.name for c in result.checks
+        }
     again = porter.check(result.output)
     assert again.report.status == "unchanged", again.diff
 

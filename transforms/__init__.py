@@ -23,6 +23,7 @@ from transforms.post_init import CallPostInit
 from transforms.removed_imports import RemovedImports
 from transforms.removed_methods import RemovedModelMethods
 from transforms.rope_config import RopeConfigAccess
+from transforms.rope_positions import RopePositions
 from transforms.tied_weights import TiedWeightsDict
 from transforms.tuple_cache import CacheObjects
 
@@ -49,6 +50,7 @@ REGISTRY: tuple[type[Transform], ...] = (
     TiedWeightsDict,
     DeclareBackends,
     RemovedImports,
+    RopePositions,  # adds no import: its place after the import clean-up is safe
 )
 
 __all__ = ["REGISTRY", "Change", "PortState", "Transform"]

@@ -1,4 +1,4 @@
-"""Prove the ported repo computes what the legacy one did (CONTRACT F1, F2, B1-B4, C1, C3).
+"""Prove the ported repo computes what the legacy one did (CONTRACT F1, F2, B1-B4, C1, C3-C5).
 
 The legacy repo runs in its own transformers release's environment, the ported repo in
 the current one; both in child processes on the same deterministic inputs. Outputs are
@@ -19,7 +19,8 @@ from safetensors.torch import load_file, save_file
 from porter.environments import ensure_reference_env
 from porter.errors import ReferenceUnavailable
 from porter.report import FAIL, PASS, SKIP, Check, Report
-from porter.verify.child import current_python, run_model
+from porter.verify.child import _readable_error, current_python, run_model
+from porter.verify.engine import engine_checks
 from porter.verify.images import (
     add_image_checks,
     add_structure_checks,
@@ -141,7 +142,7 @@ def _verify_in(work, legacy_repo, ported_repo, config, report, options, progress
     report.add(Check("F1", "reference run", PASS, f"legacy code ran under transformers {legacy.result['transformers_version']}"))
 
     progress("running the ported model under the installed transformers (eager, sdpa, probe)")
-    ported_spec = {**spec, "attn_implementations": ["eager", "sdpa"], "probe": True}
+    ported_spec = {**spec, "attn_implementations": ["eager", "sdpa"], "probe": True, "engine": True}
     ported = run_model(current_python(), ported_repo, ported_spec, work / "ported", options.timeout)
     if not ported.ok:
         report.add(Check("A2", "loads and runs under current transformers", FAIL, ported.error or ""))
@@ -156,6 +157,8 @@ def _verify_in(work, legacy_repo, ported_repo, config, report, options, progress
     add_tower_probe_check(report, (ported.result.get("probe") or {}).get("image_probe"))
     add_structure_checks(report, ported.result)
     add_processor_checks(report, processor)
+    for check in engine_checks(ported.result.get("engine") or []):
+        report.add(check)
 
 
 def _loading_checks(report: Report, result: dict) -> None:
@@ -201,6 +204,12 @@ def _numeric_checks(report, reference, outputs, ref_tag, inputs, generative) -> 
             report.add(Check("F2", f"greedy tokens vs legacy, {tag}", PASS if same else FAIL, "", figures))
 
 
+def _unrouted(probe: dict, calls: int, layers) -> str:
+    if probe.get("error"):
+        return "the model fails with an engine's registered attention function: " + _readable_error(probe)
+    return f"registered function called {calls} times for {layers} layers"
+
+
 def _probe_checks(report, probe, reference, outputs, ref_tag) -> None:
     calls = probe.get("calls") or []
     layers = probe.get("num_layers")
@@ -210,7 +219,7 @@ def _probe_checks(report, probe, reference, outputs, ref_tag) -> None:
             "B1",
             "attention goes through the interface, once per layer",
             PASS if routed else FAIL,
-            "" if routed else f"registered function called {len(calls)} times for {layers} layers",
+            "" if routed else _unrouted(probe, len(calls), layers),
             {"calls": len(calls), "layers": layers},
         )
     )

@@ -224,7 +224,14 @@ def main(spec_path):
             result["runs"][tag] = run
             del model
         if spec.get("probe"):
-            result["probe"] = _run_probe(spec, inputs, tensors)
+            try:
+                result["probe"] = _run_probe(spec, inputs, tensors)
+            except Exception as exc:  # a model that breaks under an engine's kernel: a finding, not a crash
+                result["probe"] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-6000:]}
+        if spec.get("engine"):
+            import engine_run  # a sibling file: packed calls and continuous batching (C3-C5)
+
+            result["engine"] = engine_run.run(spec)
         save_file(tensors, os.path.join(out_dir, "outputs.safetensors"))
         result["ok"] = True
     except BaseException as exc:  # reported to the parent, which turns it into a diagnostic

@@ -1,0 +1,83 @@
+"""The engine checks in the child: the packed call (C3) and continuous batching (C4, C5),
+in float32 on the CPU and, on a GPU, in bfloat16 with every attention kernel installed.
+
+Called by `runner.py` when the spec asks for `engine`; imports nothing from port-model.
+`batching` and `packed` are its sibling files, importable because the child runs
+`runner.py` by path.
+"""
+
+import importlib.util
+
+import batching
+import packed
+import torch
+
+
+def _auto_map(repo):
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(repo, trust_remote_code=True)
+    return config, getattr(config, "auto_map", None) or {}
+
+
+def _load(repo, auto_name, kernel, dtype, device):
+    import transformers
+
+    cls = getattr(transformers, auto_name)
+    model = cls.from_pretrained(repo, trust_remote_code=True, dtype=dtype, attn_implementation=kernel)
+    return model.to(device).eval()
+
+
+def _base_model(repo, auto_map, kernel, dtype, device):
+    """The base model as engines build it (`AutoModel`); else the base inside the head class."""
+    if "AutoModel" in auto_map:
+        return _load(repo, "AutoModel", kernel, dtype, device), "AutoModel"
+    head = next(name for name in auto_map if name.startswith("AutoModelFor"))
+    return _load(repo, head, kernel, dtype, device).base_model, f"{head}.base_model"
+
+
+def gpu_kernels():
+    """Attention kernels to try on a GPU: sdpa, and flash and flex where installed."""
+    kernels = ["sdpa"]
+    if importlib.util.find_spec("flash_attn") is not None:
+        kernels.append("flash_attention_2")
+    if importlib.util.find_spec("torch.nn.attention.flex_attention") is not None:
+        kernels.append("flex_attention")
+    return kernels
+
+
+def _variant(spec, auto_map, vocab, kernel, dtype, device, generative, batching_kernels):
+    entry = {"kernel": kernel, "dtype": str(dtype).replace("torch.", ""), "device": device}
+    try:
+        base, entry["base_model_from"] = _base_model(spec["repo"], auto_map, kernel, dtype, device)
+        entry["packed"] = packed.engine_call(base, vocab, device)
+        del base
+    except Exception as exc:  # each failure is a check's reason, not the end of the run
+        entry["packed_error"] = f"{type(exc).__name__}: {exc}"
+    if generative:
+        try:
+            model = _load(spec["repo"], "AutoModelForCausalLM", kernel, dtype, device)
+            entry["batching"] = batching.continuous_batching(
+                model, vocab, spec.get("max_new_tokens", 8), spec.get("pad_token_id", 0), batching_kernels, device,
+                recompute=bool(spec.get("recompute")),
+            )
+        except Exception as exc:
+            entry["batching_error"] = f"{type(exc).__name__}: {exc}"
+    return entry
+
+
+def run(spec):
+    """Every variant the spec and the machine allow; a list of figure dictionaries."""
+    try:
+        config, auto_map = _auto_map(spec["repo"])
+    except Exception as exc:
+        return [{"kernel": "sdpa", "packed_error": f"{type(exc).__name__}: {exc}"}]
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    vocab = int(getattr(text, "vocab_size", None) or 100)
+    generative = bool(spec.get("batching", spec.get("generate"))) and "AutoModelForCausalLM" in auto_map
+    variants = [_variant(spec, auto_map, vocab, "sdpa", torch.float32, "cpu", generative, batching.BATCHING_KERNELS)]
+    if spec.get("device") == "cuda" and torch.cuda.is_available():
+        for kernel in gpu_kernels():
+            kernels = batching.BATCHING_KERNELS + ((kernel,) if kernel.startswith("flash") else ())
+            variants.append(_variant(spec, auto_map, vocab, kernel, torch.bfloat16, "cuda", generative, kernels))
+    return variants
