@@ -16,10 +16,10 @@ methods that the analysis already indexed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import libcst as cst
 
-from porter.analysis import ClassInfo, RepoAnalysis
 from transforms.cst_utils import call_name, dotted, is_self_attr, last_part, param_names, walk
 
 LINEAR = "linear"
@@ -29,6 +29,9 @@ NORM_REDUCTIONS = {"mean", "var", "rsqrt", "std", "layer_norm", "rms_norm", "gro
 SPLITS = {"split", "chunk", "tensor_split", "unbind"}
 RESHAPES = {"view", "reshape", "unflatten"}
 MAX_DEPTH = 12
+
+if TYPE_CHECKING:  # the analysis imports the transforms package, which imports this module
+    from porter.analysis import ClassInfo, RepoAnalysis
 
 COLWISE, ROWWISE = "colwise", "rowwise"
 COLWISE_GATHER, ROWWISE_SPLIT = "colwise_rep", "rowwise_rep"
@@ -55,6 +58,7 @@ class ParallelPlans:
     pairs: list[tuple[list[str], str]] = field(default_factory=list)  # (column-parallel producers, consumer)
     fused: dict[str, str] = field(default_factory=dict)  # projection path -> "interleaved" | "concatenated"
     conditional: list[str] = field(default_factory=list)  # projections some configs do not build
+    owners: dict[str, str] = field(default_factory=dict)  # projection path -> class that builds it
     experts: list[str] = field(default_factory=list)  # paths of expert lists (mixture of experts)
     routers: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -125,17 +129,31 @@ def _init_calls(analysis: RepoAnalysis, info: ClassInfo) -> tuple[dict[str, cst.
     those attributes are built only under an `if` (a config may not have them)."""
     found: dict[str, cst.Call] = {}
     conditional: set[str] = set()
+    always: set[str] = set()
     for name in [*reversed(analysis.ancestors(info.name)), info.name]:
         init = analysis.classes[name].methods.get("__init__")
         for statement in init.body.body if init else ():
-            for node in walk(statement):
-                if isinstance(node, cst.Assign) and isinstance(node.value, cst.Call):
-                    for target in node.targets:
-                        if is_self_attr(target.target):
-                            found[target.target.attr.value] = node.value
-                            if isinstance(statement, cst.If):
-                                conditional.add(target.target.attr.value)
-    return found, conditional
+            built = _built_modules(statement, found)
+            if not isinstance(statement, cst.If):
+                always |= built
+                continue
+            both = built if statement.orelse is None else set()
+            if statement.orelse is not None:
+                both = _built_modules(statement.body, {}) & _built_modules(statement.orelse, {})
+            always |= built & both if statement.orelse is not None else set()
+            conditional |= built - always
+    return found, conditional - always
+
+
+def _built_modules(node: cst.CSTNode, found: dict[str, cst.Call]) -> set[str]:
+    built = set()
+    for child in walk(node):
+        if isinstance(child, cst.Assign) and isinstance(child.value, cst.Call):
+            for target in child.targets:
+                if is_self_attr(target.target):
+                    found[target.target.attr.value] = child.value
+                    built.add(target.target.attr.value)
+    return built
 
 
 def _method(analysis: RepoAnalysis, cls: str, name: str) -> cst.FunctionDef | None:
@@ -507,6 +525,7 @@ def infer_plans(analysis: RepoAnalysis, styles: set[str] | None = None) -> Paral
     }
     plans.fused = {p: layout for p, layout in inference.fused.items() if p in projections}
     plans.conditional = sorted(p for p, projection in projections.items() if projection.conditional)
+    plans.owners = {p: projection.owner for p, projection in projections.items()}
     _assign_styles(plans, projections, edges, styles)
     _find_experts(plans, analysis, tree, base)
     plans.pp_plan = _pp_plan(plans, analysis, tree, base)
@@ -588,6 +607,8 @@ def _assign_styles(plans: ParallelPlans, projections: dict[str, Projection], edg
         if "*" in path:  # inside the layers: declared, so the plan covers every layer projection (D1)
             plans.tp_plan.setdefault(path, REPLICATE)
         plans.notes.append(f"{path}: replicated ({why})")
+    order = list(projections)  # module-tree order reads best in the config
+    plans.tp_plan = dict(sorted(plans.tp_plan.items(), key=lambda item: order.index(item[0])))
 
 
 def _find_experts(plans: ParallelPlans, analysis: RepoAnalysis, tree: ModuleTree, base: str) -> None:
@@ -676,6 +697,8 @@ def _input_names(call: cst.Call, flags: set[str], loop_bound: set[str]) -> list[
     names = []
     for arg in call.args:
         value = arg.value
+        if arg.star:
+            continue
         if isinstance(value, cst.Name) and value.value not in ("None", "True", "False", *flags, *loop_bound):
             names.append(value.value if arg.keyword is None else arg.keyword.value)
     return names
