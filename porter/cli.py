@@ -80,14 +80,15 @@ def main():
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--no-verify", is_flag=True, help="Skip running the legacy and ported models.")
+@click.option("--no-sharded-proof", is_flag=True, help="Skip running the parallel plan over 2 processes (D2).")
 @click.option("--reference-transformers", metavar="VER", help="transformers release to run the legacy code with.")
 @click.option("--allow-partial", is_flag=True, help="Write output even where some code was not understood.")
 @click.option("--max-shard-size", default="5GB", show_default=True, callback=_shard_size, help="Largest safetensors shard.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("-v", "--verbose", is_flag=True, help="Show every transform applied.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and the final status.")
-def port_command(src, out, show_diff, check, as_json, device, no_verify, reference_transformers, allow_partial,
-                 max_shard_size, overwrite, verbose, quiet):
+def port_command(src, out, show_diff, check, as_json, device, no_verify, no_sharded_proof, reference_transformers,
+                 allow_partial, max_shard_size, overwrite, verbose, quiet):
     """Port the legacy Hugging Face model repo SRC to transformers 5 and verify it."""
     import porter
     from porter.pipeline import check_only
@@ -112,6 +113,7 @@ def port_command(src, out, show_diff, check, as_json, device, no_verify, referen
             src,
             out,
             verify=not no_verify,
+            sharded_proof=not no_sharded_proof,
             device=device,
             reference_transformers=reference_transformers,
             allow_partial=allow_partial,

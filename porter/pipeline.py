@@ -21,7 +21,9 @@ from porter.errors import BadInput, UnsupportedPattern, WeightsMismatch
 from porter.repo import LegacyRepo, load_repo
 from porter.report import SKIP, Check, Report, versions
 from porter.rewrite import RewriteResult, rewrite
-from porter.verify import VerifyOptions, verify
+from porter.verify import VerifyOptions, make_inputs, verify
+from porter.verify import _pad_id as pad_id
+from porter.verify.sharded import prove_sharded
 from porter.weights import convert_checkpoint
 
 Progress = Callable[[str], None]
@@ -38,6 +40,7 @@ class PortOptions:
     cache_dir: Path | None = None
     timeout: float = 900.0
     overwrite: bool = False
+    sharded_proof: bool = True  # run the parallel plan over 2 processes (CONTRACT D2)
 
 
 @dataclass
@@ -150,6 +153,9 @@ def run_port(src: Path | str, options: PortOptions, progress: Progress = lambda 
                 VerifyOptions(options.reference_transformers, report.device, options.timeout, cache_dir=options.cache_dir),
                 progress,
             )
+            if options.sharded_proof:
+                prove_sharded(staging, repo.config, result.facts.get("parallel"), report, make_inputs,
+                              options.timeout, pad_token_id=pad_id(repo.config), progress=progress)
         elif options.verify:
             report.add(Check("F2", "equivalence with the legacy model", SKIP, "no weights to run"))
         else:
