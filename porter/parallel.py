@@ -607,6 +607,9 @@ def _assign_styles(plans: ParallelPlans, projections: dict[str, Projection], edg
         if "*" in path:  # inside the layers: declared, so the plan covers every layer projection (D1)
             plans.tp_plan.setdefault(path, REPLICATE)
         plans.notes.append(f"{path}: replicated ({why})")
+    unknown = sorted(set(plans.tp_plan.values()) - styles) if styles is not None else []
+    if unknown:
+        plans.problems.append(f"styles {unknown} are not registered by the installed transformers")
     order = list(projections)  # module-tree order reads best in the config
     plans.tp_plan = dict(sorted(plans.tp_plan.items(), key=lambda item: order.index(item[0])))
 
@@ -627,7 +630,7 @@ def _find_experts(plans: ParallelPlans, analysis: RepoAnalysis, tree: ModuleTree
     if plans.experts:
         plans.notes.append(
             f"mixture of experts: experts {', '.join(plans.experts)}, router {', '.join(plans.routers) or 'not found'}; "
-            "the experts are held as a list of modules, kept replicated (no packed or expert-parallel plan is written)"
+            "each expert's projections follow the pairs found like any MLP's; no packed or expert-parallel plan is written"
         )
 
 

@@ -18,12 +18,15 @@ TP_ATTR, PP_ATTR = "base_model_tp_plan", "base_model_pp_plan"
 
 def registered_styles() -> set[str] | None:
     """Style names the installed transformers accepts (their module moved within 5.x)."""
-    for module in ("transformers.distributed.parallel_utils", "transformers.integrations.tensor_parallel"):
+    # The module that defines the styles registers them on import.
+    for module in ("transformers.distributed.tensor_parallel", "transformers.integrations.tensor_parallel"):
         try:
             styles = __import__(module, fromlist=["ALL_PARALLEL_STYLES"]).ALL_PARALLEL_STYLES
         except (ImportError, AttributeError):
             continue
-        return set(styles.keys()) if hasattr(styles, "keys") else set(styles)
+        names = set(styles.valid_keys() if hasattr(styles, "valid_keys") else styles.keys())
+        if names:
+            return names
     return None
 
 
