@@ -278,7 +278,7 @@ class _FunctionFlow:
         elif isinstance(target, (cst.Tuple, cst.List)):
             items = [e.value for e in target.elements]
             if isinstance(value, Tup) and len(value.items) == len(items):
-                for item, part in zip(items, value.items):
+                for item, part in zip(items, value.items, strict=True):
                     self.assign(item, part, None)
             else:
                 for item in items:
@@ -297,7 +297,7 @@ class _FunctionFlow:
         if name == "enumerate" and len(items) == 2 and iterable.args:
             self._bind_layers(items[1], iterable.args[0].value)
         elif name == "zip" and len(items) == len(iterable.args):
-            for item, arg in zip(items, iterable.args):
+            for item, arg in zip(items, iterable.args, strict=True):
                 self._bind_layers(item, arg.value)
 
     def _layer_of(self, node: cst.BaseExpression) -> tuple[str, str] | None:
@@ -397,7 +397,8 @@ class _FunctionFlow:
         name = call_name(node) or ""
         receiver = func.value if isinstance(func, cst.Attribute) else None
         if last_part(name).lstrip(".") in SPLITS:
-            subject = receiver if not (dotted(receiver) in ("torch",)) else (node.args[0].value if node.args else None)
+            # `x.split(...)` or `torch.split(x, ...)`
+            subject = receiver if dotted(receiver) != "torch" else (node.args[0].value if node.args else None)
             if subject is not None:
                 fused = self._projection_called(subject) or (
                     self.raw.get(subject.value) if isinstance(subject, cst.Name) else None
@@ -558,7 +559,7 @@ def _config_class_like(analysis: RepoAnalysis, name: str) -> bool:
 def _projections(analysis: RepoAnalysis, tree: ModuleTree, base: str) -> dict[str, Projection]:
     found = {}
     for prefix, cls, conditional in tree.walk_paths(base):
-        for attr, (kind, call) in tree.projections[cls].items():
+        for attr, (kind, _) in tree.projections[cls].items():
             path = prefix + attr
             found[path] = Projection(path, kind, cls, conditional or attr in tree.conditional[cls])
     return found
@@ -622,9 +623,9 @@ def _find_experts(plans: ParallelPlans, analysis: RepoAnalysis, tree: ModuleTree
             continue
         for attr in info.layer_lists:
             plans.experts.append(f"{prefix}{attr}")
-            for name, (kind, _) in tree.projections[cls].items():
-                forward = _method(analysis, cls, "forward")
-                text = cst.Module(body=[]).code_for_node(forward) if forward else ""
+            forward = _method(analysis, cls, "forward")
+            text = cst.Module(body=[]).code_for_node(forward) if forward else ""
+            for name in tree.projections[cls]:
                 if f"self.{name}(" in text and ("topk" in text or "softmax" in text):
                     plans.routers.append(f"{prefix}{name}")
     if plans.experts:

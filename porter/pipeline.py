@@ -40,7 +40,8 @@ class PortOptions:
     cache_dir: Path | None = None
     timeout: float = 900.0
     overwrite: bool = False
-    sharded_proof: bool = True  # run the parallel plan over 2 processes (CONTRACT D2)
+    # Run the parallel plan over 2 processes (CONTRACT D2); PORT_MODEL_SHARDED_PROOF=0 turns it off.
+    sharded_proof: bool = field(default_factory=lambda: os.environ.get("PORT_MODEL_SHARDED_PROOF", "1") != "0")
 
 
 @dataclass
