@@ -58,6 +58,7 @@ class ParallelPlans:
     pairs: list[tuple[list[str], str]] = field(default_factory=list)  # (column-parallel producers, consumer)
     fused: dict[str, str] = field(default_factory=dict)  # projection path -> "interleaved" | "concatenated"
     conditional: list[str] = field(default_factory=list)  # projections some configs do not build
+    conv1d: dict[str, str] = field(default_factory=dict)  # Conv1D projection path -> class that builds it
     owners: dict[str, str] = field(default_factory=dict)  # projection path -> class that builds it
     experts: list[str] = field(default_factory=list)  # paths of expert lists (mixture of experts)
     routers: list[str] = field(default_factory=list)
@@ -508,8 +509,11 @@ def _layer_scope(path: str) -> str:
     return path[: path.rfind("*") + 1] if "*" in path else ""
 
 
-def infer_plans(analysis: RepoAnalysis, styles: set[str] | None = None) -> ParallelPlans:
-    """The plans for the repo's base model, with the reasons for whatever is not split."""
+def infer_plans(analysis: RepoAnalysis, styles: set[str] | None = None, conv1d_as_linear: bool = True) -> ParallelPlans:
+    """The plans for the repo's base model, with the reasons for whatever is not split.
+
+    `conv1d_as_linear`: the port turns Conv1D projections into nn.Linear (transforms/
+    conv1d_linear.py), so they pair like any linear; without it they stay replicated."""
     base = _pick_base_model(analysis)
     plans = ParallelPlans(base_model=base, config_class=_config_class(analysis))
     if base is None:
@@ -527,7 +531,8 @@ def infer_plans(analysis: RepoAnalysis, styles: set[str] | None = None) -> Paral
     plans.fused = {p: layout for p, layout in inference.fused.items() if p in projections}
     plans.conditional = sorted(p for p, projection in projections.items() if projection.conditional)
     plans.owners = {p: projection.owner for p, projection in projections.items()}
-    _assign_styles(plans, projections, edges, styles)
+    plans.conv1d = {p: projection.owner for p, projection in projections.items() if projection.kind == CONV1D}
+    _assign_styles(plans, projections, edges, styles, conv1d_as_linear)
     _find_experts(plans, analysis, tree, base)
     plans.pp_plan = _pp_plan(plans, analysis, tree, base)
     return plans
@@ -565,7 +570,7 @@ def _projections(analysis: RepoAnalysis, tree: ModuleTree, base: str) -> dict[st
     return found
 
 
-def _assign_styles(plans: ParallelPlans, projections: dict[str, Projection], edges, styles) -> None:
+def _assign_styles(plans: ParallelPlans, projections: dict[str, Projection], edges, styles, conv1d_as_linear) -> None:
     feeds: dict[str, set[str]] = {p: set() for p in projections}
     fed_by: dict[str, set[str]] = {p: set() for p in projections}
     for source, consumer in edges:
@@ -584,7 +589,7 @@ def _assign_styles(plans: ParallelPlans, projections: dict[str, Projection], edg
             why = f"{consumer} is fed by {', '.join(group)} and feeds {', '.join(sorted(feeds[consumer]))}"
         elif any(fed_by[p] or feeds[p] != {consumer} for p in group):
             why = f"{', '.join(group)} feed more than {consumer}"
-        elif any(projections[p].kind == CONV1D for p in [*group, consumer]):
+        elif not conv1d_as_linear and any(projections[p].kind == CONV1D for p in [*group, consumer]):
             why = "Conv1D stores its weight as [in, out]; transformers' colwise/rowwise split nn.Linear's [out, in]"
         if why:
             for path in [*group, consumer]:

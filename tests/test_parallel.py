@@ -71,13 +71,17 @@ def test_gpt_neox_fused_qkv_is_per_head_interleaved(legacy_sources):
     assert plans.fused["layers.*.attention.query_key_value"] == "reshaped"
 
 
-def test_gpt2_conv1d_and_concatenated_qkv_are_replicated_with_reasons(legacy_sources):
+def test_gpt2_concatenated_qkv_is_gathered_and_conv1d_pairs_once_linear(legacy_sources):
     plans = _plans(legacy_sources["gpt2"])
-    assert plans.fused["h.*.attn.c_attn"] == "concatenated"
-    assert set(plans.tp_plan.values()) == {"replicate"}
-    assert "Conv1D" in plans.replicated["h.*.mlp.c_fc"]
-    assert ([p for p, c in plans.pairs] == []) and "h.*.crossattention.c_attn" in plans.conditional
+    assert plans.fused["h.*.attn.c_attn"] == "concatenated"  # .split(split_size, dim=2)
+    assert plans.tp_plan["h.*.attn.c_attn"] == "colwise_rep" and plans.tp_plan["h.*.attn.c_proj"] == "rowwise_rep"
+    assert plans.tp_plan["h.*.mlp.c_fc"] == "colwise" and plans.tp_plan["h.*.mlp.c_proj"] == "rowwise"
+    assert set(plans.conv1d) >= {"h.*.attn.c_attn", "h.*.mlp.c_fc"} and "h.*.crossattention.c_attn" in plans.conditional
     assert list(plans.pp_plan) == ["wte", "wpe", "drop", "h", "ln_f"]
+    # Left as Conv1D (no conversion), transformers' linear styles cannot split them: replicated, with the reason.
+    modules = {n: cst.parse_module(s) for n, s in legacy_sources["gpt2"].items()}
+    kept = infer_plans(analyse(modules), conv1d_as_linear=False)
+    assert set(kept.tp_plan.values()) == {"replicate"} and "Conv1D" in kept.replicated["h.*.mlp.c_fc"]
 
 
 def test_bert_pairs_cross_module_flows_and_reports_no_pipeline_plan(legacy_sources):

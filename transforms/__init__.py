@@ -11,6 +11,7 @@ from transforms.base import Change, PortState, Transform
 from transforms.buffer_init import RebuildBuffers
 from transforms.cache_api import ModernCacheAPI
 from transforms.config_defaults import LegacyConfigDefaults
+from transforms.conv1d_linear import Conv1DToLinear
 from transforms.generation import GenerationSupport
 from transforms.head_shapes import HeadAgnosticShapes
 from transforms.kwargs_threading import ThreadKwargs
@@ -40,6 +41,7 @@ REGISTRY: tuple[type[Transform], ...] = (
     CallPostInit,
     TiedWeightsDict,
     DeclareBackends,
+    Conv1DToLinear,
     WriteParallelPlans,
     HeadAgnosticShapes,
     RemovedImports,

@@ -6,6 +6,7 @@ import ast
 import textwrap
 
 from tests.transforms.helpers import check_noop, run_transforms
+from transforms.conv1d_linear import Conv1DToLinear
 from transforms.head_shapes import HeadAgnosticShapes
 from transforms.parallel_plans import WriteParallelPlans
 
@@ -214,3 +215,23 @@ def test_head_shapes_leave_replicated_and_already_agnostic_code_alone():
     ambiguous = MODELING.replace("view(b, t, self.num_heads, self.head_dim)", "view(b, self.num_heads, t, self.num_heads)")
     files, _ = run_transforms({"modeling_odd.py": textwrap.dedent(ambiguous)}, HeadAgnosticShapes)
     assert "view(b, self.num_heads, t, self.num_heads)" in files["modeling_odd.py"]
+
+
+def test_conv1d_becomes_linear_with_a_transposing_weight_op():
+    import re
+
+    conv = MODELING.replace("from torch import nn\n", "from torch import nn\nfrom transformers.pytorch_utils import Conv1D\n")
+    conv = conv.replace("self.left = nn.Linear(config.hidden_size, 64)", "self.left = Conv1D(64, config.hidden_size)")
+    conv = conv.replace("self.back = nn.Linear(64, config.hidden_size)", "self.back = Conv1D(config.hidden_size, 64)")
+    files, state = run_transforms(_files(modeling=conv), Conv1DToLinear)
+    modeling = files["modeling_odd.py"]
+    assert "self.left = nn.Linear(config.hidden_size, 64)" in modeling
+    assert "self.back = nn.Linear(64, config.hidden_size)" in modeling
+    compile(modeling, "modeling_odd.py", "exec")
+    assert [c.transform for c in state.changes] == ["conv1d-linear", "conv1d-linear"]
+    ops = {op.source: op for op in state.weight_ops}
+    assert all(op.kind == "permute" and op.perm_spec == (1, 0) for op in ops.values())
+    assert any(re.fullmatch(s, "model.stack.3.ff.back.weight") for s in ops)
+    assert not any(re.fullmatch(s, "model.stack.3.ff.back.bias") for s in ops)
+    again, state = run_transforms(files, Conv1DToLinear)
+    assert again == files and not state.changes and not state.weight_ops
