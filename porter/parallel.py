@@ -29,6 +29,7 @@ NORM_REDUCTIONS = {"mean", "var", "rsqrt", "std", "layer_norm", "rms_norm", "gro
 SPLITS = {"split", "chunk", "tensor_split", "unbind"}
 RESHAPES = {"view", "reshape", "unflatten"}
 MAX_DEPTH = 12
+CONFIG_BASES = {"PretrainedConfig", "PreTrainedConfig"}
 
 if TYPE_CHECKING:  # the analysis imports the transforms package, which imports this module
     from porter.analysis import ClassInfo, RepoAnalysis
@@ -548,17 +549,13 @@ def _pick_base_model(analysis: RepoAnalysis) -> str | None:
 
 
 def _config_class(analysis: RepoAnalysis) -> str | None:
-    for name, info in analysis.classes.items():
-        if {"PretrainedConfig", "PreTrainedConfig"} & set(info.bases):
-            return name
-    for name, info in analysis.classes.items():
-        if any(b in analysis.classes and _config_class_like(analysis, b) for b in info.bases):
-            return name
-    return None
-
-
-def _config_class_like(analysis: RepoAnalysis, name: str) -> bool:
-    return bool({"PretrainedConfig", "PreTrainedConfig"} & set(analysis.classes[name].bases))
+    """The config class `auto_map` names (else the first one): where the plans go."""
+    configs = [
+        name for name in analysis.classes
+        if any(CONFIG_BASES & set(analysis.classes[c].bases) for c in (name, *analysis.ancestors(name)))
+    ]
+    named = [name for name in configs if name in analysis.entry_points]
+    return (named or configs or [None])[0]
 
 
 def _projections(analysis: RepoAnalysis, tree: ModuleTree, base: str) -> dict[str, Projection]:
