@@ -289,18 +289,30 @@ def test_inferred_plan_matches_unsharded_and_a_naive_one_is_caught(tmp_path):
 
 @pytest.mark.slow
 def test_team_sample_port_proves_its_plan(sample_repo, tmp_path):
-    """The whole pipeline: plan written by the codemod, head counts inferred, proof in the report."""
+    """The port writes the plan and makes the reshapes head-agnostic; the proof passes on
+    its output. (The pipeline runs the same proof after the legacy comparison; that part is
+    left out here because tests/test_end_to_end.py already runs it on the sample.)"""
     import porter
 
-    result = porter.port(sample_repo, tmp_path / "out", sharded_proof=True)
-    checks = {(c.item, c.name): c for c in result.checks}
-    failing = [c for c in result.checks if c.status != PASS]
-    assert not failing, result.report.summary_table()
-    assert {"D1", "D2", "D3"} <= {item for item, _ in checks}
-    d2 = checks[("D2", "sharded logits vs unsharded, 2 CPU processes")]
+    result = porter.port(sample_repo, tmp_path / "out", verify=False)
+    config_source = (result.output / "configuration_tiny_legacy_lm.py").read_text()
+    tp = _declared(config_source, "base_model_tp_plan")
+    assert tp["blocks.*.attn.wo"] == "rowwise" and tp["blocks.*.mlp.w_down"] == "rowwise"
+    assert list(_declared(config_source, "base_model_pp_plan")) == ["embed_tokens", "blocks", "norm"]
+    assert "self.num_heads, self.head_dim" not in (result.output / "modeling_tiny_legacy_lm.py").read_text()
+    plans = porter.rewrite_code(porter.load(sample_repo)).facts["parallel"]
+    report = Report(source=str(sample_repo))
+    config = json.loads((result.output / "config.json").read_text())
+    prove_sharded(result.output, config, plans, report, make_inputs, pad_token_id=0)
+    assert [c.status for c in report.checks] == [PASS] * 5, report.summary_table()
+    d2 = _d(report, "D2")[0]
     assert d2.figures["single_max_abs_diff"] <= 1e-5 and d2.figures["tp_size"] == 2
-    config = (result.output / "configuration_tiny_legacy_lm.py").read_text()
-    assert "base_model_tp_plan = {" in config and "base_model_pp_plan = {" in config
-    report = json.loads((result.output / "porting_report.json").read_text())
-    d1 = next(c for c in report["checks"] if c["item"] == "D1")
-    assert d1["figures"]["tp_plan"]["blocks.*.attn.wo"] == "rowwise"
+
+
+def _declared(source: str, name: str) -> dict:
+    import ast
+
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == name:
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"{name} not declared")
