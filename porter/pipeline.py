@@ -21,8 +21,7 @@ from porter.errors import BadInput, UnsupportedPattern, WeightsMismatch
 from porter.repo import LegacyRepo, load_repo
 from porter.report import SKIP, Check, Report, versions
 from porter.rewrite import RewriteResult, rewrite
-from porter.verify import VerifyOptions, make_inputs, verify
-from porter.verify import _pad_id as pad_id
+from porter.verify import VerifyOptions, verify
 from porter.verify.sharded import prove_sharded
 from porter.weights import convert_checkpoint
 
@@ -155,8 +154,8 @@ def run_port(src: Path | str, options: PortOptions, progress: Progress = lambda 
                 progress,
             )
             if options.sharded_proof:
-                prove_sharded(staging, repo.config, result.facts.get("parallel"), report, make_inputs,
-                              options.timeout, pad_token_id=pad_id(repo.config), progress=progress)
+                plans = result.facts.get("parallel")
+                prove_sharded(staging, repo.config, plans, report, options.timeout, progress=progress)
         elif options.verify:
             report.add(Check("F2", "equivalence with the legacy model", SKIP, "no weights to run"))
         else:

@@ -15,7 +15,6 @@ from safetensors.torch import save_file
 from porter.analysis import analyse
 from porter.parallel import infer_plans
 from porter.report import FAIL, PASS, SKIP, Report
-from porter.verify import make_inputs
 from porter.verify.sharded import prove_sharded
 from tests.corpus import _absolute_imports, fetch_wheel
 from tests.transforms.helpers import run_transforms
@@ -231,7 +230,7 @@ class Widen(''')
 def test_grouped_query_heads_that_do_not_divide_are_reported(tmp_path):
     report = Report(source="x")
     plans = {"tp_plan": {"layers.*.k_proj": "colwise"}, "pairs": [], "notes": [], "problems": []}
-    prove_sharded(tmp_path, {"num_attention_heads": 4, "num_key_value_heads": 1}, plans, report, make_inputs)
+    prove_sharded(tmp_path, {"num_attention_heads": 4, "num_key_value_heads": 1}, plans, report)
     d2 = [c for c in report.checks if c.item == "D2"]
     assert d2[0].status == SKIP and "num_key_value_heads" in d2[0].detail
 
@@ -270,7 +269,7 @@ def _d(report: Report, item: str):
 def test_inferred_plan_matches_unsharded_and_a_naive_one_is_caught(tmp_path):
     repo, plans = _fused_repo(tmp_path / "right")
     report = Report(source=str(repo))
-    prove_sharded(repo, json.loads((repo / "config.json").read_text()), plans, report, make_inputs)
+    prove_sharded(repo, json.loads((repo / "config.json").read_text()), plans, report)
     assert [c.status for c in report.checks] == [PASS] * 4, report.summary_table()
     d2 = next(c for c in _d(report, "D2"))
     assert d2.figures["single_max_abs_diff"] <= 1e-5 and d2.figures["tp_size"] == 2
@@ -282,7 +281,7 @@ def test_inferred_plan_matches_unsharded_and_a_naive_one_is_caught(tmp_path):
 
     wrong, _ = _fused_repo(tmp_path / "wrong", naive)
     report = Report(source=str(wrong))
-    prove_sharded(wrong, json.loads((wrong / "config.json").read_text()), plans, report, make_inputs)
+    prove_sharded(wrong, json.loads((wrong / "config.json").read_text()), plans, report)
     d2 = _d(report, "D2")[0]
     assert d2.status == FAIL and d2.figures["single_max_abs_diff"] > 1e-3, report.summary_table()
 
@@ -303,7 +302,7 @@ def test_team_sample_port_proves_its_plan(sample_repo, tmp_path):
     plans = porter.rewrite_code(porter.load(sample_repo)).facts["parallel"]
     report = Report(source=str(sample_repo))
     config = json.loads((result.output / "config.json").read_text())
-    prove_sharded(result.output, config, plans, report, make_inputs, pad_token_id=0)
+    prove_sharded(result.output, config, plans, report)
     assert [c.status for c in report.checks] == [PASS] * 5, report.summary_table()
     d2 = _d(report, "D2")[0]
     assert d2.figures["single_max_abs_diff"] <= 1e-5 and d2.figures["tp_size"] == 2

@@ -21,6 +21,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from porter.report import FAIL, PASS, SKIP, Check, Report
+from porter.verify import _pad_id as pad_id
+from porter.verify import make_inputs
 from porter.verify.child import child_environment, current_python
 
 RUNNER = Path(__file__).with_name("sharded_runner.py")
@@ -65,13 +67,12 @@ def prove_sharded(
     config: dict,
     plans: dict | None,
     report: Report,
-    make_inputs,
     timeout: float = 900.0,
     max_new_tokens: int = 8,
-    pad_token_id: int = 0,
     progress=lambda message: None,
 ) -> None:
-    """Add the D1-D3 checks, with figures, for the ported repo at `ported_repo`."""
+    """Add the D1-D4 checks, with figures, for the ported repo at `ported_repo`; `plans` is
+    what inference found (`porter.parallel.ParallelPlans.as_dict()`)."""
     static_checks(plans, report)
     declared = (plans or {}).get("tp_plan") or {}
     if declared and not set(declared.values()) & SHARDING_STYLES:
@@ -87,12 +88,12 @@ def prove_sharded(
     work = Path(tempfile.mkdtemp(prefix="port-model-sharded-"))
     try:
         progress(f"running the ported model sharded over {TP_SIZE} processes (torchrun, gloo)")
-        _prove_in(work, ported_repo, config, plans, report, make_inputs, timeout, max_new_tokens, pad_token_id)
+        _prove_in(work, ported_repo, config, plans, report, timeout, max_new_tokens)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _prove_in(work, ported_repo, config, plans, report, make_inputs, timeout, max_new_tokens, pad_token_id) -> None:
+def _prove_in(work, ported_repo, config, plans, report, timeout, max_new_tokens) -> None:
     inputs = make_inputs(config)
     save_file(inputs, str(work / "inputs.safetensors"))
     staging = work / "stage"
@@ -104,7 +105,7 @@ def _prove_in(work, ported_repo, config, plans, report, make_inputs, timeout, ma
         "out_dir": str(work),
         "generate": "AutoModelForCausalLM" in (config.get("auto_map") or {}),
         "max_new_tokens": max_new_tokens,
-        "pad_token_id": pad_token_id,
+        "pad_token_id": pad_id(config),
     }
     (work / "spec.json").write_text(json.dumps(spec))
     env = {**child_environment(work / "hf_home"), "OMP_NUM_THREADS": "1"}
