@@ -24,6 +24,7 @@ from porter.repo import LegacyRepo, load_repo
 from porter.report import SKIP, Check, Report, versions
 from porter.rewrite import RewriteResult, rewrite
 from porter.verify import VerifyOptions, verify
+from porter.verify.sharded import prove_sharded
 from porter.weights import convert_checkpoint
 from transforms.cst_utils import children_cached
 
@@ -41,6 +42,8 @@ class PortOptions:
     cache_dir: Path | None = None
     timeout: float = 900.0
     overwrite: bool = False
+    # Run the parallel plan over 2 processes (CONTRACT D2); PORT_MODEL_SHARDED_PROOF=0 turns it off.
+    sharded_proof: bool = field(default_factory=lambda: os.environ.get("PORT_MODEL_SHARDED_PROOF", "1") != "0")
 
 
 @dataclass
@@ -155,6 +158,9 @@ def run_port(src: Path | str, options: PortOptions, progress: Progress = lambda 
                 VerifyOptions(options.reference_transformers, report.device, options.timeout, cache_dir=options.cache_dir),
                 progress,
             )
+            if options.sharded_proof:
+                plans = result.facts.get("parallel")
+                prove_sharded(staging, repo.config, plans, report, options.timeout, progress=progress)
         elif options.verify:
             report.add(Check("F2", "equivalence with the legacy model", SKIP, "no weights to run"))
         else:

@@ -14,6 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("PORT_MODEL_CACHE", ROOT / ".port-model-cache"))
 os.environ["PORT_MODEL_CACHE"] = str(CACHE)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The sharded proof (two torchrun processes per port) runs where a test asks for it
+# (tests/test_parallel.py), not in every port of the suite: it would add minutes to CI.
+os.environ.setdefault("PORT_MODEL_SHARDED_PROOF", "0")
 
 
 @pytest.fixture(scope="session")

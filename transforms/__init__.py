@@ -1,6 +1,8 @@
 """The ordered registry of rewrites. Each module holds one transform; order matters:
 attention is routed before flags are declared, and imports are cleaned up last, once
-every other rewrite has dropped the names it no longer needs."""
+every other rewrite has dropped the names it no longer needs. The parallel plans are
+inferred from the routed code's structure, and the reshapes they shard made head-agnostic,
+after everything that changes attention."""
 
 from transforms.attention_classes import CollapseBackendClasses
 from transforms.attention_interface import RouteAttention
@@ -10,7 +12,9 @@ from transforms.base import Change, PortState, Transform
 from transforms.buffer_init import RebuildBuffers
 from transforms.cache_api import ModernCacheAPI
 from transforms.config_defaults import LegacyConfigDefaults
+from transforms.conv1d_linear import Conv1DToLinear
 from transforms.generation import GenerationSupport
+from transforms.head_shapes import HeadAgnosticShapes
 from transforms.kwargs_threading import ThreadKwargs
 from transforms.layer_index import ThreadLayerIndex
 from transforms.masks import UseMaskingUtils
@@ -19,6 +23,7 @@ from transforms.multimodal_delegation import DropTowerDelegations
 from transforms.multimodal_features import ImageFeaturesMethod
 from transforms.multimodal_processor import ProcessorHooks
 from transforms.multimodal_split import SplitBaseAndHead
+from transforms.parallel_plans import WriteParallelPlans
 from transforms.post_init import CallPostInit
 from transforms.removed_imports import RemovedImports
 from transforms.removed_methods import RemovedModelMethods
@@ -49,6 +54,9 @@ REGISTRY: tuple[type[Transform], ...] = (
     CallPostInit,
     TiedWeightsDict,
     DeclareBackends,
+    Conv1DToLinear,
+    WriteParallelPlans,
+    HeadAgnosticShapes,
     RemovedImports,
     RopePositions,  # adds no import: its place after the import clean-up is safe
 )

@@ -38,10 +38,10 @@ def test_first_run_ports_without_diagnostics_and_compiles(first_run):
     assert "create_causal_mask(" in modeling
     assert "TinyLegacyLMSdpaAttention" not in modeling
     assert '_tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}' in modeling
-    # The sample already has layer indices and the Cache API, and uses no removed API.
+    # The sample already has layer indices and the Cache API, and uses no removed API and no Conv1D.
     not_needed = {"rope-config", "removed-imports", "layer-index", "removed-methods", "config-defaults", "post-init"}
     not_needed |= {"attention-layout", "multimodal-config", "multimodal-features", "multimodal-delegation"}
-    not_needed |= {"multimodal-processor", "multimodal-split"}
+    not_needed |= {"multimodal-processor", "multimodal-split", "conv1d-linear"}
     assert {c.transform for c in state.changes} == {t.name for t in REGISTRY} - not_needed
 
 

@@ -1,0 +1,739 @@
+"""Tensor- and pipeline-parallel plans inferred from the model's own code (CONTRACT D1, D3, D4).
+
+A tensor-parallel plan pairs projections: a column-parallel one splits its output features
+across ranks, and the row-parallel one that consumes them sums the ranks' partial products.
+The pairing is only right when the split features reach the consumer untouched by anything
+that mixes them (a norm over the hidden size). So the pairs are found from the data flow of
+the forward code, never from projection names: every value in a forward carries the set of
+projections whose output it derives from, through local variables, tuples, helper methods
+and child modules (each child's forward is summarised and instantiated where it is
+called). A projection whose input carries others' output is fed by them.
+
+Nothing here imports or runs the repo's code; the module tree is read from the `__init__`
+methods that the analysis already indexed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import libcst as cst
+
+from transforms.cst_utils import call_name, dotted, is_self_attr, last_part, param_names, walk
+
+LINEAR = "linear"
+CONV1D = "conv1d"  # transformers' Conv1D: an affine map whose weight is stored [in, out]
+PROJECTION_CLASSES = {"Linear": LINEAR, "Conv1D": CONV1D}
+NORM_REDUCTIONS = {"mean", "var", "rsqrt", "std", "layer_norm", "rms_norm", "group_norm", "normalize"}
+SPLITS = {"split", "chunk", "tensor_split", "unbind"}
+RESHAPES = {"view", "reshape", "unflatten"}
+MAX_DEPTH = 12
+CONFIG_BASES = {"PretrainedConfig", "PreTrainedConfig"}
+
+if TYPE_CHECKING:  # the analysis imports the transforms package, which imports this module
+    from porter.analysis import ClassInfo, RepoAnalysis
+
+COLWISE, ROWWISE = "colwise", "rowwise"
+COLWISE_GATHER, ROWWISE_SPLIT = "colwise_rep", "rowwise_rep"
+REPLICATE = "replicate"
+
+
+@dataclass(frozen=True)
+class Projection:
+    path: str  # module path under the base model, "layers.*.self_attn.q_proj"
+    kind: str  # LINEAR or CONV1D
+    owner: str  # class that builds it
+    conditional: bool = False  # built only under an `if` in some `__init__`
+
+
+@dataclass
+class ParallelPlans:
+    """What inference found, ready for the codemod and the report."""
+
+    base_model: str | None
+    config_class: str | None
+    tp_plan: dict[str, str] = field(default_factory=dict)
+    pp_plan: dict[str, tuple[list[str], list[str]]] = field(default_factory=dict)
+    replicated: dict[str, str] = field(default_factory=dict)  # projection path -> why it is not split
+    pairs: list[tuple[list[str], str]] = field(default_factory=list)  # (column-parallel producers, consumer)
+    fused: dict[str, str] = field(default_factory=dict)  # projection path -> "interleaved" | "concatenated"
+    conditional: list[str] = field(default_factory=list)  # projections some configs do not build
+    conv1d: dict[str, str] = field(default_factory=dict)  # Conv1D projection path -> class that builds it
+    owners: dict[str, str] = field(default_factory=dict)  # projection path -> class that builds it
+    experts: list[str] = field(default_factory=list)  # paths of expert lists (mixture of experts)
+    routers: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # why a plan could not be written
+
+    def as_dict(self) -> dict:
+        return {
+            "base_model": self.base_model,
+            "config_class": self.config_class,
+            "tp_plan": dict(self.tp_plan),
+            "pp_plan": {k: [list(v[0]), list(v[1])] for k, v in self.pp_plan.items()},
+            "replicated": dict(self.replicated),
+            "pairs": [[list(p), c] for p, c in self.pairs],
+            "fused": dict(self.fused),
+            "conditional": list(self.conditional),
+            "experts": list(self.experts),
+            "routers": list(self.routers),
+            "notes": list(self.notes),
+            "problems": list(self.problems),
+        }
+
+
+# -- taint values: a set of projection paths, or a tuple of them kept element by element ---------
+EMPTY: frozenset = frozenset()
+
+
+@dataclass(frozen=True)
+class Tup:
+    items: tuple
+
+
+def flat(value) -> frozenset:
+    if isinstance(value, Tup):
+        out: frozenset = EMPTY
+        for item in value.items:
+            out |= flat(item)
+        return out
+    return value
+
+
+def join(a, b):
+    """Either of two values (branches of an `if`)."""
+    if isinstance(a, Tup) and isinstance(b, Tup):
+        longer, shorter = (a, b) if len(a.items) >= len(b.items) else (b, a)
+        return Tup(tuple(join(x, shorter.items[i]) if i < len(shorter.items) else x for i, x in enumerate(longer.items)))
+    return flat(a) | flat(b)
+
+
+def substitute(value, bound: dict[str, object]):
+    """Replace parameter markers ("@name") by what the caller passed."""
+    if isinstance(value, Tup):
+        return Tup(tuple(substitute(v, bound) for v in value.items))
+    out: frozenset = EMPTY
+    for source in value:
+        out |= flat(bound.get(source[1:], EMPTY)) if source.startswith("@") else frozenset({source})
+    return out
+
+
+@dataclass
+class Flow:
+    edges: set[tuple[str, str]]  # (source projection or "@param", consumer projection)
+    returned: object
+
+
+# -- the module tree ------------------------------------------------------------------------------
+def _init_calls(analysis: RepoAnalysis, info: ClassInfo) -> tuple[dict[str, cst.Call], set[str]]:
+    """`self.attr = Something(...)` in `__init__` (and inherited `__init__`s), and which of
+    those attributes are built only under an `if` (a config may not have them)."""
+    found: dict[str, cst.Call] = {}
+    conditional: set[str] = set()
+    always: set[str] = set()
+    for name in [*reversed(analysis.ancestors(info.name)), info.name]:
+        init = analysis.classes[name].methods.get("__init__")
+        for statement in init.body.body if init else ():
+            built = _built_modules(statement, found)
+            if not isinstance(statement, cst.If):
+                always |= built
+                continue
+            both = built if statement.orelse is None else set()
+            if statement.orelse is not None:
+                both = _built_modules(statement.body, {}) & _built_modules(statement.orelse, {})
+            always |= built & both if statement.orelse is not None else set()
+            conditional |= built - always
+    return found, conditional - always
+
+
+def _built_modules(node: cst.CSTNode, found: dict[str, cst.Call]) -> set[str]:
+    built = set()
+    for child in walk(node):
+        if isinstance(child, cst.Assign) and isinstance(child.value, cst.Call):
+            for target in child.targets:
+                if is_self_attr(target.target):
+                    found[target.target.attr.value] = child.value
+                    built.add(target.target.attr.value)
+    return built
+
+
+def _method(analysis: RepoAnalysis, cls: str, name: str) -> cst.FunctionDef | None:
+    for owner in (cls, *analysis.ancestors(cls)):
+        fn = analysis.classes[owner].methods.get(name)
+        if fn is not None:
+            return fn
+    return None
+
+
+class ModuleTree:
+    """Projections, norms and children of each repo class, read from `__init__`."""
+
+    def __init__(self, analysis: RepoAnalysis):
+        self.analysis = analysis
+        self.projections: dict[str, dict[str, tuple[str, cst.Call]]] = {}
+        self.norms: dict[str, set[str]] = {}
+        self.modules: dict[str, list[str]] = {}  # class -> attributes holding any module, in __init__ order
+        self.conditional: dict[str, set[str]] = {}
+        for name, info in analysis.classes.items():
+            calls, self.conditional[name] = _init_calls(analysis, info)
+            self.projections[name] = {
+                a: (PROJECTION_CLASSES[last_part(dotted(c.func))], c)
+                for a, c in calls.items()
+                if last_part(dotted(c.func)) in PROJECTION_CLASSES
+            }
+            self.norms[name] = {a for a, c in calls.items() if "Norm" in last_part(dotted(c.func))}
+            self.modules[name] = [a for a, c in calls.items() if last_part(dotted(c.func))[:1].isupper()]
+
+    def is_norm_class(self, cls: str) -> bool:
+        """A repo module with no projections whose forward reduces over features."""
+        if self.projections.get(cls) or self.analysis.classes[cls].children:
+            return False
+        forward = _method(self.analysis, cls, "forward")
+        return forward is not None and any(last_part(call_name(n)).lstrip(".") in NORM_REDUCTIONS for n in walk(forward))
+
+    def walk_paths(self, cls: str, prefix: str = "", depth: int = 0, conditional: bool = False):
+        """(path prefix, class, built only under some `if`) for `cls` and every repo module below it."""
+        yield prefix, cls, conditional
+        if depth > MAX_DEPTH:
+            return
+        info = self.analysis.classes[cls]
+        maybe = self.conditional[cls]
+        for attr, child in info.children.items():
+            yield from self.walk_paths(child, f"{prefix}{attr}.", depth + 1, conditional or attr in maybe)
+        for attr, element in info.layer_lists.items():
+            yield from self.walk_paths(element, f"{prefix}{attr}.*.", depth + 1, conditional or attr in maybe)
+
+
+# -- data flow of one function ----------------------------------------------------------------------
+class _FunctionFlow:
+    """Abstract run of one forward (or helper method): which projection feeds which."""
+
+    def __init__(self, inference: FlowInference, cls: str, prefix: str, params: dict[str, object]):
+        self.inference, self.cls, self.prefix = inference, cls, prefix
+        self.tree = inference.tree
+        self.info = inference.analysis.classes[cls]
+        self.env: dict[str, object] = dict(params)
+        self.raw: dict[str, str] = {}  # local name -> projection whose untouched output it holds
+        self.modules: dict[str, tuple[str, str]] = {}  # local name -> (class, path prefix) of a layer
+        self.edges: set[tuple[str, str]] = set()
+        self.returned = None
+
+    # statements
+    def block(self, body) -> None:
+        for stmt in body:
+            self.stmt(stmt)
+
+    def stmt(self, stmt: cst.CSTNode) -> None:
+        if isinstance(stmt, cst.SimpleStatementLine):
+            for small in stmt.body:
+                self.small(small)
+        elif isinstance(stmt, cst.If):
+            before = dict(self.env)
+            self.block(stmt.body.body)
+            taken = self.env
+            self.env = before
+            if stmt.orelse is not None:
+                self.stmt(stmt.orelse) if isinstance(stmt.orelse, cst.If) else self.block(stmt.orelse.body.body)
+            for name in set(taken) | set(self.env):
+                self.env[name] = join(taken.get(name, EMPTY), self.env.get(name, EMPTY))
+        elif isinstance(stmt, (cst.For, cst.While)):
+            if isinstance(stmt, cst.For):
+                self._bind_layers(stmt.target, stmt.iter)
+                self.expr(stmt.iter)
+            self.block(stmt.body.body)
+        elif isinstance(stmt, (cst.With, cst.Try)):
+            self.block(stmt.body.body)
+            for handler in getattr(stmt, "handlers", ()):
+                self.block(handler.body.body)
+        elif isinstance(stmt, cst.Else):
+            self.block(stmt.body.body)
+
+    def small(self, small: cst.CSTNode) -> None:
+        if isinstance(small, cst.Assign):
+            value = self.expr(small.value)
+            for target in small.targets:
+                self.assign(target.target, value, small.value)
+        elif isinstance(small, cst.AnnAssign) and small.value is not None:
+            self.assign(small.target, self.expr(small.value), small.value)
+        elif isinstance(small, cst.AugAssign):
+            current = self.expr(small.target)
+            added = self.expr(small.value)
+            if isinstance(small.operator, cst.AddAssign) and isinstance(current, Tup) and isinstance(added, Tup):
+                self.assign(small.target, Tup(current.items + added.items), None)
+            else:
+                self.assign(small.target, flat(current) | flat(added), None)
+        elif isinstance(small, cst.Return) and small.value is not None:
+            value = self.expr(small.value)
+            self.returned = value if self.returned is None else join(self.returned, value)
+        elif isinstance(small, cst.Expr):
+            self.expr(small.value)
+
+    def assign(self, target: cst.BaseExpression, value, source: cst.BaseExpression | None) -> None:
+        if isinstance(target, cst.Name):
+            self.env[target.value] = value
+            self.raw.pop(target.value, None)
+            if source is not None and (projection := self._projection_called(source)):
+                self.raw[target.value] = projection
+            if isinstance(source, cst.Subscript) and (layer := self._layer_of(source.value)):
+                self.modules[target.value] = layer
+        elif isinstance(target, (cst.Tuple, cst.List)):
+            items = [e.value for e in target.elements]
+            if isinstance(value, Tup) and len(value.items) == len(items):
+                for item, part in zip(items, value.items, strict=True):
+                    self.assign(item, part, None)
+            else:
+                for item in items:
+                    self.assign(item.value if isinstance(item, cst.StarredElement) else item, flat(value), None)
+
+    def _bind_layers(self, target: cst.BaseExpression, iterable: cst.BaseExpression) -> None:
+        """`for layer in self.layers`, `enumerate(...)`, `zip(self.h, ...)`, `self.layers[:n]`."""
+        layer = self._layer_of(iterable)
+        if layer and isinstance(target, cst.Name):
+            self.modules[target.value] = layer
+            return
+        if not isinstance(iterable, cst.Call) or not isinstance(target, (cst.Tuple, cst.List)):
+            return
+        name = dotted(iterable.func)
+        items = [e.value for e in target.elements]
+        if name == "enumerate" and len(items) == 2 and iterable.args:
+            self._bind_layers(items[1], iterable.args[0].value)
+        elif name == "zip" and len(items) == len(iterable.args):
+            for item, arg in zip(items, iterable.args, strict=True):
+                self._bind_layers(item, arg.value)
+
+    def _layer_of(self, node: cst.BaseExpression) -> tuple[str, str] | None:
+        while isinstance(node, cst.Subscript):
+            node = node.value
+        if is_self_attr(node) and node.attr.value in self.info.layer_lists:
+            attr = node.attr.value
+            return self.info.layer_lists[attr], f"{self.prefix}{attr}.*."
+        return None
+
+    def _projection_called(self, node: cst.BaseExpression) -> str | None:
+        if isinstance(node, cst.Call) and is_self_attr(node.func):
+            attr = node.func.attr.value
+            if attr in self.tree.projections[self.cls]:
+                return self.prefix + attr
+        return None
+
+    # expressions
+    def expr(self, node: cst.CSTNode):
+        if isinstance(node, cst.Name):
+            return self.env.get(node.value, EMPTY)
+        if isinstance(node, cst.Attribute):
+            return EMPTY if dotted(node) and dotted(node).startswith("self.") else flat(self.expr(node.value))
+        if isinstance(node, cst.Call):
+            return self.call(node)
+        if isinstance(node, cst.Tuple) and not any(isinstance(e, cst.StarredElement) for e in node.elements):
+            return Tup(tuple(self.expr(e.value) for e in node.elements))
+        if isinstance(node, cst.Subscript):
+            return self.subscript(node)
+        if isinstance(node, cst.BinaryOperation):
+            left, right = self.expr(node.left), self.expr(node.right)
+            if isinstance(node.operator, cst.Add) and isinstance(left, Tup) and isinstance(right, Tup):
+                return Tup(left.items + right.items)
+            return flat(left) | flat(right)
+        if isinstance(node, cst.IfExp):
+            self.expr(node.test)
+            return join(self.expr(node.body), self.expr(node.orelse))
+        if isinstance(node, cst.Lambda):
+            return EMPTY
+        if isinstance(node, cst.Arg):
+            return self.expr(node.value)
+        out: frozenset = EMPTY
+        for child in node.children:
+            if isinstance(child, (cst.BaseExpression, cst.Arg, cst.BaseElement, cst.BaseSlice, cst.SubscriptElement,
+                                  cst.CompFor, cst.BaseDictElement, cst.FormattedStringExpression)):
+                out |= flat(self.expr(child))
+        return out
+
+    def subscript(self, node: cst.Subscript):
+        value = self.expr(node.value)
+        if isinstance(node.value, cst.Name) and node.value.value in self.raw:
+            self.inference.mark_fused(self.raw[node.value.value], "concatenated")
+        if isinstance(value, Tup) and len(node.slice) == 1:
+            part = node.slice[0].slice
+            if isinstance(part, cst.Index) and (position := _integer(part.value)) is not None:
+                return value.items[position] if -len(value.items) <= position < len(value.items) else EMPTY
+            if isinstance(part, cst.Slice) and part.step is None:
+                lower, upper = (_integer(b) if b is not None else None for b in (part.lower, part.upper))
+                if (lower is not None or part.lower is None) and (upper is not None or part.upper is None):
+                    return Tup(value.items[lower:upper])
+        out = flat(value)
+        for element in node.slice:
+            out |= flat(self.expr(element.slice))
+        return out
+
+    def args(self, call: cst.Call) -> list[object]:
+        return [self.expr(a.value) for a in call.args]
+
+    def call(self, node: cst.Call):
+        func = node.func
+        if is_self_attr(func):
+            attr = func.attr.value
+            projections = self.tree.projections[self.cls]
+            if attr in projections:
+                path = self.prefix + attr
+                for source in set().union(*map(flat, self.args(node))) if node.args else ():
+                    self.edges.add((source, path))
+                return frozenset({path})
+            if attr in self.info.children:
+                return self.child(self.info.children[attr], f"{self.prefix}{attr}.", node)
+            if attr in self.tree.norms[self.cls]:
+                self.args(node)
+                return EMPTY
+            if _method(self.inference.analysis, self.cls, attr) is not None:
+                return self.inline(attr, node.args)
+            return _union(self.args(node))
+        if isinstance(func, cst.Name) and func.value in self.modules:
+            cls, prefix = self.modules[func.value]
+            return self.child(cls, prefix, node)
+        if layer := self._layer_of(func):
+            return self.child(layer[0], layer[1], node)
+        # A method handed over as a function (`apply_chunking_to_forward(self.ff_chunk, ..., x)`).
+        for index, arg in enumerate(node.args):
+            if is_self_attr(arg.value) and _method(self.inference.analysis, self.cls, arg.value.attr.value):
+                rest = [a for i, a in enumerate(node.args) if i != index and not isinstance(a.value, cst.Integer)]
+                return self.inline(arg.value.attr.value, rest)
+        name = call_name(node) or ""
+        receiver = func.value if isinstance(func, cst.Attribute) else None
+        if last_part(name).lstrip(".") in SPLITS:
+            # `x.split(...)` or `torch.split(x, ...)`
+            subject = receiver if dotted(receiver) != "torch" else (node.args[0].value if node.args else None)
+            if subject is not None:
+                fused = self._projection_called(subject) or (
+                    self.raw.get(subject.value) if isinstance(subject, cst.Name) else None
+                )
+                if fused:
+                    self.inference.mark_fused(fused, "concatenated")
+        if last_part(name).lstrip(".") in RESHAPES and isinstance(receiver, cst.Name) and receiver.value in self.raw:
+            self.inference.mark_fused(self.raw[receiver.value], "reshaped")
+        out = _union(self.args(node))
+        return out | flat(self.expr(func))
+
+    def child(self, cls: str, prefix: str, node: cst.Call):
+        if self.tree.is_norm_class(cls):
+            self.args(node)
+            return EMPTY
+        forward = _method(self.inference.analysis, cls, "forward")
+        if forward is None:
+            return _union(self.args(node))
+        bound = _bind(forward, node.args, self)
+        flow = self.inference.summary(cls, prefix, "forward")
+        return self._instantiate(flow, bound)
+
+    def inline(self, method: str, args) -> object:
+        fn = _method(self.inference.analysis, self.cls, method)
+        bound = _bind(fn, args, self)
+        flow = self.inference.summary(self.cls, self.prefix, method)
+        return self._instantiate(flow, bound)
+
+    def _instantiate(self, flow: Flow | None, bound: dict[str, object]):
+        if flow is None:  # recursion: be conservative
+            return _union(bound.values())
+        for source, consumer in flow.edges:
+            for origin in substitute(frozenset({source}), bound):
+                self.edges.add((origin, consumer))
+        return substitute(flow.returned if flow.returned is not None else EMPTY, bound)
+
+
+def _integer(node: cst.BaseExpression) -> int | None:
+    if isinstance(node, cst.Integer):
+        return int(node.value)
+    if isinstance(node, cst.UnaryOperation) and isinstance(node.operator, cst.Minus) and isinstance(node.expression, cst.Integer):
+        return -int(node.expression.value)
+    return None
+
+
+def _union(values) -> frozenset:
+    out: frozenset = EMPTY
+    for value in values:
+        out |= flat(value)
+    return out
+
+
+def _method_params(fn: cst.FunctionDef) -> list[str]:
+    """Parameters a caller fills: `self`/`cls` dropped unless the method is static."""
+    names = param_names(fn)
+    static = any(dotted(d.decorator) == "staticmethod" for d in fn.decorators)
+    return names if static else names[1:]
+
+
+def _bind(fn: cst.FunctionDef, args, flow: _FunctionFlow) -> dict[str, object]:
+    names = _method_params(fn)
+    bound: dict[str, object] = {}
+    position = 0
+    for arg in args:
+        value = flow.expr(arg.value)
+        if arg.keyword is not None:
+            bound[arg.keyword.value] = value
+        elif arg.star:
+            bound.setdefault("*", EMPTY)
+        elif position < len(names):
+            bound[names[position]] = value
+            position += 1
+    return bound
+
+
+class FlowInference:
+    """Summaries of every (class, path, method) reached from the base model's forward."""
+
+    def __init__(self, analysis: RepoAnalysis, tree: ModuleTree):
+        self.analysis, self.tree = analysis, tree
+        self._summaries: dict[tuple[str, str, str], Flow | None] = {}
+        self.fused: dict[str, str] = {}
+
+    def mark_fused(self, path: str, layout: str) -> None:
+        # A split seen anywhere wins: one `.split` on the raw output makes it concatenated.
+        if self.fused.get(path) != "concatenated":
+            self.fused[path] = layout
+
+    def summary(self, cls: str, prefix: str, method: str) -> Flow | None:
+        key = (cls, prefix, method)
+        if key in self._summaries:
+            return self._summaries[key]
+        self._summaries[key] = None  # guards recursion
+        fn = _method(self.analysis, cls, method)
+        if fn is None:
+            return None
+        params = {n: frozenset({"@" + n}) for n in _method_params(fn)}
+        flow = _FunctionFlow(self, cls, prefix, params)
+        flow.block(fn.body.body if isinstance(fn.body, cst.IndentedBlock) else [])
+        result = Flow(flow.edges, flow.returned)
+        self._summaries[key] = result
+        return result
+
+
+# -- plans -----------------------------------------------------------------------------------------
+def _layer_scope(path: str) -> str:
+    return path[: path.rfind("*") + 1] if "*" in path else ""
+
+
+def infer_plans(analysis: RepoAnalysis, styles: set[str] | None = None, conv1d_as_linear: bool = True) -> ParallelPlans:
+    """The plans for the repo's base model, with the reasons for whatever is not split.
+
+    `conv1d_as_linear`: the port turns Conv1D projections into nn.Linear (transforms/
+    conv1d_linear.py), so they pair like any linear; without it they stay replicated."""
+    base = _pick_base_model(analysis)
+    plans = ParallelPlans(base_model=base, config_class=_config_class(analysis))
+    if base is None:
+        plans.problems.append("no base model (a pretrained class owning the layer list) was found")
+        return plans
+    tree = ModuleTree(analysis)
+    projections = _projections(analysis, tree, base)
+    inference = FlowInference(analysis, tree)
+    flow = inference.summary(base, "", "forward")
+    edges = {
+        (s, d)
+        for s, d in (flow.edges if flow else ())
+        if s in projections and d in projections and s != d and _layer_scope(s) == _layer_scope(d)
+    }
+    plans.fused = {p: layout for p, layout in inference.fused.items() if p in projections}
+    plans.conditional = sorted(p for p, projection in projections.items() if projection.conditional)
+    plans.owners = {p: projection.owner for p, projection in projections.items()}
+    plans.conv1d = {p: projection.owner for p, projection in projections.items() if projection.kind == CONV1D}
+    _assign_styles(plans, projections, edges, styles, conv1d_as_linear)
+    _find_experts(plans, analysis, tree, base)
+    plans.pp_plan = _pp_plan(plans, analysis, tree, base)
+    return plans
+
+
+def _pick_base_model(analysis: RepoAnalysis) -> str | None:
+    held = [b for b in analysis.base_models if b in set(analysis.heads.values()) or b in analysis.entry_points]
+    candidates = sorted(held or analysis.base_models)
+    for name in candidates:
+        if any(analysis.classes[h].children.get(a) == name for h, a in analysis.heads.items()):
+            return name
+    return candidates[0] if candidates else None
+
+
+def _config_class(analysis: RepoAnalysis) -> str | None:
+    """The config class `auto_map` names (else the first one): where the plans go."""
+    configs = [
+        name for name in analysis.classes
+        if any(CONFIG_BASES & set(analysis.classes[c].bases) for c in (name, *analysis.ancestors(name)))
+    ]
+    named = [name for name in configs if name in analysis.entry_points]
+    return (named or configs or [None])[0]
+
+
+def _projections(analysis: RepoAnalysis, tree: ModuleTree, base: str) -> dict[str, Projection]:
+    found = {}
+    for prefix, cls, conditional in tree.walk_paths(base):
+        for attr, (kind, _) in tree.projections[cls].items():
+            path = prefix + attr
+            found[path] = Projection(path, kind, cls, conditional or attr in tree.conditional[cls])
+    return found
+
+
+def _assign_styles(plans: ParallelPlans, projections: dict[str, Projection], edges, styles, conv1d_as_linear) -> None:
+    feeds: dict[str, set[str]] = {p: set() for p in projections}
+    fed_by: dict[str, set[str]] = {p: set() for p in projections}
+    for source, consumer in edges:
+        feeds[source].add(consumer)
+        fed_by[consumer].add(source)
+    gather = COLWISE_GATHER if styles is None or COLWISE_GATHER in styles else "colwise_gather_output"
+    split = ROWWISE_SPLIT if styles is None or ROWWISE_SPLIT in styles else "rowwise_split_input"
+    paired: set[str] = set()
+    for consumer in sorted(projections):
+        producers = fed_by[consumer]
+        if not producers:
+            continue
+        group = sorted(producers)
+        why = None
+        if feeds[consumer]:
+            why = f"{consumer} is fed by {', '.join(group)} and feeds {', '.join(sorted(feeds[consumer]))}"
+        elif any(fed_by[p] or feeds[p] != {consumer} for p in group):
+            why = f"{', '.join(group)} feed more than {consumer}"
+        elif not conv1d_as_linear and any(projections[p].kind == CONV1D for p in [*group, consumer]):
+            why = "Conv1D stores its weight as [in, out]; transformers' colwise/rowwise split nn.Linear's [out, in]"
+        if why:
+            for path in [*group, consumer]:
+                plans.replicated.setdefault(path, why)
+            continue
+        concatenated = [p for p in group if plans.fused.get(p) == "concatenated"]
+        for producer in group:
+            plans.tp_plan[producer] = gather if concatenated else COLWISE
+        plans.tp_plan[consumer] = split if concatenated else ROWWISE
+        if concatenated:
+            plans.notes.append(
+                f"{', '.join(concatenated)}: fused output split as [a|b|...] along the features; the ranks' "
+                f"column shards are gathered ({gather}) and {consumer} splits its replicated input ({split})"
+            )
+        plans.pairs.append((group, consumer))
+        paired |= {*group, consumer}
+    for path in sorted(projections):
+        if path not in paired and path not in plans.replicated:
+            plans.replicated[path] = "feeds no projection and is fed by none within its layer"
+    for path, why in plans.replicated.items():
+        if "*" in path:  # inside the layers: declared, so the plan covers every layer projection (D1)
+            plans.tp_plan.setdefault(path, REPLICATE)
+        plans.notes.append(f"{path}: replicated ({why})")
+    unknown = sorted(set(plans.tp_plan.values()) - styles) if styles is not None else []
+    if unknown:
+        plans.problems.append(f"styles {unknown} are not registered by the installed transformers")
+    order = list(projections)  # module-tree order reads best in the config
+    plans.tp_plan = dict(sorted(plans.tp_plan.items(), key=lambda item: order.index(item[0])))
+
+
+def _find_experts(plans: ParallelPlans, analysis: RepoAnalysis, tree: ModuleTree, base: str) -> None:
+    """Mixture of experts: a layer list inside a layer, beside a projection whose output picks them."""
+    for prefix, cls, _ in tree.walk_paths(base):
+        info = analysis.classes[cls]
+        if prefix.count("*") == 0:
+            continue
+        for attr in info.layer_lists:
+            plans.experts.append(f"{prefix}{attr}")
+            forward = _method(analysis, cls, "forward")
+            text = cst.Module(body=[]).code_for_node(forward) if forward else ""
+            for name in tree.projections[cls]:
+                if f"self.{name}(" in text and ("topk" in text or "softmax" in text):
+                    plans.routers.append(f"{prefix}{name}")
+    if plans.experts:
+        plans.notes.append(
+            f"mixture of experts: experts {', '.join(plans.experts)}, router {', '.join(plans.routers) or 'not found'}; "
+            "each expert's projections follow the pairs found like any MLP's; no packed or expert-parallel plan is written"
+        )
+
+
+# -- pipeline plan ----------------------------------------------------------------------------------
+def _pp_plan(plans: ParallelPlans, analysis: RepoAnalysis, tree: ModuleTree, base: str) -> dict:
+    info = analysis.classes[base]
+    forward = _method(analysis, base, "forward")
+    if forward is None:
+        plans.problems.append(f"{base} has no forward: no pipeline plan")
+        return {}
+    if len(info.layer_lists) != 1:
+        where = [f"{a}.{b}" for a, c in info.children.items() for b in analysis.classes[c].layer_lists]
+        plans.problems.append(
+            f"{base} holds {len(info.layer_lists)} layer lists as direct children"
+            + (f" (the layers sit in {', '.join(where)})" if where else "")
+            + ": a pipeline plan needs exactly one"
+        )
+        return {}
+    children = set(tree.modules[base])
+    order: list[str] = []
+    names: dict[str, tuple[list[str], list[str]]] = {}
+    statements = [n for n in walk(forward.body) if isinstance(n, (cst.SimpleStatementLine, cst.For))]
+    flags = _flag_params(forward)
+    loop_bound = {n.value for s in statements if isinstance(s, cst.For) for n in walk(s.target) if isinstance(n, cst.Name)}
+    for index, stmt in enumerate(statements):
+        nodes = [stmt] if isinstance(stmt, cst.For) else walk(stmt)
+        for node in nodes:
+            attr, call = _child_use(node, children, info)
+            if attr is None or attr in names or call is None:
+                continue
+            order.append(attr)
+            names[attr] = (_input_names(call, flags, loop_bound), _output_names(call, statements[index:]))
+    return {attr: names[attr] for attr in order}
+
+
+def _child_use(node, children: set[str], info: ClassInfo):
+    """(child attribute, the call that runs it) when `node` runs a direct child."""
+    if isinstance(node, cst.Call) and is_self_attr(node.func) and node.func.attr.value in children:
+        return node.func.attr.value, node
+    if isinstance(node, cst.For):
+        for attr in info.layer_lists:
+            if any(is_self_attr(n, attr) for n in walk(node.iter)):
+                loop_names = {n.value for n in walk(node.target) if isinstance(n, cst.Name)}
+                call = next(
+                    (c for c in walk(node.body) if isinstance(c, cst.Call) and isinstance(c.func, cst.Name)
+                     and c.func.value in loop_names),
+                    None,
+                )
+                return attr, call
+    return None, None
+
+
+def _flag_params(forward: cst.FunctionDef) -> set[str]:
+    """Parameters annotated or defaulted as booleans: switches, not tensors a stage hands on."""
+    flags = set()
+    for param in forward.params.params + forward.params.kwonly_params:
+        annotation = cst.Module(body=[]).code_for_node(param.annotation.annotation) if param.annotation else ""
+        default = param.default
+        if "bool" in annotation or (isinstance(default, cst.Name) and default.value in ("True", "False")):
+            flags.add(param.name.value)
+    return flags
+
+
+def _input_names(call: cst.Call, flags: set[str], loop_bound: set[str]) -> list[str]:
+    """Tensors the child takes from the forward: its plain-name arguments, flags and per-layer
+    loop variables (a cache entry) left out."""
+    names = []
+    for arg in call.args:
+        value = arg.value
+        if arg.star:
+            continue
+        if isinstance(value, cst.Name) and value.value not in ("None", "True", "False", *flags, *loop_bound):
+            names.append(value.value if arg.keyword is None else arg.keyword.value)
+    return names
+
+
+def _output_names(call: cst.Call, statements) -> list[str]:
+    """The name the child's (first) output is bound to, following `out = layer(...); h = out[0]`."""
+    target = None
+    for node in (n for s in statements for n in walk(s)):
+        if isinstance(node, cst.Assign) and any(c is call for c in walk(node.value)):
+            target = node.targets[0].target
+            break
+    if target is None:
+        return []
+    if isinstance(target, cst.Name):
+        # `layer_outputs = layer(...)` then `hidden_states = layer_outputs[0]`
+        for nxt in statements:
+            for node in walk(nxt):
+                if (
+                    isinstance(node, cst.Assign)
+                    and isinstance(node.value, cst.Subscript)
+                    and dotted(node.value.value) == target.value
+                    and isinstance(node.targets[0].target, cst.Name)
+                ):
+                    return [node.targets[0].target.value]
+        return [target.value]
+    if isinstance(target, cst.Tuple):
+        return [e.value.value for e in target.elements if isinstance(e.value, cst.Name)][:1]
+    return []
+
+
+__all__ = ["ParallelPlans", "Projection", "infer_plans"]

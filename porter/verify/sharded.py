@@ -1,0 +1,194 @@
+"""Prove the parallel plans on the ported repo (CONTRACT D1-D4).
+
+The plans were inferred from the code (porter.parallel) and written into the config class.
+Here the ported model is run by transformers' own tensor-parallel loading over two CPU
+processes (`torchrun`, gloo) and compared with the unsharded model: a wrong plan does not
+crash, it computes something else, and only this comparison shows it. The child also builds
+the module tree from the config on the meta device, so the plan's keys are checked against
+what the model really holds.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from porter.report import FAIL, PASS, SKIP, Check, Report
+from porter.verify import _pad_id as pad_id
+from porter.verify import make_inputs
+from porter.verify.child import child_environment, current_python
+
+RUNNER = Path(__file__).with_name("sharded_runner.py")
+TP_SIZE = 2
+TOLERANCE = 1e-5
+SHARDING_STYLES = {"colwise", "rowwise", "colwise_rep", "rowwise_rep", "colwise_gather_output", "rowwise_split_input",
+                   "packed_colwise", "packed_rowwise", "moe_tp_experts"}
+
+
+def head_counts(config: dict) -> dict[str, int]:
+    """Every head count the config declares (attention and key/value heads)."""
+    text = config.get("text_config") or config
+    return {
+        key: value
+        for key, value in text.items()
+        if isinstance(value, int) and not isinstance(value, bool) and "head" in key
+        and not any(word in key for word in ("dim", "size", "layer"))
+    }
+
+
+def static_checks(plans: dict | None, report: Report) -> None:
+    """What inference found, before anything runs: D1 coverage, D3 shape, D4 experts."""
+    if not plans:
+        report.add(Check("D1", "tensor-parallel plan inferred from the data flow", SKIP, "no plan was inferred"))
+        return
+    tp = plans.get("tp_plan") or {}
+    counts = {style: sum(1 for s in tp.values() if s == style) for style in sorted(set(tp.values()))}
+    problems = [p for p in plans.get("problems") or [] if "pipeline" not in p]
+    status = FAIL if problems else PASS
+    detail = "; ".join(problems or plans.get("notes") or [])
+    figures = {**counts, "pairs": len(plans.get("pairs") or []), "tp_plan": tp, "pp_plan": plans.get("pp_plan") or {},
+               "replicated": plans.get("replicated") or {}, "fused": plans.get("fused") or {}}
+    report.add(Check("D1", "tensor-parallel plan inferred from the data flow", status, detail, figures))
+    if plans.get("experts"):
+        report.add(Check("D4", "mixture-of-experts plan", SKIP,
+                         f"experts {plans['experts']} and router {plans.get('routers')} recognised; "
+                         "each expert's projections follow the pairs found; no packed or expert-parallel plan is written"))
+
+
+def prove_sharded(
+    ported_repo: Path,
+    config: dict,
+    plans: dict | None,
+    report: Report,
+    timeout: float = 900.0,
+    max_new_tokens: int = 8,
+    progress=lambda message: None,
+) -> None:
+    """Add the D1-D4 checks, with figures, for the ported repo at `ported_repo`; `plans` is
+    what inference found (`porter.parallel.ParallelPlans.as_dict()`)."""
+    static_checks(plans, report)
+    declared = (plans or {}).get("tp_plan") or {}
+    if declared and not set(declared.values()) & SHARDING_STYLES:
+        report.add(Check("D2", "sharded logits vs unsharded, 2 CPU processes", SKIP,
+                         "the plan splits no projection (every one replicated, see D1)"))
+        return
+    uneven = {k: v for k, v in head_counts(config).items() if v % TP_SIZE}
+    if uneven:
+        report.add(Check("D2", "sharded logits vs unsharded, 2 CPU processes", SKIP,
+                         f"head counts {uneven} do not divide by the tensor-parallel size {TP_SIZE}: the plan holds "
+                         "only for sizes that divide every head count"))
+        return
+    work = Path(tempfile.mkdtemp(prefix="port-model-sharded-"))
+    try:
+        progress(f"running the ported model sharded over {TP_SIZE} processes (torchrun, gloo)")
+        _prove_in(work, ported_repo, config, plans, report, timeout, max_new_tokens)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _prove_in(work, ported_repo, config, plans, report, timeout, max_new_tokens) -> None:
+    inputs = make_inputs(config)
+    save_file(inputs, str(work / "inputs.safetensors"))
+    staging = work / "stage"
+    staging.mkdir()
+    (staging / "model_repo").symlink_to(Path(ported_repo).resolve(), target_is_directory=True)
+    spec = {
+        "repo": str(staging / "model_repo"),
+        "inputs": str(work / "inputs.safetensors"),
+        "out_dir": str(work),
+        "generate": "AutoModelForCausalLM" in (config.get("auto_map") or {}),
+        "max_new_tokens": max_new_tokens,
+        "pad_token_id": pad_id(config),
+    }
+    (work / "spec.json").write_text(json.dumps(spec))
+    env = {**child_environment(work / "hf_home"), "OMP_NUM_THREADS": "1"}
+    command = [current_python(), "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={TP_SIZE}",
+               str(RUNNER), str(work / "spec.json")]
+    name = "sharded logits vs unsharded, 2 CPU processes"
+    try:
+        with open(work / "child.log", "w") as log:
+            subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout, cwd=work,
+                           stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        report.add(Check("D2", name, FAIL, f"the sharded run exceeded its time limit of {timeout:.0f}s"))
+        return
+    results = {p.name: json.loads(p.read_text()) for p in sorted(work.glob("result-*.json"))}
+    failed = next((r for r in results.values() if not r.get("ok")), None)
+    if failed or "result-0.json" not in results:
+        error = (failed or {}).get("error") or (work / "child.log").read_text(errors="replace")[-1500:]
+        report.add(Check("D2", name, FAIL, f"the sharded run failed: {error}"))
+        return
+    result = results["result-0.json"]
+    _tree_checks(report, result["tree"], set((plans or {}).get("conditional") or ()))
+    outputs = load_file(str(work / "outputs.safetensors"))
+    _compare(report, outputs, inputs, result, name)
+
+
+def _tree_checks(report: Report, tree: dict, conditional: set[str]) -> None:
+    """D1 on the real module tree: every key names a module (or one that only some configs
+    build, e.g. cross-attention), and every projection of the layers is in the plan. A
+    projection outside the layers (a pooler) stays replicated, as transformers' own plans do."""
+    unmatched = [k for k in tree["unmatched_keys"] if k not in conditional]
+    in_layers = [p for p in tree["uncovered_projections"] if re.search(r"\.\d+\.", p)]
+    outside = [p for p in tree["uncovered_projections"] if p not in in_layers]
+    problems = []
+    if unmatched:
+        problems.append(f"keys matching no module: {unmatched}")
+    if in_layers:
+        problems.append(f"layer projections neither split nor declared replicated: {in_layers}")
+    notes = [f"replicated outside the layers: {outside}"] if outside else []
+    skipped = [k for k in tree["unmatched_keys"] if k in conditional]
+    if skipped:
+        notes.append(f"keys for modules this config does not build: {skipped}")
+    figures = {"keys": len(tree["tp_plan"]), "projections": tree["projections"], "unmatched": len(unmatched)}
+    status = FAIL if problems or not tree["tp_plan"] else PASS
+    report.add(Check("D1", "plan keys against the module tree built on the meta device", status,
+                     "; ".join(problems + notes), figures))
+    pp = tree["pp_plan"]
+    if not pp:
+        report.add(Check("D3", "pipeline plan", SKIP, "no base_model_pp_plan (see the notes of D1)"))
+        return
+    children = [c[0] for c in tree["children"]]
+    lists = [c[0] for c in tree["children"] if c[2]]
+    bad = [k for k in pp if k not in children]
+    planned_lists = [k for k in pp if k in lists]
+    ok = not bad and len(planned_lists) == 1 and len(lists) == 1
+    detail = "" if ok else f"not direct children: {bad}; layer lists in the plan: {planned_lists} of {lists}"
+    report.add(Check("D3", "pipeline plan", PASS if ok else FAIL, detail, {"entries": len(pp)}))
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    if a.shape != b.shape:
+        return float("inf")
+    diff = (a - b).abs()
+    if mask is not None:
+        diff = diff[mask.bool()]
+    return float(diff.max()) if diff.numel() else 0.0
+
+
+def _compare(report: Report, outputs: dict, inputs: dict, result: dict, name: str) -> None:
+    mask = inputs["batch.attention_mask"]
+    figures = {
+        "single_max_abs_diff": _max_diff(outputs["full.single.output"], outputs["sharded.single.output"]),
+        "padded_batch_max_abs_diff": _max_diff(outputs["full.batch.output"], outputs["sharded.batch.output"], mask),
+        "tolerance": TOLERANCE,
+        "tp_size": result.get("tp_size"),
+    }
+    worst = max(figures["single_max_abs_diff"], figures["padded_batch_max_abs_diff"])
+    sharded = sum(1 for style in (result.get("applied_plan") or {}).values() if style in SHARDING_STYLES)
+    if not sharded or result.get("tp_size") != TP_SIZE:
+        report.add(Check("D2", name, FAIL, f"transformers applied no sharding (tp_size={result.get('tp_size')})",
+                         figures))
+        return
+    report.add(Check("D2", name, PASS if worst <= TOLERANCE else FAIL, "", figures))
+    if "full.single.generated" in outputs:
+        same = torch.equal(outputs["full.single.generated"], outputs["sharded.single.generated"])
+        report.add(Check("D2", "sharded greedy tokens vs unsharded", PASS if same else FAIL, "",
+                         {"tokens": outputs["sharded.single.generated"].tolist()}))

@@ -1,0 +1,145 @@
+"""Run a ported repo sharded with transformers' own tensor-parallel loading (CONTRACT D1-D3).
+
+Executed by path under `torchrun` (one process per rank, gloo on CPU) with the current
+transformers, so it imports nothing from port-model. Usage:
+`python -m torch.distributed.run --standalone --nproc_per_node 2 sharded_runner.py SPEC.json`.
+
+Every rank loads the model twice, unsharded and with `tp_plan="auto"`, and runs the same
+inputs through both; rank 0 writes `outputs.safetensors` and `result.json` to the spec's
+`out_dir`. Rank 0 also builds the module tree from the config on the meta device (no
+weights) and records what the plans name in it.
+"""
+
+import json
+import os
+import re
+import sys
+import traceback
+
+
+def _auto_class(spec, config):
+    import transformers
+
+    auto_map = getattr(config, "auto_map", None) or {}
+    name = "AutoModelForCausalLM" if "AutoModelForCausalLM" in auto_map else "AutoModel"
+    return getattr(transformers, name)
+
+
+def _load(auto_cls, repo, sharded):
+    import torch
+
+    kwargs = {"trust_remote_code": True, "dtype": torch.float32, "attn_implementation": "eager"}
+    if sharded:
+        try:
+            from transformers.distributed import DistributedConfig
+
+            kwargs["distributed_config"] = DistributedConfig(tp_plan="auto")
+        except ImportError:  # releases before DistributedConfig take the plan directly
+            kwargs["tp_plan"] = "auto"
+    return auto_cls.from_pretrained(repo, **kwargs).eval()
+
+
+def _local(tensor):
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+def _run(model, inputs, spec, tag, tensors):
+    import torch
+
+    for prefix in ("single", "batch"):
+        kwargs = {"input_ids": inputs[f"{prefix}.input_ids"], "use_cache": False, "return_dict": True}
+        if f"{prefix}.attention_mask" in inputs:
+            kwargs["attention_mask"] = inputs[f"{prefix}.attention_mask"]
+        with torch.no_grad():
+            out = model(**kwargs)
+        value = out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
+        tensors[f"{tag}.{prefix}.output"] = _local(value).detach().float().contiguous()
+    if spec.get("generate") and hasattr(model, "generate"):
+        ids = inputs["single.input_ids"]
+        with torch.no_grad():
+            generated = model.generate(
+                input_ids=ids,
+                max_new_tokens=spec["max_new_tokens"],
+                do_sample=False,
+                pad_token_id=spec.get("pad_token_id", 0),
+            )
+        tensors[f"{tag}.single.generated"] = _local(generated)[:, ids.shape[1] :].contiguous()
+
+
+def _pattern(key):
+    return re.compile(re.escape(key).replace(r"\*", r"\d+"))
+
+
+def _module_tree(auto_cls, config):
+    """What the plans name, on the module tree built from the config on the meta device."""
+    import torch
+
+    with torch.device("meta"):
+        model = auto_cls.from_config(config, trust_remote_code=True)
+    base = model.base_model
+    names = [name for name, _ in base.named_modules() if name]
+    tp_plan = dict(getattr(type(config), "base_model_tp_plan", None) or {})
+    pp_plan = dict(getattr(type(config), "base_model_pp_plan", None) or {})
+    projections = sorted(
+        name
+        for name, module in base.named_modules()
+        if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"
+    )
+    covered = [_pattern(key) for key in tp_plan]
+    children = [(name, type(child).__name__, isinstance(child, torch.nn.ModuleList)) for name, child in base.named_children()]
+    return {
+        "tp_plan": tp_plan,
+        "pp_plan": {k: [list(v[0]), list(v[1])] for k, v in pp_plan.items()},
+        "unmatched_keys": [key for key in tp_plan if not any(_pattern(key).fullmatch(n) for n in names)],
+        "uncovered_projections": [p for p in projections if not any(c.fullmatch(p) for c in covered)],
+        "projections": len(projections),
+        "children": children,
+    }
+
+
+def main(spec_path):
+    with open(spec_path) as f:
+        spec = json.load(f)
+    rank = int(os.environ.get("RANK", "0"))
+    result = {"ok": False}
+    tensors = {}
+    try:
+        import torch
+        import transformers
+        from safetensors.torch import load_file, save_file
+
+        torch.manual_seed(0)
+        result["transformers_version"] = transformers.__version__
+        inputs = load_file(spec["inputs"])
+        config = transformers.AutoConfig.from_pretrained(spec["repo"], trust_remote_code=True)
+        auto_cls = _auto_class(spec, config)
+        if rank == 0:
+            result["tree"] = _module_tree(auto_cls, config)
+        full = _load(auto_cls, spec["repo"], sharded=False)
+        _run(full, inputs, spec, "full", tensors)
+        del full
+        sharded = _load(auto_cls, spec["repo"], sharded=True)
+        result["tp_size"] = getattr(sharded, "tp_size", None)
+        result["applied_plan"] = dict(getattr(sharded, "tp_plan", None) or {})
+        _run(sharded, inputs, spec, "sharded", tensors)
+        if rank == 0:
+            save_file(tensors, os.path.join(spec["out_dir"], "outputs.safetensors"))
+        result["ok"] = True
+    except BaseException as exc:  # reported to the parent
+        result["error"] = f"{type(exc).__name__}: {exc}"
+        result["traceback"] = traceback.format_exc()[-6000:]
+    if rank == 0 or not result["ok"]:
+        with open(os.path.join(spec["out_dir"], f"result-{rank}.json"), "w") as f:
+            json.dump(result, f, indent=1)
+    try:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:
+        pass
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
