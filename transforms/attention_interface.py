@@ -178,7 +178,12 @@ class RouteAttention(Transform):
         while end + 1 < len(body) and is_guard(body[end + 1]):
             end += 1
         transpose_index = end + 1
-        if transpose_index >= len(body) or not _restores_heads(body[transpose_index], math.output):
+        replace = {}
+        if transpose_index < len(body) and not _restores_heads(body[transpose_index], math.output):
+            merged = _without_head_restore(body[transpose_index], math.output)
+            if merged is not None:
+                replace[transpose_index] = merged
+        if transpose_index >= len(body) or not (replace or _restores_heads(body[transpose_index], math.output)):
             raise NotUnderstood(
                 body[min(transpose_index, len(body) - 1)],
                 f"expected `{math.output} = {math.output}.transpose(1, 2)` after the attention math",
@@ -211,7 +216,8 @@ class RouteAttention(Transform):
             math=local_math,
             inputs=inputs,
             targets=(math.output, math.weights),
-            drop={transpose_index, *repeats},
+            drop={*repeats} if replace else {transpose_index, *repeats},
+            replace=replace,
             renames=renames,
             extras=extras,
             repeat_stmts=[body[i] for i in repeats],
@@ -263,6 +269,8 @@ class RouteAttention(Transform):
         after = index + 1
         if after < len(body) and _restores_heads(body[after], output):
             drop.add(after)
+        elif after < len(body) and _without_head_restore(body[after], output) is not None:
+            replace[after] = _without_head_restore(body[after], output)
         elif after < len(body) and _merges_heads(body[after], output, methods):
             replace[after] = parse_stmts(f"{output} = {output}.reshape(*{output}.shape[:-2], -1).contiguous()\n")[0]
         else:
@@ -577,6 +585,22 @@ def _restores_heads(stmt: cst.CSTNode, output: str) -> bool:
     text = code_of(assign[1]).replace(" ", "")
     forms = (f"{output}.transpose(1,2)", f"{output}.permute(0,2,1,3)")
     return text in forms or text in {f + ".contiguous()" for f in forms}
+
+
+def _without_head_restore(stmt: cst.CSTNode, output: str) -> cst.CSTNode | None:
+    """`out = out.transpose(1, 2)[.contiguous()].reshape(...)` in one statement: the same
+    statement without the transpose, since the interface already returns heads second."""
+    assign = single_assign(stmt)
+    if not assign or dotted(assign[0][0]) != output:
+        return None
+    for node in walk(assign[1]):
+        if node is assign[1] or not isinstance(node, cst.Call) or not isinstance(node.func, cst.Attribute):
+            continue
+        args = code_of(cst.Call(func=cst.Name("f"), args=node.args)).replace(" ", "")
+        is_restore = (node.func.attr.value, args) in {("transpose", "f(1,2)"), ("permute", "f(0,2,1,3)")}
+        if is_restore and dotted(node.func.value) == output:
+            return stmt.deep_replace(node, cst.Name(output))
+    return None
 
 
 def _merges_heads(stmt: cst.CSTNode, output: str, methods) -> bool:

@@ -58,12 +58,14 @@ SHAPES = {
     )
 }
 
-# Real models combine the shapes; these combinations are the ones verified end to end by
-# default (one port each keeps the test time small) and cover every feature above.
+# Real models combine the shapes (Falcon: multi-query + fused qkv + parallel blocks; MPT:
+# ALiBi + fused qkv + qk-norm; Gemma 2 / Mixtral: softcap, sliding windows, experts). These
+# three combinations cover every feature above with three ports, the ones the default test
+# run verifies end to end.
 COMBINED = {
-    "falcon_like": replace(SHAPES["mqa"], name="falcon_like", fused_qkv=True, parallel=True),
-    "mpt_like": replace(SHAPES["alibi"], name="mpt_like", fused_qkv=True, qk_norm=True),
-    "mixtral_like": replace(SHAPES["moe"], name="mixtral_like", sliding_window=5),
+    "mqa_fused_parallel": replace(SHAPES["mqa"], name="mqa_fused_parallel", fused_qkv=True, parallel=True),
+    "alibi_fused_qknorm": replace(SHAPES["alibi"], name="alibi_fused_qknorm", fused_qkv=True, qk_norm=True),
+    "moe_window_softcap": replace(SHAPES["moe"], name="moe_window_softcap", sliding_window=5, softcap=5.0),
 }
 
 HIDDEN, HEADS, LAYERS, VOCAB, INTERMEDIATE, EXPERTS = 32, 4, 2, 64, 48, 4
@@ -134,7 +136,10 @@ def _state_dict(shape: Shape) -> dict[str, torch.Tensor]:
         if shape.moe:
             shapes.append((p + "mlp.gate.weight", (EXPERTS, HIDDEN)))
         for e in experts:
-            shapes += [(p + e + "gate_proj.weight", (INTERMEDIATE, HIDDEN)), (p + e + "up_proj.weight", (INTERMEDIATE, HIDDEN))]
+            shapes += [
+                (p + e + "gate_proj.weight", (INTERMEDIATE, HIDDEN)),
+                (p + e + "up_proj.weight", (INTERMEDIATE, HIDDEN)),
+            ]
             shapes.append((p + e + "down_proj.weight", (HIDDEN, INTERMEDIATE)))
     shapes += [("model.norm.weight", (HIDDEN,)), ("lm_head.weight", (VOCAB, HIDDEN))]
     generator = torch.Generator().manual_seed(0)
@@ -320,9 +325,7 @@ def _attention(shape: Shape) -> str:
     return (
         "class PatternLMAttention(nn.Module):\n"
         "    def __init__(self, config: PatternLMConfig, layer_idx: Optional[int] = None):\n"
-        "        super().__init__()\n"
-        + _indent("\n".join(init) + "\n", 8)
-        + "\n"
+        "        super().__init__()\n" + _indent("\n".join(init) + "\n", 8) + "\n"
         "    def forward(\n"
         "        self,\n"
         "        hidden_states: torch.Tensor,\n"
@@ -354,9 +357,7 @@ def _decoder_layer(shape: Shape) -> str:
         "attn_output, self_attn_weights, present_key_value = self.self_attn(\n"
         "    hidden_states=hidden_states,\n"
         "    attention_mask=attention_mask,\n"
-        "    position_ids=position_ids,\n"
-        + alibi
-        + "    past_key_value=past_key_value,\n"
+        "    position_ids=position_ids,\n" + alibi + "    past_key_value=past_key_value,\n"
         "    output_attentions=output_attentions,\n"
         "    use_cache=use_cache,\n"
         ")\n"
@@ -387,9 +388,7 @@ def _decoder_layer(shape: Shape) -> str:
     return (
         "class PatternLMDecoderLayer(nn.Module):\n"
         "    def __init__(self, config: PatternLMConfig, layer_idx: int):\n"
-        "        super().__init__()\n"
-        + _indent("\n".join(init) + "\n", 8)
-        + "\n"
+        "        super().__init__()\n" + _indent("\n".join(init) + "\n", 8) + "\n"
         "    def forward(\n"
         "        self,\n"
         "        hidden_states: torch.Tensor,\n"
@@ -399,8 +398,7 @@ def _decoder_layer(shape: Shape) -> str:
         + "        past_key_value: Optional[Tuple[torch.Tensor]] = None,\n"
         "        output_attentions: Optional[bool] = False,\n"
         "        use_cache: Optional[bool] = False,\n"
-        "    ) -> Tuple[torch.FloatTensor, Optional[Tuple[torch.FloatTensor, torch.FloatTensor]]]:\n"
-        + _indent(body, 8)
+        "    ) -> Tuple[torch.FloatTensor, Optional[Tuple[torch.FloatTensor, torch.FloatTensor]]]:\n" + _indent(body, 8)
     )
 
 
@@ -418,7 +416,7 @@ def _base_model(shape: Shape) -> str:
     else:
         alibi = layer_alibi = ""
     return (
-        '''\
+        """\
 class PatternLMModel(PatternLMPreTrainedModel):
     def __init__(self, config: PatternLMConfig):
         super().__init__(config)
@@ -482,9 +480,9 @@ class PatternLMModel(PatternLMPreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
 
-'''
+"""
         + _indent(alibi, 8)
-        + f'''\
+        + f"""\
         attention_mask = _prepare_4d_causal_attention_mask(
             attention_mask, (batch_size, seq_length), inputs_embeds, past_key_values_length{window}
         )
@@ -532,7 +530,7 @@ class PatternLMModel(PatternLMPreTrainedModel):
             hidden_states=all_hidden_states,
             attentions=all_self_attns,
         )
-'''
+"""
     )
 
 
@@ -554,7 +552,7 @@ from transformers.modeling_utils import PreTrainedModel
 from .configuration_pattern_lm import PatternLMConfig
 '''
 
-RMS_NORM = '''\
+RMS_NORM = """\
 class PatternLMRMSNorm(nn.Module):
     def __init__(self, hidden_size, eps=1e-6):
         super().__init__()
@@ -567,9 +565,9 @@ class PatternLMRMSNorm(nn.Module):
         variance = hidden_states.pow(2).mean(-1, keepdim=True)
         hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
         return self.weight * hidden_states.to(input_dtype)
-'''
+"""
 
-ROTARY = '''\
+ROTARY = """\
 class PatternLMRotaryEmbedding(nn.Module):
     def __init__(self, dim, max_position_embeddings=2048, base=10000, device=None):
         super().__init__()
@@ -611,7 +609,7 @@ def apply_rotary_pos_emb(q, k, cos, sin, position_ids):
     q_embed = (q * cos) + (rotate_half(q) * sin)
     k_embed = (k * cos) + (rotate_half(k) * sin)
     return q_embed, k_embed
-'''
+"""
 
 ALIBI = '''\
 def build_alibi_tensor(attention_mask: torch.Tensor, num_heads: int, dtype: torch.dtype) -> torch.Tensor:
@@ -632,16 +630,16 @@ def build_alibi_tensor(attention_mask: torch.Tensor, num_heads: int, dtype: torc
     return alibi.to(dtype)
 '''
 
-REPEAT_KV = '''\
+REPEAT_KV = """\
 def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
     if n_rep == 1:
         return hidden_states
     batch, num_key_value_heads, slen, head_dim = hidden_states.shape
     hidden_states = hidden_states[:, :, None, :, :].expand(batch, num_key_value_heads, n_rep, slen, head_dim)
     return hidden_states.reshape(batch, num_key_value_heads * n_rep, slen, head_dim)
-'''
+"""
 
-MLP = '''\
+MLP = """\
 class PatternLMMLP(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -652,7 +650,7 @@ class PatternLMMLP(nn.Module):
 
     def forward(self, x):
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
-'''
+"""
 
 MOE = '''\
 class PatternLMSparseMoeBlock(nn.Module):
@@ -686,7 +684,7 @@ class PatternLMSparseMoeBlock(nn.Module):
         return final_hidden_states.reshape(batch_size, sequence_length, hidden_dim)
 '''
 
-PRETRAINED = '''\
+PRETRAINED = """\
 class PatternLMPreTrainedModel(PreTrainedModel):
     config_class = PatternLMConfig
     base_model_prefix = "model"
@@ -704,9 +702,9 @@ class PatternLMPreTrainedModel(PreTrainedModel):
             module.weight.data.normal_(mean=0.0, std=std)
             if module.padding_idx is not None:
                 module.weight.data[module.padding_idx].zero_()
-'''
+"""
 
-CAUSAL_LM = '''\
+CAUSAL_LM = """\
 class PatternLMForCausalLM(PatternLMPreTrainedModel):
     _tied_weights_keys = ["lm_head.weight"]
 
@@ -815,7 +813,7 @@ class PatternLMForCausalLM(PatternLMPreTrainedModel):
                 tuple(past_state.index_select(0, beam_idx.to(past_state.device)) for past_state in layer_past),
             )
         return reordered_past
-'''
+"""
 
 
 def main(argv: list[str]) -> int:
