@@ -1,9 +1,10 @@
 """Team-written legacy repos, one per attention shape (tests/patterns/builder.py), ported and
 proven against themselves running in transformers 4.36.2.
 
-By default the three combined repos run (together they hold every shape: ALiBi, fused
-`[q|k|v]`, multi-query, parallel blocks, qk-norm, softcapping, sliding window, experts);
-`PORT_MODEL_ALL_PATTERNS=1` also runs each shape on its own.
+By default the two combined repos run (together they hold ALiBi, fused `[q|k|v]`,
+multi-query, parallel blocks, qk-norm, sliding window and experts; softcapping is proven
+by tests/transforms/test_attention_shapes.py); `PORT_MODEL_ALL_PATTERNS=1` also runs each
+shape on its own, softcapping included.
 """
 
 from __future__ import annotations

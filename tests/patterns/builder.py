@@ -59,13 +59,15 @@ SHAPES = {
 }
 
 # Real models combine the shapes (Falcon: multi-query + fused qkv + parallel blocks; MPT:
-# ALiBi + fused qkv + qk-norm; Gemma 2 / Mixtral: softcap, sliding windows, experts). These
-# three combinations cover every feature above with three ports, the ones the default test
-# run verifies end to end.
+# ALiBi + fused qkv + qk-norm; Mixtral: experts + sliding windows). Two combinations cover
+# every feature but softcapping (which turns sdpa off, and with it the check that the bias
+# and the head groups reach sdpa correctly) with two ports: the ones the default test run
+# verifies end to end.
 COMBINED = {
-    "mqa_fused_parallel": replace(SHAPES["mqa"], name="mqa_fused_parallel", fused_qkv=True, parallel=True),
-    "alibi_fused_qknorm": replace(SHAPES["alibi"], name="alibi_fused_qknorm", fused_qkv=True, qk_norm=True),
-    "moe_window_softcap": replace(SHAPES["moe"], name="moe_window_softcap", sliding_window=5, softcap=5.0),
+    "alibi_fused_qknorm_parallel": replace(
+        SHAPES["alibi"], name="alibi_fused_qknorm_parallel", fused_qkv=True, qk_norm=True, parallel=True
+    ),
+    "mqa_moe_window": replace(SHAPES["mqa"], name="mqa_moe_window", moe=True, sliding_window=5),
 }
 
 HIDDEN, HEADS, LAYERS, VOCAB, INTERMEDIATE, EXPERTS = 32, 4, 2, 64, 48, 4
