@@ -4,6 +4,7 @@ every other rewrite has dropped the names it no longer needs."""
 
 from transforms.attention_classes import CollapseBackendClasses
 from transforms.attention_interface import RouteAttention
+from transforms.attention_selection import AttentionSelection
 from transforms.backend_flags import DeclareBackends
 from transforms.base import Change, PortState, Transform
 from transforms.buffer_init import RebuildBuffers
@@ -22,6 +23,7 @@ from transforms.tuple_cache import CacheObjects
 
 REGISTRY: tuple[type[Transform], ...] = (
     CollapseBackendClasses,
+    AttentionSelection,
     ThreadLayerIndex,
     CacheObjects,
     RouteAttention,

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from porter.environments import ensure_reference_env
+from porter.environments import ensure_reference_env, link_packages, remote_code_imports
 from porter.errors import ReferenceUnavailable
 from porter.report import FAIL, PASS, SKIP, Check, Report
 from porter.verify.child import current_python, run_model
@@ -107,6 +107,7 @@ def _verify_in(work, legacy_repo, ported_repo, config, report, options, progress
     try:
         progress(f"preparing the transformers {version} reference environment")
         env = ensure_reference_env(version, options.cache_dir)
+        link_packages(env, remote_code_imports(legacy_repo, env))
     except ReferenceUnavailable as exc:
         report.add(Check("F1", "reference run", FAIL, f"no environment for transformers {version}: {exc}"))
         return

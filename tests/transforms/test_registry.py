@@ -40,6 +40,7 @@ def test_first_run_ports_without_diagnostics_and_compiles(first_run):
     assert '_tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}' in modeling
     # The sample already has layer indices and the Cache API, and uses no removed API.
     not_needed = {"rope-config", "removed-imports", "layer-index", "removed-methods", "config-defaults", "post-init"}
+    not_needed.add("attention-selection")  # its config takes no attn_implementation of its own
     assert {c.transform for c in state.changes} == {t.name for t in REGISTRY} - not_needed
 
 
