@@ -1,10 +1,10 @@
 """Team-written legacy repos, one per attention shape (tests/patterns/builder.py), ported and
 proven against themselves running in transformers 4.36.2.
 
-By default the two combined repos run (together they hold ALiBi, fused `[q|k|v]`,
-multi-query, parallel blocks, qk-norm, sliding window and experts; softcapping is proven
-by tests/transforms/test_attention_shapes.py); `PORT_MODEL_ALL_PATTERNS=1` also runs each
-shape on its own, softcapping included.
+By default one repo runs, `combined`, which holds ALiBi, fused `[q|k|v]`, multi-query,
+parallel blocks, qk-norm and experts at once (softcapping is proven by
+tests/transforms/test_attention_shapes.py, sliding windows by the mistral entries of the
+corpus); `PORT_MODEL_ALL_PATTERNS=1` runs every combination and each shape on its own.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import pytest
 
 import porter
 from porter.report import PASS, SKIP
-from tests.patterns.builder import COMBINED, SHAPES, build
+from tests.patterns.builder import COMBINED, DEFAULT_RUN, SHAPES, build
 
 pytestmark = pytest.mark.slow
 
-NAMES = list(COMBINED) + (list(SHAPES) if os.environ.get("PORT_MODEL_ALL_PATTERNS") else [])
+NAMES = [*COMBINED, *SHAPES] if os.environ.get("PORT_MODEL_ALL_PATTERNS") else list(DEFAULT_RUN)
 
 
 @pytest.mark.parametrize("name", NAMES)

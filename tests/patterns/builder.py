@@ -59,16 +59,21 @@ SHAPES = {
 }
 
 # Real models combine the shapes (Falcon: multi-query + fused qkv + parallel blocks; MPT:
-# ALiBi + fused qkv + qk-norm; Mixtral: experts + sliding windows). Two combinations cover
-# every feature but softcapping (which turns sdpa off, and with it the check that the bias
-# and the head groups reach sdpa correctly) with two ports: the ones the default test run
-# verifies end to end.
+# ALiBi + fused qkv + qk-norm; Mixtral: experts + sliding windows). `combined` holds six of
+# them in one repo, the one the default test run verifies end to end. Left out: softcapping
+# (it turns sdpa off, and with it the proof that the bias and the head groups reach sdpa
+# correctly) and the sliding window (transformers 5's cache keeps only the window, while a
+# legacy ALiBi bias spans every cached position: that pairing fails verification).
 COMBINED = {
+    "combined": replace(
+        SHAPES["alibi"], name="combined", fused_qkv=True, num_key_value_heads=1, parallel=True, qk_norm=True, moe=True
+    ),
     "alibi_fused_qknorm_parallel": replace(
         SHAPES["alibi"], name="alibi_fused_qknorm_parallel", fused_qkv=True, qk_norm=True, parallel=True
     ),
     "mqa_moe_window": replace(SHAPES["mqa"], name="mqa_moe_window", moe=True, sliding_window=5),
 }
+DEFAULT_RUN = ("combined",)
 
 HIDDEN, HEADS, LAYERS, VOCAB, INTERMEDIATE, EXPERTS = 32, 4, 2, 64, 48, 4
 
