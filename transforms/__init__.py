@@ -23,7 +23,6 @@ from transforms.tuple_cache import CacheObjects
 
 REGISTRY: tuple[type[Transform], ...] = (
     CollapseBackendClasses,
-    AttentionSelection,
     ThreadLayerIndex,
     CacheObjects,
     RouteAttention,
@@ -39,6 +38,7 @@ REGISTRY: tuple[type[Transform], ...] = (
     TiedWeightsDict,
     DeclareBackends,
     RemovedImports,
+    AttentionSelection,
 )
 
 __all__ = ["REGISTRY", "Change", "PortState", "Transform"]
