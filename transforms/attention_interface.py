@@ -128,7 +128,13 @@ class RouteAttention(Transform):
         if any(has_call(stmt, {"tanh"}) for stmt in between):
             # Softcapped scores: kernels that take no softcap must not be claimed (B4).
             self.state.facts["softcap"] = True
-            site.softcap = _softcap_code(between)
+            folded = {site.math.score_index + k for k in range(len(between))} & set(site.math.rescale_indices)
+            kept = [stmt for k, stmt in enumerate(between) if site.math.score_index + k not in folded]
+            site.softcap = _softcap_code(kept)
+            if site.softcap is None:
+                # No cap a kernel could apply the same way (e.g. its division folded into
+                # `scaling`): flex attention would drop it, so it is not claimed (B4).
+                self.state.facts["softcap_not_passed"] = True
 
         eager_name = emitted.get(eager_code)
         eager_node = None

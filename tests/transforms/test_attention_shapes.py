@@ -271,3 +271,28 @@ def test_heads_repeated_before_the_math_are_not_repeated_again():
     output, state = transformed(legacy, RouteAttention)
     assert not state.diagnostics
     assert "        self.num_key_value_groups = 1\n" in output
+
+
+def test_a_rescale_after_the_cap_stays_in_the_eager_math():
+    """`s / cap` folds into `scaling`; `s * cap` after the tanh does not commute with it."""
+    legacy = SOFTCAP_LEGACY.replace(
+        "        if self.config.attn_logit_softcapping is not None:\n"
+        "            scores = scores / self.config.attn_logit_softcapping\n"
+        "            scores = torch.tanh(scores)\n"
+        "            scores = scores * self.config.attn_logit_softcapping\n",
+        "        scores = scores / self.config.attn_logit_softcapping\n"
+        "        scores = torch.tanh(scores)\n"
+        "        scores = scores * self.config.attn_logit_softcapping\n",
+    )
+    output, state = transformed(legacy, RouteAttention)
+    assert not state.diagnostics
+    assert "self.scaling = (1 / math.sqrt(self.head_dim)) * (1 / self.config.attn_logit_softcapping)" in output
+    assert "    scores = scores * module.config.attn_logit_softcapping\n" in output
+    assert "softcap=" not in output and state.facts["softcap_not_passed"]  # flex would divide twice
+    torch.manual_seed(0)
+    config = _config("eager", attn_logit_softcapping=2.0)
+    legacy_module, ported = _exec(legacy)["BarAttention"](config).eval(), _exec(output)["BarAttention"](config).eval()
+    ported.load_state_dict(legacy_module.state_dict())
+    hidden, mask = torch.randn(2, 6, 32) * 4, _causal_mask(2, 6)
+    with torch.no_grad():
+        assert torch.allclose(ported(hidden, mask)[0], legacy_module(hidden, mask)[0], atol=1e-6)
