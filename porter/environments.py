@@ -57,10 +57,10 @@ def dependency_pins(transformers_version: str) -> list[str]:
     return pins
 
 
-def _torch_closure() -> list[metadata.Distribution]:
-    """torch and the distributions it requires, as installed in this interpreter."""
+def _torch_closure(roots: tuple[str, ...] = ("torch",)) -> list[metadata.Distribution]:
+    """torch (or `roots`) and the distributions it requires, as installed in this interpreter."""
     seen: dict[str, metadata.Distribution] = {}
-    pending = ["torch"]
+    pending = list(roots)
     while pending:
         name = re.split(r"[ ;<>=!~\[(]", pending.pop(), maxsplit=1)[0].strip().lower()
         if not name or name in seen:
@@ -76,10 +76,10 @@ def _torch_closure() -> list[metadata.Distribution]:
     return list(seen.values())
 
 
-def _link_torch(link_dir: Path) -> None:
-    """Fill `link_dir` with symlinks to torch and its requirements (top-level entries)."""
+def _link_torch(link_dir: Path, roots: tuple[str, ...] = ("torch",)) -> None:
+    """Fill `link_dir` with symlinks to torch (or `roots`) and its requirements (top-level entries)."""
     link_dir.mkdir(parents=True, exist_ok=True)
-    for dist in _torch_closure():
+    for dist in _torch_closure(roots):
         for file in dist.files or []:
             top = file.parts[0]
             if top in ("..", "__pycache__") or top.endswith(".pth"):
@@ -181,3 +181,46 @@ def _fix_venv_paths(building: Path, final: Path) -> None:
             continue
         if old in text:
             path.write_text(text.replace(old, new))
+
+
+def link_packages(env: ReferenceEnv, distributions: list[str]) -> list[str]:
+    """Make pure additions such as `einops`, which remote code imports but no transformers
+    release requires, importable in `env` by linking this interpreter's copy (as for torch).
+    Returns the distributions that are not installed here."""
+    missing = []
+    for name in distributions:
+        try:
+            metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            missing.append(name)
+    present = tuple(n for n in distributions if n not in missing)
+    if present:
+        _link_torch(env.root / "torch-link", present)
+    return missing
+
+
+def remote_code_imports(repo: Path, env: ReferenceEnv) -> list[str]:
+    """Distributions installed here that the repo's code imports and `env` lacks: the
+    undeclared requirements of remote code (transformers refuses to load code whose
+    imports are missing)."""
+    import ast
+
+    modules = set()
+    for path in Path(repo).glob("*.py"):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
+        except SyntaxError:
+            continue
+        for node in tree.body:  # like transformers' check_imports: imports in try blocks are optional
+            if isinstance(node, ast.Import):
+                modules |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.split(".")[0])
+    owners = metadata.packages_distributions()
+    in_env = {p.name.split("-")[0].lower().replace("_", "-") for p in _site_packages(env.root).glob("*.dist-info")}
+    wanted = []
+    for module in sorted(modules - set(sys.stdlib_module_names)):
+        for dist in owners.get(module, []):
+            if dist.lower().replace("_", "-") not in in_env | {"torch"} and dist not in wanted:
+                wanted.append(dist)
+    return wanted

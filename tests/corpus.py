@@ -318,3 +318,64 @@ def _write_processor_files(out_dir: Path, processor: str, size: int) -> None:
     tokenizer_config = json.loads((out_dir / "tokenizer_config.json").read_text())
     tokenizer_config.update(processor_class=processor.split(".")[1], auto_map=auto_map)
     (out_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+
+
+TINY_INTERNLM2 = dict(
+    vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-6, rope_theta=10000, bias=False,
+    attn_implementation="eager", pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+)
+
+
+def internlm2_xtuner(cache_dir: Path) -> Path:
+    """InternLM2 remote code as `xtuner==0.2.0` vendors it (grouped fused `wqkv` split with
+    einops, Flash/Sdpa classes, written for transformers 4.38+), with tiny random weights in
+    its own parameter layout (torch only, seed 0)."""
+    import torch
+
+    out_dir = cache_dir / "repos" / "internlm2_xtuner_0_2_0"
+    if (out_dir / ".complete").exists():
+        return out_dir
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    with zipfile.ZipFile(fetch_wheel("xtuner", "0.2.0", cache_dir)) as archive:
+        for kind in ("configuration", "modeling"):
+            name = f"{kind}_internlm2.py"
+            (out_dir / name).write_bytes(archive.read(f"xtuner/_lite/modelings/internlm2/{name}"))
+    config = dict(
+        TINY_INTERNLM2,
+        architectures=["InternLM2ForCausalLM"],
+        model_type="internlm2",
+        torch_dtype="float32",
+        transformers_version="4.44.2",
+        auto_map={
+            "AutoConfig": "configuration_internlm2.InternLM2Config",
+            "AutoModel": "modeling_internlm2.InternLM2Model",
+            "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM",
+        },
+    )
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    hidden, inter, vocab = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
+    head_dim = hidden // config["num_attention_heads"]
+    qkv_rows = (config["num_attention_heads"] + 2 * config["num_key_value_heads"]) * head_dim
+    shapes = [("model.tok_embeddings.weight", (vocab, hidden))]
+    for i in range(config["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        shapes += [
+            (p + "attention.wqkv.weight", (qkv_rows, hidden)),
+            (p + "attention.wo.weight", (hidden, hidden)),
+            (p + "feed_forward.w1.weight", (inter, hidden)),
+            (p + "feed_forward.w3.weight", (inter, hidden)),
+            (p + "feed_forward.w2.weight", (hidden, inter)),
+            (p + "attention_norm.weight", (hidden,)),
+            (p + "ffn_norm.weight", (hidden,)),
+        ]
+    shapes += [("model.norm.weight", (hidden,)), ("output.weight", (vocab, hidden))]
+    generator = torch.Generator().manual_seed(0)
+    tensors = {}
+    for name, size in shapes:
+        noise = torch.randn(size, generator=generator)
+        tensors[name] = 1.0 + 0.1 * noise if len(size) == 1 else 0.2 * noise
+    torch.save(tensors, out_dir / "pytorch_model.bin")
+    (out_dir / ".complete").write_text("ok\n")
+    return out_dir

@@ -48,3 +48,16 @@ def test_real_bert_weights_port_and_verify(cache_dir, tmp_path):
     failing = [c for c in result.checks if c.status != PASS]
     assert not failing, result.report.summary_table()
     assert (result.output / "tokenizer.json").exists() and (result.output / "vocab.txt").exists()
+
+
+def test_internlm2_from_xtuner_ports_and_verifies(cache_dir, tmp_path):
+    """Remote code vendored in a package: grouped fused `wqkv` split with einops, Flash/Sdpa
+    classes, a config with its own `attn_implementation`; reference under transformers 4.44.2."""
+    from tests.corpus import internlm2_xtuner
+
+    result = porter.port(internlm2_xtuner(cache_dir), tmp_path / "ported")
+    failing = [c for c in result.checks if c.status != PASS]
+    assert not failing, result.report.summary_table()
+    code = (result.output / "modeling_internlm2.py").read_text()
+    assert code.count("ALL_ATTENTION_FUNCTIONS.get_interface(") == 1
+    assert "InternLM2FlashAttention2" not in code and "INTERNLM2_ATTENTION_CLASSES" not in code

@@ -7,6 +7,7 @@ after everything that changes attention."""
 from transforms.attention_classes import CollapseBackendClasses
 from transforms.attention_interface import RouteAttention
 from transforms.attention_layout import UnflattenHeads
+from transforms.attention_selection import AttentionSelection
 from transforms.backend_flags import DeclareBackends
 from transforms.base import Change, PortState, Transform
 from transforms.buffer_init import RebuildBuffers
@@ -59,6 +60,7 @@ REGISTRY: tuple[type[Transform], ...] = (
     HeadAgnosticShapes,
     RemovedImports,
     RopePositions,  # adds no import: its place after the import clean-up is safe
+    AttentionSelection,
 )
 
 __all__ = ["REGISTRY", "Change", "PortState", "Transform"]

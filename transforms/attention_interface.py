@@ -70,6 +70,8 @@ class Site:
     folded_helpers: set[str] = field(default_factory=set)
     repeat_stmts: list[cst.BaseStatement] = field(default_factory=list)
     unsupported_branches: list[str] = field(default_factory=list)  # config tests refused at __init__
+    position_bias: str | None = None  # call-site expression of an additive score bias (ALiBi)
+    softcap: str | None = None  # call-site expression of the logit cap, for kernels that apply one
 
 
 class RouteAttention(Transform):
@@ -122,9 +124,19 @@ class RouteAttention(Transform):
         if not self._free_names_ok(site, tree, name):
             return cls, None
         between = site.math_stmts[site.math.score_index : site.math.softmax_index]
+        if site.position_bias:
+            # An additive bias reaches sdpa and flex as `position_bias`; flash kernels drop it (B4).
+            self.state.facts["additive_bias"] = True
         if any(has_call(stmt, {"tanh"}) for stmt in between):
             # Softcapped scores: kernels that take no softcap must not be claimed (B4).
             self.state.facts["softcap"] = True
+            folded = {site.math.score_index + k for k in range(len(between))} & set(site.math.rescale_indices)
+            kept = [stmt for k, stmt in enumerate(between) if site.math.score_index + k not in folded]
+            site.softcap = _softcap_code(kept)
+            if site.softcap is None:
+                # No cap a kernel could apply the same way (e.g. its division folded into
+                # `scaling`): flex attention would drop it, so it is not claimed (B4).
+                self.state.facts["softcap_not_passed"] = True
 
         eager_name = emitted.get(eager_code)
         eager_node = None
@@ -148,7 +160,7 @@ class RouteAttention(Transform):
         self.state.facts.setdefault("routed", set()).add(name)
         self.record(forward, f"{name}.forward: attention math moved to {eager_name}; one interface call")
 
-        new_init = self._complete_init(cls, init, site)
+        new_init = self._complete_init(cls, init, site, forward)
         members = []
         for member in cls.body.body:
             if member is forward:
@@ -174,7 +186,12 @@ class RouteAttention(Transform):
         while end + 1 < len(body) and is_guard(body[end + 1]):
             end += 1
         transpose_index = end + 1
-        if transpose_index >= len(body) or not _restores_heads(body[transpose_index], math.output):
+        replace = {}
+        if transpose_index < len(body) and not _restores_heads(body[transpose_index], math.output):
+            merged = _without_head_restore(body[transpose_index], math.output)
+            if merged is not None:
+                replace[transpose_index] = merged
+        if transpose_index >= len(body) or not (replace or _restores_heads(body[transpose_index], math.output)):
             raise NotUnderstood(
                 body[min(transpose_index, len(body) - 1)],
                 f"expected `{math.output} = {math.output}.transpose(1, 2)` after the attention math",
@@ -197,6 +214,9 @@ class RouteAttention(Transform):
         # A head mask given to forward reaches the eager function as a keyword; kernels
         # other than eager never applied one (legacy sdpa classes fell back to eager for it).
         extras = {p: p for p in param_names(forward) if "head_mask" in p and p in reads}
+        bias = _additive_bias(stmts, local_math, set(param_names(forward)) - {mask, "self", *extras})
+        if bias is not None:
+            renames[bias] = "position_bias"
         return Site(
             start=math.score_index,
             end=end,
@@ -204,11 +224,13 @@ class RouteAttention(Transform):
             math=local_math,
             inputs=inputs,
             targets=(math.output, math.weights),
-            drop={transpose_index, *repeats},
+            drop={*repeats} if replace else {transpose_index, *repeats},
+            replace=replace,
             renames=renames,
             extras=extras,
             repeat_stmts=[body[i] for i in repeats],
             unsupported_branches=unsupported,
+            position_bias=bias,
         )
 
     def _helper_site(self, body, methods, head_attr, forward) -> Site:
@@ -255,6 +277,8 @@ class RouteAttention(Transform):
         after = index + 1
         if after < len(body) and _restores_heads(body[after], output):
             drop.add(after)
+        elif after < len(body) and _without_head_restore(body[after], output) is not None:
+            replace[after] = _without_head_restore(body[after], output)
         elif after < len(body) and _merges_heads(body[after], output, methods):
             replace[after] = parse_stmts(f"{output} = {output}.reshape(*{output}.shape[:-2], -1).contiguous()\n")[0]
         else:
@@ -262,6 +286,9 @@ class RouteAttention(Transform):
         renames = {math.query: "query", math.key: "key", math.value: "value"}
         if mask_param:
             renames[mask_param] = "attention_mask"
+        bias = _additive_bias(stmts, math, set(extras))
+        if bias is not None:
+            renames[bias] = "position_bias"
         if weights_returned and weights_returned != math.weights:
             raise NotUnderstood(returned, f"{chosen} returns weights `{weights_returned}`, not the softmax output")
         return Site(
@@ -276,6 +303,7 @@ class RouteAttention(Transform):
             extras=extras,
             renames=renames,
             folded_helpers={chosen, *alternatives},
+            position_bias=extras.pop(bias) if bias is not None else None,
         )
 
     def _free_names_ok(self, site: Site, tree, where) -> bool:
@@ -307,6 +335,7 @@ class RouteAttention(Transform):
             stmt = stmt.visit(_Renamer(renames))
             lines.append(code_of(stmt).rstrip("\n"))
         text = "\n".join(lines)
+        bias_param = "    position_bias: torch.Tensor | None = None,\n" if site.position_bias else ""
         indented = "\n".join("    " + line if line.strip() else "" for line in text.splitlines())
         code = (
             "def eager_attention_forward(\n"
@@ -317,6 +346,7 @@ class RouteAttention(Transform):
             "    attention_mask: torch.Tensor | None,\n"
             "    scaling: float,\n"
             "    dropout: float = 0.0,\n"
+            f"{bias_param}"
             "    **kwargs,\n"
             "):\n"
             f"{indented}\n"
@@ -328,6 +358,10 @@ class RouteAttention(Transform):
     def _call_site(self, site: Site, eager_name: str, dropout_code: str, kwargs_name: str) -> list[cst.BaseStatement]:
         window = "    sliding_window=self.sliding_window,\n" if uses_sliding_window(self.state.analysis) else ""
         extras = "".join(f"    {k}={v},\n" for k, v in site.extras.items())
+        if site.position_bias:
+            extras += f"    position_bias={site.position_bias},\n"
+        if site.softcap:
+            extras += f"    softcap={site.softcap},\n"
         output, weights = site.targets
         inputs = site.inputs
         return _with_blank_line_before(
@@ -342,7 +376,7 @@ class RouteAttention(Transform):
         )
 
     # -- attributes the interface reads (B3) -----------------------------------------------
-    def _complete_init(self, cls, init: cst.FunctionDef, site: Site) -> cst.FunctionDef:
+    def _complete_init(self, cls, init: cst.FunctionDef, site: Site, forward: cst.FunctionDef) -> cst.FunctionDef:
         assigned = {s.attr.value for s in walk(init) if isinstance(s, cst.Attribute) and is_self_attr(s)}
         additions = []
         tensor_scale = _reads_tensor(site.math.scaling_code, init)
@@ -363,7 +397,8 @@ class RouteAttention(Transform):
         if "sliding_window" not in assigned and uses_sliding_window(self.state.analysis):
             additions.append('self.sliding_window = getattr(self.config, "sliding_window", None)')
         if "num_key_value_groups" not in assigned:
-            additions.append(f"self.num_key_value_groups = {_groups_code(site.repeat_stmts)}")
+            groups = _groups_code(site.repeat_stmts) or _broadcast_groups_code(forward, site) or "1"
+            additions.append(f"self.num_key_value_groups = {groups}")
         head = _head_size_attribute(init)
         if "head_dim" not in assigned and head is not None:
             additions.append(f"self.head_dim = self.{head}")
@@ -438,6 +473,41 @@ def _split_config_branches(stmts, inputs: set[str]) -> tuple[list, list[str]]:
     return kept, refused
 
 
+def _additive_bias(stmts, math: Math, candidates: set[str]) -> str | None:
+    """A tensor given to the attention (not the mask) that is added to the scores before the
+    softmax: an ALiBi or relative position bias, `scores = scores + alibi` or `scores += bias`."""
+    scores = set()
+    for stmt in stmts[math.score_index : math.softmax_index]:
+        scores |= assigned_names(stmt)
+    for stmt in stmts[math.score_index + 1 : math.softmax_index]:
+        for node in walk(stmt):
+            if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Add):
+                operands = {dotted(node.left), dotted(node.right)}
+            elif isinstance(node, cst.AugAssign) and isinstance(node.operator, cst.AddAssign):
+                operands = {dotted(node.target), dotted(node.value)}
+            else:
+                continue
+            if operands & scores:
+                found = (operands - scores) & candidates
+                if found:
+                    return found.pop()
+    return None
+
+
+def _softcap_code(stmts) -> str | None:
+    """`cap` in `s = s / cap; s = tanh(s); s = s * cap` (or `cap * tanh(s / cap)`), when `cap`
+    is a module attribute: flex and flash kernels apply it themselves given `softcap=`."""
+    divisors, factors = set(), set()
+    for stmt in stmts:
+        for node in walk(stmt):
+            if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Divide):
+                divisors.add(code_of(node.right))
+            elif isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Multiply):
+                factors |= {code_of(node.left), code_of(node.right)}
+    caps = sorted(c for c in divisors & factors if c.startswith("self.") and c.count("(") == 0)
+    return caps[0] if len(caps) == 1 else None
+
+
 def _mask_param(forward: cst.FunctionDef) -> str:
     params = [p.name.value for p in forward.params.params]
     return next((p for p in params if "mask" in p and "head" not in p and "encoder" not in p), "attention_mask")
@@ -448,7 +518,32 @@ def _groups_code(repeat_stmts) -> str:
         call = next((c for c in walk(stmt) if isinstance(c, cst.Call) and len(c.args) >= 2), None)
         if call is not None:
             return code_of(call.args[1].value)
-    return "1"
+    return None
+
+
+def _heads_in_view(forward: cst.FunctionDef, name: str) -> str | None:
+    """The head count in `name = <x>.view(bsz, q_len, HEADS, head_dim)[.transpose(1, 2)]`."""
+    for node in walk(forward):
+        if not (isinstance(node, cst.Assign) and dotted(node.targets[0].target) == name):
+            continue
+        for call in walk(node.value):
+            if isinstance(call, cst.Call) and last_part(call_name(call)) in ("view", "reshape") and len(call.args) == 4:
+                return code_of(call.args[2].value)
+    return None
+
+
+def _broadcast_groups_code(forward: cst.FunctionDef, site: Site) -> str | None:
+    """Fewer key heads than query heads and no repeat: the legacy math broadcasts a single
+    key/value head (multi-query). Other kernels repeat heads from `num_key_value_groups`."""
+    key = site.inputs["key"]
+    for node in walk(forward):
+        if isinstance(node, cst.Assign) and key in {dotted(e.value) for e in getattr(node.targets[0].target, "elements", [])} | {dotted(node.targets[0].target)}:
+            if any(h in (call_name(c) or "") for c in walk(node.value) for h in ("repeat", "expand")):
+                return None  # heads already repeated before the kernel
+    q_heads, kv_heads = _heads_in_view(forward, site.inputs["query"]), _heads_in_view(forward, key)
+    if not q_heads or not kv_heads or q_heads == kv_heads or "-1" in (q_heads, kv_heads):
+        return None
+    return f"{q_heads} // {kv_heads}"
 
 
 def _helper_call(body, helpers: set[str]):
@@ -502,6 +597,22 @@ def _restores_heads(stmt: cst.CSTNode, output: str) -> bool:
     text = code_of(assign[1]).replace(" ", "")
     forms = (f"{output}.transpose(1,2)", f"{output}.permute(0,2,1,3)")
     return text in forms or text in {f + ".contiguous()" for f in forms}
+
+
+def _without_head_restore(stmt: cst.CSTNode, output: str) -> cst.CSTNode | None:
+    """`out = out.transpose(1, 2)[.contiguous()].reshape(...)` in one statement: the same
+    statement without the transpose, since the interface already returns heads second."""
+    assign = single_assign(stmt)
+    if not assign or dotted(assign[0][0]) != output:
+        return None
+    for node in walk(assign[1]):
+        if node is assign[1] or not isinstance(node, cst.Call) or not isinstance(node.func, cst.Attribute):
+            continue
+        args = code_of(cst.Call(func=cst.Name("f"), args=node.args)).replace(" ", "")
+        is_restore = (node.func.attr.value, args) in {("transpose", "f(1,2)"), ("permute", "f(0,2,1,3)")}
+        if is_restore and dotted(node.func.value) == output:
+            return stmt.deep_replace(node, cst.Name(output))
+    return None
 
 
 def _merges_heads(stmt: cst.CSTNode, output: str, methods) -> bool:

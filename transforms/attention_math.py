@@ -107,6 +107,10 @@ def find_math(stmts: list[cst.BaseStatement], head_size_attr: str | None) -> Mat
         if factor is not None:
             factors.append(factor)
             rescale_indices.append(i)
+        elif _writes(stmts[i], scores):
+            # Anything else that changes the scores (a tanh cap, a bias, a mask) ends the
+            # rescales that fold into `scaling`: a factor after it does not commute with it.
+            break
     factors = [_head_size_as_attribute(f, {query, key}, head_size_attr, stmts[score_index]) for f in factors]
     for factor in factors:
         if not _computable_in_init(parse_expr(factor)):
@@ -214,6 +218,16 @@ def _query_and_key(product: cst.BaseExpression, stmt) -> tuple[str, str]:
     if not query or not key or "." in query or "." in key:
         raise NotUnderstood(stmt, "q and k^T in the score product are not plain variables")
     return query, key
+
+
+def _writes(stmt: cst.CSTNode, name: str) -> bool:
+    """Whether `stmt` assigns `name` anywhere inside it (branches included)."""
+    for node in walk(stmt):
+        if isinstance(node, cst.Assign) and any(dotted(t.target) == name for t in node.targets):
+            return True
+        if isinstance(node, (cst.AugAssign, cst.AnnAssign)) and dotted(node.target) == name:
+            return True
+    return False
 
 
 def _rescale_factor(stmt: cst.CSTNode, scores: str) -> str | None:

@@ -23,7 +23,9 @@ def supported_backends(facts: dict) -> dict[str, bool]:
         "_supports_attention_backend": True,
         "_supports_sdpa": not facts.get("softcap", False),
         "_supports_flash_attn": not bias,
-        "_supports_flex_attn": True,
+        # flex indexes the bias as [batch, head, q, kv]; a legacy bias that broadcasts
+        # (ALiBi is often [batch, heads, 1, kv]) would be read out of bounds there.
+        "_supports_flex_attn": not facts.get("additive_bias", False) and not facts.get("softcap_not_passed", False),
     }
 
 

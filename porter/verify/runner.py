@@ -140,6 +140,7 @@ def _run_probe(spec, inputs, tensors):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     calls = []
+    kernel = sdpa_attention_forward
 
     def probe(module, query, key, value, attention_mask, **kwargs):
         record = {"module": type(module).__name__, "sentinel": kwargs.get(SENTINEL)}
@@ -152,16 +153,26 @@ def _run_probe(spec, inputs, tensors):
         kwargs.pop(SENTINEL, None)
         window = kwargs.get("sliding_window") or getattr(module, "sliding_window", None)
         record["sliding_window"] = window
-        if attention_mask is None and window:
+        causal = kernel is not sdpa_attention_forward and getattr(module, "is_causal", True)
+        if attention_mask is None and (window or causal):
             # Engines build the window themselves from what the module declares; so does the probe.
+            # The eager function has no is_causal shortcut: it gets the causal mask, additive.
             q_len, k_len = query.shape[2], key.shape[2]
             rows = torch.arange(q_len, device=query.device)[:, None] + (k_len - q_len)
             cols = torch.arange(k_len, device=query.device)[None, :]
-            attention_mask = ((cols <= rows) & (rows - cols < window))[None, None]
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+            allowed = (cols <= rows) & (rows - cols < window) if window else cols <= rows
+            attention_mask = allowed[None, None]
+            if kernel is not sdpa_attention_forward:
+                attention_mask = torch.zeros(allowed.shape, dtype=query.dtype, device=query.device).masked_fill(
+                    ~allowed, torch.finfo(query.dtype).min
+                )[None, None]
+        return kernel(module, query, key, value, attention_mask, **kwargs)
 
     AttentionInterface.register(PROBE_NAME, probe)
     model, _, loading = _load_model(spec, PROBE_NAME)
+    if getattr(type(model), "_supports_sdpa", True) is False:
+        # A model that declares no sdpa support is probed with its own eager function.
+        kernel = getattr(sys.modules[type(model).__module__], "eager_attention_forward", kernel)
     ids = inputs["single.input_ids"]
     with torch.no_grad():
         out = model(input_ids=ids, use_cache=False, return_dict=True, **{SENTINEL: 1234})
@@ -207,8 +218,14 @@ def main(spec_path):
         result["torch_version"] = torch.__version__
         inputs = load_file(spec["inputs"])
         tensors = {}
+        sdpa_declared = True
         for implementation in spec.get("attn_implementations") or [None]:
+            if implementation == "sdpa" and not sdpa_declared:
+                # The model says its eager math is beyond sdpa (e.g. softcapped logits).
+                result["runs"]["sdpa"] = {"skipped": "the model declares _supports_sdpa = False"}
+                continue
             model, auto_name, loading = _load_model(spec, implementation)
+            sdpa_declared = getattr(type(model), "_supports_sdpa", True) is not False
             tag = implementation or "default"
             run = {"auto_class": auto_name, "loading_info": loading, "class": type(model).__name__}
             run["attn_implementation"] = getattr(model.config, "_attn_implementation", None)

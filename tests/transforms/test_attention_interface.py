@@ -216,15 +216,15 @@ def test_noop_without_attention():
 def test_diagnostic_for_math_reading_an_extra_local():
     legacy = LEGACY.replace(
         "def forward(self, hidden_states, attention_mask=None, output_attentions=False):",
-        "def forward(self, hidden_states, attention_mask=None, output_attentions=False, position_bias=None):",
+        "def forward(self, hidden_states, attention_mask=None, output_attentions=False, temperature=None):",
     ).replace(
         "            attn_weights = attn_weights + attention_mask\n",
-        "            attn_weights = attn_weights + attention_mask\n        attn_weights = attn_weights + position_bias\n",
+        "            attn_weights = attn_weights + attention_mask\n        attn_weights = attn_weights * temperature\n",
     )
     state = check_noop(legacy, RouteAttention, diagnostics=True)
     [diagnostic] = state.diagnostics
     assert diagnostic.symbol == "FooAttention"
-    assert "position_bias" in diagnostic.message
+    assert "temperature" in diagnostic.message  # a factor, not an additive bias: nothing carries it
     assert "routed" not in state.facts
 
 
@@ -440,10 +440,10 @@ def test_attention_with_matmul_operator_is_routed_or_diagnosed():
 def test_extra_local_diagnostic_names_its_line():
     legacy = LEGACY.replace(
         "def forward(self, hidden_states, attention_mask=None, output_attentions=False):",
-        "def forward(self, hidden_states, attention_mask=None, output_attentions=False, position_bias=None):",
+        "def forward(self, hidden_states, attention_mask=None, output_attentions=False, temperature=None):",
     ).replace(
         "            attn_weights = attn_weights + attention_mask\n",
-        "            attn_weights = attn_weights + attention_mask\n        attn_weights = attn_weights + position_bias\n",
+        "            attn_weights = attn_weights + attention_mask\n        attn_weights = attn_weights * temperature\n",
     )
     _, state = transformed(legacy, RouteAttention)
     assert state.diagnostics[0].line is not None

@@ -42,6 +42,7 @@ def test_first_run_ports_without_diagnostics_and_compiles(first_run):
     not_needed = {"rope-config", "removed-imports", "layer-index", "removed-methods", "config-defaults", "post-init"}
     not_needed |= {"attention-layout", "multimodal-config", "multimodal-features", "multimodal-delegation"}
     not_needed |= {"multimodal-processor", "multimodal-split", "conv1d-linear"}
+    not_needed.add("attention-selection")  # its config takes no attn_implementation of its own
     assert {c.transform for c in state.changes} == {t.name for t in REGISTRY} - not_needed
 
 
