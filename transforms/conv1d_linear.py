@@ -18,6 +18,7 @@ from libcst.codemod.visitors import AddImportsVisitor
 from porter.weights import WeightOp
 from transforms.base import Transform
 from transforms.cst_utils import dotted, is_self_attr, last_part, walk
+from transforms.interface_code import written_for_interface
 from transforms.parallel_plans import plans_for
 
 
@@ -33,6 +34,8 @@ class Conv1DToLinear(Transform):
     summary = "Turn transformers' Conv1D projections into nn.Linear with transposed weights."
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
+        if written_for_interface(self.state):  # code written for the interface plans its own parallelism
+            return tree
         plans = plans_for(self.state)
         owners: dict[str, set[str]] = {}
         for path, owner in plans.conv1d.items():
