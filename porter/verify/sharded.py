@@ -21,8 +21,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from porter.report import FAIL, PASS, SKIP, Check, Report
+from porter.verify import _max_diff, make_inputs
 from porter.verify import _pad_id as pad_id
-from porter.verify import make_inputs
 from porter.verify.child import child_environment, current_python
 
 RUNNER = Path(__file__).with_name("sharded_runner.py")
@@ -162,15 +162,6 @@ def _tree_checks(report: Report, tree: dict, conditional: set[str]) -> None:
     ok = not bad and len(planned_lists) == 1 and len(lists) == 1
     detail = "" if ok else f"not direct children: {bad}; layer lists in the plan: {planned_lists} of {lists}"
     report.add(Check("D3", "pipeline plan", PASS if ok else FAIL, detail, {"entries": len(pp)}))
-
-
-def _max_diff(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
-    if a.shape != b.shape:
-        return float("inf")
-    diff = (a - b).abs()
-    if mask is not None:
-        diff = diff[mask.bool()]
-    return float(diff.max()) if diff.numel() else 0.0
 
 
 def _compare(report: Report, outputs: dict, inputs: dict, result: dict, name: str) -> None:
