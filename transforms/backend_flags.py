@@ -11,7 +11,6 @@ import libcst as cst
 
 from transforms.base import Transform
 from transforms.cst_utils import parse_stmts, single_assign
-from transforms.interface_code import written_for_interface
 
 LEGACY_FLAGS = {"_supports_flash_attn_2", "_supports_cache_class", "_supports_static_cache", "_supports_quantized_cache"}
 
@@ -32,11 +31,12 @@ def supported_backends(facts: dict) -> dict[str, bool]:
 class DeclareBackends(Transform):
     name = "backend-flags"
     summary = "Set _supports_attention_backend/_supports_sdpa/_supports_flash_attn/_supports_flex_attn."
+    leaves_interface_code = True
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
         analysis = self.state.analysis
         routed = self.state.facts.get("routed", set())
-        if not analysis.attention or not routed >= analysis.attention or written_for_interface(self.state):
+        if not analysis.attention or not routed >= analysis.attention:
             return tree
         roots = {n for n in analysis.pretrained_roots if analysis.classes[n].file == self.filename}
         if not roots:

@@ -14,6 +14,7 @@ import libcst as cst
 from libcst.codemod import Codemod, CodemodContext
 
 from porter.errors import Diagnostic
+from transforms.interface_code import written_for_interface
 from transforms.positions import FileLines
 
 
@@ -55,6 +56,9 @@ class Transform(Codemod):
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
+    # Code already written for the attention interface makes this transform's choices itself
+    # (CONTRACT G3): the transform leaves it alone.
+    leaves_interface_code: ClassVar[bool] = False
 
     def __init__(self, context: CodemodContext, state: PortState, filename: str):
         super().__init__(context)
@@ -66,6 +70,8 @@ class Transform(Codemod):
         """Run the transform. Positions are computed only if a change is recorded (see
         `transforms.positions`): resolving them for every transform on every file would dominate the run."""
         self._input = tree
+        if self.leaves_interface_code and written_for_interface(self.state):
+            return tree
         return self.transform_module_impl(tree)
 
     def rewrite_classes(self, tree: cst.Module, names: set[str], rewrite) -> cst.Module:

@@ -18,7 +18,6 @@ from libcst.codemod.visitors import AddImportsVisitor
 from porter.weights import WeightOp
 from transforms.base import Transform
 from transforms.cst_utils import dotted, is_self_attr, last_part, walk
-from transforms.interface_code import written_for_interface
 from transforms.parallel_plans import plans_for
 
 
@@ -32,10 +31,9 @@ def weight_pattern(path: str) -> str:
 class Conv1DToLinear(Transform):
     name = "conv1d-linear"
     summary = "Turn transformers' Conv1D projections into nn.Linear with transposed weights."
+    leaves_interface_code = True
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
-        if written_for_interface(self.state):  # code written for the interface plans its own parallelism
-            return tree
         plans = plans_for(self.state)
         owners: dict[str, set[str]] = {}
         for path, owner in plans.conv1d.items():

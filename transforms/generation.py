@@ -15,7 +15,6 @@ from libcst.codemod.visitors import AddImportsVisitor
 
 from transforms.base import Transform
 from transforms.cst_utils import code_of, function_defs, walk
-from transforms.interface_code import written_for_interface
 
 STANDARD_GENERATION_INPUTS = {
     "input_ids",
@@ -33,11 +32,10 @@ GENERATIVE_OUTPUTS = ("CausalLMOutput", "Seq2SeqLMOutput", "MaskedLMOutput")
 class GenerationSupport(Transform):
     name = "generation"
     summary = "Inherit GenerationMixin explicitly; drop standard prepare_inputs_for_generation/_reorder_cache."
+    leaves_interface_code = True
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
         analysis = self.state.analysis
-        if written_for_interface(self.state):
-            return tree  # transformers 5 code: which classes generate is its author's choice (CTC heads do not)
         return self.rewrite_classes(
             tree, set(analysis.heads), lambda cls: self._rewrite(cls) if self._is_generative(cls) else cls
         )

@@ -19,7 +19,6 @@ import libcst as cst
 from porter.parallel import COLWISE
 from transforms.base import Transform
 from transforms.cst_utils import dotted, function_defs, last_part, walk
-from transforms.interface_code import written_for_interface
 from transforms.parallel_plans import plans_for
 
 HEAD_COUNT = re.compile(r"^(num_\w*heads|n_\w*heads?|\w*_heads|heads)$")
@@ -101,10 +100,9 @@ class _ShapeRewriter(cst.CSTTransformer):
 class HeadAgnosticShapes(Transform):
     name = "head-shapes"
     summary = "Reshapes in attention infer the head count (-1), so tensor-parallel shards fit."
+    leaves_interface_code = True
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
-        if written_for_interface(self.state):  # code written for the interface plans its own parallelism
-            return tree
         analysis = self.state.analysis
         plans = plans_for(self.state)
         owners = {plans.owners[p] for p, style in plans.tp_plan.items() if style == COLWISE and p in plans.owners}

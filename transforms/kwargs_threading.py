@@ -13,7 +13,6 @@ from libcst.codemod.visitors import AddImportsVisitor
 
 from transforms.base import Transform
 from transforms.cst_utils import dotted, function_defs, is_self_attr, parse_expr, star_kwargs_name
-from transforms.interface_code import written_for_interface
 
 ANNOTATION = "Unpack[TransformersKwargs]"
 
@@ -21,11 +20,10 @@ ANNOTATION = "Unpack[TransformersKwargs]"
 class ThreadKwargs(Transform):
     name = "kwargs-threading"
     summary = "Add **kwargs: Unpack[TransformersKwargs] to every forward on the way to attention and pass it on."
+    leaves_interface_code = True
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
         analysis = self.state.analysis
-        if written_for_interface(self.state):
-            return tree
         on_path = analysis.path_to_attention()
         targets = {n for n in on_path if analysis.classes[n].file == self.filename}
         if not targets:

@@ -24,7 +24,6 @@ from transforms.cst_utils import (
     parse_stmts,
     walk,
 )
-from transforms.interface_code import written_for_interface
 
 CAUSAL_HELPERS = {
     "_prepare_4d_causal_attention_mask",
@@ -109,11 +108,12 @@ def uses_sliding_window(analysis) -> bool:
 class UseMaskingUtils(Transform):
     name = "masks"
     summary = "Replace hand-built causal masks with masking_utils.create_causal_mask / sliding-window variant."
+    leaves_interface_code = True
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
         analysis = self.state.analysis
         owners = {n for n in analysis.base_models if analysis.classes[n].file == self.filename}
-        if not owners or written_for_interface(self.state):  # transformers 5 code builds the mask its own way
+        if not owners:
             return tree
         return self.rewrite_classes(tree, owners, self._rewrite_class)
 

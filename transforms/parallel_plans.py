@@ -12,7 +12,6 @@ import libcst as cst
 from porter.parallel import COLWISE, COLWISE_GATHER, REPLICATE, ROWWISE, ROWWISE_SPLIT, ParallelPlans, infer_plans
 from transforms.base import PortState, Transform
 from transforms.cst_utils import dotted, parse_stmts, single_assign
-from transforms.interface_code import written_for_interface
 
 TP_ATTR, PP_ATTR = "base_model_tp_plan", "base_model_pp_plan"
 
@@ -63,10 +62,9 @@ def _names(names: list[str]) -> str:
 class WriteParallelPlans(Transform):
     name = "parallel-plans"
     summary = "Declare base_model_tp_plan and base_model_pp_plan, inferred from the data flow, in the config class."
+    leaves_interface_code = True
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
-        if written_for_interface(self.state):  # code written for the interface plans its own parallelism
-            return tree
         plans = plans_for(self.state)
         config = plans.config_class
         analysis = self.state.analysis
