@@ -66,6 +66,39 @@ class ParallelPlans:
     notes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # why a plan could not be written
 
+    def split_fused(self, path: str, parts: list[str]) -> None:
+        """`path` was split by the port into the projections `parts` (full paths): they take
+        its place in the plan, and a pair with no concatenated producer left is plain
+        colwise/rowwise again."""
+        self.tp_plan = {
+            key: style
+            for old, old_style in self.tp_plan.items()
+            for key, style in ([(p, old_style) for p in parts] if old == path else [(old, old_style)])
+        }
+        self.fused.pop(path, None)
+        owner = self.owners.pop(path, None)
+        self.owners.update({p: owner for p in parts})
+        if path in self.replicated:
+            why = self.replicated.pop(path)
+            self.replicated.update({p: why for p in parts})
+        for index, (group, consumer) in enumerate(self.pairs):
+            if path not in group:
+                continue
+            group = [q for p in group for q in (parts if p == path else [p])]
+            self.pairs[index] = (group, consumer)
+            if not any(self.fused.get(p) == "concatenated" for p in group):
+                self.tp_plan.update({p: COLWISE for p in group})
+                self.tp_plan[consumer] = ROWWISE
+                self.notes = [n for n in self.notes if not n.startswith(f"{path}: fused output")]
+        self.notes.append(f"{path}: concatenated output split into {', '.join(parts)} (weights split at conversion)")
+
+    def replicate_fused(self, path: str) -> None:
+        """Keep a concatenated projection whole on every rank (the user asked for it)."""
+        self.tp_plan[path] = REPLICATE
+        self.replicated[path] = "concatenated output kept fused on request (--replicate-fused-qkv)"
+        self.notes = [n for n in self.notes if not n.startswith(f"{path}: fused output")]
+        self.notes.append(f"{path}: replicated ({self.replicated[path]}); its consumer splits its replicated input")
+
     def as_dict(self) -> dict:
         return {
             "base_model": self.base_model,
