@@ -666,7 +666,7 @@ def _find_experts(plans: ParallelPlans, analysis: RepoAnalysis, tree: ModuleTree
     if plans.experts:
         plans.notes.append(
             f"mixture of experts: experts {', '.join(plans.experts)}, router {', '.join(plans.routers) or 'not found'}; "
-            "each expert's projections follow the pairs found like any MLP's; no packed or expert-parallel plan is written"
+            "each expert's projections follow the pairs found like any MLP's (tensor-parallel experts, see D4)"
         )
 
 
