@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 import zipfile
 from pathlib import Path
@@ -353,3 +354,25 @@ def test_split_fused_qkv_and_tensor_parallel_experts_prove_sharded(tmp_path):
     ], report.summary_table()
     d2 = _d(report, "D2")[0]
     assert d2.figures["single_max_abs_diff"] <= 1e-5 and d2.figures["tp_size"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("PORT_MODEL_MORE_SHARDED_PROOFS"), reason="set PORT_MODEL_MORE_SHARDED_PROOFS=1")
+def test_replicated_fused_qkv_proves_sharded(tmp_path):
+    """--replicate-fused-qkv: the fused projection stays as written, replicated on every rank;
+    its consumer splits the replicated input, and the sharded run still equals the unsharded one."""
+    import porter
+    from tests.patterns.builder import build
+
+    repo = build("fused_qkv", tmp_path / "fused_qkv")
+    result = porter.port(repo, tmp_path / "out", verify=False, replicate_fused_qkv=True)
+    tp = _declared((result.output / "configuration_pattern_lm.py").read_text(), "base_model_tp_plan")
+    assert tp["layers.*.self_attn.qkv_proj"] == "replicate" and tp["layers.*.self_attn.o_proj"] == "rowwise_rep"
+    from porter.weights import load_state_dict_keys
+
+    assert "model.layers.0.self_attn.qkv_proj.weight" in load_state_dict_keys(result.output)  # kept fused
+    plans = porter.rewrite_code(porter.load(repo), replicate_fused_qkv=True).facts["parallel"]
+    assert any("--replicate-fused-qkv" in n for n in plans["notes"])
+    report = Report(source=str(repo))
+    prove_sharded(result.output, json.loads((result.output / "config.json").read_text()), plans, report)
+    assert all(c.status == PASS for c in report.checks), report.summary_table()
