@@ -233,3 +233,16 @@ def test_split_model_runs_equal_on_weights_split_bit_for_bit(tmp_path):
     ids = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(ported(ids).last_hidden_state, legacy(ids).last_hidden_state, rtol=0, atol=1e-5)
+
+
+def test_cli_option_replicates_instead_of_splitting(tmp_path):
+    from click.testing import CliRunner
+
+    from porter.cli import main
+    from tests.patterns.builder import build
+
+    repo = build("fused_qkv", tmp_path / "fused_qkv")
+    kept = CliRunner().invoke(main, [str(repo), "--diff", "--replicate-fused-qkv"])
+    assert kept.exit_code == 0, kept.output
+    assert "query_proj" not in kept.output and '"layers.*.self_attn.qkv_proj": "replicate"' in kept.output
+    assert '"layers.*.self_attn.o_proj": "rowwise_rep"' in kept.output
