@@ -346,6 +346,8 @@ def test_split_fused_qkv_and_tensor_parallel_experts_prove_sharded(tmp_path):
     tp = _declared((result.output / "configuration_pattern_lm.py").read_text(), "base_model_tp_plan")
     assert [tp[f"layers.*.self_attn.{n}_proj"] for n in ("query", "key", "value", "o")] == ["colwise"] * 3 + ["rowwise"]
     assert tp["layers.*.mlp.experts.*.down_proj"] == "rowwise" and tp["layers.*.mlp.gate"] == "replicate"
+    d4 = [c for c in porter.check_contract(result.output, run=False).checks if c.item == "D4"]
+    assert [c.status for c in d4] == [PASS], d4  # `port-model check` judges the declared plan the same way
     plans = porter.rewrite_code(porter.load(repo)).facts["parallel"]
     report = Report(source=str(repo))
     prove_sharded(result.output, json.loads((result.output / "config.json").read_text()), plans, report)
