@@ -163,6 +163,8 @@ def test_chunk_of_the_call_itself_splits_into_equal_parts_without_a_config():
         (lambda s: s.replace("        kv_width = self.n_kv", "        print(fused)\n        kv_width = self.n_kv"),
          "read besides one split"),
         (lambda s: s.replace("fused = self.mix(x)", "fused = self.mix(x * 2)"), "input is an expression"),
+        (lambda s: s.replace("q, k, v = fused.split([self.n_head * self.head_dim, kv_width, kv_width], dim=-1)",
+                             "q, k, v = fused[..., :32], fused[..., 32:48], fused[..., 48:]"), "read besides one split"),
     ],
 )
 def test_shapes_left_fused(edit, reason):
