@@ -89,9 +89,12 @@ class SplitFusedProjections(Transform):
         if not wanted:
             return tree
         if self.state.facts.get("replicate_fused"):
+            classes = {s.name.value: s for s in tree.body if isinstance(s, cst.ClassDef)}
             for owner, attrs in wanted.items():
                 for path in _paths(plans, owner, attrs):
                     plans.replicate_fused(path)
+                self.record(classes.get(owner), f"{owner}.{', '.join(sorted(attrs))}: concatenated output kept fused, "
+                                                "replicated in the plan (--replicate-fused-qkv)")
             self.state.facts["parallel"] = plans.as_dict()
             return tree
         new = self.rewrite_classes(tree, set(wanted), lambda cls: self._rewrite(cls, wanted[cls.name.value], plans))

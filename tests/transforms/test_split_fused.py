@@ -194,6 +194,8 @@ def test_replicate_fused_keeps_the_code_and_replicates_it():
     plans = state.facts["parallel"]
     assert plans["tp_plan"]["blocks.*.attn.mix"] == "replicate" and plans["tp_plan"]["blocks.*.attn.merge"] == "rowwise_rep"
     assert "--replicate-fused-qkv" in plans["replicated"]["blocks.*.attn.mix"]
+    [change] = [c for c in state.changes if c.transform == "split-fused"]  # in the report without the proof too
+    assert "kept fused" in change.message and change.line == 10  # class Mixer
 
 
 def _import(folder, name):
