@@ -296,8 +296,9 @@ def _inline_locals(size: cst.BaseExpression, before: list[cst.BaseStatement]) ->
         for target in assign[0] if assign else ():
             if isinstance(target, cst.Name):
                 values[target.value] = assign[1]
-        for name in assigned_names(stmt) if not assign else ():
-            values.pop(name, None)
+        if not assign:  # bound some other way (tuple, loop, branch): its value is not known here
+            for name in _bound_anywhere(stmt):
+                values.pop(name, None)
 
     class _Inline(cst.CSTTransformer):
         def leave_Name(self, original: cst.Name, updated: cst.Name) -> cst.BaseExpression:
@@ -310,6 +311,12 @@ def _inline_locals(size: cst.BaseExpression, before: list[cst.BaseStatement]) ->
     for _ in range(4):  # locals defined from locals
         size = size.visit(_Inline())
     return size
+
+
+def _bound_anywhere(stmt: cst.BaseStatement) -> set[str]:
+    targets = [t.target for n in walk(stmt) if isinstance(n, cst.Assign) for t in n.targets]
+    targets += [n.target for n in walk(stmt) if isinstance(n, (cst.AugAssign, cst.AnnAssign, cst.For, cst.NamedExpr))]
+    return {n.value for t in targets for n in walk(t) if isinstance(n, cst.Name)}
 
 
 def _check_known_in_init(sizes: list[cst.BaseExpression], init: cst.FunctionDef, stop: cst.CSTNode) -> None:
