@@ -567,7 +567,7 @@ def infer_plans(analysis: RepoAnalysis, styles: set[str] | None = None, conv1d_a
     plans.owners = {p: projection.owner for p, projection in projections.items()}
     plans.conv1d = {p: projection.owner for p, projection in projections.items() if projection.kind == CONV1D}
     _assign_styles(plans, projections, edges, styles, conv1d_as_linear)
-    _find_experts(plans, analysis, tree, base)
+    _find_experts(plans, analysis, tree, base, flow.edges if flow else set())
     plans.pp_plan = _pp_plan(plans, analysis, tree, base)
     return plans
 
@@ -650,19 +650,25 @@ def _assign_styles(plans: ParallelPlans, projections: dict[str, Projection], edg
     plans.tp_plan = dict(sorted(plans.tp_plan.items(), key=lambda item: order.index(item[0])))
 
 
-def _find_experts(plans: ParallelPlans, analysis: RepoAnalysis, tree: ModuleTree, base: str) -> None:
-    """Mixture of experts: a layer list inside a layer, beside a projection whose output picks them."""
+def _find_experts(plans: ParallelPlans, analysis: RepoAnalysis, tree: ModuleTree, base: str, edges) -> None:
+    """Mixture of experts: a layer list inside a layer, beside a projection whose output picks
+    what the experts get: the router. Found by data flow (its output reaches the experts'
+    projections, as the tokens routed to each), else as the projection whose output goes
+    through `topk`/`softmax` in the same forward (routing weights only scale the outputs)."""
     for prefix, cls, _ in tree.walk_paths(base):
         info = analysis.classes[cls]
         if prefix.count("*") == 0:
             continue
         for attr in info.layer_lists:
-            plans.experts.append(f"{prefix}{attr}")
-            forward = _method(analysis, cls, "forward")
-            text = cst.Module(body=[]).code_for_node(forward) if forward else ""
-            for name in tree.projections[cls]:
-                if f"self.{name}(" in text and ("topk" in text or "softmax" in text):
-                    plans.routers.append(f"{prefix}{name}")
+            experts = f"{prefix}{attr}"
+            plans.experts.append(experts)
+            own = [f"{prefix}{name}" for name in tree.projections[cls]]
+            routing = [p for p in own if any(s == p and d.startswith(f"{experts}.*.") for s, d in edges)]
+            if not routing:
+                forward = _method(analysis, cls, "forward")
+                text = cst.Module(body=[]).code_for_node(forward) if forward else ""
+                routing = [p for p in own if f"self.{p[len(prefix):]}(" in text and ("topk" in text or "softmax" in text)]
+            plans.routers += routing
     if plans.experts:
         plans.notes.append(
             f"mixture of experts: experts {', '.join(plans.experts)}, router {', '.join(plans.routers) or 'not found'}; "

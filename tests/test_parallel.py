@@ -235,6 +235,21 @@ class Widen(''')
     assert experts_check(split_router).status == FAIL
     whole = {**plans.as_dict(), "tp_plan": {k: "replicate" if ".experts." in k else v for k, v in plans.tp_plan.items()}}
     assert experts_check(whole).status == SKIP
+    # Hard routing with no softmax or topk in sight: the router is the projection whose output
+    # picks the tokens each expert gets (a second projection beside it is not).
+    hard = moe.replace(
+        "        weights, chosen = torch.softmax(self.router(x), dim=-1).topk(2, dim=-1)\n"
+        "        return sum(w[..., None] * self.experts[0](x) for w in weights.unbind(-1))",
+        "        chosen = self.pick(x).argmax(-1)\n"
+        "        out = torch.zeros_like(x)\n"
+        "        for i, expert in enumerate(self.experts):\n"
+        "            out[chosen == i] = expert(x[chosen == i])\n"
+        "        return out + self.extra(x)",
+    ).replace("self.router = nn.Linear(config.hidden_size, 4)",
+              "self.pick = nn.Linear(config.hidden_size, 4)\n        self.extra = nn.Linear(config.hidden_size, 32)")
+    assert "self.pick(x).argmax" in hard
+    plans = _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": hard})
+    assert plans.experts == ["blocks.*.ff.experts"] and plans.routers == ["blocks.*.ff.pick"]
 
 
 def test_grouped_query_heads_that_do_not_divide_are_reported(tmp_path):
