@@ -82,6 +82,8 @@ def main():
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--no-verify", is_flag=True, help="Skip running the legacy and ported models.")
 @click.option("--no-sharded-proof", is_flag=True, help="Skip running the parallel plan over 2 processes (D2).")
+@click.option("--replicate-fused-qkv", is_flag=True,
+              help="Keep a concatenated [q|k|v] projection fused and replicated instead of splitting it.")
 @click.option("--reference-transformers", metavar="VER", help="transformers release to run the legacy code with.")
 @click.option("--allow-partial", is_flag=True, help="Write output even where some code was not understood.")
 @click.option("--max-shard-size", default="5GB", show_default=True, callback=_shard_size, help="Largest safetensors shard.")
@@ -90,8 +92,8 @@ def main():
 @click.option("--force", is_flag=True, help="With --push: push even when not verified, marked unverified.")
 @click.option("-v", "--verbose", is_flag=True, help="Show every transform applied.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and the final status.")
-def port_command(src, out, show_diff, check, as_json, device, no_verify, reference_transformers, no_sharded_proof,
-                 allow_partial, max_shard_size, overwrite, push, force, verbose, quiet):
+def port_command(src, out, show_diff, check, as_json, device, no_verify, replicate_fused_qkv, reference_transformers,
+                 no_sharded_proof, allow_partial, max_shard_size, overwrite, push, force, verbose, quiet):
     """Port the legacy Hugging Face model repo SRC to transformers 5 and verify it.
 
     SRC is a folder, or a Hub repo id `org/name[@revision]` (a folder that exists wins).
@@ -109,7 +111,7 @@ def port_command(src, out, show_diff, check, as_json, device, no_verify, referen
         raise click.UsageError("--force only applies to --push")
     try:
         if show_diff or check:
-            result = check_only(src, allow_partial)
+            result = check_only(src, allow_partial, replicate_fused_qkv)
             if show_diff:
                 click.echo(result.diff, nl=False)
             if as_json:
@@ -124,6 +126,7 @@ def port_command(src, out, show_diff, check, as_json, device, no_verify, referen
             out,
             verify=not no_verify,
             sharded_proof=not no_sharded_proof,
+            replicate_fused_qkv=replicate_fused_qkv,
             device=device,
             reference_transformers=reference_transformers,
             allow_partial=allow_partial,

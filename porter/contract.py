@@ -441,7 +441,19 @@ def experts_plan(code: Code) -> Check:
     if not holders:
         return Check("D4", "mixture-of-experts plan", SKIP, "does not apply: no experts module")
     file, line, _ = code.place(holders[0], None, "")
-    return Check("D4", "mixture-of-experts plan", SKIP, f"{holders[0]} holds experts; their plan is not checked yet", file=file, line=line)
+    # The experts and router come from the data flow; the plan judged is the one declared.
+    from porter.parallel import infer_plans
+    from porter.verify.sharded import experts_check
+
+    inferred = infer_plans(code.analysis)
+    name = _config_class(code)
+    declared = _dict_entries(code.class_attributes(name).get("base_model_tp_plan")) if name else None
+    styles = {k: v.evaluated_value for k, v in (declared or {}).items() if isinstance(v, cst.SimpleString)}
+    if not inferred.experts or not styles:
+        why = "no base_model_tp_plan" if inferred.experts else "the experts' router and projections were not recognised"
+        return Check("D4", "mixture-of-experts plan", SKIP, f"{holders[0]} holds experts; {why}", file=file, line=line)
+    check = experts_check({**inferred.as_dict(), "tp_plan": styles})
+    return Check("D4", check.name, check.status, check.detail, check.figures, file=file, line=line)
 
 
 # -- E: multimodal -------------------------------------------------------------------------

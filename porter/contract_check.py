@@ -162,7 +162,7 @@ def check_contract(
     progress("reading the code against the contract")
     static = static_checks(code)
     progress("rewriting in memory to see what porting changes")
-    rewritten = rewrite(modules, code.analysis)
+    rewritten = rewrite(modules, code.analysis, {"config_json": repo.config})
     changes = [c.as_dict() for c in rewritten.changes]
     diagnostics = [d.as_dict() for d in rewritten.diagnostics]
     try:

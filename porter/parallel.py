@@ -66,6 +66,39 @@ class ParallelPlans:
     notes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # why a plan could not be written
 
+    def split_fused(self, path: str, parts: list[str]) -> None:
+        """`path` was split by the port into the projections `parts` (full paths): they take
+        its place in the plan, and a pair with no concatenated producer left is plain
+        colwise/rowwise again."""
+        self.tp_plan = {
+            key: style
+            for old, old_style in self.tp_plan.items()
+            for key, style in ([(p, old_style) for p in parts] if old == path else [(old, old_style)])
+        }
+        self.fused.pop(path, None)
+        owner = self.owners.pop(path, None)
+        self.owners.update({p: owner for p in parts})
+        if path in self.replicated:
+            why = self.replicated.pop(path)
+            self.replicated.update({p: why for p in parts})
+        for index, (group, consumer) in enumerate(self.pairs):
+            if path not in group:
+                continue
+            group = [q for p in group for q in (parts if p == path else [p])]
+            self.pairs[index] = (group, consumer)
+            if not any(self.fused.get(p) == "concatenated" for p in group):
+                self.tp_plan.update({p: COLWISE for p in group})
+                self.tp_plan[consumer] = ROWWISE
+                self.notes = [n for n in self.notes if not n.startswith(f"{path}: fused output")]
+        self.notes.append(f"{path}: concatenated output split into {', '.join(parts)} (weights split at conversion)")
+
+    def replicate_fused(self, path: str) -> None:
+        """Keep a concatenated projection whole on every rank (the user asked for it)."""
+        self.tp_plan[path] = REPLICATE
+        self.replicated[path] = "concatenated output kept fused on request (--replicate-fused-qkv)"
+        self.notes = [n for n in self.notes if not n.startswith(f"{path}: fused output")]
+        self.notes.append(f"{path}: replicated ({self.replicated[path]}); its consumer splits its replicated input")
+
     def as_dict(self) -> dict:
         return {
             "base_model": self.base_model,
@@ -534,7 +567,7 @@ def infer_plans(analysis: RepoAnalysis, styles: set[str] | None = None, conv1d_a
     plans.owners = {p: projection.owner for p, projection in projections.items()}
     plans.conv1d = {p: projection.owner for p, projection in projections.items() if projection.kind == CONV1D}
     _assign_styles(plans, projections, edges, styles, conv1d_as_linear)
-    _find_experts(plans, analysis, tree, base)
+    _find_experts(plans, analysis, tree, base, flow.edges if flow else set())
     plans.pp_plan = _pp_plan(plans, analysis, tree, base)
     return plans
 
@@ -617,23 +650,29 @@ def _assign_styles(plans: ParallelPlans, projections: dict[str, Projection], edg
     plans.tp_plan = dict(sorted(plans.tp_plan.items(), key=lambda item: order.index(item[0])))
 
 
-def _find_experts(plans: ParallelPlans, analysis: RepoAnalysis, tree: ModuleTree, base: str) -> None:
-    """Mixture of experts: a layer list inside a layer, beside a projection whose output picks them."""
+def _find_experts(plans: ParallelPlans, analysis: RepoAnalysis, tree: ModuleTree, base: str, edges) -> None:
+    """Mixture of experts: a layer list inside a layer, beside a projection whose output picks
+    what the experts get: the router. Found by data flow (its output reaches the experts'
+    projections, as the tokens routed to each), else as the projection whose output goes
+    through `topk`/`softmax` in the same forward (routing weights only scale the outputs)."""
     for prefix, cls, _ in tree.walk_paths(base):
         info = analysis.classes[cls]
         if prefix.count("*") == 0:
             continue
         for attr in info.layer_lists:
-            plans.experts.append(f"{prefix}{attr}")
-            forward = _method(analysis, cls, "forward")
-            text = cst.Module(body=[]).code_for_node(forward) if forward else ""
-            for name in tree.projections[cls]:
-                if f"self.{name}(" in text and ("topk" in text or "softmax" in text):
-                    plans.routers.append(f"{prefix}{name}")
+            experts = f"{prefix}{attr}"
+            plans.experts.append(experts)
+            own = [f"{prefix}{name}" for name in tree.projections[cls]]
+            routing = [p for p in own if any(s == p and d.startswith(f"{experts}.*.") for s, d in edges)]
+            if not routing:
+                forward = _method(analysis, cls, "forward")
+                text = cst.Module(body=[]).code_for_node(forward) if forward else ""
+                routing = [p for p in own if f"self.{p[len(prefix):]}(" in text and ("topk" in text or "softmax" in text)]
+            plans.routers += routing
     if plans.experts:
         plans.notes.append(
             f"mixture of experts: experts {', '.join(plans.experts)}, router {', '.join(plans.routers) or 'not found'}; "
-            "each expert's projections follow the pairs found like any MLP's; no packed or expert-parallel plan is written"
+            "each expert's projections follow the pairs found like any MLP's (tensor-parallel experts, see D4)"
         )
 
 

@@ -44,6 +44,8 @@ class PortOptions:
     overwrite: bool = False
     # Run the parallel plan over 2 processes (CONTRACT D2); PORT_MODEL_SHARDED_PROOF=0 turns it off.
     sharded_proof: bool = field(default_factory=lambda: os.environ.get("PORT_MODEL_SHARDED_PROOF", "1") != "0")
+    # Keep a concatenated [q|k|v] projection fused and replicated instead of splitting it (CONTRACT D1).
+    replicate_fused_qkv: bool = False
 
 
 @dataclass
@@ -81,10 +83,10 @@ def analyse_repo(repo: LegacyRepo) -> tuple[dict, RepoAnalysis]:
     return modules, analyse(modules, entry_points)
 
 
-def rewrite_code(repo: LegacyRepo, allow_partial: bool = False) -> RewriteResult:
+def rewrite_code(repo: LegacyRepo, allow_partial: bool = False, replicate_fused_qkv: bool = False) -> RewriteResult:
     with children_cached():  # the analysis walks the nodes the transforms walk again
         modules, analysis = analyse_repo(repo)
-        result = rewrite(modules, analysis)
+        result = rewrite(modules, analysis, {"config_json": repo.config, "replicate_fused": replicate_fused_qkv})
     if result.diagnostics and not allow_partial:
         raise UnsupportedPattern("the code holds shapes port-model does not understand", result.diagnostics)
     return result
@@ -113,7 +115,7 @@ def run_port(src: Path | str, options: PortOptions, progress: Progress = lambda 
     progress(f"reading {src}")
     repo = load(src)
     progress("rewriting code")
-    result = rewrite_code(repo, options.allow_partial)
+    result = rewrite_code(repo, options.allow_partial, options.replicate_fused_qkv)
     report.transforms = [c.as_dict() for c in result.changes]
     report.diagnostics = [d.as_dict() for d in result.diagnostics]
     diff = result.diff(repo.code)
@@ -182,11 +184,11 @@ def run_port(src: Path | str, options: PortOptions, progress: Progress = lambda 
     return PortResult(report, diff, out, result.changes)
 
 
-def check_only(src: Path | str, allow_partial: bool = False) -> PortResult:
+def check_only(src: Path | str, allow_partial: bool = False, replicate_fused_qkv: bool = False) -> PortResult:
     """What `--check` and `--diff` need: the rewrite, with nothing written."""
     source = resolve_source(src)
     repo = load(source.path)
-    result = rewrite_code(repo, allow_partial)
+    result = rewrite_code(repo, allow_partial, replicate_fused_qkv)
     report = Report(source=source.label, hub=source.hub, versions=versions())
     report.transforms = [c.as_dict() for c in result.changes]
     report.diagnostics = [d.as_dict() for d in result.diagnostics]

@@ -40,12 +40,15 @@ class RewriteResult:
         return "".join(chunks)
 
 
-def rewrite(modules: dict[str, cst.Module], analysis: RepoAnalysis) -> RewriteResult:
-    """Apply the registry to `modules` (file name -> parsed module)."""
+def rewrite(modules: dict[str, cst.Module], analysis: RepoAnalysis, settings: dict | None = None) -> RewriteResult:
+    """Apply the registry to `modules` (file name -> parsed module). `settings` start the
+    shared facts: `config_json` (the repo's config.json, for sizes the code computes from
+    it) and the user's choices (`replicate_fused`)."""
     state = PortState(
         analysis=analysis,
         original_code={name: tree.code for name, tree in modules.items()},
         original_trees=dict(modules),
+        facts=dict(settings or {}),
     )
     trees = dict(modules)
     # One context per file: transforms queue the imports they need, added once at the end.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 import zipfile
 from pathlib import Path
@@ -224,7 +225,31 @@ class Widen(''')
     from porter.verify.sharded import static_checks
 
     static_checks(plans.as_dict(), report)
-    assert [(c.item, c.status) for c in report.checks] == [("D1", PASS), ("D4", SKIP)]
+    assert [(c.item, c.status) for c in report.checks] == [("D1", PASS), ("D4", PASS)]
+    d4 = report.checks[1]
+    assert d4.figures["expert_plan"] == {"blocks.*.ff.experts.*.up": "colwise", "blocks.*.ff.experts.*.down": "rowwise"}
+    assert "ModuleList" in d4.detail  # why no expert-parallel style applies
+    from porter.verify.sharded import experts_check
+
+    split_router = {**plans.as_dict(), "tp_plan": {**plans.tp_plan, "blocks.*.ff.router": "colwise"}}
+    assert experts_check(split_router).status == FAIL
+    whole = {**plans.as_dict(), "tp_plan": {k: "replicate" if ".experts." in k else v for k, v in plans.tp_plan.items()}}
+    assert experts_check(whole).status == SKIP
+    # Hard routing with no softmax or topk in sight: the router is the projection whose output
+    # picks the tokens each expert gets (a second projection beside it is not).
+    hard = moe.replace(
+        "        weights, chosen = torch.softmax(self.router(x), dim=-1).topk(2, dim=-1)\n"
+        "        return sum(w[..., None] * self.experts[0](x) for w in weights.unbind(-1))",
+        "        chosen = self.pick(x).argmax(-1)\n"
+        "        out = torch.zeros_like(x)\n"
+        "        for i, expert in enumerate(self.experts):\n"
+        "            out[chosen == i] = expert(x[chosen == i])\n"
+        "        return out + self.extra(x)",
+    ).replace("self.router = nn.Linear(config.hidden_size, 4)",
+              "self.pick = nn.Linear(config.hidden_size, 4)\n        self.extra = nn.Linear(config.hidden_size, 32)")
+    assert "self.pick(x).argmax" in hard
+    plans = _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": hard})
+    assert plans.experts == ["blocks.*.ff.experts"] and plans.routers == ["blocks.*.ff.pick"]
 
 
 def test_grouped_query_heads_that_do_not_divide_are_reported(tmp_path):
@@ -315,3 +340,56 @@ def _declared(source: str, name: str) -> dict:
         if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == name:
             return ast.literal_eval(node.value)
     raise AssertionError(f"{name} not declared")
+
+
+@pytest.mark.slow
+def test_split_fused_qkv_and_tensor_parallel_experts_prove_sharded(tmp_path):
+    """A legacy repo with a concatenated grouped-query [q|k|v] and a ModuleList of experts: the
+    port splits the projection (weights split at conversion), the plan is plain colwise/rowwise,
+    each expert is split like an MLP with the router replicated (D4), and the sharded run
+    equals the unsharded one (D2). Equality with the legacy code itself is tests/test_patterns.py's."""
+    from dataclasses import replace
+
+    import porter
+    from tests.patterns.builder import SHAPES, build
+
+    repo = build(replace(SHAPES["moe"], name="fused_moe", fused_qkv=True), tmp_path / "fused_moe")
+    result = porter.port(repo, tmp_path / "out", verify=False)
+    assert result.report.weights["split"]["model.layers.0.self_attn.qkv_proj.weight"] == [
+        f"model.layers.0.self_attn.{n}_proj.weight" for n in ("query", "key", "value")
+    ]
+    tp = _declared((result.output / "configuration_pattern_lm.py").read_text(), "base_model_tp_plan")
+    assert [tp[f"layers.*.self_attn.{n}_proj"] for n in ("query", "key", "value", "o")] == ["colwise"] * 3 + ["rowwise"]
+    assert tp["layers.*.mlp.experts.*.down_proj"] == "rowwise" and tp["layers.*.mlp.gate"] == "replicate"
+    d4 = [c for c in porter.check_contract(result.output, run=False).checks if c.item == "D4"]
+    assert [c.status for c in d4] == [PASS], d4  # `port-model check` judges the declared plan the same way
+    plans = porter.rewrite_code(porter.load(repo)).facts["parallel"]
+    report = Report(source=str(repo))
+    prove_sharded(result.output, json.loads((result.output / "config.json").read_text()), plans, report)
+    assert [(c.item, c.status) for c in report.checks] == [
+        ("D1", PASS), ("D4", PASS), ("D1", PASS), ("D3", PASS), ("D2", PASS), ("D2", PASS)
+    ], report.summary_table()
+    d2 = _d(report, "D2")[0]
+    assert d2.figures["single_max_abs_diff"] <= 1e-5 and d2.figures["tp_size"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("PORT_MODEL_MORE_SHARDED_PROOFS"), reason="set PORT_MODEL_MORE_SHARDED_PROOFS=1")
+def test_replicated_fused_qkv_proves_sharded(tmp_path):
+    """--replicate-fused-qkv: the fused projection stays as written, replicated on every rank;
+    its consumer splits the replicated input, and the sharded run still equals the unsharded one."""
+    import porter
+    from tests.patterns.builder import build
+
+    repo = build("fused_qkv", tmp_path / "fused_qkv")
+    result = porter.port(repo, tmp_path / "out", verify=False, replicate_fused_qkv=True)
+    tp = _declared((result.output / "configuration_pattern_lm.py").read_text(), "base_model_tp_plan")
+    assert tp["layers.*.self_attn.qkv_proj"] == "replicate" and tp["layers.*.self_attn.o_proj"] == "rowwise_rep"
+    from porter.weights import load_state_dict_keys
+
+    assert "model.layers.0.self_attn.qkv_proj.weight" in load_state_dict_keys(result.output)  # kept fused
+    plans = porter.rewrite_code(porter.load(repo), replicate_fused_qkv=True).facts["parallel"]
+    assert any("--replicate-fused-qkv" in n for n in plans["notes"])
+    report = Report(source=str(repo))
+    prove_sharded(result.output, json.loads((result.output / "config.json").read_text()), plans, report)
+    assert all(c.status == PASS for c in report.checks), report.summary_table()

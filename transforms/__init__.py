@@ -30,6 +30,7 @@ from transforms.removed_imports import RemovedImports
 from transforms.removed_methods import RemovedModelMethods
 from transforms.rope_config import RopeConfigAccess
 from transforms.rope_positions import RopePositions
+from transforms.split_fused import SplitFusedProjections
 from transforms.tied_weights import TiedWeightsDict
 from transforms.tuple_cache import CacheObjects
 
@@ -56,6 +57,7 @@ REGISTRY: tuple[type[Transform], ...] = (
     TiedWeightsDict,
     DeclareBackends,
     Conv1DToLinear,
+    SplitFusedProjections,
     WriteParallelPlans,
     HeadAgnosticShapes,
     RemovedImports,

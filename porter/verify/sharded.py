@@ -57,9 +57,41 @@ def static_checks(plans: dict | None, report: Report) -> None:
                "replicated": plans.get("replicated") or {}, "fused": plans.get("fused") or {}}
     report.add(Check("D1", "tensor-parallel plan inferred from the data flow", status, detail, figures))
     if plans.get("experts"):
-        report.add(Check("D4", "mixture-of-experts plan", SKIP,
-                         f"experts {plans['experts']} and router {plans.get('routers')} recognised; "
-                         "each expert's projections follow the pairs found; no packed or expert-parallel plan is written"))
+        report.add(experts_check(plans))
+
+
+# Why a list of expert modules gets no expert-parallel plan: transformers' expert styles act on
+# one module that holds every expert.
+NO_EXPERT_PARALLEL = (
+    "no expert-parallel plan: transformers' expert styles need the experts packed into one module "
+    "(grouped_gemm shards a 3-D [num_experts, ...] parameter along the expert dimension; "
+    "moe_tp_experts and ep_dispatch_experts hook a module called as experts(hidden_states, top_k_index, "
+    "top_k_weights)), while a ModuleList of expert modules is run one by one by the block's own loop"
+)
+
+
+def experts_check(plans: dict) -> Check:
+    """D4: each expert of a ModuleList sharded like an MLP (column- then row-parallel), the
+    router replicated, so every rank routes the same tokens; D2 proves the numbers."""
+    tp = plans.get("tp_plan") or {}
+    experts, routers = plans["experts"], plans.get("routers") or []
+    name = "mixture-of-experts plan (tensor-parallel experts)"
+    figures = {"experts": experts, "routers": routers}
+    inside = {k: v for k, v in tp.items() if any(k.startswith(f"{e}.*.") for e in experts)}
+    split_routers = {r: tp[r] for r in routers if tp.get(r) in SHARDING_STYLES}
+    paired = [c for _, c in plans.get("pairs") or [] if c in inside]
+    if not routers:
+        return Check("D4", name, FAIL, f"experts {experts} recognised but no router found", figures)
+    if split_routers:
+        return Check("D4", name, FAIL, f"router split {split_routers}: ranks would route differently", figures)
+    unsplit = sorted(k for k, v in inside.items() if v not in SHARDING_STYLES)
+    if not paired or unsplit:
+        return Check("D4", name, SKIP, f"the experts' projections are not split ({unsplit or 'none paired'}); "
+                     + NO_EXPERT_PARALLEL, figures)
+    figures["expert_plan"] = inside
+    return Check("D4", name, PASS, f"each expert column- then row-parallel ({len(paired)} pair(s) per expert), "
+                 f"router {', '.join(routers)} replicated; proven with the whole plan by D2; " + NO_EXPERT_PARALLEL,
+                 figures)
 
 
 def prove_sharded(

@@ -29,12 +29,15 @@ def _as_files(sources: Sources) -> dict[str, str]:
     return {name: textwrap.dedent(text) for name, text in sources.items()}
 
 
-def run_transforms(sources: Sources, transform: Transforms = REGISTRY) -> tuple[dict[str, str], PortState]:
-    """Apply `transform` (one class or an ordered sequence) to `sources` ({filename: code} or one code string)."""
+def run_transforms(
+    sources: Sources, transform: Transforms = REGISTRY, facts: dict | None = None
+) -> tuple[dict[str, str], PortState]:
+    """Apply `transform` (one class or an ordered sequence) to `sources` ({filename: code} or one code string);
+    `facts` are the settings `porter.rewrite.rewrite` starts with (`config_json`, `replicate_fused`)."""
     files = _as_files(sources)
     classes = [transform] if isinstance(transform, type) else list(transform)
     trees = {name: cst.parse_module(text) for name, text in files.items()}
-    state = PortState(analysis=analyse(dict(trees)))
+    state = PortState(analysis=analyse(dict(trees)), facts=dict(facts or {}))
     contexts = {name: CodemodContext(filename=name) for name in trees}
     for transform_cls in classes:
         for name, tree in trees.items():

@@ -38,10 +38,11 @@ def test_first_run_ports_without_diagnostics_and_compiles(first_run):
     assert "create_causal_mask(" in modeling
     assert "TinyLegacyLMSdpaAttention" not in modeling
     assert '_tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}' in modeling
-    # The sample already has layer indices and the Cache API, and uses no removed API and no Conv1D.
+    # The sample already has layer indices and the Cache API, and uses no removed API, no Conv1D and
+    # no concatenated [q|k|v].
     not_needed = {"rope-config", "removed-imports", "layer-index", "removed-methods", "config-defaults", "post-init"}
     not_needed |= {"attention-layout", "multimodal-config", "multimodal-features", "multimodal-delegation"}
-    not_needed |= {"multimodal-processor", "multimodal-split", "conv1d-linear"}
+    not_needed |= {"multimodal-processor", "multimodal-split", "conv1d-linear", "split-fused"}
     not_needed.add("attention-selection")  # its config takes no attn_implementation of its own
     assert {c.transform for c in state.changes} == {t.name for t in REGISTRY} - not_needed
 
