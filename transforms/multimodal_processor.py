@@ -131,11 +131,16 @@ def _expansion(call: cst.FunctionDef, attr: str):
 
 
 def _size_names(stmt) -> list[str] | None:
-    """`height, width = image.shape[-2], image.shape[-1]` (or `image.shape[-2:]`) -> [height, width]."""
+    """`height, width = image.shape[-2], image.shape[-1]` (or `image.shape[-2:]`, or
+    transformers' `get_image_size(image)`) -> [height, width]."""
     assign = single_assign(stmt)
     if not assign or not isinstance(assign[0][0], cst.Tuple) or len(assign[0][0].elements) != 2:
         return None
-    if not any(isinstance(n, cst.Attribute) and n.attr.value in ("shape", "size") for n in walk(assign[1])):
+    if not any(
+        (isinstance(n, cst.Attribute) and n.attr.value in ("shape", "size"))
+        or (isinstance(n, cst.Call) and dotted(n.func) == "get_image_size")
+        for n in walk(assign[1])
+    ):
         return None
     return [code_of(e.value) for e in assign[0][0].elements]
 
