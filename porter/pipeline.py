@@ -155,7 +155,8 @@ def run_port(src: Path | str, options: PortOptions, progress: Progress = lambda 
                 staging,
                 repo.config,
                 report,
-                VerifyOptions(options.reference_transformers, report.device, options.timeout, cache_dir=options.cache_dir),
+                VerifyOptions(options.reference_transformers, report.device, options.timeout, cache_dir=options.cache_dir,
+                              legacy_expands_placeholders="placeholders" in result.facts),
                 progress,
             )
             if options.sharded_proof:

@@ -34,6 +34,7 @@ import builtins
 import re
 
 import libcst as cst
+import libcst.matchers as m
 from libcst.codemod.visitors import AddImportsVisitor
 
 from transforms.base import Transform
@@ -116,7 +117,10 @@ class SplitBaseAndHead(Transform):
         passed = [p for p in param_names(forward)[1:] if p != "labels"]
         arguments = [*(f"{p}={p}" for p in passed), *([f"**{kwargs}"] if kwargs else [])]
         call = f"{plan['out']} = self.model(\n" + "".join(f"    {a},\n" for a in arguments) + ")\n"
-        head_forward_body = [*plan["defaults"], *parse_stmts(call), *plan["logits"], *plan["post"]]
+        first = forward.body.body[0] if forward.body.body else None
+        docstring = [first] if m.matches(first, m.SimpleStatementLine(body=[m.Expr(value=m.SimpleString())])) else []
+        # kept on both: decorators such as `replace_return_docstrings` edit the docstring
+        head_forward_body = [*docstring, *plan["defaults"], *parse_stmts(call), *plan["logits"], *plan["post"]]
         head_forward = forward.with_changes(body=forward.body.with_changes(body=head_forward_body))
         head_init = parse_stmts(
             "def __init__(self, config):\n"
