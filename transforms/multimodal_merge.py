@@ -101,13 +101,14 @@ class ScatterIntoPlaceholders(Transform):
             if member is helper:
                 continue
             if member is forward:
-                members += [mask_method.with_changes(leading_lines=[cst.EmptyLine(indent=False)]), new_forward]
+                members += [mask_method.with_changes(leading_lines=forward.leading_lines),
+                            new_forward.with_changes(leading_lines=[cst.EmptyLine(indent=False)])]
             else:
                 members.append(member)
         self.state.facts["placeholders"] = {
             "image_token_key": token.attr.value,
             **_selection(features_method),
-            "extra_tokens": _extra_tokens(self.state.original_trees),
+            "extra_tokens": _extra_tokens(self.state.analysis.modules),
         }
         self.record(stmt, f"{cls.name.value}: image features scattered into the placeholders the processor expands "
                           f"({helper.name.value} removed, {MASK_METHOD} added)")
