@@ -41,7 +41,7 @@ def test_first_run_ports_without_diagnostics_and_compiles(first_run):
     # The sample already has layer indices and the Cache API, and uses no removed API and no Conv1D.
     not_needed = {"rope-config", "removed-imports", "layer-index", "removed-methods", "config-defaults", "post-init"}
     not_needed |= {"attention-layout", "multimodal-config", "multimodal-features", "multimodal-delegation"}
-    not_needed |= {"multimodal-processor", "multimodal-split", "conv1d-linear"}
+    not_needed |= {"multimodal-processor", "multimodal-split", "multimodal-merge", "multimodal-placeholders", "conv1d-linear"}
     not_needed.add("attention-selection")  # its config takes no attn_implementation of its own
     assert {c.transform for c in state.changes} == {t.name for t in REGISTRY} - not_needed
 
