@@ -17,7 +17,8 @@ placeholder itself, `" ".join([self.image_token] * n)` or `self.image_token * n`
   1 image) from `ProcessorMixin.create_mm_token_type_ids` beside `input_ids`.
 
 A processor that never expands a placeholder (the model expands it, as llava before 4.47
-did) is left alone: its counts cannot be told from the processor. An expansion whose
+did) is left alone: its counts cannot be told from the processor (multimodal_placeholders.py
+writes the expansion first where multimodal_merge.py moved it out of the model). An expansion whose
 count reads more than the image size and the processor's own attributes is refused.
 """
 

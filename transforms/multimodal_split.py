@@ -21,11 +21,17 @@ Checkpoint names follow (`language_model.model.x` -> `model.language_model.x`,
 as rename weight ops, checked bit for bit by the conversion. `config.json` maps
 `AutoModel` to the new class.
 
+The text head's logits statements may branch (`if self.config.pretraining_tp > 1: <sliced
+projection> else: logits = self.lm_head(h)`): in the head, `self.config` reads the nested
+text config and `self.<x>` that the text head set from its config reads it there; the
+module-level names they use are imported.
+
 Left alone (the E1 check of the verification then reports it): code after the
 language-model call that reads anything the fusion recomputed besides the outputs (llava
-before 4.47 merges the attention mask and labels with the image features and reuses them
-for the loss), a text head whose logits need more than its projection, or a base-model
-attribute name other than `model`.
+before 4.47 merged the attention mask and labels with the image features and reused them
+for the loss, until multimodal_merge.py, which runs first, leaves them the caller's own),
+a text head whose logits need more than its projection, or a base-model attribute name
+other than `model`.
 """
 
 from __future__ import annotations
