@@ -22,7 +22,10 @@ differs from the feature rows). The helper is removed; the mask, labels and posi
 returned are the caller's own, already as long as the expanded prompt. Positions the helper
 numbered from the mask are numbered the same way when the caller gives none. A sibling
 branch that lengthened the mask at decoding steps for the tokens the helper had added
-(`elif past_key_values is not None ...: attention_mask = torch.cat(...)`) goes with it.
+(`elif past_key_values is not None ...: attention_mask = torch.cat(...)`) goes with it, and
+so does a `prepare_inputs_for_generation` of the class that reads the image token (it
+trimmed prompts the model had expanded): GenerationMixin's own slices by the cache, numbers
+positions from the mask and passes `pixel_values` at prefill only.
 
 The processor must now expand each placeholder (multimodal_placeholders.py): this
 transform leaves what that needs in `facts["placeholders"]` (the image token's config key,
@@ -96,9 +99,12 @@ class ScatterIntoPlaceholders(Transform):
         replacement[0] = replacement[0].with_changes(leading_lines=stmt.leading_lines)
         new_forward = _without_decoding_fixups(forward, stmt, set(targets) - {embeds}, replacement)
         mask_method = parse_stmts(_mask_method_code(code_of(token)))[0]
+        generation = methods.get("prepare_inputs_for_generation")
+        if generation is not None and not _reads(generation, code_of(token)):
+            generation = None
         members = []
         for member in cls.body.body:
-            if member is helper:
+            if member is helper or member is generation:
                 continue
             if member is forward:
                 members += [mask_method.with_changes(leading_lines=forward.leading_lines),
@@ -112,6 +118,9 @@ class ScatterIntoPlaceholders(Transform):
         }
         self.record(stmt, f"{cls.name.value}: image features scattered into the placeholders the processor expands "
                           f"({helper.name.value} removed, {MASK_METHOD} added)")
+        if generation is not None:
+            self.record(generation, f"{cls.name.value}.prepare_inputs_for_generation removed: it trimmed prompts the model "
+                                    "had expanded; GenerationMixin's passes the pixels at prefill only")
         return cls.with_changes(body=cls.body.with_changes(body=members))
 
 
@@ -144,6 +153,10 @@ def _merge_call(forward: cst.FunctionDef, methods: dict[str, cst.FunctionDef]):
         names = [code_of(e.value) for e in target.elements] if isinstance(target, cst.Tuple) else [code_of(target)]
         return node, helper, names, {"features": passed[features_arg], "embeds": embeds, "ids": ids, "ids_param": "input_ids"}
     return None
+
+
+def _reads(fn: cst.FunctionDef, expression: str) -> bool:
+    return any(isinstance(n, cst.Attribute) and code_of(n) == expression for n in walk(fn))
 
 
 def _calls_method(stmt, name: str) -> bool:

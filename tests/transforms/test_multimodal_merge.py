@@ -193,3 +193,24 @@ def test_a_helper_that_does_not_return_new_embeddings_is_refused():
     forward = FORWARD.replace("inputs_embeds, attention_mask, position_ids = self._merge", "merged, attention_mask, position_ids = self._merge")
     state = check_noop(HEADER + MERGE + forward, ScatterIntoPlaceholders, diagnostics=True)
     assert "does not return new `inputs_embeds`" in state.diagnostics[0].render()
+
+
+GENERATION = '''\
+    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, **kwargs):
+        if past_key_values is not None and self.config.image_token_index in input_ids:
+            input_ids = input_ids[:, -1:]
+        return {"input_ids": input_ids, "past_key_values": past_key_values, **kwargs}
+
+'''
+
+
+def test_generation_inputs_written_for_prompts_the_model_expanded_are_removed():
+    output, state = transformed(HEADER + MERGE + GENERATION + FORWARD, ScatterIntoPlaceholders)
+    assert output == HEADER + PORTED
+    assert "prepare_inputs_for_generation removed" in state.changes[-1].message
+
+
+def test_generation_inputs_that_ignore_the_image_token_are_kept():
+    generation = GENERATION.replace(" and self.config.image_token_index in input_ids", "")
+    output, _ = transformed(HEADER + MERGE + generation + FORWARD, ScatterIntoPlaceholders)
+    assert output == HEADER + generation + PORTED
