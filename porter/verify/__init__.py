@@ -162,7 +162,7 @@ def _verify_in(work, legacy_repo, ported_repo, config, report, options, progress
     _numeric_checks(report, reference, outputs, ref_tag, inputs, generative)
     _probe_checks(report, ported.result.get("probe") or {}, reference, outputs, ref_tag)
     add_image_checks(report, reference, outputs, ref_tag, {"eager": EAGER_TOLERANCE, "sdpa": SDPA_TOLERANCE},
-                     legacy_inputs if legacy_inputs is not inputs else None, inputs)
+                     legacy_inputs if legacy_inputs is not inputs else None, inputs, ported.result)
     add_tower_probe_check(report, (ported.result.get("probe") or {}).get("image_probe"))
     add_structure_checks(report, ported.result)
     add_processor_checks(report, processor)

@@ -81,7 +81,8 @@ def corresponding_reference(reference: torch.Tensor, legacy_ids: torch.Tensor, t
 
 
 def add_image_checks(report, reference, outputs, ref_tag: str, tolerances: dict[str, float],
-                     legacy_inputs: dict | None = None, ported_inputs: dict | None = None) -> None:
+                     legacy_inputs: dict | None = None, ported_inputs: dict | None = None,
+                     ported_result: dict | None = None) -> None:
     """F2 rows for the image batch: logits and the image-bearing embeddings, per kernel.
     `legacy_inputs`/`ported_inputs` differ when the legacy model expands its placeholders
     inside and the ported processor does it: rows are then matched by position."""
@@ -116,6 +117,22 @@ def add_image_checks(report, reference, outputs, ref_tag: str, tolerances: dict[
         worst = max(v for k, v in figures.items() if k.endswith("diff"))
         status = PASS if worst <= tolerance else FAIL
         report.add(Check("F2", f"image features and logits vs legacy, float32 {tag}", status, "", figures))
+        run = ((ported_result or {}).get("runs") or {}).get(tag) or {}
+        _add_generation_check(report, reference, outputs, ref_tag, tag, (run.get("multimodal") or {}).get("generate_error"))
+
+
+def _add_generation_check(report, reference, outputs, ref_tag: str, tag: str, error: str | None) -> None:
+    """Greedy tokens after the image prompts, where the legacy model could generate."""
+    expected = reference.get(f"{ref_tag}.image.generated")
+    if expected is None:
+        return
+    name = f"greedy tokens with images vs legacy, {tag}"
+    actual = outputs.get(f"{tag}.image.generated")
+    if actual is None:
+        report.add(Check("F2", name, FAIL, f"the ported model did not generate with images: {error}"))
+        return
+    same = actual.shape == expected.shape and torch.equal(actual, expected)
+    report.add(Check("F2", name, PASS if same else FAIL, "", {"tokens": actual.tolist(), "legacy": expected.tolist()}))
 
 
 def add_tower_probe_check(report, image_probe: dict | None) -> None:
