@@ -79,7 +79,7 @@ class ScatterIntoPlaceholders(Transform):
             return cls
         stmt, helper, targets, args = found
         features, embeds = args["features"], args["embeds"]
-        token = _image_token(helper, args["ids_param"])
+        token = _image_token(helper, "input_ids")
         if token is None:
             self.refuse(stmt, f"{helper.name.value} does not compare `{args['ids']}` with one image token", cls.name.value)
             return cls
@@ -151,7 +151,7 @@ def _merge_call(forward: cst.FunctionDef, methods: dict[str, cst.FunctionDef]):
             continue
         target = assign[0][0]
         names = [code_of(e.value) for e in target.elements] if isinstance(target, cst.Tuple) else [code_of(target)]
-        return node, helper, names, {"features": passed[features_arg], "embeds": embeds, "ids": ids, "ids_param": "input_ids"}
+        return node, helper, names, {"features": passed[features_arg], "embeds": embeds, "ids": ids}
     return None
 
 
