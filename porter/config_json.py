@@ -22,3 +22,20 @@ def updated_config(config: dict, facts: dict) -> dict:
     if auto_map:
         config["auto_map"] = auto_map
     return config
+
+
+def processor_settings(config: dict, facts: dict) -> dict:
+    """`processor_config.json` entries the rewritten processor takes (`facts["processor_config"]`):
+    each a fixed `value`, or a dotted `config` path read from config.json (left out when the
+    config has no such key, so the processor fails where it needs it rather than guessing)."""
+    settings = {}
+    for name, source in (facts.get("processor_config") or {}).items():
+        if "value" in source:
+            settings[name] = source["value"]
+            continue
+        value = config
+        for part in source["config"].split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is not None:
+            settings[name] = value
+    return settings

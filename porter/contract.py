@@ -320,7 +320,7 @@ def base_model_entry(code: Code) -> Check:
     if target is None:
         return _result("C2", "AutoModel builds the base model", [("config.json", None, "auto_map has no AutoModel")])
     name = _class_of(target)
-    if name in code.analysis.classes and name not in code.analysis.base_models:
+    if name in code.analysis.classes and name not in code.analysis.base_models and not _fuses_modalities(code, name):
         return _result("C2", "AutoModel builds the base model", [code.place(name, None, f"{name} is not the base model")])
     return _result("C2", "AutoModel builds the base model", [])
 
@@ -462,11 +462,12 @@ def multimodal(code: Code) -> list[Check]:
     if not (config.get("vision_config") or "image_token_id" in config or "image_token_index" in config):
         return [Check("E1-E4", "multimodal contract", SKIP, "does not apply: not a multimodal model")]
     checks = []
-    missing = [k for k in ("text_config", "vision_config", "image_token_id") if k not in config]
+    aliases = _attribute_map(code, _class_of(_auto_map(config).get("AutoConfig", "")))
+    missing = [k for k in ("text_config", "vision_config", "image_token_id") if k not in config and k not in aliases]
     checks.append(_result("E3", "config nests text_config, vision_config, image_token_id",
                           [("config.json", None, f"no {k}") for k in missing]))
     failures, features = [], []
-    for base in sorted(code.analysis.base_models):
+    for base in _multimodal_bases(code):
         if "language_model" not in code.class_attributes(base):
             failures.append(code.place(base, None, f"{base} has no language_model"))
         if code.method(base, "get_image_features")[1] is None:
@@ -478,6 +479,30 @@ def multimodal(code: Code) -> list[Check]:
     checks.append(_result("E4", "processor reports multimodal token counts",
                           [] if has_counter else [(None, None, "no processor defines _get_num_multimodal_tokens")]))
     return checks
+
+
+def _multimodal_bases(code: Code) -> list[str]:
+    """The class engines build with AutoModel (the base model that fuses the modalities),
+    else the text-only base models the analysis found."""
+    target = _class_of(_auto_map(code.config).get("AutoModel", ""))
+    return [target] if target in code.analysis.classes else sorted(code.analysis.base_models)
+
+
+def _fuses_modalities(code: Code, name: str) -> bool:
+    """A composite base model: it holds a base model as `language_model` (CONTRACT E1)."""
+    held = code.analysis.classes[name].children.get("language_model")
+    return held in code.analysis.base_models
+
+
+def _attribute_map(code: Code, config_class: str) -> set[str]:
+    """Names a config class answers through `attribute_map` (`image_token_id` -> `image_token_index`)."""
+    if config_class not in code.analysis.classes:
+        return set()
+    mapping = code.class_attributes(config_class).get("attribute_map")
+    if not isinstance(mapping, cst.Dict):
+        return set()
+    return {e.key.evaluated_value for e in mapping.elements
+            if isinstance(e, cst.DictElement) and isinstance(e.key, cst.SimpleString)}
 
 
 def static_checks(code: Code) -> list[Check]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import libcst as cst
 
+from porter.config_json import updated_config
 from porter.contract import Code, static_checks
 from porter.errors import BadInput
 from porter.repo import load_repo
@@ -170,7 +171,9 @@ def check_contract(
     except cst.ParserSyntaxError as exc:  # a transform produced broken code: say so, do not guess
         raise BadInput(f"the rewrite produced code that does not parse: {exc.message}") from None
     static.insert(1, _static_a2(changes))
-    _mark_fixable(static, [_static_a2([]), *static_checks(Code.read(repo.config, new_modules))], changes, diagnostics)
+    # the ported config too: the port adds auto_map entries (AutoModel for a split base model)
+    ported = Code.read(updated_config(repo.config, rewritten.facts), new_modules)
+    _mark_fixable(static, [_static_a2([]), *static_checks(ported)], changes, diagnostics)
     checks = list(static)
     if run and repo.weight_files:
         progress("running the model under the installed transformers (probe, packed call, continuous batching)")

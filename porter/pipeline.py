@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from porter.analysis import RepoAnalysis, analyse
-from porter.config_json import updated_config
+from porter.config_json import processor_settings, updated_config
 from porter.errors import BadInput, UnsupportedPattern, WeightsMismatch
 from porter.hub import resolve_source
 from porter.repo import LegacyRepo, load_repo
@@ -157,7 +157,8 @@ def run_port(src: Path | str, options: PortOptions, progress: Progress = lambda 
                 staging,
                 repo.config,
                 report,
-                VerifyOptions(options.reference_transformers, report.device, options.timeout, cache_dir=options.cache_dir),
+                VerifyOptions(options.reference_transformers, report.device, options.timeout, cache_dir=options.cache_dir,
+                              legacy_expands_placeholders="placeholders" in result.facts),
                 progress,
             )
             if options.sharded_proof:
@@ -222,6 +223,11 @@ def _write_files(repo: LegacyRepo, result: RewriteResult, staging: Path) -> None
         config["dtype"] = config.pop("torch_dtype")
     config["transformers_version"] = transformers.__version__
     (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    settings = processor_settings(repo.config, result.facts)
+    if settings:  # what a rewritten processor reads from the model's config (multimodal_placeholders)
+        processor_config = staging / "processor_config.json"
+        existing = json.loads(processor_config.read_text()) if processor_config.exists() else {}
+        processor_config.write_text(json.dumps({**existing, **settings}, indent=2) + "\n")
 
 
 def _write_report(report: Report, staging: Path) -> None:

@@ -22,6 +22,8 @@ from transforms.masks import UseMaskingUtils
 from transforms.multimodal_config import MultimodalConfigNames
 from transforms.multimodal_delegation import DropTowerDelegations
 from transforms.multimodal_features import ImageFeaturesMethod
+from transforms.multimodal_merge import ScatterIntoPlaceholders
+from transforms.multimodal_placeholders import ExpandPlaceholders
 from transforms.multimodal_processor import ProcessorHooks
 from transforms.multimodal_split import SplitBaseAndHead
 from transforms.parallel_plans import WriteParallelPlans
@@ -50,6 +52,8 @@ REGISTRY: tuple[type[Transform], ...] = (
     DropTowerDelegations,
     ThreadKwargs,
     ImageFeaturesMethod,
+    ScatterIntoPlaceholders,  # needs get_image_features; tells ExpandPlaceholders what to count
+    ExpandPlaceholders,  # writes the expansion ProcessorHooks derives its hooks from
     ProcessorHooks,
     SplitBaseAndHead,
     GenerationSupport,

@@ -17,7 +17,8 @@ placeholder itself, `" ".join([self.image_token] * n)` or `self.image_token * n`
   1 image) from `ProcessorMixin.create_mm_token_type_ids` beside `input_ids`.
 
 A processor that never expands a placeholder (the model expands it, as llava before 4.47
-did) is left alone: its counts cannot be told from the processor. An expansion whose
+did) is left alone: its counts cannot be told from the processor (multimodal_placeholders.py
+writes the expansion first where multimodal_merge.py moved it out of the model). An expansion whose
 count reads more than the image size and the processor's own attributes is refused.
 """
 
@@ -131,11 +132,16 @@ def _expansion(call: cst.FunctionDef, attr: str):
 
 
 def _size_names(stmt) -> list[str] | None:
-    """`height, width = image.shape[-2], image.shape[-1]` (or `image.shape[-2:]`) -> [height, width]."""
+    """`height, width = image.shape[-2], image.shape[-1]` (or `image.shape[-2:]`, or
+    transformers' `get_image_size(image)`) -> [height, width]."""
     assign = single_assign(stmt)
     if not assign or not isinstance(assign[0][0], cst.Tuple) or len(assign[0][0].elements) != 2:
         return None
-    if not any(isinstance(n, cst.Attribute) and n.attr.value in ("shape", "size") for n in walk(assign[1])):
+    if not any(
+        (isinstance(n, cst.Attribute) and n.attr.value in ("shape", "size"))
+        or (isinstance(n, cst.Call) and dotted(n.func) == "get_image_size")
+        for n in walk(assign[1])
+    ):
         return None
     return [code_of(e.value) for e in assign[0][0].elements]
 

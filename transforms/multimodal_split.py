@@ -21,18 +21,26 @@ Checkpoint names follow (`language_model.model.x` -> `model.language_model.x`,
 as rename weight ops, checked bit for bit by the conversion. `config.json` maps
 `AutoModel` to the new class.
 
+The text head's logits statements may branch (`if self.config.pretraining_tp > 1: <sliced
+projection> else: logits = self.lm_head(h)`): in the head, `self.config` reads the nested
+text config and `self.<x>` that the text head set from its config reads it there; the
+module-level names they use are imported.
+
 Left alone (the E1 check of the verification then reports it): code after the
 language-model call that reads anything the fusion recomputed besides the outputs (llava
-before 4.47 merges the attention mask and labels with the image features and reuses them
-for the loss), a text head whose logits need more than its projection, or a base-model
-attribute name other than `model`.
+before 4.47 merged the attention mask and labels with the image features and reused them
+for the loss, until multimodal_merge.py, which runs first, leaves them the caller's own),
+a text head whose logits need more than its projection, or a base-model attribute name
+other than `model`.
 """
 
 from __future__ import annotations
 
+import builtins
 import re
 
 import libcst as cst
+import libcst.matchers as m
 from libcst.codemod.visitors import AddImportsVisitor
 
 from transforms.base import Transform
@@ -40,6 +48,7 @@ from transforms.cst_utils import (
     assigned_names,
     code_of,
     dotted,
+    free_names,
     function_defs,
     is_self_attr,
     last_part,
@@ -114,7 +123,10 @@ class SplitBaseAndHead(Transform):
         passed = [p for p in param_names(forward)[1:] if p != "labels"]
         arguments = [*(f"{p}={p}" for p in passed), *([f"**{kwargs}"] if kwargs else [])]
         call = f"{plan['out']} = self.model(\n" + "".join(f"    {a},\n" for a in arguments) + ")\n"
-        head_forward_body = [*plan["defaults"], *parse_stmts(call), *plan["logits"], *plan["post"]]
+        first = forward.body.body[0] if forward.body.body else None
+        docstring = [first] if m.matches(first, m.SimpleStatementLine(body=[m.Expr(value=m.SimpleString())])) else []
+        # kept on both: decorators such as `replace_return_docstrings` edit the docstring
+        head_forward_body = [*docstring, *plan["defaults"], *parse_stmts(call), *plan["logits"], *plan["post"]]
         head_forward = forward.with_changes(body=forward.body.with_changes(body=head_forward_body))
         head_init = parse_stmts(
             "def __init__(self, config):\n"
@@ -144,6 +156,8 @@ class SplitBaseAndHead(Transform):
         head = cls.with_changes(bases=bases, body=cls.body.with_changes(body=_spaced(head_members)), leading_lines=[
             cst.EmptyLine(indent=False), cst.EmptyLine(indent=False)])
 
+        for module, obj, asname, relative in plan["logits_imports"]:
+            AddImportsVisitor.add_needed_import(self.context, module, obj, asname, relative)
         self.state.weight_ops.extend(plan["weight_ops"])
         self.state.facts.setdefault("auto_map", {})["AutoModel"] = f"{self.filename.removesuffix('.py')}.{base_name}"
         self.record(cls, f"{base_name}: base model fusing the modalities, with `{lm}` the text base model {text_base}")
@@ -170,13 +184,19 @@ def _plan(analysis, info, current: cst.ClassDef) -> dict | None:
         return None
     lm_call_func = _construction(init, lm)
     projection = _projection(head_info)
-    logits = _logits_statements(head_info, base_attr)
+    logits = _logits_statements(head_info, base_attr, analysis.modules)
     split = _split_forward(forward, lm)
     if lm_call_func is None or projection is None or logits is None or split is None:
         return None
     projection_attr, projection_code = projection
     config_arg = _config_argument(init, lm)
     projection_code = _with_config(projection_code, config_arg)
+    logits, logits_imports = logits
+    if any(is_self_attr(n) for s in logits for n in walk(s) if not is_self_attr(n, projection_attr)):
+        if not config_arg.startswith("config."):
+            return None
+        rewrite = _OnTextConfig(config_arg, _set_from_config(head_info.methods["__init__"]))
+        logits = [s.visit(rewrite) for s in logits]
     pre, call_stmt, out, post, defaults = split
     ops = [
         {"kind": "rename", "source": rf"^{re.escape(lm)}\.{re.escape(base_attr)}\.(.*)$", "targets": [f"model.{lm}.\\1"]},
@@ -196,7 +216,7 @@ def _plan(analysis, info, current: cst.ClassDef) -> dict | None:
         "lm": lm, "text_base": text_base, "lm_call_func": lm_call_func, "pre": pre, "call_stmt": call_stmt,
         "out": out, "post": post, "defaults": defaults, "logits": logits, "projection": projection_code,
         "projection_attr": projection_attr, "base_name": base_name, "weight_ops": [_op(o) for o in ops],
-        "text_head": text_head,
+        "text_head": text_head, "logits_imports": logits_imports,
     }
 
 
@@ -254,12 +274,13 @@ def _with_config(code: str, config_expression: str) -> str:
     return code_of(parse_stmts(code + "\n")[0].visit(_Rename({"config": config_expression}))).strip()
 
 
-def _logits_statements(head, base_attr: str):
+def _logits_statements(head, base_attr: str, modules: dict):
     """The text head's statements from its base-model output to the logits (`hidden = outputs[0];
     logits = self.lm_head(hidden); logits = logits.float()`)."""
     forward = head.methods.get("forward")
     if forward is None:
         return None
+    module = modules.get(head.file)
     body = list(forward.body.body)
     call_index = next(
         (i for i, s in enumerate(body) if any(isinstance(n, cst.Call) and is_self_attr(n.func, base_attr) for n in walk(s))),
@@ -268,19 +289,102 @@ def _logits_statements(head, base_attr: str):
     if call_index is None or assigned_names(body[call_index]) != {"outputs"}:
         return None
     taken = []
+    module_names = _module_bindings(module)
+    used_globals: set[str] = set()
     for stmt in body[call_index + 1 :]:
-        names = assigned_names(stmt)
-        if not names or not isinstance(stmt, cst.SimpleStatementLine) or names_loaded(stmt) - {"outputs", "self", *_names(taken)}:
+        bound = {"outputs", "self", *_names(taken)}
+        if isinstance(stmt, cst.SimpleStatementLine):
+            if not assigned_names(stmt) or names_loaded(stmt) - bound:
+                break
+        elif _assigning_branches(stmt):
+            # `if self.config.pretraining_tp > 1: <sliced projection> else: logits = self.lm_head(h)`
+            free, _ = free_names([stmt], bound)
+            free -= set(dir(builtins)) | {n for c in walk(stmt) if isinstance(c, cst.CompFor) for n in names_read(c.target)}
+            if free - set(module_names):
+                break
+            used_globals |= free
+        else:
             break
         taken.append(stmt)
-    last = max((i for i, s in enumerate(taken) if "logits" in assigned_names(s)), default=None)
+    last = max((i for i, s in enumerate(taken) if "logits" in _names([s])), default=None)
     if last is None:
         return None
-    return [s.with_changes(leading_lines=[]) for s in taken[: last + 1]]
+    imports = [module_names[n] for n in sorted(used_globals) if module_names[n] is not None]
+    if len(imports) != len(used_globals):
+        return None  # a class or function of the head's own file: not importable from here by name
+    return [s.with_changes(leading_lines=[]) for s in taken[: last + 1]], imports
+
+
+def _assigning_branches(stmt) -> bool:
+    """An `if`/`elif`/`else` whose arms only assign (no return, no loop)."""
+    if not isinstance(stmt, cst.If):
+        return False
+    arms = [stmt.body]
+    orelse = stmt.orelse
+    while orelse is not None:
+        arms.append(orelse.body)
+        orelse = orelse.orelse if isinstance(orelse, cst.If) else None
+    return all(
+        isinstance(line, cst.SimpleStatementLine) and all(isinstance(small, (cst.Assign, cst.AugAssign)) for small in line.body)
+        for arm in arms for line in arm.body
+    )
+
+
+def _module_bindings(module: cst.Module | None) -> dict[str, tuple | None]:
+    """Module-level names -> how to import them (`(module, obj, asname, relative)`), None for
+    names the file defines itself."""
+    found: dict[str, tuple | None] = {}
+    for stmt in module.body if module is not None else []:
+        if isinstance(stmt, (cst.FunctionDef, cst.ClassDef)):
+            found[stmt.name.value] = None
+        elif isinstance(stmt, cst.SimpleStatementLine):
+            for small in stmt.body:
+                if isinstance(small, cst.Import):
+                    for alias in small.names:
+                        full = code_of(alias.name)
+                        name = alias.asname.name.value if alias.asname else full.split(".")[0]
+                        found[name] = (full, None, alias.asname.name.value if alias.asname else None, 0)
+                elif isinstance(small, cst.ImportFrom) and not isinstance(small.names, cst.ImportStar):
+                    source = code_of(small.module) if small.module is not None else ""
+                    for alias in small.names:
+                        name = alias.asname.name.value if alias.asname else code_of(alias.name)
+                        asname = alias.asname.name.value if alias.asname else None
+                        found[name] = (source, code_of(alias.name), asname, len(small.relative))
+                else:
+                    for name in assigned_names(stmt):
+                        found[name] = None
+    return found
 
 
 def _names(stmts) -> set[str]:
-    return set().union(*(assigned_names(s) for s in stmts)) if stmts else set()
+    return set().union(*(_assigned_anywhere(s) | assigned_names(s) for s in stmts)) if stmts else set()
+
+
+class _OnTextConfig(cst.CSTTransformer):
+    """In the text head's logits code, moved to the composite head: `self.config` is the
+    nested text config, and `self.<x>` that the text head set from its config reads it there."""
+
+    def __init__(self, text_config: str, from_config: dict[str, str]):
+        self.text_config = text_config
+        self.from_config = from_config
+
+    def leave_Attribute(self, original, updated):
+        if is_self_attr(original, "config"):
+            return cst.parse_expression(f"self.{self.text_config}")
+        if is_self_attr(original) and original.attr.value in self.from_config:
+            return cst.parse_expression(f"self.{self.text_config}.{self.from_config[original.attr.value]}")
+        return updated
+
+
+def _set_from_config(init: cst.FunctionDef) -> dict[str, str]:
+    """`self.vocab_size = config.vocab_size` in the text head's `__init__` -> {vocab_size: vocab_size}."""
+    found = {}
+    for node in walk(init):
+        if isinstance(node, cst.SimpleStatementLine):
+            assign = single_assign(node)
+            if assign and is_self_attr(assign[0][0]) and (dotted(assign[1]) or "").startswith("config."):
+                found[assign[0][0].attr.value] = dotted(assign[1]).removeprefix("config.")
+    return found
 
 
 def _split_forward(forward: cst.FunctionDef, lm: str):

@@ -44,6 +44,8 @@ class VerifyOptions:
     timeout: float = 900.0
     max_new_tokens: int = 8
     cache_dir: Path | None = None
+    # the legacy model expands one placeholder per image inside; the ported processor does it
+    legacy_expands_placeholders: bool = False
 
 
 def make_inputs(config: dict, image_placeholders: int = 1) -> dict[str, torch.Tensor]:
@@ -107,6 +109,10 @@ def _verify_in(work, legacy_repo, ported_repo, config, report, options, progress
     processor = run_processor_check(ported_repo, work, options.timeout, image_size(config) if vision_language else None)
     inputs = make_inputs(config, placeholders_per_image(processor))
     save_file(inputs, str(inputs_path))
+    legacy_inputs, legacy_inputs_path = inputs, inputs_path
+    if vision_language and options.legacy_expands_placeholders:
+        legacy_inputs, legacy_inputs_path = make_inputs(config, 1), work / "legacy_inputs.safetensors"
+        save_file(legacy_inputs, str(legacy_inputs_path))
     generative = "AutoModelForCausalLM" in (config.get("auto_map") or {})
     spec = {
         "inputs": str(inputs_path),
@@ -136,7 +142,8 @@ def _verify_in(work, legacy_repo, ported_repo, config, report, options, progress
     }
 
     progress(f"running the legacy model under transformers {version}")
-    legacy = run_model(env.python, legacy_repo, {**spec, "attn_implementations": ["eager"]}, work / "legacy", options.timeout)
+    legacy_spec = {**spec, "inputs": str(legacy_inputs_path), "attn_implementations": ["eager"]}
+    legacy = run_model(env.python, legacy_repo, legacy_spec, work / "legacy", options.timeout)
     if not legacy.ok:
         report.add(Check("F1", "reference run", FAIL, f"legacy code failed under transformers {version}: {legacy.error}"))
         return
@@ -154,7 +161,8 @@ def _verify_in(work, legacy_repo, ported_repo, config, report, options, progress
     ref_tag = "eager" if "eager.single.output" in reference else "default"
     _numeric_checks(report, reference, outputs, ref_tag, inputs, generative)
     _probe_checks(report, ported.result.get("probe") or {}, reference, outputs, ref_tag)
-    add_image_checks(report, reference, outputs, ref_tag, {"eager": EAGER_TOLERANCE, "sdpa": SDPA_TOLERANCE})
+    add_image_checks(report, reference, outputs, ref_tag, {"eager": EAGER_TOLERANCE, "sdpa": SDPA_TOLERANCE},
+                     legacy_inputs if legacy_inputs is not inputs else None, inputs, ported.result)
     add_tower_probe_check(report, (ported.result.get("probe") or {}).get("image_probe"))
     add_structure_checks(report, ported.result)
     add_processor_checks(report, processor)

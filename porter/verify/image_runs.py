@@ -8,6 +8,7 @@ compares the image features without knowing what the model calls its vision towe
 """
 
 PREFIX = "image"
+GENERATED_TOKENS = 4
 
 
 def has_images(inputs):
@@ -51,7 +52,37 @@ def run_images(model, inputs, tag, tensors):
     tensors[f"{tag}.{PREFIX}.output"] = value.detach().float().contiguous()
     if embeds is not None:
         tensors[f"{tag}.{PREFIX}.embeds"] = embeds.float().contiguous()
-    return structure(model, inputs)
+    found = structure(model, inputs)
+    error = generate_images(model, inputs, tag, tensors)
+    if error:
+        found["generate_error"] = error
+    return found
+
+
+def generate_images(model, inputs, tag, tensors):
+    """`{tag}.image.generated`: greedy tokens after the image prompts, through the model's
+    own generation path (caches, positions, pixels at prefill). Returns the error, if any."""
+    import torch
+
+    if not hasattr(model, "generate") or model.get_output_embeddings() is None:
+        return None
+    ids = inputs[f"{PREFIX}.input_ids"]
+    pad = getattr(model.generation_config, "pad_token_id", None)
+    try:
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids,
+                pixel_values=inputs[f"{PREFIX}.pixel_values"],
+                attention_mask=inputs[f"{PREFIX}.attention_mask"],
+                max_new_tokens=GENERATED_TOKENS,
+                min_new_tokens=GENERATED_TOKENS,
+                do_sample=False,
+                pad_token_id=pad if isinstance(pad, int) else 0,
+            )
+    except Exception as exc:  # reported in the parent, beside the tokens it could compare
+        return f"{type(exc).__name__}: {exc}"
+    tensors[f"{tag}.{PREFIX}.generated"] = out[:, ids.shape[1] :].contiguous()
+    return None
 
 
 def structure(model, inputs):

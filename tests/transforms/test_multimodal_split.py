@@ -150,3 +150,44 @@ def test_left_alone_when_the_code_after_the_call_reads_what_the_fusion_recompute
 def test_noop_on_a_model_already_split():
     output, _ = _split()
     check_noop(output, SplitBaseAndHead)
+
+
+BRANCHED = LEGACY.replace(
+    "import torch\nfrom torch import nn\n", "import torch\nimport torch.nn.functional as F\nfrom torch import nn\n"
+).replace(
+    "        self.image_token_index = image_token_index\n",
+    "        self.image_token_index = image_token_index\n        self.pretraining_tp = 3\n",
+).replace(
+    "        self.model = TextModel(config)\n",
+    "        self.model = TextModel(config)\n        self.vocab_size = config.vocab_size\n",
+).replace(
+    "        logits = self.lm_head(hidden_states)\n",
+    "        if self.config.pretraining_tp > 1:\n"
+    "            slices = self.lm_head.weight.split(self.vocab_size // self.config.pretraining_tp, dim=0)\n"
+    "            logits = torch.cat([F.linear(hidden_states, slices[i]) for i in range(self.config.pretraining_tp)], dim=-1)\n"
+    "        else:\n"
+    "            logits = self.lm_head(hidden_states)\n",
+)
+
+
+def test_branched_logits_code_reads_the_text_config_in_the_head():
+    """Logits computed in an if/else (llama's `pretraining_tp` slices) move to the head with
+    `self.config` and the attributes the text head set from its config read from the nested
+    text config, and the module-level names they use (`F`) imported."""
+    output, state = transformed(BRANCHED, SplitBaseAndHead)
+    assert not state.diagnostics
+    assert "        if self.config.text_config.pretraining_tp > 1:\n" in output
+    assert "self.lm_head.weight.split(self.config.text_config.vocab_size // self.config.text_config.pretraining_tp" in output
+    legacy_ns, ported_ns = {}, {}
+    exec(compile(BRANCHED, FILENAME, "exec"), legacy_ns)
+    exec(compile(output, FILENAME, "exec"), ported_ns)
+    torch.manual_seed(0)
+    legacy = legacy_ns["FuseForConditionalGeneration"](legacy_ns["FuseConfig"]()).eval()
+    ported = ported_ns["FuseForConditionalGeneration"](ported_ns["FuseConfig"]()).eval()
+    for op in state.weight_ops[:2]:  # the text model and the projection move; the tower is not used
+        for name, tensor in legacy.state_dict().items():
+            if re.fullmatch(op.source, name):
+                ported.get_parameter(re.sub(op.source, op.targets[0], name)).data.copy_(tensor)
+    ids = torch.tensor([[1, 4, 5, 2]])
+    with torch.no_grad():
+        assert torch.equal(ported(ids)[0], legacy(ids)[0])

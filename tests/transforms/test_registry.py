@@ -42,7 +42,8 @@ def test_first_run_ports_without_diagnostics_and_compiles(first_run):
     # no concatenated [q|k|v].
     not_needed = {"rope-config", "removed-imports", "layer-index", "removed-methods", "config-defaults", "post-init"}
     not_needed |= {"attention-layout", "multimodal-config", "multimodal-features", "multimodal-delegation"}
-    not_needed |= {"multimodal-processor", "multimodal-split", "conv1d-linear", "split-fused"}
+    not_needed |= {"multimodal-processor", "multimodal-split", "multimodal-merge", "multimodal-placeholders"}
+    not_needed |= {"conv1d-linear", "split-fused"}
     not_needed.add("attention-selection")  # its config takes no attn_implementation of its own
     assert {c.transform for c in state.changes} == {t.name for t in REGISTRY} - not_needed
 
