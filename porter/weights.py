@@ -647,8 +647,11 @@ class _Out:
             yield from self._blocks(self._rows, limit, buffer)
             return
         with _WHOLE_TENSOR:
-            whole = self._make()
-            yield from self._blocks(lambda a, b: whole[a:b], limit, buffer)
+            whole = [self._make()]
+            try:
+                yield from self._blocks(lambda a, b: whole[0][a:b], limit, buffer)
+            finally:
+                whole.clear()  # freed before another thread may build one
 
     def _blocks(self, rows: Callable[[int, int], torch.Tensor], limit: int,
                 buffer: torch.Tensor | None) -> Iterator[torch.Tensor]:
