@@ -20,9 +20,11 @@ Before each step the previous output is deleted, ``sync`` flushes dirty pages (n
 timed) and the source is read once, so every step reads a warm page cache (dropping the
 cache needs root; this benchmark does not try). "wall" is the step's process from start
 to exit (interpreter start-up and imports included); "op" is the operation alone,
-timed inside the process (for cp, its wall); "+sync" is the time of a ``sync`` run by
-this script right after the step's process exits, i.e. the extra time until the output
-is on disk. Each step runs ``--repeat`` times, in rotating order; the table shows
+timed inside the process (for cp, its wall); "op CPU" the user + system CPU seconds of
+all the process's threads during the operation (for cp, of the whole process): on a
+machine shared with other work, the steadier measure; "+sync" is the time of a ``sync``
+run by this script right after the step's process exits, i.e. the extra time until the
+output is on disk. Each step runs ``--repeat`` times, in rotating order; the table shows
 medians. Needs about 7 GiB of free disk.
 
     python benchmarks/bench_weights.py [--dir DIR] [--size-gib 2.2] [--repeat 3] [--shard-size 5GB]
@@ -50,7 +52,7 @@ from pathlib import Path
 MiB = 2**20
 LARGEST_MIB = 256  # the embedding: the largest tensor, and the largest tensor group (no merges)
 CHILD = """
-import json, os, sys, time
+import json, os, resource, sys, time
 from pathlib import Path
 step, src, out, shard_size = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
 phases = {}
@@ -71,17 +73,19 @@ if step in ("convert", "serial"):
 
     weights._write_all = timed("write", weights._write_all)
     weights._verify = timed("verify", weights._verify)
-    t = time.perf_counter()
+    t, r = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
     report = weights.convert_checkpoint([src], out, max_shard_size=shard_size)
     assert report.verified
 else:
     import torch
     from safetensors.torch import save_file
-    t = time.perf_counter()
+    t, r = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
     state = torch.load(src, map_location="cpu", weights_only=True)
     out.mkdir()
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
 op = time.perf_counter() - t
+end = resource.getrusage(resource.RUSAGE_SELF)  # all threads of the process
+phases["cpu"] = end.ru_utime + end.ru_stime - r.ru_utime - r.ru_stime
 hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(json.dumps({"op": op, "hwm_mib": hwm / 1024, **phases}))
 """
@@ -151,8 +155,8 @@ def warm(path: Path) -> None:
             pass
 
 
-def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS (MiB) and stdout of one child process."""
+def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float, str, float]:
+    """Wall seconds, peak RSS (MiB), stdout and CPU seconds (user + system) of one child process."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env)
     stdout = proc.stdout.read().decode()
@@ -161,7 +165,7 @@ def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float,
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         raise SystemExit(f"{cmd[:3]}... failed with exit code {proc.returncode}")
-    return wall, usage.ru_maxrss / 1024, stdout  # ru_maxrss is in KiB on Linux
+    return wall, usage.ru_maxrss / 1024, stdout, usage.ru_utime + usage.ru_stime  # ru_maxrss: KiB
 
 
 def measure(step: str, src: Path, out: Path, shard_size: str) -> dict:
@@ -171,12 +175,12 @@ def measure(step: str, src: Path, out: Path, shard_size: str) -> dict:
     warm(src)
     if step == "cp":
         dst = out.with_suffix(".bin")
-        wall, rss, _ = run_measured(["cp", str(src), str(dst)])
-        timings = {"op": wall, "hwm_mib": rss}
+        wall, rss, _, cpu = run_measured(["cp", str(src), str(dst)])
+        timings = {"op": wall, "hwm_mib": rss, "cpu": cpu}
     else:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
                                                             os.environ.get("PYTHONPATH", "")])}
-        wall, rss, stdout = run_measured([sys.executable, "-c", CHILD, step, str(src), str(out), shard_size],
+        wall, rss, stdout, _ = run_measured([sys.executable, "-c", CHILD, step, str(src), str(out), shard_size],
                                          env)
         timings = json.loads(stdout.strip().splitlines()[-1])
     t = time.perf_counter()
@@ -185,7 +189,8 @@ def measure(step: str, src: Path, out: Path, shard_size: str) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     out.with_suffix(".bin").unlink(missing_ok=True)
     # VmHWM is the process's own peak; ru_maxrss may include the parent's at fork time.
-    return {"wall": wall, "op": timings["op"], "sync": sync, "rss": timings["hwm_mib"], "maxrss": rss,
+    return {"wall": wall, "op": timings["op"], "cpu": timings["cpu"], "sync": sync, "rss": timings["hwm_mib"],
+            "maxrss": rss,
             **{k: timings[k] for k in ("write", "verify") if k in timings}}
 
 
@@ -232,11 +237,11 @@ def main() -> None:
 def report(runs: dict[str, list[dict]], largest: int, repeat: int) -> None:
     med = {s: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for s, rs in runs.items()}
     print(f"\nmedians of {repeat} run(s); page cache warm for every step\n")
-    print(f"{'step':<10} {'wall s':>8} {'op s':>8} {'+sync s':>8} {'peak RSS MiB':>13} {'ru_maxrss':>10}"
-          "   all ops (s)")
+    print(f"{'step':<10} {'wall s':>8} {'op s':>8} {'op CPU s':>9} {'+sync s':>8} {'peak RSS MiB':>13} "
+          f"{'ru_maxrss':>10}   all ops (s)")
     for step, m in med.items():
         ops = " ".join(f"{r['op']:.2f}" for r in runs[step])
-        print(f"{step:<10} {m['wall']:>8.2f} {m['op']:>8.2f} {m['sync']:>8.2f} {m['rss']:>13.0f} "
+        print(f"{step:<10} {m['wall']:>8.2f} {m['op']:>8.2f} {m['cpu']:>9.2f} {m['sync']:>8.2f} {m['rss']:>13.0f} "
               f"{m['maxrss']:>10.0f}   {ops}")
     conv, cp, base, serial = med["convert"], med["cp"], med["load-save"], med["serial"]
     print()
@@ -247,8 +252,9 @@ def report(runs: dict[str, list[dict]], largest: int, repeat: int) -> None:
     for step in ("convert", "serial"):
         m = med[step]
         print(f"\n{step + ' / cp:':<20} wall {m['wall'] / cp['wall']:.2f}x   op {m['op'] / cp['op']:.2f}x   "
-              f"op+sync {(m['op'] + m['sync']) / (cp['op'] + cp['sync']):.2f}x", end="")
-    print(f"\nconvert / serial:    op {conv['op'] / serial['op']:.2f}x")
+              f"op+sync {(m['op'] + m['sync']) / (cp['op'] + cp['sync']):.2f}x   op CPU {m['cpu'] / cp['cpu']:.2f}x",
+              end="")
+    print(f"\nconvert / serial:    op {conv['op'] / serial['op']:.2f}x   op CPU {conv['cpu'] / serial['cpu']:.2f}x")
     print(f"convert / load-save: wall {conv['wall'] / base['wall']:.2f}x   op {conv['op'] / base['op']:.2f}x   "
           f"peak RSS {conv['rss'] / base['rss']:.2f}x")
     rss_target = (1.25 * largest + 300e6) / MiB
