@@ -1023,9 +1023,11 @@ def convert_checkpoint(
     Tensors keep dtype, values and source order; ``ops`` rename, split, merge or permute
     matching tensors; ``tied`` (target -> source, output names) drops identical
     duplicates. Tensors are streamed a block at a time, so memory stays near one block
-    (one tensor for a permute with ``view_shape``) whatever the shard size. Raises
-    ``BadInput`` for bad input (nothing is written then) and ``RuntimeError`` if the
-    written files do not match the source.
+    (one tensor for a permute with ``view_shape``) whatever the shard size. Each shard,
+    once written, is reloaded and compared with its sources in worker threads
+    (``VERIFY_THREADS``) while the next one is written. Raises ``BadInput`` for bad input
+    (nothing is written then) and ``RuntimeError`` if the written files do not match the
+    source.
     """
     files = [Path(f) for f in files]
     if not files:
