@@ -6,6 +6,8 @@ its peak RSS is its own:
 
   convert    porter.weights.convert_checkpoint(..., max_shard_size="5GB"), the CLI default
              (reads with mmap, streams, writes safetensors, reloads and compares every tensor)
+  serial     the same with one verification thread (porter.weights.VERIFY_THREADS = 1):
+             each shard compared in the writing thread once written, nothing overlapped
   load-save  torch.load(mmap=False) of the whole state dict + safetensors.torch.save_file
   cp         cp of the same bytes
 
@@ -18,12 +20,17 @@ Before each step the previous output is deleted, ``sync`` flushes dirty pages (n
 timed) and the source is read once, so every step reads a warm page cache (dropping the
 cache needs root; this benchmark does not try). "wall" is the step's process from start
 to exit (interpreter start-up and imports included); "op" is the operation alone,
-timed inside the process (for cp, its wall); "+sync" is the time of a ``sync`` run by
-this script right after the step's process exits, i.e. the extra time until the output
-is on disk. Each step runs ``--repeat`` times, in rotating order; the table shows
+timed inside the process (for cp, its wall); "op CPU" the user + system CPU seconds of
+all the process's threads during the operation (for cp, of the whole process): on a
+machine shared with other work, the steadier measure; "+sync" is the time of a ``sync``
+run by this script right after the step's process exits, i.e. the extra time until the
+output is on disk. Each step runs ``--repeat`` times, in rotating order; the table shows
 medians. Needs about 7 GiB of free disk.
 
-    python benchmarks/bench_weights.py [--dir DIR] [--size-gib 2.2] [--repeat 3]
+    python benchmarks/bench_weights.py [--dir DIR] [--size-gib 2.2] [--repeat 3] [--shard-size 5GB]
+
+``--shard-size`` is passed to the conversions (several shards let the verification of
+one overlap the writing of the next).
 
 Targets (from the weights issue): peak RSS of convert <= 1.25 x largest tensor group +
 300 MB; wall of convert <= 1.5 x cp.
@@ -45,14 +52,17 @@ from pathlib import Path
 MiB = 2**20
 LARGEST_MIB = 256  # the embedding: the largest tensor, and the largest tensor group (no merges)
 CHILD = """
-import json, os, sys, time
+import json, os, resource, sys, time
 from pathlib import Path
-step, src, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+step, src, out, shard_size = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
 phases = {}
-if step == "convert":
+if step in ("convert", "serial"):
     import porter.weights as weights
 
-    def timed(phase, function):  # split the call into its write and verify passes
+    if step == "serial":
+        weights.VERIFY_THREADS = 1
+
+    def timed(phase, function):  # writing (finished shards verified meanwhile), then the wait
         def run(*args, **kwargs):
             t = time.perf_counter()
             try:
@@ -63,17 +73,19 @@ if step == "convert":
 
     weights._write_all = timed("write", weights._write_all)
     weights._verify = timed("verify", weights._verify)
-    t = time.perf_counter()
-    report = weights.convert_checkpoint([src], out, max_shard_size="5GB")
+    t, r = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+    report = weights.convert_checkpoint([src], out, max_shard_size=shard_size)
     assert report.verified
 else:
     import torch
     from safetensors.torch import save_file
-    t = time.perf_counter()
+    t, r = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
     state = torch.load(src, map_location="cpu", weights_only=True)
     out.mkdir()
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
 op = time.perf_counter() - t
+end = resource.getrusage(resource.RUSAGE_SELF)  # all threads of the process
+phases["cpu"] = end.ru_utime + end.ru_stime - r.ru_utime - r.ru_stime
 hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(json.dumps({"op": op, "hwm_mib": hwm / 1024, **phases}))
 """
@@ -143,8 +155,8 @@ def warm(path: Path) -> None:
             pass
 
 
-def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS (MiB) and stdout of one child process."""
+def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float, str, float]:
+    """Wall seconds, peak RSS (MiB), stdout and CPU seconds (user + system) of one child process."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env)
     stdout = proc.stdout.read().decode()
@@ -153,22 +165,23 @@ def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float,
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         raise SystemExit(f"{cmd[:3]}... failed with exit code {proc.returncode}")
-    return wall, usage.ru_maxrss / 1024, stdout  # ru_maxrss is in KiB on Linux
+    return wall, usage.ru_maxrss / 1024, stdout, usage.ru_utime + usage.ru_stime  # ru_maxrss: KiB
 
 
-def measure(step: str, src: Path, out: Path) -> dict:
+def measure(step: str, src: Path, out: Path, shard_size: str) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     out.with_suffix(".bin").unlink(missing_ok=True)
     os.sync()
     warm(src)
     if step == "cp":
         dst = out.with_suffix(".bin")
-        wall, rss, _ = run_measured(["cp", str(src), str(dst)])
-        timings = {"op": wall, "hwm_mib": rss}
+        wall, rss, _, cpu = run_measured(["cp", str(src), str(dst)])
+        timings = {"op": wall, "hwm_mib": rss, "cpu": cpu}
     else:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
                                                             os.environ.get("PYTHONPATH", "")])}
-        wall, rss, stdout = run_measured([sys.executable, "-c", CHILD, step, str(src), str(out)], env)
+        wall, rss, stdout, _ = run_measured([sys.executable, "-c", CHILD, step, str(src), str(out), shard_size],
+                                         env)
         timings = json.loads(stdout.strip().splitlines()[-1])
     t = time.perf_counter()
     os.sync()  # until the output is on disk
@@ -176,7 +189,8 @@ def measure(step: str, src: Path, out: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     out.with_suffix(".bin").unlink(missing_ok=True)
     # VmHWM is the process's own peak; ru_maxrss may include the parent's at fork time.
-    return {"wall": wall, "op": timings["op"], "sync": sync, "rss": timings["hwm_mib"], "maxrss": rss,
+    return {"wall": wall, "op": timings["op"], "cpu": timings["cpu"], "sync": sync, "rss": timings["hwm_mib"],
+            "maxrss": rss,
             **{k: timings[k] for k in ("write", "verify") if k in timings}}
 
 
@@ -185,6 +199,7 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, help="work folder (default: a temporary one)")
     parser.add_argument("--size-gib", type=float, default=2.2, help="checkpoint size (>= 2)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each step; medians shown")
+    parser.add_argument("--shard-size", default="5GB", help="max_shard_size of the conversions")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--build", type=Path, help=argparse.SUPPRESS)  # internal: the child that builds
     args = parser.parse_args()
@@ -202,13 +217,16 @@ def main() -> None:
         print(f"checkpoint: {src} {size / 2**30:.2f} GiB, largest tensor {largest / MiB:.0f} MiB "
               f"(built in {time.perf_counter() - t:.0f} s)")
         print(f"machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}, "
-              f"{os.uname().sysname} {os.uname().release}")
-        steps = ("convert", "load-save", "cp")
+              f"{os.uname().sysname} {os.uname().release}, load average {os.getloadavg()[0]:.1f}")
+        print(f"max_shard_size {args.shard_size}")
+        steps = ("convert", "serial", "load-save", "cp")
         runs: dict[str, list[dict]] = {s: [] for s in steps}
         for i in range(args.repeat):
-            for step in steps[i % 3:] + steps[:i % 3]:  # rotate the order: no step always goes first
-                runs[step].append(measure(step, src, work / f"out-{step}"))
+            turn = i % len(steps)
+            for step in steps[turn:] + steps[:turn]:  # rotate the order: no step always goes first
+                runs[step].append(measure(step, src, work / f"out-{step}", args.shard_size))
         report(runs, largest, args.repeat)
+        print(f"load average after: {os.getloadavg()[0]:.1f}")
     finally:
         if args.keep:
             print(f"kept {work}")
@@ -219,18 +237,24 @@ def main() -> None:
 def report(runs: dict[str, list[dict]], largest: int, repeat: int) -> None:
     med = {s: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for s, rs in runs.items()}
     print(f"\nmedians of {repeat} run(s); page cache warm for every step\n")
-    print(f"{'step':<10} {'wall s':>8} {'op s':>8} {'+sync s':>8} {'peak RSS MiB':>13} {'ru_maxrss':>10}"
-          "   all ops (s)")
+    print(f"{'step':<10} {'wall s':>8} {'op s':>8} {'op CPU s':>9} {'+sync s':>8} {'peak RSS MiB':>13} "
+          f"{'ru_maxrss':>10}   all ops (s)")
     for step, m in med.items():
         ops = " ".join(f"{r['op']:.2f}" for r in runs[step])
-        print(f"{step:<10} {m['wall']:>8.2f} {m['op']:>8.2f} {m['sync']:>8.2f} {m['rss']:>13.0f} "
+        print(f"{step:<10} {m['wall']:>8.2f} {m['op']:>8.2f} {m['cpu']:>9.2f} {m['sync']:>8.2f} {m['rss']:>13.0f} "
               f"{m['maxrss']:>10.0f}   {ops}")
-    conv, cp, base = med["convert"], med["cp"], med["load-save"]
-    walls = {phase: " ".join(f"{r[phase]:.2f}" for r in runs["convert"]) for phase in ("write", "verify")}
-    print(f"\nconvert op, by pass: write {conv['write']:.2f} s ({walls['write']}), "
-          f"verify {conv['verify']:.2f} s ({walls['verify']})")
-    print(f"\nconvert / cp:        wall {conv['wall'] / cp['wall']:.2f}x   op {conv['op'] / cp['op']:.2f}x   "
-          f"op+sync {(conv['op'] + conv['sync']) / (cp['op'] + cp['sync']):.2f}x")
+    conv, cp, base, serial = med["convert"], med["cp"], med["load-save"], med["serial"]
+    print()
+    for step in ("convert", "serial"):
+        walls = {phase: " ".join(f"{r[phase]:.2f}" for r in runs[step]) for phase in ("write", "verify")}
+        print(f"{step} op: writing {med[step]['write']:.2f} s ({walls['write']}), then waiting for "
+              f"verification {med[step]['verify']:.2f} s ({walls['verify']})")
+    for step in ("convert", "serial"):
+        m = med[step]
+        print(f"\n{step + ' / cp:':<20} wall {m['wall'] / cp['wall']:.2f}x   op {m['op'] / cp['op']:.2f}x   "
+              f"op+sync {(m['op'] + m['sync']) / (cp['op'] + cp['sync']):.2f}x   op CPU {m['cpu'] / cp['cpu']:.2f}x",
+              end="")
+    print(f"\nconvert / serial:    op {conv['op'] / serial['op']:.2f}x   op CPU {conv['cpu'] / serial['cpu']:.2f}x")
     print(f"convert / load-save: wall {conv['wall'] / base['wall']:.2f}x   op {conv['op'] / base['op']:.2f}x   "
           f"peak RSS {conv['rss'] / base['rss']:.2f}x")
     rss_target = (1.25 * largest + 300e6) / MiB

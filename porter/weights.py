@@ -4,9 +4,10 @@ A legacy repo ships its weights as pickled ``pytorch_model.bin`` files (possibly
 sharded), a bare ``*.pt``/``*.ckpt``/``*.pth``, or already as safetensors. This
 module finds those files, streams their tensors, applies the layout changes implied
 by a code port (renames, splits of fused weights, merges, permutations), drops
-declared tied duplicates and writes Hub-style safetensors shards. Every written
-tensor is then reloaded and compared bit for bit with its source, so a finished
-conversion is known to be exact.
+declared tied duplicates and writes Hub-style safetensors shards. Each shard, once
+its file is complete, is reloaded and every tensor in it compared bit for bit with its
+source (in worker threads, while the next shard is written), so a finished conversion
+is known to be exact.
 
 Memory: sources are memory-mapped (``torch.load(..., mmap=True)``, ``safe_open``), so
 a tensor is a reference to pages of a file until its bytes are used. Writing and
@@ -26,8 +27,10 @@ import pickle
 import re
 import struct
 import sys
+import threading
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -48,6 +51,20 @@ METADATA = {"format": "pt"}
 OP_KINDS = ("rename", "split", "merge", "permute")
 # Bytes of one tensor handled at a time when writing or comparing (at least one row).
 BLOCK_BYTES = 16 * 2**20
+# Bytes of one tensor compared by one verification task (a whole number of blocks).
+CHUNK_BLOCKS = 4
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+# Threads that compare written shards with their sources. torch.equal and the page faults
+# of mapped files run without the GIL, so the comparison spreads over the cores.
+VERIFY_THREADS = min(4, _usable_cpus())
 
 # Names this module writes into an output directory; anything else there is left alone.
 _OUTPUT_NAME = re.compile(
@@ -451,6 +468,9 @@ class _Mappings:
     Only mappings found in /proc/self/maps as a private map of the very file a tensor
     was read from are tracked, and a reference to the storage keeps each one alive while
     it is tracked. Elsewhere than on Linux nothing is tracked and both are no-ops.
+
+    The writing thread and the verification threads share one instance: dropping pages
+    another thread is reading only makes it fault them in again from the page cache.
     """
 
     def __init__(self) -> None:
@@ -460,13 +480,17 @@ class _Mappings:
         self._fds: dict[str, int] = {}
         self._touched = 0
         self._copy_ok = hasattr(os, "copy_file_range")
-        self._buffers: dict[int, torch.Tensor] = {}
+        self._buffers: dict[tuple[int, int], torch.Tensor] = {}
+        self._lock = threading.Lock()
 
     def buffer(self, number: int) -> torch.Tensor:
-        """Scratch space of one block for gathering non-contiguous blocks (see _Out.blocks)."""
-        if number not in self._buffers:
-            self._buffers[number] = torch.empty(BLOCK_BYTES, dtype=torch.uint8)
-        return self._buffers[number]
+        """This thread's scratch space of one block for gathering non-contiguous blocks
+        (see _Out.blocks)."""
+        key = (threading.get_ident(), number)
+        with self._lock:
+            if key not in self._buffers:
+                self._buffers[key] = torch.empty(BLOCK_BYTES, dtype=torch.uint8)
+            return self._buffers[key]
 
     def track(self, path: Path | str, tensor: torch.Tensor) -> None:
         """Register the memory map that ``tensor`` (read from ``path``) lives in, if any."""
@@ -474,29 +498,33 @@ class _Mappings:
             return
         storage = tensor.untyped_storage()
         address = storage.data_ptr()
-        if not address or storage.nbytes() == 0 or self._region_of(address, 1) is not None:
+        if not address or storage.nbytes() == 0:
             return
         real = os.path.realpath(path)
-        if real in self._untracked:
-            return
-        region = _find_mapping(address, real)
-        if region is None:
-            self._untracked.add(real)  # read into memory (or a copy): nothing to drop
-            return
-        self.regions.append(region)
-        self._keep.append(storage)
+        with self._lock:
+            if self._region_of(address, 1) is not None or real in self._untracked:
+                return
+            region = _find_mapping(address, real)
+            if region is None:
+                self._untracked.add(real)  # read into memory (or a copy): nothing to drop
+                return
+            self.regions = [*self.regions, region]  # a new list: other threads may be reading it
+            self._keep.append(storage)
 
     def _region_of(self, address: int, size: int) -> _Region | None:
         return next((r for r in self.regions if r.start <= address and address + size <= r.end), None)
 
     def touched(self, nbytes: int) -> None:
         """Note that ``nbytes`` of mapped data were read; drop them once a block's worth is in."""
-        self._touched += nbytes
-        if self._touched >= BLOCK_BYTES:
+        with self._lock:
+            self._touched += nbytes
+            full = self._touched >= BLOCK_BYTES
+            if full:
+                self._touched = 0
+        if full:
             self.release()
 
     def release(self) -> None:
-        self._touched = 0
         if _MADVISE is not None:
             for r in self.regions:
                 _MADVISE(r.start, r.end - r.start, _MADV_DONTNEED)
@@ -512,9 +540,10 @@ class _Mappings:
         region = self._region_of(block.data_ptr(), size) if self._copy_ok else None
         if region is None:
             return False
-        source = self._fds.get(region.path)
-        if source is None:
-            source = self._fds[region.path] = os.open(region.path, os.O_RDONLY)
+        with self._lock:
+            source = self._fds.get(region.path)
+            if source is None:
+                source = self._fds[region.path] = os.open(region.path, os.O_RDONLY)
         position = region.offset + block.data_ptr() - region.start
         done = 0
         try:
@@ -535,7 +564,7 @@ class _Mappings:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
-        self.regions.clear()
+        self.regions = []
         self._keep.clear()
         self._buffers.clear()
 
@@ -555,6 +584,12 @@ def _byte_view(tensor: torch.Tensor) -> torch.Tensor:
     Ops work on these bytes, so they are exact for every dtype by construction.
     """
     return tensor.detach().unsqueeze(-1).view(torch.uint8)
+
+
+# Held while a whole output tensor is built (``_Out`` with ``make``), so that the writing
+# thread and the verification threads never hold two of them at once (re-entrant: comparing
+# two such tensors builds both in one thread).
+_WHOLE_TENSOR = threading.RLock()
 
 
 class _Out:
@@ -584,6 +619,17 @@ class _Out:
     def nbytes(self) -> int:
         return math.prod(self.shape) * self.dtype.itemsize
 
+    @property
+    def cuttable(self) -> bool:
+        """Whether ``part`` works: the tensor has rows and is produced a block of rows at a time."""
+        return self._rows is not None and len(self.shape) > 0
+
+    def part(self, start: int, stop: int) -> _Out:
+        """Rows [start, stop) as an ``_Out`` of their own (for a ``cuttable`` tensor)."""
+        rows = self._rows
+        return _Out((stop - start, *self.shape[1:]), self.dtype,
+                    lambda a, b: rows(start + a, start + b))
+
     def blocks(self, limit: int | None = None, buffer: torch.Tensor | None = None
                ) -> Iterator[torch.Tensor]:
         """The tensor's bytes in order, as contiguous 1-D uint8 tensors of at most ``limit``
@@ -597,10 +643,18 @@ class _Out:
         if self.nbytes == 0:
             return
         limit = limit or BLOCK_BYTES
-        rows = self._rows
-        if self._make is not None:
-            whole = self._make()
-            rows = lambda a, b: whole[a:b]  # noqa: E731
+        if self._make is None:
+            yield from self._blocks(self._rows, limit, buffer)
+            return
+        with _WHOLE_TENSOR:
+            whole = [self._make()]
+            try:
+                yield from self._blocks(lambda a, b: whole[0][a:b], limit, buffer)
+            finally:
+                whole.clear()  # freed before another thread may build one
+
+    def _blocks(self, rows: Callable[[int, int], torch.Tensor], limit: int,
+                buffer: torch.Tensor | None) -> Iterator[torch.Tensor]:
         if not self.shape:
             yield _gather(rows(0, 1), buffer)
             return
@@ -803,15 +857,18 @@ class _ShardWriter:
     """Groups tensors into shards no larger than ``max_bytes`` and writes them.
 
     A shard holds ``_Out`` references; ``flush`` writes it streaming (see
-    ``_write_safetensors``). Shards go to temporary names first; ``commit`` gives them
-    their Hub names once the number of shards is known, so a failed run never leaves a
-    half checkpoint.
+    ``_write_safetensors``), then hands the finished file and its tensors to ``written``
+    (verification). Shards go to temporary names first; ``commit`` gives them their Hub
+    names once the number of shards is known, so a failed run never leaves a half
+    checkpoint.
     """
 
-    def __init__(self, out_dir: Path, max_bytes: int, mappings: _Mappings | None = None):
+    def __init__(self, out_dir: Path, max_bytes: int, mappings: _Mappings | None = None,
+                 written: Callable[[Path, list[tuple[str, _Out]]], None] | None = None):
         self.out_dir = out_dir
         self.max_bytes = max_bytes
         self.mappings = mappings or _Mappings()
+        self.written = written
         self.current: list[tuple[str, _Out]] = []
         self.current_bytes = 0
         self.temp_files: list[Path] = []
@@ -839,6 +896,8 @@ class _ShardWriter:
         path = self.out_dir / f".model-partial-{len(self.temp_files):05d}.safetensors"
         self.temp_files.append(path)
         _write_safetensors(path, self.current, self.mappings)
+        if self.written is not None:
+            self.written(path, self.current)
         self.current, self.current_bytes = [], 0
 
     def final_names(self) -> list[str]:
@@ -964,9 +1023,11 @@ def convert_checkpoint(
     Tensors keep dtype, values and source order; ``ops`` rename, split, merge or permute
     matching tensors; ``tied`` (target -> source, output names) drops identical
     duplicates. Tensors are streamed a block at a time, so memory stays near one block
-    (one tensor for a permute with ``view_shape``) whatever the shard size. Raises
-    ``BadInput`` for bad input (nothing is written then) and ``RuntimeError`` if the
-    written files do not match the source.
+    (one tensor for a permute with ``view_shape``) whatever the shard size. Each shard,
+    once written, is reloaded and compared with its sources in worker threads
+    (``VERIFY_THREADS``) while the next one is written. Raises ``BadInput`` for bad input
+    (nothing is written then) and ``RuntimeError`` if the written files do not match the
+    source.
     """
     files = [Path(f) for f in files]
     if not files:
@@ -979,18 +1040,18 @@ def convert_checkpoint(
     report = ConversionReport(source_files=[str(f) for f in files], output_files=[],
                               tensors=0, bytes=0)
     mappings = _Mappings()
-    writer = _ShardWriter(out_dir, parse_shard_size(max_shard_size), mappings)
+    verifier = _ShardVerifier(mappings)
+    writer = _ShardWriter(out_dir, parse_shard_size(max_shard_size), mappings, verifier.check)
     try:
         try:
             _write_all(files, ops, _TiedFilter(tied or {}, report, mappings), writer, report,
                        progress)
             if not writer.shard_of:
                 raise BadInput.at(files[0], "the checkpoint contains no tensors")
-            weight_map = {n: writer.temp_files[i] for n, i in writer.shard_of.items()}
-            mappings.close()  # the write pass's maps: verification maps every file afresh
-            _verify(files, ops, set(report.dropped_duplicates), weight_map, mappings)
+            _verify(verifier, writer)
             finals = writer.commit()
         finally:
+            verifier.close()
             writer.discard()
             mappings.close()
     except BaseException:
@@ -1058,34 +1119,78 @@ def _count_tensors(files: list[Path]) -> int:
 # ---------------------------------------------------------------- verification
 
 
-def _verify(files: list[Path], ops: list[WeightOp], dropped: set[str],
-            weight_map: Mapping[str, Path], mappings: _Mappings | None = None) -> None:
-    """Reload every written tensor and compare it bit for bit with the source after ops.
+class _ShardVerifier:
+    """Reloads each finished shard from its file and compares every tensor in it, bit for
+    bit, with the source tensor (after ops) it was written from.
 
-    Both sides are read afresh (the sources are loaded again, the ops applied again)
-    and compared a block at a time, so this needs no more memory than the writing did.
+    A shard is checked as soon as its file is complete and closed: ``check`` opens it with
+    ``safe_open``, checks its metadata and names, and queues the comparisons, which run
+    in ``threads`` worker threads while the writing thread goes on with the next shard.
+    A tensor is compared in pieces of ``CHUNK_BLOCKS`` blocks, so one large tensor is
+    spread over the threads too. With one thread everything runs in the caller's thread.
     """
-    mappings = mappings or _Mappings()
-    with ExitStack() as stack:
-        handles = {path: stack.enter_context(safe_open(str(path), framework="pt"))
-                   for path in dict.fromkeys(weight_map.values())}
-        _check_written_names(handles, weight_map)
-        for path, handle in handles.items():
-            _track_output(mappings, path, handle)
-        applier = _OpApplier(ops)
-        unchecked = set(weight_map)
-        for source_name, tensor in _read(files, mappings):
-            for name, expected in applier.feed(source_name, tensor):
-                if name in dropped:
-                    continue
-                if name not in unchecked:
-                    raise RuntimeError(f"verification failed: {name!r} was not written")
-                if not _same(_written(handles[weight_map[name]], name), expected, mappings):
-                    raise RuntimeError(f"verification failed: {name!r} differs from its source")
-                unchecked.discard(name)
-        applier.finish()
-        if unchecked:
-            raise RuntimeError(f"verification failed: {min(unchecked)!r} has no source tensor")
+
+    def __init__(self, mappings: _Mappings, threads: int | None = None):
+        threads = VERIFY_THREADS if threads is None else threads
+        self.mappings = mappings
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="verify-weights") if threads > 1 else None
+        self.handles = ExitStack()
+        self.pending: list[Future] = []
+        self.checked: set[str] = set()
+
+    def check(self, path: Path, entries: list[tuple[str, _Out]]) -> None:
+        self._raise_failures(wait=False)  # stop writing early once a shard is known bad
+        handle = self.handles.enter_context(safe_open(str(path), framework="pt"))
+        _check_written_names(path, handle, [name for name, _ in entries])
+        _track_output(self.mappings, path, handle)
+        limit = CHUNK_BLOCKS * BLOCK_BYTES
+        for name, expected in entries:
+            for written, source in _pieces(_written(handle, name), expected, limit):
+                if self.pool is None:
+                    _compare(name, written, source, self.mappings)
+                else:
+                    self.pending.append(self.pool.submit(_compare, name, written, source, self.mappings))
+            self.checked.add(name)
+
+    def finish(self) -> None:
+        """Wait for every queued comparison; raise the first that failed."""
+        self._raise_failures(wait=True)
+
+    def _raise_failures(self, wait: bool) -> None:
+        finished = self.pending if wait else [f for f in self.pending if f.done()]
+        for future in finished:
+            future.result()  # re-raises a failed comparison's error
+        done = set(finished)
+        self.pending = [f for f in self.pending if f not in done]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        self.handles.close()
+
+
+def _verify(verifier: _ShardVerifier, writer: _ShardWriter) -> None:
+    """Wait for the shards' comparisons; every tensor written must have been compared."""
+    verifier.finish()
+    unchecked = set(writer.shard_of) - verifier.checked
+    if unchecked:
+        raise RuntimeError(f"verification failed: {min(unchecked)!r} was not compared")
+
+
+def _pieces(written: _Out, source: _Out, limit: int) -> list[tuple[_Out, _Out]]:
+    """The pairs of row ranges, of about ``limit`` bytes, to compare the two tensors by."""
+    if (written.shape != source.shape or written.dtype != source.dtype or source.nbytes <= limit
+            or not (written.cuttable and source.cuttable)):
+        return [(written, source)]
+    length = source.shape[0]
+    step = max(1, limit // (source.nbytes // length))
+    return [(written.part(a, min(a + step, length)), source.part(a, min(a + step, length)))
+            for a in range(0, length, step)]
+
+
+def _compare(name: str, written: _Out, source: _Out, mappings: _Mappings) -> None:
+    if not _same(written, source, mappings):
+        raise RuntimeError(f"verification failed: {name!r} differs from its source")
 
 
 def _track_output(mappings: _Mappings, path: Path, handle: Any) -> None:
@@ -1109,21 +1214,16 @@ def _written(handle: Any, name: str) -> _Out:
     return _Out(shape, dtype, lambda a, b: _byte_view(piece[a:b]))
 
 
-def _check_written_names(handles: Mapping[Path, Any], weight_map: Mapping[str, Path]) -> None:
-    """The files hold exactly the tensors the weight map assigns them, with our metadata."""
-    written: dict[str, Path] = {}
-    for path, handle in handles.items():
-        if handle.metadata() != METADATA:
-            raise RuntimeError(f"verification failed: {path.name} lacks format metadata")
-        written.update(dict.fromkeys(handle.keys(), path))
-    mismatched = sorted(set(written) ^ set(weight_map))
+def _check_written_names(path: Path, handle: Any, names: list[str]) -> None:
+    """The file holds exactly the tensors assigned to it, with our metadata."""
+    if handle.metadata() != METADATA:
+        raise RuntimeError(f"verification failed: {path.name} lacks format metadata")
+    written = set(handle.keys())
+    mismatched = sorted(written ^ set(names))
     if mismatched:
         name = mismatched[0]
         state = "unexpected" if name in written else "missing"
         raise RuntimeError(f"verification failed: tensor {name!r} is {state} in the output")
-    misplaced = [name for name, path in written.items() if weight_map[name] != path]
-    if misplaced:
-        raise RuntimeError(f"verification failed: tensor {misplaced[0]!r} is in the wrong shard")
 
 
 # ---------------------------------------------------------------- reading output
