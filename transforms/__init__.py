@@ -16,6 +16,7 @@ from transforms.config_defaults import LegacyConfigDefaults
 from transforms.conv1d_linear import Conv1DToLinear
 from transforms.generation import GenerationSupport
 from transforms.head_shapes import HeadAgnosticShapes
+from transforms.kv_heads_config import KeyValueHeadsInConfig
 from transforms.kwargs_threading import ThreadKwargs
 from transforms.layer_index import ThreadLayerIndex
 from transforms.masks import UseMaskingUtils
@@ -45,6 +46,7 @@ REGISTRY: tuple[type[Transform], ...] = (
     RebuildBuffers,
     RemovedModelMethods,
     LegacyConfigDefaults,
+    KeyValueHeadsInConfig,
     MultimodalConfigNames,
     DropTowerDelegations,
     ThreadKwargs,
