@@ -10,6 +10,7 @@ from transforms.attention_layout import UnflattenHeads
 from transforms.attention_selection import AttentionSelection
 from transforms.backend_flags import DeclareBackends
 from transforms.base import Change, PortState, Transform
+from transforms.bias_rows import BiasPerQueryRow
 from transforms.buffer_init import RebuildBuffers
 from transforms.cache_api import ModernCacheAPI
 from transforms.config_defaults import LegacyConfigDefaults
@@ -41,6 +42,7 @@ REGISTRY: tuple[type[Transform], ...] = (
     UnflattenHeads,
     RouteAttention,
     UseMaskingUtils,
+    BiasPerQueryRow,
     ModernCacheAPI,
     RopeConfigAccess,
     RebuildBuffers,
