@@ -18,9 +18,7 @@ from transforms.cst_utils import call_name, code_of, function_defs, is_self_attr
 
 MASK_BUILDERS = {"create_causal_mask", "create_sliding_window_causal_mask", "create_bidirectional_mask"}
 HELPER_NAME = "bias_per_query_row"
-HELPER = f'''
-
-def {HELPER_NAME}(build_bias, attention_mask, *args, **kwargs):
+HELPER = f'''def {HELPER_NAME}(build_bias, attention_mask, *args, **kwargs):
     """`build_bias(mask_2d, ...)` gives `[batch, heads, 1, kv]`; on a prepared 4D mask
     `[batch, 1, q, kv]` it runs once per query row, whose allowed keys are that row's own."""
     if attention_mask is None or attention_mask.dim() != 4:
@@ -70,7 +68,8 @@ class BiasPerQueryRow(Transform):
             return tree
         first_class = next(i for i, s in enumerate(new_tree.body) if isinstance(s, cst.ClassDef))
         body = list(new_tree.body)
-        body[first_class:first_class] = parse_stmts(HELPER)
+        helper = parse_stmts(HELPER)[0].with_changes(leading_lines=[cst.EmptyLine(), cst.EmptyLine()])
+        body.insert(first_class, helper)
         return new_tree.with_changes(body=body)
 
     def _rewrite_class(self, cls: cst.ClassDef) -> cst.ClassDef:
