@@ -143,3 +143,45 @@ def test_gpu_runs_every_installed_kernel_in_bf16(ported_llama):
     gpu = [c for c in result.checks if c.name.endswith("on cuda")]
     assert any("bfloat16 sdpa" in c.name for c in gpu) and any("flex_attention" in c.name for c in gpu)
     assert all(c.status == PASS for c in gpu), "\n" + result.table()
+
+
+@pytest.fixture
+def engine_run(monkeypatch):
+    """The child's engine module, imported the way the child runs it: by path, beside its siblings."""
+    from pathlib import Path
+
+    import porter.verify
+
+    monkeypatch.syspath_prepend(str(Path(porter.verify.__file__).parent))
+    import engine_run
+
+    return engine_run
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the CPU answer")
+def test_gpu_kernel_list_on_a_machine_without_cuda(engine_run):
+    """transformers' own availability checks decide: flash kernels need CUDA, flex ships with torch."""
+    assert engine_run.gpu_kernels() == ["sdpa", "flex_attention"]
+
+
+def test_kernel_the_model_declines_is_a_skip_not_a_failure(engine_run):
+    """A model whose flags say it cannot take a kernel (ALiBi and flash, CONTRACT B4) is skipped
+    on that kernel with transformers' own refusal as the reason."""
+    import transformers
+
+    class NoFlash(transformers.LlamaModel):
+        _supports_flash_attn = False
+
+    config = transformers.LlamaConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=32
+    )
+    with pytest.raises(ValueError) as refused:
+        NoFlash._from_config(config, attn_implementation="flash_attention_2")
+    reason = engine_run._declined(refused.value)
+    assert reason and "does not support Flash Attention 2" in reason
+    assert not engine_run._declined(RuntimeError("CUDA out of memory"))
+    from porter.verify.engine import engine_checks
+
+    [check] = engine_checks([{"kernel": "flash_attention_2", "dtype": "bfloat16", "device": "cuda", "declined": reason}])
+    assert (check.item, check.status) == ("C3", "SKIP")
+    assert check.name == "engine-style runs, bfloat16 flash_attention_2 on cuda" and reason in check.detail

@@ -7,7 +7,7 @@ tolerance of F2; bfloat16 runs on a GPU use F2's relative error and NMSE bounds.
 
 from __future__ import annotations
 
-from porter.report import FAIL, PASS, Check
+from porter.report import FAIL, PASS, SKIP, Check
 
 FLOAT32_TOLERANCE = 1e-4
 BF16_RELATIVE_ERROR = 1e-2
@@ -98,6 +98,10 @@ def engine_checks(variants: list[dict]) -> list[Check]:
     """Every check the child's engine runs support, in the order they ran."""
     checks = []
     for variant in variants:
+        if "declined" in variant:
+            name = "engine-style runs" + _variant_name(variant)
+            checks.append(Check("C3", name, SKIP, f"the model declares it unsupported: {variant['declined']}"))
+            continue
         if "packed" in variant or "packed_error" in variant:
             checks.append(packed_check(variant))
         checks += batching_checks(variant)
