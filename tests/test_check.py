@@ -185,3 +185,48 @@ def test_kernel_the_model_declines_is_a_skip_not_a_failure(engine_run):
     [check] = engine_checks([{"kernel": "flash_attention_2", "dtype": "bfloat16", "device": "cuda", "declined": reason}])
     assert (check.item, check.status) == ("C3", "SKIP")
     assert check.name == "engine-style runs, bfloat16 flash_attention_2 on cuda" and reason in check.detail
+
+
+# What `check` finds in unported legacy code of the corpus, read from the code alone: every
+# failing item with a phrase of its reason. Porting fixes each of them.
+LEGACY_REASONS = {
+    "llama-4.30.2": {
+        "A3": "LlamaForCausalLM does not inherit GenerationMixin",
+        "B1": "lacks `ALL_ATTENTION_FUNCTIONS.get_interface(...)`",
+        "B2": "LlamaAttention has no eager_attention_forward",
+        "B3": "LlamaAttention does not set layer_idx, is_causal, scaling, num_key_value_groups",
+        "B4": "does not set _supports_attention_backend = True",
+        "B5": "LlamaModel builds its mask without masking_utils",
+        "C1": "LlamaAttention.forward takes no **kwargs",
+        "C3": "rotary tables are sized by the key length",
+        "C4": "LlamaAttention.forward concatenates a tuple cache",
+        "C5": "declares num_key_value_heads=2 but the code never reads it",
+        "D1": "no base_model_tp_plan",
+        "D3": "no base_model_pp_plan",
+    },
+    "gpt2-4.44.2": {
+        "A2": "self.get_head_mask(...) -> _expand_head_mask(...)",
+        "A3": "GPT2LMHeadModel does not inherit GenerationMixin",
+        "B1": "GPT2FlashAttention2 re-implements GPT2Attention for one backend",
+        "B2": "GPT2Attention has no eager_attention_forward",
+        "B3": "GPT2Attention does not set scaling, num_key_value_groups",
+        "B4": "does not set _supports_attention_backend = True",
+        "B5": "GPT2Model builds its mask without masking_utils",
+        "C1": "GPT2Attention.forward takes no **kwargs",
+        "D1": "no base_model_tp_plan",
+        "D3": "no base_model_pp_plan",
+    },
+}
+
+
+@pytest.mark.parametrize("entry_id", LEGACY_REASONS)
+def test_unported_corpus_repo_fails_with_its_reasons(entry_id, cache_dir):
+    from tests.corpus import CORPUS
+
+    entry = next(m for m in CORPUS if m.id == entry_id)
+    result = check_contract(entry.build(cache_dir), run=False)
+    failing = {c.item: c for c in result.checks if c.status == FAIL}
+    assert set(failing) == set(LEGACY_REASONS[entry_id]), "\n" + result.table()
+    for item, reason in LEGACY_REASONS[entry_id].items():
+        assert reason in failing[item].detail and failing[item].fixable, failing[item]
+        assert failing[item].file and (failing[item].line or failing[item].file.endswith(".json")), failing[item]
