@@ -42,13 +42,11 @@ REGISTRY: tuple[type[Transform], ...] = (
     UnflattenHeads,
     RouteAttention,
     UseMaskingUtils,
-    BiasPerQueryRow,
     ModernCacheAPI,
     RopeConfigAccess,
     RebuildBuffers,
     RemovedModelMethods,
     LegacyConfigDefaults,
-    KeyValueHeadsInConfig,
     MultimodalConfigNames,
     DropTowerDelegations,
     ThreadKwargs,
@@ -65,6 +63,8 @@ REGISTRY: tuple[type[Transform], ...] = (
     RemovedImports,
     RopePositions,  # adds no import: its place after the import clean-up is safe
     AttentionSelection,
+    BiasPerQueryRow,  # reads the masks' builder call and attention-interface's facts
+    KeyValueHeadsInConfig,  # reads attention-interface's facts
 )
 
 __all__ = ["REGISTRY", "Change", "PortState", "Transform"]

@@ -12,6 +12,7 @@ attends only its own request's keys, so the positions counted over them are that
 from __future__ import annotations
 
 import libcst as cst
+from libcst.codemod.visitors import AddImportsVisitor
 
 from transforms.base import Transform
 from transforms.cst_utils import call_name, code_of, function_defs, is_self_attr, last_part, parse_stmts, walk
@@ -70,6 +71,7 @@ class BiasPerQueryRow(Transform):
         body = list(new_tree.body)
         helper = parse_stmts(HELPER)[0].with_changes(leading_lines=[cst.EmptyLine(), cst.EmptyLine()])
         body.insert(first_class, helper)
+        AddImportsVisitor.add_needed_import(self.context, "torch")  # the helper's; kept by any file that has it
         return new_tree.with_changes(body=body)
 
     def _rewrite_class(self, cls: cst.ClassDef) -> cst.ClassDef:
