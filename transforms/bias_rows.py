@@ -42,7 +42,8 @@ def _builder_mask(stmt: cst.CSTNode) -> str | None:
 
 
 def _bias_call(stmt: cst.BaseStatement, mask_var: str) -> cst.Call | None:
-    """`x = builder(mask, ...)`: a repo function (or method) given the padding mask first."""
+    """`x = builder(mask, ...)`: a repo function (or method) given the padding mask first
+    (the caller also asks that `x` goes to the layers)."""
     if not isinstance(stmt, cst.SimpleStatementLine) or len(stmt.body) != 1 or not isinstance(stmt.body[0], cst.Assign):
         return None
     call = stmt.body[0].value
@@ -52,6 +53,17 @@ def _bias_call(stmt: cst.BaseStatement, mask_var: str) -> cst.Call | None:
     if first is None or first.keyword is not None or code_of(first.value) != mask_var:
         return None
     return call
+
+
+def _passed_to_layers(forward: cst.FunctionDef) -> set[str]:
+    """Names passed as arguments to a call inside a `for` loop of `forward`: the layer calls."""
+    names = set()
+    for loop in walk(forward):
+        if isinstance(loop, cst.For):
+            for call in walk(loop.body):
+                if isinstance(call, cst.Call):
+                    names |= {code_of(a.value) for a in call.args}
+    return names
 
 
 class BiasPerQueryRow(Transform):
@@ -64,8 +76,9 @@ class BiasPerQueryRow(Transform):
         owners = {n for n in analysis.base_models if analysis.classes[n].file == self.filename}
         if not owners or not self.state.facts.get("additive_bias"):
             return tree
+        self._wrapped = False
         new_tree = self.rewrite_classes(tree, owners, self._rewrite_class)
-        if new_tree is tree or new_tree.deep_equals(tree):
+        if not self._wrapped:
             return tree
         first_class = next(i for i, s in enumerate(new_tree.body) if isinstance(s, cst.ClassDef))
         body = list(new_tree.body)
@@ -82,17 +95,17 @@ class BiasPerQueryRow(Transform):
         mask_at = next(((i, m) for i, s in enumerate(body) if (m := _builder_mask(s))), None)
         if mask_at is None:
             return cls
-        changed = False
+        changed = False  # in this class; `self._wrapped` says so for the file
+        to_layers = _passed_to_layers(forward)
         for i in range(mask_at[0]):
             call = _bias_call(body[i], mask_at[1])
-            if call is None:
+            if call is None or code_of(body[i].body[0].targets[0].target) not in to_layers:
                 continue
-            wrapped = call.with_changes(
-                func=cst.Name(HELPER_NAME), args=[cst.Arg(call.func), *call.args]
-            )
+            wrapped = call.with_changes(func=cst.Name(HELPER_NAME), args=[cst.Arg(call.func), *call.args])
             body[i] = body[i].with_changes(body=[body[i].body[0].with_changes(value=wrapped)])
             self.record(call, f"{cls.name.value}.forward: {code_of(call.func)} builds its bias per query row of a 4D mask")
             changed = True
         if not changed:
             return cls
+        self._wrapped = True
         return cls.deep_replace(forward, forward.with_changes(body=forward.body.with_changes(body=body)))
