@@ -3,7 +3,8 @@
 Auto classes that transformers 5 removed are renamed to their replacements (a legacy
 vision-language repo maps `AutoModelForVision2Seq`, which no longer exists), and auto
 classes that transforms add (`state.facts["auto_map"]`) are merged in. Existing entries
-are never overwritten.
+are never overwritten. Keys the rewritten config class now computes itself, where the input's
+value contradicted the code (`state.facts["config_json_drop"]`), are dropped.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ def updated_config(config: dict, facts: dict) -> dict:
         auto_map.setdefault(auto_class, reference)
     if auto_map:
         config["auto_map"] = auto_map
+    for key in facts.get("config_json_drop") or ():  # values the ported code contradicts (kv-heads-config)
+        config.pop(key, None)
     return config
 
 

@@ -34,6 +34,7 @@ TRANSFORM_ITEMS = {
     "config-defaults": "A2",
     "generation": "A3",
     "kwargs-threading": "C1",
+    "kv-heads-config": "C5",
     "layer-index": "B3",
     "masks": "B5",
     "post-init": "A3",

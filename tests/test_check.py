@@ -143,3 +143,90 @@ def test_gpu_runs_every_installed_kernel_in_bf16(ported_llama):
     gpu = [c for c in result.checks if c.name.endswith("on cuda")]
     assert any("bfloat16 sdpa" in c.name for c in gpu) and any("flex_attention" in c.name for c in gpu)
     assert all(c.status == PASS for c in gpu), "\n" + result.table()
+
+
+@pytest.fixture
+def engine_run(monkeypatch):
+    """The child's engine module, imported the way the child runs it: by path, beside its siblings."""
+    from pathlib import Path
+
+    import porter.verify
+
+    monkeypatch.syspath_prepend(str(Path(porter.verify.__file__).parent))
+    import engine_run
+
+    return engine_run
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the CPU answer")
+def test_gpu_kernel_list_on_a_machine_without_cuda(engine_run):
+    """transformers' own availability checks decide: flash kernels need CUDA, flex ships with torch."""
+    assert engine_run.gpu_kernels() == ["sdpa", "flex_attention"]
+
+
+def test_kernel_the_model_declines_is_a_skip_not_a_failure(engine_run):
+    """A model whose flags say it cannot take a kernel (ALiBi and flash, CONTRACT B4) is skipped
+    on that kernel with transformers' own refusal as the reason."""
+    import transformers
+
+    class NoFlash(transformers.LlamaModel):
+        _supports_flash_attn = False
+
+    config = transformers.LlamaConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=32
+    )
+    with pytest.raises(ValueError) as refused:
+        NoFlash._from_config(config, attn_implementation="flash_attention_2")
+    reason = engine_run._declined(refused.value)
+    assert reason and "does not support Flash Attention 2" in reason
+    assert not engine_run._declined(RuntimeError("CUDA out of memory"))
+    from porter.verify.engine import engine_checks
+
+    [check] = engine_checks([{"kernel": "flash_attention_2", "dtype": "bfloat16", "device": "cuda", "declined": reason}])
+    assert (check.item, check.status) == ("C3", "SKIP")
+    assert check.name == "engine-style runs, bfloat16 flash_attention_2 on cuda" and reason in check.detail
+
+
+# What `check` finds in unported legacy code of the corpus, read from the code alone: every
+# failing item with a phrase of its reason. Porting fixes each of them.
+LEGACY_REASONS = {
+    "llama-4.30.2": {
+        "A3": "LlamaForCausalLM does not inherit GenerationMixin",
+        "B1": "lacks `ALL_ATTENTION_FUNCTIONS.get_interface(...)`",
+        "B2": "LlamaAttention has no eager_attention_forward",
+        "B3": "LlamaAttention does not set layer_idx, is_causal, scaling, num_key_value_groups",
+        "B4": "does not set _supports_attention_backend = True",
+        "B5": "LlamaModel builds its mask without masking_utils",
+        "C1": "LlamaAttention.forward takes no **kwargs",
+        "C3": "rotary tables are sized by the key length",
+        "C4": "LlamaAttention.forward concatenates a tuple cache",
+        "C5": "declares num_key_value_heads=2 but the code never reads it",
+        "D1": "no base_model_tp_plan",
+        "D3": "no base_model_pp_plan",
+    },
+    "gpt2-4.44.2": {
+        "A2": "self.get_head_mask(...) -> _expand_head_mask(...)",
+        "A3": "GPT2LMHeadModel does not inherit GenerationMixin",
+        "B1": "GPT2FlashAttention2 re-implements GPT2Attention for one backend",
+        "B2": "GPT2Attention has no eager_attention_forward",
+        "B3": "GPT2Attention does not set scaling, num_key_value_groups",
+        "B4": "does not set _supports_attention_backend = True",
+        "B5": "GPT2Model builds its mask without masking_utils",
+        "C1": "GPT2Attention.forward takes no **kwargs",
+        "D1": "no base_model_tp_plan",
+        "D3": "no base_model_pp_plan",
+    },
+}
+
+
+@pytest.mark.parametrize("entry_id", LEGACY_REASONS)
+def test_unported_corpus_repo_fails_with_its_reasons(entry_id, cache_dir):
+    from tests.corpus import CORPUS
+
+    entry = next(m for m in CORPUS if m.id == entry_id)
+    result = check_contract(entry.build(cache_dir), run=False)
+    failing = {c.item: c for c in result.checks if c.status == FAIL}
+    assert set(failing) == set(LEGACY_REASONS[entry_id]), "\n" + result.table()
+    for item, reason in LEGACY_REASONS[entry_id].items():
+        assert reason in failing[item].detail and failing[item].fixable, failing[item]
+        assert failing[item].file and (failing[item].line or failing[item].file.endswith(".json")), failing[item]

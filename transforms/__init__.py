@@ -10,12 +10,14 @@ from transforms.attention_layout import UnflattenHeads
 from transforms.attention_selection import AttentionSelection
 from transforms.backend_flags import DeclareBackends
 from transforms.base import Change, PortState, Transform
+from transforms.bias_rows import BiasPerQueryRow
 from transforms.buffer_init import RebuildBuffers
 from transforms.cache_api import ModernCacheAPI
 from transforms.config_defaults import LegacyConfigDefaults
 from transforms.conv1d_linear import Conv1DToLinear
 from transforms.generation import GenerationSupport
 from transforms.head_shapes import HeadAgnosticShapes
+from transforms.kv_heads_config import KeyValueHeadsInConfig
 from transforms.kwargs_threading import ThreadKwargs
 from transforms.layer_index import ThreadLayerIndex
 from transforms.masks import UseMaskingUtils
@@ -67,6 +69,8 @@ REGISTRY: tuple[type[Transform], ...] = (
     RemovedImports,
     RopePositions,  # adds no import: its place after the import clean-up is safe
     AttentionSelection,
+    BiasPerQueryRow,  # reads the masks' builder call and attention-interface's facts
+    KeyValueHeadsInConfig,  # reads attention-interface's facts
 )
 
 __all__ = ["REGISTRY", "Change", "PortState", "Transform"]

@@ -48,6 +48,7 @@ from transforms.cst_utils import (
     walk,
 )
 from transforms.interface_code import FOUND_ROUTED
+from transforms.kv_heads_config import KV_GROUPS
 from transforms.masks import uses_bidirectional_mask, uses_sliding_window
 
 REPEAT_HINTS = ("repeat",)
@@ -399,6 +400,7 @@ class RouteAttention(Transform):
         if "num_key_value_groups" not in assigned:
             groups = _groups_code(site.repeat_stmts) or _broadcast_groups_code(forward, site) or "1"
             additions.append(f"self.num_key_value_groups = {groups}")
+            self.state.facts.setdefault(KV_GROUPS, {})[cls.name.value] = groups  # read by kv-heads-config
         head = _head_size_attribute(init)
         if "head_dim" not in assigned and head is not None:
             additions.append(f"self.head_dim = self.{head}")

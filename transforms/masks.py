@@ -73,6 +73,24 @@ def _assigned_from(stmt: cst.CSTNode, call: cst.Call) -> str | None:
     return None
 
 
+def _mask_reshape(stmt: cst.BaseStatement, mask_var: str) -> cst.Call | None:
+    """The `mask.view(...)` / `mask.reshape(...)` call of `mask = mask.view(...)` or
+    `mask = mask.view(...) if mask is not None else None`; None for any other statement."""
+    if not isinstance(stmt, cst.SimpleStatementLine) or len(stmt.body) != 1:
+        return None
+    assign = stmt.body[0]
+    if not isinstance(assign, cst.Assign) or [code_of(t.target) for t in assign.targets] != [mask_var]:
+        return None
+    value = assign.value
+    if isinstance(value, cst.IfExp):
+        if code_of(value.test) != f"{mask_var} is not None" or code_of(value.orelse) != "None":
+            return None
+        value = value.body
+    if isinstance(value, cst.Call) and code_of(value.func) in (f"{mask_var}.view", f"{mask_var}.reshape"):
+        return value
+    return None
+
+
 def _helper_calls(stmt: cst.CSTNode, names: set[str] = CAUSAL_HELPERS) -> list[cst.Call]:
     return [c for c in walk(stmt) if isinstance(c, cst.Call) and last_part(call_name(c)) in names]
 
@@ -148,10 +166,26 @@ class UseMaskingUtils(Transform):
             builder = "create_sliding_window_causal_mask" if sliding else "create_causal_mask"
             new_stmt = parse_stmts(f"{target} = {self._builder_call(builder, mask_var, embeds_var, params)}\n")[0]
             _replace_once_embedded(body, index, new_stmt, embeds_var)
+            self._guard_reshapes(owner, body, body.index(new_stmt), mask_var)
             AddImportsVisitor.add_needed_import(self.context, "transformers.masking_utils", builder)
             self.record(stmt, f"{owner}.forward: mask built with masking_utils.{builder}")
             return forward.with_changes(body=forward.body.with_changes(body=body))
         return forward
+
+    def _guard_reshapes(self, owner: str, body: list, end: int, mask_var: str) -> None:
+        """`mask = mask.view(batch, -1)` before the builder flattens a 2D padding mask; engines
+        and continuous batching pass a prepared 4D mask, which masking_utils takes as is but
+        the reshape scrambles (or, not contiguous, refuses). Such a reshape then applies to
+        masks of fewer than 4 dimensions only."""
+        for i in range(end):
+            reshape = _mask_reshape(body[i], mask_var)
+            if reshape is None:
+                continue
+            guarded = (
+                f"{mask_var} = {code_of(reshape)} if {mask_var} is not None and {mask_var}.ndim < 4 else {mask_var}\n"
+            )
+            body[i] = parse_stmts(guarded)[0].with_changes(leading_lines=body[i].leading_lines)
+            self.record(reshape, f"{owner}.forward: the padding-mask reshape skips prepared 4D masks")
 
     def _encoder_mask(self, owner, forward, body, index, stmt, calls, params) -> cst.FunctionDef:
         """`m = self.get_extended_attention_mask(mask, shape)` (and sdpa variants in the same

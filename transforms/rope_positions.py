@@ -29,11 +29,15 @@ class RopePositions(Transform):
         return self.rewrite_classes(tree, names, self._rewrite_class) if names else tree
 
     def _rewrite_class(self, cls: cst.ClassDef) -> cst.ClassDef:
-        forward = function_defs(cls).get("forward")
-        if forward is None or "position_ids" not in param_names(forward):
+        # forward, or the helper it hands position_ids to (`_attn_projections_and_rope`)
+        methods = {m: n for n, m in function_defs(cls).items() if "position_ids" in param_names(m)}
+        if not methods:
             return cls
-        new_forward = forward.visit(_SizeByPositions(self, cls.name.value))
-        return cls.deep_replace(forward, new_forward) if new_forward is not forward else cls
+        body = [
+            stmt.visit(_SizeByPositions(self, f"{cls.name.value}.{methods[stmt]}")) if stmt in methods else stmt
+            for stmt in cls.body.body
+        ]
+        return cls.with_changes(body=cls.body.with_changes(body=body))
 
 
 class _SizeByPositions(cst.CSTTransformer):
@@ -54,7 +58,7 @@ class _SizeByPositions(cst.CSTTransformer):
             length = code_of(arg.value)
             args[i] = arg.with_changes(value=parse_expr(COVERED.format(length=length)))
             self.transform.record(
-                original, f"{self.owner}.forward: {code_of(updated.func)} tables cover position_ids, not only {length}"
+                original, f"{self.owner}: {code_of(updated.func)} tables cover position_ids, not only {length}"
             )
             return updated.with_changes(args=args)
         return updated

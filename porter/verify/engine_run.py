@@ -6,8 +6,6 @@ Called by `runner.py` when the spec asks for `engine`; imports nothing from port
 `runner.py` by path.
 """
 
-import importlib.util
-
 import batching
 import packed
 import torch
@@ -37,13 +35,24 @@ def _base_model(repo, auto_map, kernel, dtype, device):
 
 
 def gpu_kernels():
-    """Attention kernels to try on a GPU: sdpa, and flash and flex where installed."""
+    """Attention kernels to try on a GPU: sdpa, and each flash and flex kernel that transformers
+    finds installed and usable here (its own availability checks, which also need CUDA for flash)."""
+    from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available, is_torch_flex_attn_available
+
     kernels = ["sdpa"]
-    if importlib.util.find_spec("flash_attn") is not None:
+    if is_flash_attn_2_available():
         kernels.append("flash_attention_2")
-    if importlib.util.find_spec("torch.nn.attention.flex_attention") is not None:
+    if is_flash_attn_3_available():
+        kernels.append("flash_attention_3")
+    if is_torch_flex_attn_available():
         kernels.append("flex_attention")
     return kernels
+
+
+def _declined(exc):
+    """The model's own flags refuse the kernel (CONTRACT B4: ALiBi with flash): a skip, not a failure."""
+    text = str(exc)
+    return isinstance(exc, ValueError) and "does not support" in text and text
 
 
 def _variant(spec, auto_map, vocab, kernel, dtype, device, generative, batching_kernels):
@@ -53,6 +62,9 @@ def _variant(spec, auto_map, vocab, kernel, dtype, device, generative, batching_
         entry["packed"] = packed.engine_call(base, vocab, device)
         del base
     except Exception as exc:  # each failure is a check's reason, not the end of the run
+        if _declined(exc):
+            entry["declined"] = _declined(exc)
+            return entry
         entry["packed_error"] = f"{type(exc).__name__}: {exc}"
     if generative:
         try:

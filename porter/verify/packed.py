@@ -39,6 +39,9 @@ def per_sequence_attention(module, query, key, value, attention_mask, scaling=No
     value = value.repeat_interleave(groups, dim=1)
     window = kwargs.get("sliding_window") or getattr(module, "sliding_window", None)
     bias = kwargs.get("position_bias")
+    if bias is not None:  # `[batch, heads, 1, kv]` broadcasts over the queries, as in the kernels that add it
+        per_sequence_attention.biased = True
+        bias = bias.expand(*bias.shape[:-2], length, bias.shape[-1])
     pieces = []
     for start, end in zip(bounds[:-1], bounds[1:], strict=False):
         rows = torch.arange(end - start, device=query.device)[:, None]
@@ -59,6 +62,7 @@ def per_sequence_attention(module, query, key, value, attention_mask, scaling=No
 
 
 per_sequence_attention.sources = []
+per_sequence_attention.biased = False
 
 
 def _configs(model):
@@ -111,6 +115,7 @@ def engine_call(base_model, vocab_size, device="cpu"):
             positions = torch.cat([torch.arange(n) for n in PACKED_LENGTHS])[None].to(device)
             cu = torch.tensor([0, *torch.tensor(PACKED_LENGTHS).cumsum(0).tolist()], dtype=torch.int32, device=device)
             per_sequence_attention.sources.clear()
+            per_sequence_attention.biased = False
             output = base_model(
                 input_ids=ids, position_ids=positions, use_cache=False, return_dict=False,
                 cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(PACKED_LENGTHS), max_length_k=max(PACKED_LENGTHS),
@@ -121,6 +126,7 @@ def engine_call(base_model, vocab_size, device="cpu"):
     packed = _hidden(output)
     figures = {"lengths": list(PACKED_LENGTHS), "kernel_calls": len(per_sequence_attention.sources)}
     figures["boundaries_from"] = sorted(set(per_sequence_attention.sources))
+    figures["position_bias"] = per_sequence_attention.biased
     per_sequence, start = [], 0
     for reference in separate:
         end = start + reference.shape[1]

@@ -174,3 +174,41 @@ def test_mask_keeps_the_name_it_was_assigned_to():
     )
     output, _ = transformed(legacy, UseMaskingUtils)
     assert "causal_mask = create_causal_mask(" in output
+
+
+def test_padding_mask_reshape_before_the_builder_skips_prepared_4d_masks():
+    """transformers 4.44's gpt2/gpt_neox flatten the padding mask before the helpers; engines
+    and continuous batching pass a prepared 4D mask, which that `view` scrambles or refuses."""
+    reshape = "attention_mask = attention_mask.view(batch_size, -1) if attention_mask is not None else None\n"
+    guarded = (
+        "attention_mask = attention_mask.view(batch_size, -1) if attention_mask is not None and "
+        "attention_mask.ndim < 4 else attention_mask\n"
+    )
+    state = check_transformed(
+        module(reshape + textwrap.dedent(LEGACY_CHAIN)),
+        module(guarded + CREATE_CAUSAL_MASK, added="from transformers.masking_utils import create_causal_mask\n"),
+        UseMaskingUtils,
+    )
+    assert "FooModel.forward: the padding-mask reshape skips prepared 4D masks" in [c.message for c in state.changes]
+
+
+def test_guarded_reshape_keeps_2d_masks_and_passes_4d_masks():
+    """The rewritten statement, run: a 2D mask is flattened as before, a non-contiguous 4D
+    mask (what continuous batching hands the model) goes through untouched."""
+    import torch
+
+    output, _ = transformed(module(
+        "attention_mask = attention_mask.reshape(batch_size, -1)\n" + textwrap.dedent(LEGACY_CHAIN)
+    ), UseMaskingUtils)
+    line = next(x.strip() for x in output.splitlines() if "attention_mask.reshape(" in x)
+    two_d, four_d = torch.ones(2, 1, 5), torch.zeros(1, 1, 5, 7).transpose(2, 3)
+    for mask, shape in ((two_d, (2, 5)), (four_d, (1, 1, 7, 5)), (None, None)):
+        scope = {"attention_mask": mask, "batch_size": 2}
+        exec(line, scope)
+        assert (scope["attention_mask"] is None) if shape is None else tuple(scope["attention_mask"].shape) == shape
+    assert line.endswith("if attention_mask is not None and attention_mask.ndim < 4 else attention_mask")
+
+
+def test_noop_for_reshapes_of_other_tensors():
+    output, _ = transformed(module("token_type_ids = token_type_ids.view(batch_size, -1)\n" + textwrap.dedent(LEGACY_CHAIN)), UseMaskingUtils)
+    assert "token_type_ids = token_type_ids.view(batch_size, -1)\n" in output and "ndim < 4" not in output

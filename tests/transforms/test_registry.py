@@ -45,6 +45,7 @@ def test_first_run_ports_without_diagnostics_and_compiles(first_run):
     not_needed |= {"multimodal-processor", "multimodal-split", "multimodal-merge", "multimodal-placeholders"}
     not_needed |= {"conv1d-linear", "split-fused"}
     not_needed.add("attention-selection")  # its config takes no attn_implementation of its own
+    not_needed.add("kv-heads-config")  # its attention reads num_key_value_heads
     assert {c.transform for c in state.changes} == {t.name for t in REGISTRY} - not_needed
 
 

@@ -70,3 +70,47 @@ def test_noop_when_tables_come_from_positions():
 def test_noop_without_position_ids():
     source = ATTENTION.format(seq_len="seq_len=kv_seq_len").replace("position_ids=None", "offset=0")
     check_noop(source.replace("cos[position_ids]", "cos[offset]"), RopePositions)
+
+
+HELPER = '''\
+    import torch
+    from torch import nn
+
+
+    class Rotary(nn.Module):
+        def __init__(self, dim):
+            super().__init__()
+            self.register_buffer("table", torch.arange(16.0)[:, None].expand(16, dim), persistent=False)
+
+        def forward(self, x, seq_len=None):
+            return self.table[:seq_len]
+
+
+    class FooAttention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rotary_emb = Rotary(4)
+
+        def forward(self, hidden_states, position_ids=None):
+            query = self._project_and_rotate(hidden_states, position_ids)
+            scores = torch.matmul(query, hidden_states.transpose(-1, -2)).softmax(-1)
+            return torch.matmul(scores, hidden_states)
+
+        def _project_and_rotate(self, hidden_states, position_ids):
+            kv_seq_len = hidden_states.shape[-2]
+            cos = self.rotary_emb(hidden_states, {seq_len})
+            return hidden_states + cos[position_ids]
+'''
+
+
+def test_length_covers_positions_in_the_helper_forward_hands_them_to():
+    """transformers 4.44's gpt_neox builds its rotary tables in `_attn_projections_and_rope`."""
+    state = check_transformed(
+        HELPER.format(seq_len="seq_len=kv_seq_len"), HELPER.format(seq_len=COVERED), RopePositions
+    )
+    assert [c.message for c in state.changes] == [
+        "FooAttention._project_and_rotate: self.rotary_emb tables cover position_ids, not only kv_seq_len"
+    ]
+    namespace = {}
+    exec(textwrap.dedent(HELPER.format(seq_len=COVERED)), namespace)
+    assert namespace["FooAttention"]()(torch.randn(1, 3, 4), torch.tensor([[9, 10, 11]])).shape == (1, 3, 4)
