@@ -37,6 +37,7 @@ class PortOptions:
     verify: bool = True
     device: str = "auto"
     reference_transformers: str | None = None
+    reference: str = "own"  # where the legacy code runs: own | current | own-or-current
     allow_partial: bool = False
     max_shard_size: str = "5GB"
     cache_dir: Path | None = None
@@ -155,7 +156,8 @@ def run_port(src: Path | str, options: PortOptions, progress: Progress = lambda 
                 staging,
                 repo.config,
                 report,
-                VerifyOptions(options.reference_transformers, report.device, options.timeout, cache_dir=options.cache_dir),
+                VerifyOptions(options.reference_transformers, report.device, options.timeout, cache_dir=options.cache_dir,
+                              reference=options.reference),
                 progress,
             )
             if options.sharded_proof:

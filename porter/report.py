@@ -89,6 +89,9 @@ class Report:
                 f"- Reference: legacy code run under transformers {self.reference.get('transformers_version')}"
                 f" ({self.reference.get('kind', 'own environment')})"
             )
+            lines += [f"  - {note}" for note in self.reference.get("notes", [])]
+            if self.reference.get("shims"):
+                lines.append("  - shims installed: " + ", ".join(f"`{name}`" for name in self.reference["shims"]))
         lines += ["", "## Checks", "", "```", self.summary_table(), "```", "", "## Transforms applied", ""]
         for t in self.transforms:
             where = f"{t['file']}:{t['line']}" if t.get("line") else t["file"]

@@ -96,7 +96,7 @@ def assert_device_map(device_map, num_blocks):
 def get_device_map(n_layers, devices):
     per_device = -(-n_layers // len(devices))
     layers = list(range(n_layers))
-    return dict(zip(devices, [layers[i : i + per_device] for i in range(0, n_layers, per_device)]))
+    return dict(zip(devices, [layers[i : i + per_device] for i in range(0, n_layers, per_device)], strict=False))
 
 
 @shim("model_parallel_utils", "module transformers.utils.model_parallel_utils: assert_device_map, get_device_map")
@@ -148,7 +148,7 @@ def apply_chunking_to_forward(forward_fn, chunk_size, chunk_dim, *input_tensors)
 
     if chunk_size > 0:
         chunks = input_tensors[0].shape[chunk_dim] // chunk_size
-        pieces = zip(*(t.chunk(chunks, dim=chunk_dim) for t in input_tensors))
+        pieces = zip(*(t.chunk(chunks, dim=chunk_dim) for t in input_tensors), strict=True)
         return torch.cat([forward_fn(*piece) for piece in pieces], dim=chunk_dim)
     return forward_fn(*input_tensors)
 
@@ -211,8 +211,10 @@ def _modeling_utils_helpers():
 def _loss_kwargs():
     from typing import TypedDict
 
-    loss_kwargs = TypedDict("LossKwargs", {}, total=False)
-    return _set_missing(("transformers.utils.generic", "transformers.utils", "transformers"), "LossKwargs", loss_kwargs)
+    class LossKwargs(TypedDict, total=False):
+        pass
+
+    return _set_missing(("transformers.utils.generic", "transformers.utils", "transformers"), "LossKwargs", LossKwargs)
 
 
 @shim("removed cache classes", "transformers(.cache_utils).HybridCache, SinkCache, OffloadedCache "
