@@ -264,6 +264,43 @@ def _generation_mixin():
     return True
 
 
+def _rebuild_volatile_tensors(model):
+    """Copy non-persistent buffers and tensors kept as plain attributes from a model built
+    the 4.x way (its __init__ run on the CPU), since 5.x leaves them uninitialised."""
+    import torch
+
+    with torch.no_grad(), torch.device("cpu"):
+        fresh = type(model)(model.config)
+    for name, module in model.named_modules():
+        source = fresh.get_submodule(name)
+        for buffer in module._non_persistent_buffers_set:
+            if module._buffers.get(buffer) is not None:
+                module._buffers[buffer] = source._buffers[buffer].to(module._buffers[buffer].device)
+        for attribute, value in list(vars(module).items()):
+            if isinstance(value, torch.Tensor) and value.is_meta:
+                setattr(module, attribute, getattr(source, attribute))
+
+
+@shim("non-persistent buffers as 4.x built them", "after from_pretrained, non-persistent buffers (rotary "
+      "frequencies, cos/sin and causal-mask caches) and tensors kept as plain attributes are copied from the "
+      "model built by its own __init__ on the CPU, as 4.x loading kept them; costs a second copy of the model")
+def _volatile_tensors():
+    from transformers import PreTrainedModel
+
+    if getattr(PreTrainedModel, "_port_model_rebuilds", False):
+        return False
+    original = PreTrainedModel.from_pretrained.__func__
+
+    def from_pretrained(cls, *args, **kwargs):
+        result = original(cls, *args, **kwargs)
+        _rebuild_volatile_tensors(result[0] if isinstance(result, tuple) else result)
+        return result
+
+    PreTrainedModel.from_pretrained = classmethod(from_pretrained)
+    PreTrainedModel._port_model_rebuilds = True
+    return True
+
+
 def get_extended_attention_mask(self, attention_mask, input_shape, device=None, dtype=None):
     import torch
 
