@@ -264,6 +264,36 @@ def _generation_mixin():
     return True
 
 
+@shim("loaded weights kept from legacy _init_weights", "a legacy _init_weights that writes parameters directly "
+      "(p.data.normal_(...)) no longer overwrites weights loaded from the checkpoint: 4.x initialised before "
+      "loading, 5.x after")
+def _keep_loaded_weights():
+    from transformers import PreTrainedModel
+
+    if getattr(PreTrainedModel, "_port_model_keeps_loaded", False):
+        return False
+    original = PreTrainedModel.__dict__["__init_subclass__"].__func__
+
+    def __init_subclass__(cls, **kwargs):
+        original(cls, **kwargs)
+        legacy_init = cls.__dict__.get("_init_weights")
+        if legacy_init is None:
+            return
+
+        @functools.wraps(legacy_init)
+        def _init_weights(self, module):
+            loaded = [(p, p.detach().clone()) for p in module.parameters() if getattr(p, "_is_hf_initialized", False)]
+            legacy_init(self, module)
+            for parameter, value in loaded:
+                parameter.data.copy_(value)
+
+        cls._init_weights = _init_weights
+
+    PreTrainedModel.__init_subclass__ = classmethod(__init_subclass__)
+    PreTrainedModel._port_model_keeps_loaded = True
+    return True
+
+
 def _rebuild_volatile_tensors(model):
     """Copy non-persistent buffers and tensors kept as plain attributes from a model built
     the 4.x way (its __init__ run on the CPU), since 5.x leaves them uninitialised."""
