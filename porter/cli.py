@@ -155,7 +155,8 @@ def port_command(src, out, show_diff, check, as_json, device, no_verify, referen
         else:
             for check in report.failed:  # failures are never silenced
                 click.echo(f"FAIL {check.item} {check.name}: {check.detail or check.figures}")
-        click.echo(f"{report.status}{' and verified' if report.verified else ''}: {result.output}")
+        weaker = " against a weaker reference" if report.verified and report.reference.get("weaker") else ""
+        click.echo(f"{report.status}{' and verified' if report.verified else ''}{weaker}: {result.output}")
     if push:
         _push(result, force, progress, as_json)
     if report.failed or report.status == "partial":

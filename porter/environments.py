@@ -205,27 +205,50 @@ def link_packages(env: ReferenceEnv, distributions: list[str]) -> list[str]:
     return missing
 
 
+@dataclass(frozen=True)
+class CodeImport:
+    module: str  # top-level name, e.g. "einops"
+    file: str
+    line: int
+
+
+def required_imports(sources: dict[str, str]) -> list[CodeImport]:
+    """Absolute imports the code cannot run without: module level, outside `try` blocks (as
+    transformers' own `check_imports` reads them), neither stdlib nor the repo's own files."""
+    import ast
+
+    own = {Path(name).stem for name in sources}
+    found = []
+    for name, text in sorted(sources.items()):
+        try:
+            tree = ast.parse(text)
+        except SyntaxError:
+            continue
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                modules = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module.split(".")[0]]
+            else:
+                continue
+            for module in modules:
+                if module not in sys.stdlib_module_names and module not in own and module != "__future__":
+                    found.append(CodeImport(module, name, node.lineno))
+    return found
+
+
+def read_code(repo: Path) -> dict[str, str]:
+    return {p.name: p.read_text(encoding="utf-8", errors="replace") for p in sorted(Path(repo).glob("*.py"))}
+
+
 def remote_code_imports(repo: Path, env: ReferenceEnv) -> list[str]:
     """Distributions installed here that the repo's code imports and `env` lacks: the
     undeclared requirements of remote code (transformers refuses to load code whose
     imports are missing)."""
-    import ast
-
-    modules = set()
-    for path in Path(repo).glob("*.py"):
-        try:
-            tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
-        except SyntaxError:
-            continue
-        for node in tree.body:  # like transformers' check_imports: imports in try blocks are optional
-            if isinstance(node, ast.Import):
-                modules |= {a.name.split(".")[0] for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                modules.add(node.module.split(".")[0])
     owners = metadata.packages_distributions()
     in_env = {p.name.split("-")[0].lower().replace("_", "-") for p in _site_packages(env.root).glob("*.dist-info")}
     wanted = []
-    for module in sorted(modules - set(sys.stdlib_module_names)):
+    for module in sorted({i.module for i in required_imports(read_code(repo))}):
         for dist in owners.get(module, []):
             if dist.lower().replace("_", "-") not in in_env | {"torch"} and dist not in wanted:
                 wanted.append(dist)
