@@ -90,6 +90,19 @@ def _link_torch(link_dir: Path, roots: tuple[str, ...] = ("torch",)) -> None:
                 target.symlink_to(source)
 
 
+def _shared_roots(transformers_version: str) -> tuple[str, ...]:
+    """What an environment reuses from this interpreter: torch; for a transformers 5 release
+    also what the installed transformers requires (their ranges are shared within 5.x), so
+    pip downloads only transformers itself."""
+    if _version_tuple(transformers_version)[:1] < (5,):
+        return ("torch",)
+    try:
+        requires = metadata.distribution("transformers").requires or []
+    except metadata.PackageNotFoundError:
+        return ("torch",)
+    return ("torch", *(r for r in requires if "extra ==" not in r))
+
+
 def _site_packages(env_root: Path) -> Path:
     found = list(env_root.glob("lib/python*/site-packages"))
     if not found:
@@ -141,7 +154,7 @@ def ensure_reference_env(
         # The link folder is appended to sys.path, after the environment's own packages,
         # so pip sees torch as installed and never fetches another build.
         link_dir = building / "torch-link"
-        _link_torch(link_dir)
+        _link_torch(link_dir, _shared_roots(transformers_version))
         (_site_packages(building) / "port_model_torch.pth").write_text(str(root / "torch-link") + "\n")
         # While building, the .pth must point at the folder as it is now.
         (_site_packages(building) / "port_model_torch_build.pth").write_text(str(link_dir) + "\n")
