@@ -147,3 +147,13 @@ def test_legacy_gpt2_under_shims_matches_its_own_release(cache_dir, tmp_path):
     assert expected.keys() == actual.keys()
     for key in expected:
         assert torch.allclose(expected[key].float(), actual[key].float(), atol=1e-5), key
+
+
+def test_every_shim_is_documented():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("legacy_shims", RUNNER.with_name("legacy_shims.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # defines the shims; installs nothing
+    page = (RUNNER.parents[2] / "docs" / "reference-shims.md").read_text()
+    assert [name for name, _, _ in module.SHIMS if f"| `{name}` |" not in page] == []
