@@ -23,7 +23,7 @@ def port(src: str | Path, out: str | Path | None = None, **options) -> PortResul
     """Port the repo at `src` into `out` (default: a new sibling folder) and verify it.
 
     Options are the fields of `porter.pipeline.PortOptions`: verify, device,
-    reference_transformers, allow_partial, max_shard_size, cache_dir, timeout, overwrite,
+    reference_transformers, reference, allow_partial, max_shard_size, cache_dir, timeout, overwrite,
     sharded_proof, replicate_fused_qkv.
     Raises `porter.errors.PortError` for input it cannot port.
     """

@@ -39,6 +39,7 @@ class BatchOptions:
     force: bool = False
     device: str = "auto"
     reference_transformers: str | None = None
+    reference: str = "own"
     retry_failed: bool = False
     executor: str = "local"
     ray_address: str | None = None
@@ -217,7 +218,8 @@ def run_batch(repos: list[str], options: BatchOptions, stream=sys.stderr) -> lis
         specs = [
             JobSpec(repo=repo, out=str(output_folder(options.out_dir, repo).resolve()), verify=options.verify,
                     push=options.push, force=options.force, device=options.device,
-                    reference_transformers=options.reference_transformers, time_limit=options.time_limit)
+                    reference_transformers=options.reference_transformers, reference=options.reference,
+                    time_limit=options.time_limit)
             for repo in todo
         ]
         if specs:

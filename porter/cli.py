@@ -19,6 +19,7 @@ import click
 from porter.errors import PortError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+REFERENCE_CHOICES = ("own", "current", "own-or-current")  # porter.verify.reference; not imported: it loads torch
 
 
 class _Progress:
@@ -85,6 +86,9 @@ def main():
 @click.option("--replicate-fused-qkv", is_flag=True,
               help="Keep a concatenated [q|k|v] projection fused and replicated instead of splitting it.")
 @click.option("--reference-transformers", metavar="VER", help="transformers release to run the legacy code with.")
+@click.option("--reference", "reference", type=click.Choice(REFERENCE_CHOICES), default="own", show_default=True,
+              help="Run the legacy code in its own release, under the installed transformers with compatibility "
+                   "shims (current, a weaker reference), or in its own release and else with shims.")
 @click.option("--allow-partial", is_flag=True, help="Write output even where some code was not understood.")
 @click.option("--max-shard-size", default="5GB", show_default=True, callback=_shard_size, help="Largest safetensors shard.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
@@ -93,7 +97,7 @@ def main():
 @click.option("-v", "--verbose", is_flag=True, help="Show every transform applied.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and the final status.")
 def port_command(src, out, show_diff, check, as_json, device, no_verify, replicate_fused_qkv, reference_transformers,
-                 no_sharded_proof, allow_partial, max_shard_size, overwrite, push, force, verbose, quiet):
+                 reference, no_sharded_proof, allow_partial, max_shard_size, overwrite, push, force, verbose, quiet):
     """Port the legacy Hugging Face model repo SRC to transformers 5 and verify it.
 
     SRC is a folder, or a Hub repo id `org/name[@revision]` (a folder that exists wins).
@@ -129,6 +133,7 @@ def port_command(src, out, show_diff, check, as_json, device, no_verify, replica
             replicate_fused_qkv=replicate_fused_qkv,
             device=device,
             reference_transformers=reference_transformers,
+            reference=reference,
             allow_partial=allow_partial,
             max_shard_size=max_shard_size,
             overwrite=overwrite,
@@ -153,7 +158,8 @@ def port_command(src, out, show_diff, check, as_json, device, no_verify, replica
         else:
             for check in report.failed:  # failures are never silenced
                 click.echo(f"FAIL {check.item} {check.name}: {check.detail or check.figures}")
-        click.echo(f"{report.status}{' and verified' if report.verified else ''}: {result.output}")
+        weaker = " against a weaker reference" if report.verified and report.reference.get("weaker") else ""
+        click.echo(f"{report.status}{' and verified' if report.verified else ''}{weaker}: {result.output}")
     if push:
         _push(result, force, progress, as_json)
     if report.failed or report.status == "partial":
@@ -193,11 +199,13 @@ def _push(result, force: bool, progress, as_json: bool) -> None:
 @click.option("--no-verify", is_flag=True, help="Skip running the legacy and ported models.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--reference-transformers", metavar="VER", help="transformers release to run the legacy code with.")
+@click.option("--reference", "reference", type=click.Choice(REFERENCE_CHOICES), default="own", show_default=True,
+              help="Where the legacy code runs, as for `port`.")
 @click.option("--retry-failed", is_flag=True, help="Also redo repos that failed in an earlier run.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--ray-address", metavar="ADDRESS", help="Ray cluster to join (default: RAY_ADDRESS or a local one).")
 def batch_command(file, search, filters, limit, jobs, time_limit, out_dir, state, push, force, no_verify, device,
-                  reference_transformers, retry_failed, executor, ray_address):
+                  reference_transformers, reference, retry_failed, executor, ray_address):
     """Port many Hub repos: one repo id per line of FILE, or those `--search QUERY` finds.
 
     Interrupted batches resume from the state file; results go to OUT_DIR/batch.csv and batch.json.
@@ -210,7 +218,7 @@ def batch_command(file, search, filters, limit, jobs, time_limit, out_dir, state
     progress = _Progress(False, False)
     options = BatchOptions(out_dir=out_dir, state=state, jobs=jobs, time_limit=time_limit, verify=not no_verify,
                            push=push, force=force, device=device, reference_transformers=reference_transformers,
-                           retry_failed=retry_failed, executor=executor, ray_address=ray_address)
+                           reference=reference, retry_failed=retry_failed, executor=executor, ray_address=ray_address)
     try:
         repos = read_repo_list(file) if file else search_repos(search, filters, limit, progress)
         rows = run_batch(repos, options)

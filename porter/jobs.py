@@ -26,6 +26,7 @@ class JobSpec:
     force: bool = False
     device: str = "auto"
     reference_transformers: str | None = None
+    reference: str = "own"
     time_limit: float = 3600.0
 
     @classmethod
@@ -53,7 +54,7 @@ def run_job(spec: JobSpec) -> dict:
         if parse_repo_id(spec.repo) is None:
             raise ValueError(f"not a Hub repo id: {spec.repo!r}")
         options = PortOptions(out=Path(spec.out), verify=spec.verify, device=spec.device, overwrite=True,
-                              reference_transformers=spec.reference_transformers)
+                              reference_transformers=spec.reference_transformers, reference=spec.reference)
         result = run_port(spec.repo, options)
         report = result.report
         outcome.update(sha=report.hub.get("sha"), status=report.status, ported=True, verified=report.verified)

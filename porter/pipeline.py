@@ -22,6 +22,7 @@ from porter.errors import BadInput, UnsupportedPattern, WeightsMismatch
 from porter.hub import resolve_source
 from porter.repo import LegacyRepo, load_repo
 from porter.report import SKIP, Check, Report, versions
+from porter.requirements import merged_requirements, undeclared_requirements
 from porter.rewrite import RewriteResult, rewrite
 from porter.verify import VerifyOptions, verify
 from porter.verify.sharded import prove_sharded
@@ -37,6 +38,7 @@ class PortOptions:
     verify: bool = True
     device: str = "auto"
     reference_transformers: str | None = None
+    reference: str = "own"  # where the legacy code runs: own | current | own-or-current
     allow_partial: bool = False
     max_shard_size: str = "5GB"
     cache_dir: Path | None = None
@@ -120,6 +122,11 @@ def run_port(src: Path | str, options: PortOptions, progress: Progress = lambda 
     report.diagnostics = [d.as_dict() for d in result.diagnostics]
     diff = result.diff(repo.code)
     changed = result.changed_files(repo.code)
+    requirements = undeclared_requirements(repo.code)
+    report.dependencies = [r.as_dict() for r in requirements]
+    if requirements:
+        places = ", ".join(f"{r.distribution} ({r.file}:{r.line})" for r in requirements)
+        progress(f"undeclared runtime dependencies, added to requirements.txt: {places}")
 
     out = Path(options.out) if options.out else (source.default_output or default_output(src))
     if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
@@ -132,6 +139,7 @@ def run_port(src: Path | str, options: PortOptions, progress: Progress = lambda 
     try:
         progress(f"writing code ({len(changed)} file(s) changed)")
         _write_files(repo, result, staging)
+        _write_requirements(staging, requirements)
         progress(f"converting {len(repo.weight_files)} weight file(s) to safetensors")
         if repo.weight_files:
             try:
@@ -158,7 +166,8 @@ def run_port(src: Path | str, options: PortOptions, progress: Progress = lambda 
                 repo.config,
                 report,
                 VerifyOptions(options.reference_transformers, report.device, options.timeout, cache_dir=options.cache_dir,
-                              legacy_expands_placeholders="placeholders" in result.facts),
+                              legacy_expands_placeholders="placeholders" in result.facts,
+                              reference=options.reference),
                 progress,
             )
             if options.sharded_proof:
@@ -230,6 +239,15 @@ def _write_files(repo: LegacyRepo, result: RewriteResult, staging: Path) -> None
         processor_config.write_text(json.dumps({**existing, **settings}, indent=2) + "\n")
 
 
+def _write_requirements(staging: Path, requirements: list) -> None:
+    """requirements.txt (copied from the input if it had one) with the undeclared dependencies added."""
+    path = staging / "requirements.txt"
+    existing = path.read_text() if path.exists() else ""
+    merged = merged_requirements(existing, requirements)
+    if merged != existing:
+        path.write_text(merged)
+
+
 def _write_report(report: Report, staging: Path) -> None:
     (staging / "porting_report.json").write_text(report.to_json())
     (staging / "PORTING.md").write_text(report.to_markdown())
@@ -240,10 +258,18 @@ def _write_report(report: Report, staging: Path) -> None:
             f"\n{PORT_SECTION}\n\n"
             f"This repo's code was rewritten by port-model {report.versions.get('port-model')} to run under "
             f"transformers {report.versions.get('transformers')} and with inference engines' attention kernels. "
-            f"Status: {report.status}{' (verified against the legacy code)' if report.verified else ''}. "
+            f"Status: {report.status}{_verified_note(report)}. "
             "See `PORTING.md` and `porting_report.json` for every change and check.\n"
         )
         card.write_text(text.rstrip("\n") + ("\n" if text else "") + section)
+
+
+def _verified_note(report: Report) -> str:
+    if not report.verified:
+        return ""
+    if report.reference.get("weaker"):
+        return " (verified against the legacy code run under the installed transformers with compatibility shims)"
+    return " (verified against the legacy code)"
 
 
 def _remove_stale_staging(out: Path) -> None:

@@ -35,6 +35,7 @@ class Report:
     transforms: list[dict] = field(default_factory=list)
     diagnostics: list[dict] = field(default_factory=list)
     weights: dict = field(default_factory=dict)
+    dependencies: list[dict] = field(default_factory=list)  # undeclared runtime dependencies of the code
     checks: list[Check] = field(default_factory=list)
     files: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
@@ -89,10 +90,16 @@ class Report:
                 f"- Reference: legacy code run under transformers {self.reference.get('transformers_version')}"
                 f" ({self.reference.get('kind', 'own environment')})"
             )
+            lines += [f"  - {note}" for note in self.reference.get("notes", [])]
+            if self.reference.get("shims"):
+                lines.append("  - shims installed: " + ", ".join(f"`{name}`" for name in self.reference["shims"]))
         lines += ["", "## Checks", "", "```", self.summary_table(), "```", "", "## Transforms applied", ""]
         for t in self.transforms:
             where = f"{t['file']}:{t['line']}" if t.get("line") else t["file"]
             lines.append(f"- `{t['transform']}` {where}: {t['message']}")
+        if self.dependencies:
+            lines += ["", "## Runtime dependencies the code does not declare (added to requirements.txt)", ""]
+            lines += [f"- `{d['distribution']}`: imported at {d['file']}:{d['line']}" for d in self.dependencies]
         if self.diagnostics:
             lines += ["", "## Not understood", ""]
             lines += [f"- {d['file']}:{d['line']}: {d['message']}" for d in self.diagnostics]

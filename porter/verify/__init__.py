@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from porter.environments import ensure_reference_env, link_packages, remote_code_imports
 from porter.errors import ReferenceUnavailable
 from porter.report import FAIL, PASS, SKIP, Check, Report
 from porter.verify.child import _readable_error, current_python, run_model
@@ -30,6 +29,7 @@ from porter.verify.images import (
     make_image_inputs,
 )
 from porter.verify.processor_checks import add_processor_checks, placeholders_per_image, run_processor_check
+from porter.verify.reference import OWN, prepare_reference
 
 EAGER_TOLERANCE = 1e-5
 SDPA_TOLERANCE = 1e-4
@@ -46,6 +46,7 @@ class VerifyOptions:
     cache_dir: Path | None = None
     # the legacy model expands one placeholder per image inside; the ported processor does it
     legacy_expands_placeholders: bool = False
+    reference: str = OWN  # own | current | own-or-current (porter.verify.reference)
 
 
 def make_inputs(config: dict, image_placeholders: int = 1) -> dict[str, torch.Tensor]:
@@ -123,31 +124,32 @@ def _verify_in(work, legacy_repo, ported_repo, config, report, options, progress
     }
 
     version = options.reference_transformers or config.get("transformers_version")
-    if not version:
-        report.add(Check("F1", "reference run", FAIL, "config.json names no transformers_version; pass one"))
-        return
     try:
-        progress(f"preparing the transformers {version} reference environment")
-        env = ensure_reference_env(version, options.cache_dir)
-        link_packages(env, remote_code_imports(legacy_repo, env))
+        reference = prepare_reference(legacy_repo, version, options.reference, options.cache_dir, progress)
     except ReferenceUnavailable as exc:
-        report.add(Check("F1", "reference run", FAIL, f"no environment for transformers {version}: {exc}"))
+        what = f"no environment for transformers {version}" if version else "no reference"
+        report.add(Check("F1", "reference run", FAIL, f"{what}: {exc}"))
         return
-    report.reference = {
-        "transformers_version": version,
-        "kind": "own environment",
-        "environment": str(env.root),
-        "environment_reused": env.reused,
-        "environment_build_seconds": round(env.build_seconds, 1),
-    }
+    report.reference = reference.info
 
-    progress(f"running the legacy model under transformers {version}")
-    legacy_spec = {**spec, "inputs": str(legacy_inputs_path), "attn_implementations": ["eager"]}
-    legacy = run_model(env.python, legacy_repo, legacy_spec, work / "legacy", options.timeout)
+    release = reference.info["transformers_version"]
+    where = "the installed transformers with shims" if reference.shims else f"transformers {release}"
+    progress(f"running the legacy model under {where}")
+    legacy_spec = {**spec, "inputs": str(legacy_inputs_path), "attn_implementations": ["eager"], "shims": reference.shims}
+    legacy = run_model(reference.python, legacy_repo, legacy_spec, work / "legacy", options.timeout)
+    if reference.shims:
+        reference.info["shims"] = legacy.result.get("shims", [])
     if not legacy.ok:
-        report.add(Check("F1", "reference run", FAIL, f"legacy code failed under transformers {version}: {legacy.error}"))
+        detail = f"legacy code failed under {where}: {legacy.error}"
+        report.add(Check("F1", reference.check_name(), FAIL, detail))
         return
-    report.add(Check("F1", "reference run", PASS, f"legacy code ran under transformers {legacy.result['transformers_version']}"))
+    ran_under = legacy.result["transformers_version"]
+    if reference.shims and _loading_problems(legacy.result):
+        # Loading through shims is not trusted blindly: a reference with uninitialised weights proves nothing.
+        detail = f"the legacy model did not load completely under the shims: {_loading_problems(legacy.result)}"
+        report.add(Check("F1", reference.check_name(), FAIL, detail))
+        return
+    report.add(Check("F1", reference.check_name(), PASS, reference.describe(ran_under)))
 
     progress("running the ported model under the installed transformers (eager, sdpa, probe)")
     ported_spec = {**spec, "attn_implementations": ["eager", "sdpa"], "probe": True, "engine": True}
@@ -170,12 +172,17 @@ def _verify_in(work, legacy_repo, ported_repo, config, report, options, progress
         report.add(check)
 
 
-def _loading_checks(report: Report, result: dict) -> None:
+def _loading_problems(result: dict) -> dict:
     problems = {}
     for tag, run in result["runs"].items():
         for key in ("missing_keys", "unexpected_keys", "mismatched_keys"):
             if run.get("loading_info", {}).get(key):
                 problems[f"{tag}.{key}"] = run["loading_info"][key]
+    return problems
+
+
+def _loading_checks(report: Report, result: dict) -> None:
+    problems = _loading_problems(result)
     status = FAIL if problems else PASS
     detail = "loaded with trust_remote_code under transformers " + result["transformers_version"]
     report.add(Check("A2", "loads under current transformers", PASS, detail))

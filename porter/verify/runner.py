@@ -208,6 +208,10 @@ def main(spec_path):
     out_dir = spec["out_dir"]
     result = {"ok": False, "runs": {}}
     try:
+        if spec.get("shims"):  # a legacy reference under the installed transformers (--reference current)
+            import legacy_shims
+
+            result["shims"] = legacy_shims.install()
         import torch
         import transformers
         from safetensors.torch import load_file, save_file
