@@ -30,6 +30,7 @@ from porter.verify.images import (
     make_image_inputs,
 )
 from porter.verify.processor_checks import add_processor_checks, placeholders_per_image, run_processor_check
+from porter.verify.side_by_side import run_pair, threads_each, weight_bytes
 
 EAGER_TOLERANCE = 1e-5
 SDPA_TOLERANCE = 1e-4
@@ -135,16 +136,21 @@ def _verify_in(work, legacy_repo, ported_repo, config, report, options, progress
         "environment_build_seconds": round(env.build_seconds, 1),
     }
 
-    progress(f"running the legacy model under transformers {version}")
-    legacy = run_model(env.python, legacy_repo, {**spec, "attn_implementations": ["eager"]}, work / "legacy", options.timeout)
+    ported_spec = {**spec, "attn_implementations": ["eager", "sdpa"], "probe": True, "engine": True}
+    threads = threads_each(weight_bytes(ported_repo))
+    together = " side by side" if threads else ""
+    progress(f"running the legacy model under transformers {version} and the ported one under the installed{together}")
+    legacy, ported = run_pair(
+        lambda: run_model(env.python, legacy_repo, {**spec, "attn_implementations": ["eager"]}, work / "legacy",
+                          options.timeout, threads=threads),
+        lambda: run_model(current_python(), ported_repo, ported_spec, work / "ported", options.timeout, threads=threads),
+        together=bool(threads),
+        second_needs=lambda legacy: legacy.ok,
+    )
     if not legacy.ok:
         report.add(Check("F1", "reference run", FAIL, f"legacy code failed under transformers {version}: {legacy.error}"))
         return
     report.add(Check("F1", "reference run", PASS, f"legacy code ran under transformers {legacy.result['transformers_version']}"))
-
-    progress("running the ported model under the installed transformers (eager, sdpa, probe)")
-    ported_spec = {**spec, "attn_implementations": ["eager", "sdpa"], "probe": True, "engine": True}
-    ported = run_model(current_python(), ported_repo, ported_spec, work / "ported", options.timeout)
     if not ported.ok:
         report.add(Check("A2", "loads and runs under current transformers", FAIL, ported.error or ""))
         return
