@@ -46,52 +46,28 @@ def gpu_kernels():
     return kernels
 
 
-def switched(model, kernel):
-    """`model` with its attention kernel set to `kernel` at run time, the way engines and
-    continuous batching switch it; None where it cannot switch (transformers only logs a
-    warning for a model that does not route attention through the interface, so the
-    kernel of every sub-model is checked)."""
-    if model is None or not hasattr(model, "set_attn_implementation"):
-        return None
-    try:
-        model.set_attn_implementation(kernel)
-    except Exception:  # the caller loads a fresh model with the kernel instead
-        return None
-    kernels = {m.config._attn_implementation for m in model.modules() if hasattr(m, "set_attn_implementation")}
-    return model if kernels == {kernel} else None
-
-
-def _variant(spec, auto_map, vocab, kernel, dtype, device, generative, batching_kernels, shared):
+def _variant(spec, auto_map, vocab, kernel, dtype, device, generative, batching_kernels):
     entry = {"kernel": kernel, "dtype": str(dtype).replace("torch.", ""), "device": device}
-    # Batching first, so that the shared model is released before the base model is loaded.
-    if generative:
-        try:
-            model = switched(shared.pop("model", None), kernel)
-            if model is None:
-                model = _load(spec["repo"], "AutoModelForCausalLM", kernel, dtype, device)
-            entry["batching"] = batching.continuous_batching(
-                model, vocab, spec.get("max_new_tokens", 8), spec.get("pad_token_id", 0), batching_kernels, device,
-                recompute=bool(spec.get("recompute")),
-            )
-        except Exception as exc:
-            entry["batching_error"] = f"{type(exc).__name__}: {exc}"
-        model = None
-    shared.clear()
     try:
         base, entry["base_model_from"] = _base_model(spec["repo"], auto_map, kernel, dtype, device)
         entry["packed"] = packed.engine_call(base, vocab, device)
         del base
     except Exception as exc:  # each failure is a check's reason, not the end of the run
         entry["packed_error"] = f"{type(exc).__name__}: {exc}"
+    if generative:
+        try:
+            model = _load(spec["repo"], "AutoModelForCausalLM", kernel, dtype, device)
+            entry["batching"] = batching.continuous_batching(
+                model, vocab, spec.get("max_new_tokens", 8), spec.get("pad_token_id", 0), batching_kernels, device,
+                recompute=bool(spec.get("recompute")),
+            )
+        except Exception as exc:
+            entry["batching_error"] = f"{type(exc).__name__}: {exc}"
     return entry
 
 
-def run(spec, shared=None):
-    """Every variant the spec and the machine allow; a list of figure dictionaries.
-
-    `shared` may hold the float32 causal LM the runner loaded ({"model": ...}): the CPU
-    variant uses it instead of loading it again, and drops it."""
-    shared = shared if shared is not None else {}
+def run(spec):
+    """Every variant the spec and the machine allow; a list of figure dictionaries."""
     try:
         config, auto_map = _auto_map(spec["repo"])
     except Exception as exc:
@@ -99,11 +75,9 @@ def run(spec, shared=None):
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     vocab = int(getattr(text, "vocab_size", None) or 100)
     generative = bool(spec.get("batching", spec.get("generate"))) and "AutoModelForCausalLM" in auto_map
-    variants = [
-        _variant(spec, auto_map, vocab, "sdpa", torch.float32, "cpu", generative, batching.BATCHING_KERNELS, shared)
-    ]
+    variants = [_variant(spec, auto_map, vocab, "sdpa", torch.float32, "cpu", generative, batching.BATCHING_KERNELS)]
     if spec.get("device") == "cuda" and torch.cuda.is_available():
         for kernel in gpu_kernels():
             kernels = batching.BATCHING_KERNELS + ((kernel,) if kernel.startswith("flash") else ())
-            variants.append(_variant(spec, auto_map, vocab, kernel, torch.bfloat16, "cuda", generative, kernels, {}))
+            variants.append(_variant(spec, auto_map, vocab, kernel, torch.bfloat16, "cuda", generative, kernels))
     return variants

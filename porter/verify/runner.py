@@ -128,13 +128,12 @@ SENTINEL = "port_model_sentinel"
 PROBED_ATTRIBUTES = ("layer_idx", "is_causal", "scaling", "num_key_value_groups", "head_dim", "config")
 
 
-def _run_probe(spec, inputs, tensors, loaded=None, loading=None):
+def _run_probe(spec, inputs, tensors):
     """Route attention through a registered function, the way engines do (B1, B3, C1, C3).
 
     The function records each call: the module's attributes and whether a sentinel
     keyword given to the top-level forward arrived. transformers gives a registered
-    function no mask, so the single unpadded sequence is used. `loaded`, the model the
-    numeric runs loaded, is switched to the function rather than loaded again.
+    function no mask, so the single unpadded sequence is used.
     """
     import torch
     from transformers import AttentionInterface
@@ -169,12 +168,8 @@ def _run_probe(spec, inputs, tensors, loaded=None, loading=None):
                 )[None, None]
         return kernel(module, query, key, value, attention_mask, **kwargs)
 
-    from engine_run import switched  # a sibling file
-
     AttentionInterface.register(PROBE_NAME, probe)
-    model = switched(loaded, PROBE_NAME)
-    if model is None:
-        model, _, loading = _load_model(spec, PROBE_NAME)
+    model, _, loading = _load_model(spec, PROBE_NAME)
     if getattr(type(model), "_supports_sdpa", True) is False:
         # A model that declares no sdpa support is probed with its own eager function.
         kernel = getattr(sys.modules[type(model).__module__], "eager_attention_forward", kernel)
@@ -224,13 +219,11 @@ def main(spec_path):
         inputs = load_file(spec["inputs"])
         tensors = {}
         sdpa_declared = True
-        model = loading = auto_name = None
         for implementation in spec.get("attn_implementations") or [None]:
             if implementation == "sdpa" and not sdpa_declared:
                 # The model says its eager math is beyond sdpa (e.g. softcapped logits).
                 result["runs"]["sdpa"] = {"skipped": "the model declares _supports_sdpa = False"}
                 continue
-            model = None  # one model in memory at a time
             model, auto_name, loading = _load_model(spec, implementation)
             sdpa_declared = getattr(type(model), "_supports_sdpa", True) is not False
             tag = implementation or "default"
@@ -246,19 +239,16 @@ def main(spec_path):
                     _run_generate(model, inputs, prefix, tensors, spec["max_new_tokens"], pad)
                     tensors[f"{tag}.{prefix}.generated"] = tensors.pop(f"{prefix}.generated")
             result["runs"][tag] = run
-        # The last model loaded (each backend above is loaded as a user loads it) serves the
-        # probe and continuous batching, which switch kernels at run time as engines do.
+            del model
         if spec.get("probe"):
             try:
-                result["probe"] = _run_probe(spec, inputs, tensors, model, loading)
+                result["probe"] = _run_probe(spec, inputs, tensors)
             except Exception as exc:  # a model that breaks under an engine's kernel: a finding, not a crash
                 result["probe"] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-6000:]}
         if spec.get("engine"):
             import engine_run  # a sibling file: packed calls and continuous batching (C3-C5)
 
-            shared = {"model": model} if model is not None and auto_name == "AutoModelForCausalLM" else {}
-            model = None  # engine_run releases it when done with it
-            result["engine"] = engine_run.run(spec, shared)
+            result["engine"] = engine_run.run(spec)
         save_file(tensors, os.path.join(out_dir, "outputs.safetensors"))
         result["ok"] = True
     except BaseException as exc:  # reported to the parent, which turns it into a diagnostic
