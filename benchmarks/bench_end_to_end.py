@@ -17,7 +17,7 @@ measures in the same run:
 The page cache holds the checkpoint for every step (it was just written). Needs about
 4 GiB of memory per model process (one at a time) and 8 GiB of free disk.
 
-    python benchmarks/bench_end_to_end.py [--layers 18] [--hidden 2048] [--dir DIR]
+    python benchmarks/bench_end_to_end.py [--layers 18] [--hidden 2048] [--dir DIR] [--no-sharded-proof]
 
 Target (performance issue): port <= 3 x floor.
 """
@@ -93,6 +93,7 @@ def main() -> None:
     parser.add_argument("--kv-heads", type=int, default=8)
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--dir", type=Path, default=None, help="scratch folder (default: the system's temporary one)")
+    parser.add_argument("--no-sharded-proof", action="store_true", help="port without the sharded proof (D2)")
     args = parser.parse_args()
 
     from safetensors.torch import save_file
@@ -113,7 +114,8 @@ def main() -> None:
 
         out = work / "ported"
         t = time.perf_counter()
-        port = subprocess.run(["port-model", str(legacy), "-o", str(out), "--json"], capture_output=True,
+        flags = ["--no-sharded-proof"] if args.no_sharded_proof else []
+        port = subprocess.run(["port-model", str(legacy), "-o", str(out), "--json", *flags], capture_output=True,
                               text=True, check=False)
         port_wall = time.perf_counter() - t
         if port.returncode != 0:

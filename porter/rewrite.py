@@ -6,6 +6,7 @@ import difflib
 from dataclasses import dataclass, field
 
 import libcst as cst
+import libcst.matchers as m
 from libcst.codemod import CodemodContext
 from libcst.codemod.visitors import AddImportsVisitor
 
@@ -59,8 +60,31 @@ def rewrite(modules: dict[str, cst.Module], analysis: RepoAnalysis, settings: di
                 trees[filename] = transform_cls(contexts[filename], state, filename).apply(tree)
     for filename, context in contexts.items():
         if context.scratch:
-            # transform_module_impl, not transform_module: this visitor needs no metadata,
-            # and transform_module would deep-copy the whole tree to compute none.
-            trees[filename] = AddImportsVisitor(context).transform_module_impl(trees[filename])
+            trees[filename] = add_imports(context, trees[filename])
     files = {name: tree.code for name, tree in trees.items()}
     return RewriteResult(files, state.changes, state.diagnostics, state.weight_ops, state.facts)
+
+
+def _import_block_end(tree: cst.Module) -> int:
+    """Index of the first statement after the first one (a docstring, perhaps) and the
+    leading block of imports."""
+    for index, statement in enumerate(tree.body):
+        if index == 0:
+            continue
+        if not m.matches(statement, m.SimpleStatementLine(body=[m.Import() | m.ImportFrom()])):
+            return index
+    return len(tree.body)
+
+
+def add_imports(context: CodemodContext, tree: cst.Module) -> cst.Module:
+    """Add the imports transforms queued in `context` (libcst's AddImportsVisitor).
+
+    The visitor reads and changes only the module's head: the first statement (a docstring
+    or `__strict__` flag is kept first), the leading block of imports, and the blank line
+    before the first statement after them. So it is run on that head alone, not on a walk of the whole tree, twice, that
+    changes nothing else. transform_module_impl, not transform_module: the visitor needs no
+    metadata, and transform_module would deep-copy the tree to compute none.
+    """
+    end = _import_block_end(tree) + 1  # the first statement after the imports gets the blank line
+    head = AddImportsVisitor(context).transform_module_impl(tree.with_changes(body=tree.body[:end]))
+    return tree.with_changes(body=(*head.body, *tree.body[end:]))

@@ -30,6 +30,7 @@ from porter.verify.images import (
 )
 from porter.verify.processor_checks import add_processor_checks, placeholders_per_image, run_processor_check
 from porter.verify.reference import OWN, prepare_reference
+from porter.verify.side_by_side import run_pair, threads_each, weight_bytes
 
 EAGER_TOLERANCE = 1e-5
 SDPA_TOLERANCE = 1e-4
@@ -134,9 +135,17 @@ def _verify_in(work, legacy_repo, ported_repo, config, report, options, progress
 
     release = reference.info["transformers_version"]
     where = "the installed transformers with shims" if reference.shims else f"transformers {release}"
-    progress(f"running the legacy model under {where}")
+    ported_spec = {**spec, "attn_implementations": ["eager", "sdpa"], "probe": True, "engine": True}
     legacy_spec = {**spec, "inputs": str(legacy_inputs_path), "attn_implementations": ["eager"], "shims": reference.shims}
-    legacy = run_model(reference.python, legacy_repo, legacy_spec, work / "legacy", options.timeout)
+    threads = threads_each(weight_bytes(ported_repo))
+    together = " side by side" if threads else ""
+    progress(f"running the legacy model under {where} and the ported one under the installed transformers{together}")
+    legacy, ported = run_pair(
+        lambda: run_model(reference.python, legacy_repo, legacy_spec, work / "legacy", options.timeout, threads=threads),
+        lambda: run_model(current_python(), ported_repo, ported_spec, work / "ported", options.timeout, threads=threads),
+        together=bool(threads),
+        second_needs=lambda legacy: legacy.ok,
+    )
     if reference.shims:
         reference.info["shims"] = legacy.result.get("shims", [])
     if not legacy.ok:
@@ -150,10 +159,6 @@ def _verify_in(work, legacy_repo, ported_repo, config, report, options, progress
         report.add(Check("F1", reference.check_name(), FAIL, detail))
         return
     report.add(Check("F1", reference.check_name(), PASS, reference.describe(ran_under)))
-
-    progress("running the ported model under the installed transformers (eager, sdpa, probe)")
-    ported_spec = {**spec, "attn_implementations": ["eager", "sdpa"], "probe": True, "engine": True}
-    ported = run_model(current_python(), ported_repo, ported_spec, work / "ported", options.timeout)
     if not ported.ok:
         report.add(Check("A2", "loads and runs under current transformers", FAIL, ported.error or ""))
         return

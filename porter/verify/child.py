@@ -12,11 +12,33 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 RUNNER = Path(__file__).with_name("runner.py")
 SECRET_PREFIXES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_API_TOKEN")
+RUNNING: set[subprocess.Popen] = set()  # children of run_model, stopped together on interruption
+_STOPPING = threading.Event()
+_LOCK = threading.Lock()
+
+
+@contextmanager
+def stopped_together():
+    """Within it, `stop_children` kills every running model child and any started later
+    (other threads may be waiting on them, or about to start one)."""
+    try:
+        yield
+    finally:
+        _STOPPING.clear()
+
+
+def stop_children() -> None:
+    with _LOCK:
+        _STOPPING.set()
+        for process in RUNNING:
+            process.kill()
 
 
 @dataclass
@@ -27,8 +49,9 @@ class ChildResult:
     error: str | None
 
 
-def child_environment(hf_home: Path) -> dict[str, str]:
-    """The parent's environment without secrets, offline, with its own module cache."""
+def child_environment(hf_home: Path, threads: int | None = None) -> dict[str, str]:
+    """The parent's environment without secrets, offline, with its own module cache (and
+    `threads` compute threads, where given)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(SECRET_PREFIXES)}
     env.update(
         {
@@ -43,13 +66,17 @@ def child_environment(hf_home: Path) -> dict[str, str]:
         }
     )
     env.pop("PYTHONPATH", None)
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     return env
 
 
 def run_model(
-    python: Path | str, repo: Path, spec: dict, work_dir: Path, timeout: float, runner: Path = RUNNER
+    python: Path | str, repo: Path, spec: dict, work_dir: Path, timeout: float, runner: Path = RUNNER,
+    threads: int | None = None,
 ) -> ChildResult:
-    """Run `repo` with `python` according to `spec` (by `runner`, a standalone script); outputs land in `work_dir`."""
+    """Run `repo` with `python` according to `spec` (by `runner`, a standalone script); outputs land in `work_dir`.
+    `threads` limits the child's torch threads (when another child runs beside it)."""
     work_dir.mkdir(parents=True, exist_ok=True)
     # Old releases turn the folder name into a module name: give them one that is safe.
     staging = Path(tempfile.mkdtemp(prefix="pm-stage-", dir=work_dir))
@@ -59,23 +86,32 @@ def run_model(
     spec_path = work_dir / "spec.json"
     spec_path.write_text(json.dumps(spec))
     log_path = work_dir / "child.log"
-    try:
-        with open(log_path, "w") as log:
-            completed = subprocess.run(
-                [str(python), str(runner), str(spec_path)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=child_environment(work_dir / "hf_home"),
-                timeout=timeout,
-                cwd=work_dir,
-                stdin=subprocess.DEVNULL,
-            )
-    except subprocess.TimeoutExpired:
-        return ChildResult(False, {}, None, f"the model run exceeded its time limit of {timeout:.0f}s")
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [str(python), str(runner), str(spec_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=child_environment(work_dir / "hf_home", threads),
+            cwd=work_dir,
+            stdin=subprocess.DEVNULL,
+        )
+        with _LOCK:
+            RUNNING.add(process)
+            if _STOPPING.is_set():
+                process.kill()
+        try:
+            returncode = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return ChildResult(False, {}, None, f"the model run exceeded its time limit of {timeout:.0f}s")
+        finally:  # also on Ctrl-C and SIGTERM, which the CLI turns into KeyboardInterrupt
+            process.kill()
+            process.wait()
+            with _LOCK:
+                RUNNING.discard(process)
     result_path = work_dir / "result.json"
     if not result_path.exists():
         tail = log_path.read_text(errors="replace")[-2000:]
-        return ChildResult(False, {}, None, f"the model process died (exit {completed.returncode}): {tail}")
+        return ChildResult(False, {}, None, f"the model process died (exit {returncode}): {tail}")
     result = json.loads(result_path.read_text())
     if not result.get("ok"):
         return ChildResult(False, result, None, _readable_error(result))

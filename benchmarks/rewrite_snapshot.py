@@ -1,0 +1,71 @@
+"""Record what the rewrite produces for every corpus repo, or compare it with a record.
+
+A change to the rewrite's mechanics (how transforms are run, skipped or share work) must
+not change its output. Record before the change, compare after it:
+
+    python benchmarks/rewrite_snapshot.py save /tmp/rewrite-before
+    python benchmarks/rewrite_snapshot.py compare /tmp/rewrite-before
+
+Recorded per repo: every rewritten file, every change with its line, the diagnostics,
+the weight ops and the facts. The repos are those of ``bench_rewrite.py`` (the test
+corpus built into the cache, and the team sample); pass folders to use others. Exit code
+1 when anything differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_rewrite import corpus_repos  # noqa: E402
+
+from porter.pipeline import load, rewrite_code  # noqa: E402
+
+
+def snapshot(repo_path: Path) -> dict:
+    result = rewrite_code(load(repo_path), allow_partial=True)
+    return {
+        "files": result.files,
+        "changes": [c.as_dict() for c in result.changes],
+        "diagnostics": [d.as_dict() for d in result.diagnostics],
+        "weight_ops": json.loads(json.dumps(result.weight_ops, default=repr)),
+        "facts": json.loads(json.dumps(result.facts, default=repr, sort_keys=True)),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=("save", "compare"))
+    parser.add_argument("record", type=Path, help="folder of the record")
+    parser.add_argument("repos", nargs="*", type=Path, help="repos (default: the corpus and the sample)")
+    args = parser.parse_args()
+    repos = args.repos or corpus_repos()
+    args.record.mkdir(parents=True, exist_ok=True)
+    different = []
+    for path in repos:
+        record = args.record / f"{path.name}.json"
+        now = snapshot(path)
+        if args.action == "save":
+            record.write_text(json.dumps(now, indent=1, sort_keys=True))
+            print(f"saved    {path.name}")
+            continue
+        before = json.loads(record.read_text())
+        now = json.loads(json.dumps(now, sort_keys=True))
+        keys = [key for key in before if before[key] != now.get(key)]
+        print(f"{'same' if not keys else 'DIFFERS':8s} {path.name} {', '.join(keys)}")
+        if keys:
+            different.append(path.name)
+    if different:
+        print(f"\n{len(different)} repo(s) differ: {', '.join(different)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
