@@ -261,6 +261,28 @@ def test_rename_and_split_ops(tmp_path: Path) -> None:
                                                    "h.0.attn.v_proj.weight"]
 
 
+def test_a_renamed_tensor_goes_on_to_later_ops(tmp_path: Path) -> None:
+    # One transform moves a tower (rename), a later one splits its fused projection: both apply.
+    q, k, v = (torch.randn(4, 6) for _ in range(3))
+    torch.save({"vision.blocks.0.qkv.weight": torch.cat([q, k, v]), "vision.blocks.0.norm.weight": torch.ones(6)},
+               tmp_path / "pytorch_model.bin")
+    ops = [
+        WeightOp("rename", r"vision\.(.*)", (r"model.vision.\1",)),
+        WeightOp("rename", r"(.*)", (r"model.\1",)),  # another rename of the same mapping: not chained
+        WeightOp("split", r"(.*)\.qkv\.weight", (r"\1.q_proj.weight", r"\1.k_proj.weight", r"\1.v_proj.weight")),
+    ]
+
+    report = convert_checkpoint([tmp_path / "pytorch_model.bin"], tmp_path / "out", ops=ops)
+
+    written = read_output(tmp_path / "out")
+    assert sorted(written) == ["model.vision.blocks.0.k_proj.weight", "model.vision.blocks.0.norm.weight",
+                               "model.vision.blocks.0.q_proj.weight", "model.vision.blocks.0.v_proj.weight"]
+    assert bits_equal(written["model.vision.blocks.0.q_proj.weight"], q)
+    assert bits_equal(written["model.vision.blocks.0.v_proj.weight"], v)
+    assert report.renamed["vision.blocks.0.qkv.weight"] == "model.vision.blocks.0.qkv.weight"
+    assert "model.vision.blocks.0.qkv.weight" in report.split
+
+
 def test_split_that_does_not_divide_is_refused(tmp_path: Path) -> None:
     torch.save({"x.qkv.weight": torch.ones(5, 2)}, tmp_path / "w.pt")
     op = WeightOp("split", r"(.*)\.qkv\.weight", (r"\1.q", r"\1.k", r"\1.v"))
