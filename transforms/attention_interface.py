@@ -28,6 +28,7 @@ from transforms.attention_math import (
     find_math,
     has_call,
     is_guard,
+    split_softmax_argument,
 )
 from transforms.base import Transform
 from transforms.cst_utils import (
@@ -114,8 +115,8 @@ class RouteAttention(Transform):
         if init is None or not ("config" in param_names(init) or "self.config" in code_of(init)):
             self.refuse(cls, "attention module has no `config` to read the selected kernel from", name)
             return cls, None
-        body = list(forward.body.body)
         try:
+            body = split_softmax_argument(list(forward.body.body))
             site = self._locate(body, forward, methods, init)
             dropout_code, eager_code = self._eager_function(site)
         except NotUnderstood as exc:
@@ -241,7 +242,7 @@ class RouteAttention(Transform):
         if call is None:
             raise NotUnderstood(forward, f"forward calls the attention helper(s) {sorted(helpers)} in a form not understood")
         helper = methods[chosen]
-        stmts = list(helper.body.body)
+        stmts = split_softmax_argument(list(helper.body.body))
         returned = stmts[-1] if stmts else None
         if not (isinstance(returned, cst.SimpleStatementLine) and isinstance(returned.body[0], cst.Return)):
             raise NotUnderstood(helper, f"{chosen} does not end with `return output, weights`")
