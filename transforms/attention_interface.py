@@ -30,6 +30,7 @@ from transforms.attention_math import (
     is_guard,
     split_softmax_argument,
 )
+from transforms.attention_bias import hoist_position_bias
 from transforms.base import Transform
 from transforms.cst_utils import (
     assigned_names,
@@ -117,6 +118,7 @@ class RouteAttention(Transform):
             return cls, None
         try:
             body = split_softmax_argument(list(forward.body.body))
+            body = hoist_position_bias(body, _head_size_attribute(init))
             site = self._locate(body, forward, methods, init)
             dropout_code, eager_code = self._eager_function(site)
         except NotUnderstood as exc:
@@ -215,7 +217,10 @@ class RouteAttention(Transform):
         # A head mask given to forward reaches the eager function as a keyword; kernels
         # other than eager never applied one (legacy sdpa classes fell back to eager for it).
         extras = {p: p for p in param_names(forward) if "head_mask" in p and p in reads}
-        bias = _additive_bias(stmts, local_math, set(param_names(forward)) - {mask, "self", *extras})
+        # A bias handed to forward, or built in forward before the math (see attention_bias).
+        built = set().union(set(), *(assigned_names(s) for s in body[: math.score_index]))
+        built = {n for n in built - {math.query, math.key, math.value} if "mask" not in n}
+        bias = _additive_bias(stmts, local_math, (set(param_names(forward)) | built) - {mask, "self", *extras})
         if bias is not None:
             renames[bias] = "position_bias"
         return Site(

@@ -169,11 +169,12 @@ def find_math(stmts: list[cst.BaseStatement], head_size_attr: str | None) -> Mat
 
 
 def split_softmax_argument(stmts: list[cst.BaseStatement]) -> list[cst.BaseStatement]:
-    """`w = softmax(s + bias, -1)` -> `s = s + bias` and `w = softmax(s, -1)`.
+    """`w = softmax(s * c + bias, -1)` -> `s = s * c`, `s = s + bias`, `w = softmax(s, -1)`.
 
     The scores are the name in the expression that a q @ k^T product assigned earlier, or,
-    for `softmax(q @ k.T * c)`, the softmax target itself; the split lets the usual analysis
-    see the rescale or bias as its own statement. Rebinding the scores is only safe when
+    for `softmax(q @ k.T * c)`, the softmax target itself, first assigned the product. Each
+    rescale and each added term gets its own statement, so the usual analysis folds the
+    scale into `scaling` and sees a bias or a mask. Rebinding the scores is only safe when
     nothing reads them after the softmax; otherwise the port stops here."""
     index = next((i for i, s in enumerate(stmts) if has_call(s, SOFTMAX)), None)
     assign = single_assign(stmts[index]) if index is not None else None
@@ -193,16 +194,54 @@ def split_softmax_argument(stmts: list[cst.BaseStatement]) -> list[cst.BaseState
         ),
         None,
     )
-    if scores is None and has_product(argument, SCORE_PRODUCTS):
-        scores = assign[0][0].value
+    base: cst.BaseExpression | None = None
     if scores is None:
-        return stmts
+        base = _product_in(argument)
+        if base is None:
+            return stmts
+        scores = assign[0][0].value
     rest = stmt.deep_replace(argument, cst.Name(scores))
     later = set().union(set(), *(names_read(s) for s in stmts[index + 1 :]))
-    if scores != assign[0][0].value and (scores in later or code_of(rest).count(scores) > 1):
+    target = assign[0][0].value
+    if base is None and scores != target and (scores in later or code_of(rest).count(scores) > 1):
         raise NotUnderstood(stmt, f"softmax of an expression whose scores `{scores}` are read again after it")
-    split = parse_stmts(f"{scores} = {code_of(_unwrap(argument))}\n")[0].with_changes(leading_lines=stmt.leading_lines)
-    return [*stmts[:index], split, rest.with_changes(leading_lines=[]), *stmts[index + 1 :]]
+    lines = _score_steps(_unwrap(argument), scores, base)
+    split = parse_stmts("".join(f"{line}\n" for line in lines))
+    split[0] = split[0].with_changes(leading_lines=stmt.leading_lines)
+    return [*stmts[:index], *split, rest.with_changes(leading_lines=[]), *stmts[index + 1 :]]
+
+
+def _product_in(node: cst.BaseExpression) -> cst.BaseExpression | None:
+    """The q @ k^T product inside an expression (`q @ k.T * c + m` -> `q @ k.T`)."""
+    for sub in walk(node):
+        is_call = isinstance(sub, cst.Call) and last_part(call_name(sub)) in SCORE_PRODUCTS
+        if is_call or isinstance(sub, cst.BinaryOperation) and isinstance(sub.operator, cst.MatrixMultiply):
+            return sub
+    return None
+
+
+def _score_steps(expr: cst.BaseExpression, scores: str, base: cst.BaseExpression | None) -> list[str]:
+    """One statement per rescale or added term of `expr`, applied to `scores` in order."""
+    expr = _unwrap(expr)
+    if base is not None and expr.deep_equals(_unwrap(base)):
+        return [f"{scores} = {code_of(expr)}"]
+    if base is None and dotted(expr) == scores:
+        return []
+    if isinstance(expr, cst.BinaryOperation):
+        left, right = _unwrap(expr.left), _unwrap(expr.right)
+        holds = [_holds_scores(side, scores, base) for side in (left, right)]
+        operator = {cst.Add: "+", cst.Subtract: "-", cst.Multiply: "*", cst.Divide: "/"}.get(type(expr.operator))
+        if operator and holds == [True, False]:
+            return [*_score_steps(left, scores, base), f"{scores} = {scores} {operator} {code_of(expr.right)}"]
+        if operator in ("+", "*") and holds == [False, True]:
+            return [*_score_steps(right, scores, base), f"{scores} = {scores} {operator} {code_of(expr.left)}"]
+    return [f"{scores} = {code_of(expr)}"]
+
+
+def _holds_scores(node: cst.BaseExpression, scores: str, base: cst.BaseExpression | None) -> bool:
+    if base is not None:
+        return any(sub.deep_equals(base) for sub in walk(node))
+    return scores in names_read(node)
 
 
 def clean_math(stmts: list[cst.BaseStatement], math: Math) -> list[cst.BaseStatement]:
