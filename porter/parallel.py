@@ -534,6 +534,7 @@ def infer_plans(analysis: RepoAnalysis, styles: set[str] | None = None, conv1d_a
     plans.owners = {p: projection.owner for p, projection in projections.items()}
     plans.conv1d = {p: projection.owner for p, projection in projections.items() if projection.kind == CONV1D}
     _assign_styles(plans, projections, edges, styles, conv1d_as_linear)
+    _keep_heads_whole(plans, projections, analysis)
     _find_experts(plans, analysis, tree, base)
     plans.pp_plan = _pp_plan(plans, analysis, tree, base)
     return plans
@@ -615,6 +616,26 @@ def _assign_styles(plans: ParallelPlans, projections: dict[str, Projection], edg
         plans.problems.append(f"styles {unknown} are not registered by the installed transformers")
     order = list(projections)  # module-tree order reads best in the config
     plans.tp_plan = dict(sorted(plans.tp_plan.items(), key=lambda item: order.index(item[0])))
+
+
+def _keep_heads_whole(plans: ParallelPlans, projections: dict[str, Projection], analysis: RepoAnalysis) -> None:
+    """An attention module that owns an embedding table (T5-style relative position buckets,
+    one column per head) builds a bias over every head; splitting its projections by heads
+    would leave the bias whole, so they stay replicated."""
+    owners = {
+        name for name in analysis.attention
+        if any(last_part(call_name(c)) == "Embedding" for c in walk(analysis.classes[name].node) if isinstance(c, cst.Call))
+    }
+    held = {p for p, projection in projections.items() if projection.owner in owners}
+    if not held:
+        return
+    why = "its attention module builds a per-head position bias from its own embedding table"
+    for path in sorted(held):
+        if plans.tp_plan.get(path) not in (None, REPLICATE) or path not in plans.replicated:
+            plans.replicated[path] = why
+            plans.tp_plan[path] = REPLICATE
+            plans.notes.append(f"{path}: replicated ({why})")
+    plans.pairs = [(group, consumer) for group, consumer in plans.pairs if consumer not in held]
 
 
 def _find_experts(plans: ParallelPlans, analysis: RepoAnalysis, tree: ModuleTree, base: str) -> None:
