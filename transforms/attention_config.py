@@ -51,12 +51,12 @@ class ThreadAttentionConfig(Transform):
         targets = needing | carriers
         new_body = []
         for stmt in tree.body:
-            if isinstance(stmt, cst.ClassDef) and analysis.classes.get(stmt.name.value, None) is not None:
-                name = stmt.name.value
-                if analysis.classes[name].file == self.filename:
-                    if name in targets:
-                        stmt = self._accept_config(stmt, store=name in needing)
-                    stmt = self._pass_config(stmt, targets)
+            if isinstance(stmt, cst.ClassDef) and stmt.name.value in analysis.classes:
+                if stmt.name.value in targets and analysis.classes[stmt.name.value].file == self.filename:
+                    stmt = self._accept_config(stmt, store=stmt.name.value in needing)
+                stmt = stmt.with_changes(body=stmt.body.with_changes(body=self._pass_config(stmt.body.body, targets, stmt.name.value)))
+            elif isinstance(stmt, cst.FunctionDef):
+                stmt = self._pass_config([stmt], targets, None)[0]
             new_body.append(stmt)
         return tree.with_changes(body=new_body)
 
@@ -71,27 +71,30 @@ class ThreadAttentionConfig(Transform):
         self.record(init, f"{cls.name.value}.__init__ takes the model's config and {what}")
         return cls.deep_replace(init, new_init)
 
-    def _pass_config(self, cls: cst.ClassDef, targets: set[str]) -> cst.ClassDef:
-        for method in cls.body.body:
-            if not isinstance(method, cst.FunctionDef):
-                continue
-            calls = [c for c in walk(method) if isinstance(c, cst.Call) and last_part(dotted(c.func)) in targets]
+    def _pass_config(self, members, targets: set[str], owner: str | None) -> list:
+        """Functions among `members` that build a target pass it their `config`; one with none
+        to give is refused."""
+        new_members = []
+        for function in members:
+            calls = [c for c in walk(function) if isinstance(c, cst.Call) and last_part(dotted(c.func)) in targets]
             calls = [c for c in calls if not any(a.keyword and a.keyword.value == PARAM for a in c.args)]
-            if not calls:
+            if not isinstance(function, cst.FunctionDef) or not calls:
+                new_members.append(function)
                 continue
-            if PARAM not in param_names(method):
-                built = last_part(dotted(calls[0].func))
+            where = f"{owner}.{function.name.value}" if owner else function.name.value
+            built = ", ".join(sorted({last_part(dotted(c.func)) for c in calls}))
+            if PARAM not in param_names(function):
                 self.refuse(
                     calls[0],
-                    f"{built} is built without a config and `{cls.name.value}.{method.name.value}` has no `config` "
-                    "to give it: the attention interface reads `self.config._attn_implementation`",
-                    cls.name.value,
+                    f"{built} is built without a config and `{where}` has no `config` to give it: "
+                    "the attention interface reads `self.config._attn_implementation`",
+                    owner or function.name.value,
                 )
+                new_members.append(function)
                 continue
-            built = sorted({last_part(dotted(c.func)) for c in calls})
-            self.record(calls[0], f"{cls.name.value}.{method.name.value} gives {', '.join(built)} the config")
-            cls = cls.deep_replace(method, method.visit(_PassConfig(targets)))
-        return cls
+            self.record(calls[0], f"{where} gives {built} the config")
+            new_members.append(function.visit(_PassConfig(targets)))
+        return new_members
 
 
 class _PassConfig(cst.CSTTransformer):

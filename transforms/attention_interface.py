@@ -28,6 +28,7 @@ from transforms.attention_math import (
     find_math,
     has_call,
     is_guard,
+    split_output_product,
     split_softmax_argument,
 )
 from transforms.attention_bias import hoist_position_bias
@@ -117,7 +118,7 @@ class RouteAttention(Transform):
             self.refuse(cls, "attention module has no `config` to read the selected kernel from", name)
             return cls, None
         try:
-            body = split_softmax_argument(list(forward.body.body))
+            body = split_output_product(split_softmax_argument(list(forward.body.body)))
             body = hoist_position_bias(body, _head_size_attribute(init))
             site = self._locate(body, forward, methods, init)
             dropout_code, eager_code = self._eager_function(site)
@@ -247,7 +248,7 @@ class RouteAttention(Transform):
         if call is None:
             raise NotUnderstood(forward, f"forward calls the attention helper(s) {sorted(helpers)} in a form not understood")
         helper = methods[chosen]
-        stmts = split_softmax_argument(list(helper.body.body))
+        stmts = split_output_product(split_softmax_argument(list(helper.body.body)))
         returned = stmts[-1] if stmts else None
         if not (isinstance(returned, cst.SimpleStatementLine) and isinstance(returned.body[0], cst.Return)):
             raise NotUnderstood(helper, f"{chosen} does not end with `return output, weights`")

@@ -211,6 +211,38 @@ def split_softmax_argument(stmts: list[cst.BaseStatement]) -> list[cst.BaseState
     return [*stmts[:index], *split, rest.with_changes(leading_lines=[]), *stmts[index + 1 :]]
 
 
+def split_output_product(stmts: list[cst.BaseStatement]) -> list[cst.BaseStatement]:
+    """`o = torch.matmul(p, v).transpose(1, 2).reshape(...)` -> `o = torch.matmul(p, v)` and
+    `o = o.transpose(1, 2).reshape(...)`: the product of the probabilities with the values
+    gets its own statement, and what restores the heads stays in forward."""
+    index = next((i for i, s in enumerate(stmts) if has_call(s, SOFTMAX)), None)
+    assign = single_assign(stmts[index]) if index is not None else None
+    if assign is None or not isinstance(assign[0][0], cst.Name):
+        return stmts
+    weights = assign[0][0].value
+    for i in range(index + 1, len(stmts)):
+        out = single_assign(stmts[i])
+        if out is None or not isinstance(out[0][0], cst.Name) or weights not in names_read(stmts[i]):
+            continue
+        receiver = out[1]
+        while isinstance(receiver, cst.Call) and isinstance(receiver.func, cst.Attribute) and not _is_output_product(receiver):
+            receiver = receiver.func.value
+        if receiver is out[1] or not _is_output_product(receiver) or weights not in names_read(receiver):
+            return stmts
+        target = out[0][0].value
+        product = parse_stmts(f"{target} = {code_of(_unwrap(receiver))}\n")[0].with_changes(leading_lines=stmts[i].leading_lines)
+        rest = stmts[i].deep_replace(receiver, cst.Name(target)).with_changes(leading_lines=[])
+        return [*stmts[:i], product, rest, *stmts[i + 1 :]]
+    return stmts
+
+
+def _is_output_product(node: cst.BaseExpression) -> bool:
+    node = _unwrap(node)
+    if isinstance(node, cst.BinaryOperation):
+        return isinstance(node.operator, cst.MatrixMultiply)
+    return isinstance(node, cst.Call) and last_part(call_name(node)) in OUTPUT_PRODUCTS
+
+
 def _product_in(node: cst.BaseExpression) -> cst.BaseExpression | None:
     """The q @ k^T product inside an expression (`q @ k.T * c + m` -> `q @ k.T`)."""
     for sub in walk(node):

@@ -43,6 +43,7 @@ def test_first_run_ports_without_diagnostics_and_compiles(first_run):
     not_needed |= {"attention-layout", "multimodal-config", "multimodal-features", "multimodal-delegation"}
     not_needed |= {"multimodal-processor", "multimodal-split", "conv1d-linear"}
     not_needed.add("attention-selection")  # its config takes no attn_implementation of its own
+    not_needed.add("attention-config")  # its attention modules take the config already
     assert {c.transform for c in state.changes} == {t.name for t in REGISTRY} - not_needed
 
 
