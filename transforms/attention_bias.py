@@ -35,7 +35,7 @@ def hoist_position_bias(stmts: list[cst.BaseStatement], head_attr: str | None) -
     hoisted: list[int] = []
     for index in range(math.score_index + 1, math.softmax_index):
         stmt = stmts[index]
-        written = assigned_names(stmt)
+        written = bound_names(stmt)
         reads = names_read(_without_metadata(stmt, scores))
         if written and not written & (scores | {math.query, math.key, math.value}) and not reads & computed:
             if _feeds_scores(written, stmts[index + 1 : math.softmax_index], scores):
@@ -51,6 +51,11 @@ def hoist_position_bias(stmts: list[cst.BaseStatement], head_attr: str | None) -
     moved[0] = moved[0].with_changes(leading_lines=stmts[at].leading_lines)
     kept[at] = kept[at].with_changes(leading_lines=[])
     return [*kept[:at], *moved, *kept[at:]]
+
+
+def bound_names(stmt: cst.CSTNode) -> set[str]:
+    """Names a statement assigns, in its branches too (`if bias is None: bias = ...`)."""
+    return set().union(set(), *(assigned_names(n) for n in walk(stmt) if isinstance(n, cst.SimpleStatementLine)))
 
 
 def _feeds_scores(written: set[str], later: list[cst.BaseStatement], scores: set[str]) -> bool:

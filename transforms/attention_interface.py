@@ -31,7 +31,7 @@ from transforms.attention_math import (
     split_output_product,
     split_softmax_argument,
 )
-from transforms.attention_bias import hoist_position_bias
+from transforms.attention_bias import bound_names, hoist_position_bias
 from transforms.base import Transform
 from transforms.cst_utils import (
     assigned_names,
@@ -219,7 +219,7 @@ class RouteAttention(Transform):
         # other than eager never applied one (legacy sdpa classes fell back to eager for it).
         extras = {p: p for p in param_names(forward) if "head_mask" in p and p in reads}
         # A bias handed to forward, or built in forward before the math (see attention_bias).
-        built = set().union(set(), *(assigned_names(s) for s in body[: math.score_index]))
+        built = set().union(set(), *(bound_names(s) for s in body[: math.score_index]))
         built = {n for n in built - {math.query, math.key, math.value} if "mask" not in n}
         bias = _additive_bias(stmts, local_math, (set(param_names(forward)) | built) - {mask, "self", *extras})
         if bias is not None:
