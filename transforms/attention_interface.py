@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import libcst as cst
 from libcst.codemod.visitors import AddImportsVisitor
 
+from transforms.attention_bias import bound_names, hoist_position_bias
 from transforms.attention_math import (
     HEAD_SIZE_ATTRIBUTES,
     SOFTMAX,
@@ -31,7 +32,6 @@ from transforms.attention_math import (
     split_output_product,
     split_softmax_argument,
 )
-from transforms.attention_bias import bound_names, hoist_position_bias
 from transforms.base import Transform
 from transforms.cst_utils import (
     assigned_names,
