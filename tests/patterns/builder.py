@@ -6,7 +6,9 @@ tuple caches (`past_key_value[0]`, `present`), a 4-D mask from
 decoder layers that return tuples. The features are the shapes that the in-library corpus
 does not cover: ALiBi, a concatenated `[q|k|v]` projection, multi-query attention by
 broadcasting, parallel attention + MLP blocks, qk-norm, attention-logit softcapping,
-sliding windows and a mixture-of-experts MLP. Weights are deterministic random tensors
+sliding windows, a mixture-of-experts MLP, einsum products with a softmax of an expression,
+an attention module built from plain numbers (no config) and a T5-style relative position
+bias built inside the attention forward. Weights are deterministic random tensors
 (torch only), so a repo builds anywhere; the legacy code itself runs in transformers 4.36.2.
 
     python -m tests.patterns.builder alibi /tmp/alibi_lm     # one shape
