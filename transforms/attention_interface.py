@@ -33,6 +33,7 @@ from transforms.attention_math import (
     split_softmax_argument,
 )
 from transforms.base import Transform
+from transforms.cross_attention import find_cross_attention
 from transforms.cst_utils import (
     assigned_names,
     call_name,
@@ -113,6 +114,10 @@ class RouteAttention(Transform):
             self.state.facts.setdefault("routed", set()).add(name)
             self.state.facts.setdefault(FOUND_ROUTED, set()).add(name)
             return cls, None  # already on the interface
+        cross = find_cross_attention(self.state.analysis, name)
+        if cross is not None:
+            self.refuse(cross.call, cross.message(name), name)
+            return cls, None
         init = methods.get("__init__")
         if init is None or not ("config" in param_names(init) or "self.config" in code_of(init)):
             self.refuse(cls, "attention module has no `config` to read the selected kernel from", name)
