@@ -29,6 +29,7 @@ from transforms.attention_math import (
     find_math,
     has_call,
     is_guard,
+    rescale_factor,
     split_output_product,
     split_softmax_argument,
 )
@@ -136,6 +137,9 @@ class RouteAttention(Transform):
         if site.position_bias:
             # An additive bias reaches sdpa and flex as `position_bias`; flash kernels drop it (B4).
             self.state.facts["additive_bias"] = True
+            if _rescaled_after_bias(site):
+                # Kernels add the bias after `scaling`; here the legacy math scales it too (B4).
+                self.state.facts["bias_rescaled"] = True
         if any(has_call(stmt, {"tanh"}) for stmt in between):
             # Softcapped scores: kernels that take no softcap must not be claimed (B4).
             self.state.facts["softcap"] = True
@@ -504,6 +508,18 @@ def _additive_bias(stmts, math: Math, candidates: set[str]) -> str | None:
                 if found:
                     return found.pop()
     return None
+
+
+def _rescaled_after_bias(site: Site) -> bool:
+    """Whether the scores are rescaled after the position bias is added to them."""
+    bias = next(name for name, renamed in site.renames.items() if renamed == "position_bias")
+    scores = assigned_names(site.math_stmts[site.math.score_index])
+    added = False
+    for stmt in site.math_stmts[site.math.score_index + 1 : site.math.softmax_index]:
+        if added and any(rescale_factor(stmt, name) is not None for name in scores):
+            return True
+        added = added or bias in names_read(stmt)
+    return False
 
 
 def _softcap_code(stmts) -> str | None:

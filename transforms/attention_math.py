@@ -113,7 +113,7 @@ def find_math(stmts: list[cst.BaseStatement], head_size_attr: str | None) -> Mat
     factors = [base_scale] if base_scale != "1.0" else []
     rescale_indices = []
     for i in range(score_index + 1, softmax_index):
-        factor = _rescale_factor(stmts[i], scores)
+        factor = rescale_factor(stmts[i], scores)
         if factor is not None:
             factors.append(factor)
             rescale_indices.append(i)
@@ -425,10 +425,10 @@ def _adds_mask(stmt: cst.CSTNode, scores: str) -> bool:
     return bool(added) and "mask" in added and "head" not in added
 
 
-def _rescale_factor(stmt: cst.CSTNode, scores: str) -> str | None:
+def rescale_factor(stmt: cst.CSTNode, scores: str) -> str | None:
     """`s = s / x` -> "1 / x"; `s = s * x` -> "x"; `if c: s = s / x` -> "(1 / x if c else 1.0)"."""
     if isinstance(stmt, cst.If) and stmt.orelse is None and len(stmt.body.body) == 1:
-        inner = _rescale_factor(stmt.body.body[0], scores)
+        inner = rescale_factor(stmt.body.body[0], scores)
         return f"({inner} if {code_of(stmt.test)} else 1.0)" if inner else None
     if not isinstance(stmt, cst.SimpleStatementLine) or len(stmt.body) != 1:
         return None

@@ -204,3 +204,15 @@ def test_a_bias_built_from_the_scores_values_is_not_moved():
     assert output == legacy
     assert [d.line for d in state.diagnostics] == [36]
     assert "which the interface cannot pass" in state.diagnostics[0].render()
+
+
+def test_a_rescale_after_the_bias_claims_no_kernel():
+    """sdpa and flex add `position_bias` after `scaling`; a legacy rescale after the bias
+    scales the bias as well, so only eager reproduces it."""
+    legacy = LEGACY.replace("        scores += position_bias\n", "        scores += position_bias\n        scores = scores * 0.5\n")
+    output, state = transformed("from transformers import PreTrainedModel\n" + legacy + ROOT, (RouteAttention, DeclareBackends))
+    assert not state.diagnostics
+    assert state.facts["bias_rescaled"] is True
+    assert "    scores = scores * 0.5\n" in output  # kept in the eager math, after the bias
+    assert "    _supports_sdpa = False\n" in output and "    _supports_flash_attn = False\n" in output
+    assert "bias_rescaled" not in transformed(LEGACY, RouteAttention)[1].facts
