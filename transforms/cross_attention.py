@@ -63,10 +63,15 @@ def find_cross_attention(analysis, name: str) -> CrossAttention | None:
     projections = _projections(init)
     inputs = param_names(forward)[2:]  # after self and the hidden states
     for call in walk(forward):
-        if isinstance(call, cst.Call) and is_self_attr(call.func) and call.func.attr.value in projections:
-            read = set().union(set(), *(names_read(a.value) for a in call.args)) & set(inputs)
-            if read:
-                return CrossAttention(sorted(read)[0], call, stacks[0], stacks[1])
+        if not isinstance(call, cst.Call):
+            continue
+        # `self.k_proj(x)`, or a helper handed the projection: `project(x, self.k, ...)` (T5).
+        operands = [call.func, *(a.value for a in call.args)]
+        if not any(is_self_attr(o) and o.attr.value in projections for o in operands):
+            continue
+        read = set().union(set(), *(names_read(a.value) for a in call.args)) & set(inputs)
+        if read:
+            return CrossAttention(sorted(read)[0], call, stacks[0], stacks[1])
     return None
 
 

@@ -105,3 +105,14 @@ def test_a_single_stack_model_whose_attention_could_attend_elsewhere_is_routed()
     output, state = transformed(single, RouteAttention)
     assert not state.diagnostics, [d.render() for d in state.diagnostics]
     assert "ALL_ATTENTION_FUNCTIONS.get_interface(" in output
+
+
+def test_a_projection_handed_to_a_helper_is_followed():
+    """T5 style: `project(hidden_states, self.k, key_value_states)`."""
+    legacy = ENCODER_DECODER.replace(
+        "        k = self.k_proj(key_value_states if key_value_states is not None else hidden_states)\n",
+        "        k = project(hidden_states, self.k_proj, key_value_states)\n",
+    ) + "\n\ndef project(hidden_states, layer, key_value_states):\n    return layer(hidden_states if key_value_states is None else key_value_states)\n"
+    _, state = transformed(legacy, RouteAttention)
+    assert [(d.line, d.symbol) for d in state.diagnostics] == [(20, "Seq2SeqAttention")]
+    assert "projects keys and values from `key_value_states`" in state.diagnostics[0].message
