@@ -9,8 +9,8 @@ refused with the input it projects keys and values from and the two stacks that 
 model is an encoder-decoder.
 
 Recognised by data flow, not by name: an attention module whose forward passes a parameter
-other than its first input to one of its own linear projections, in a repo where a
-pretrained class holds two children that each own a layer list.
+other than its first input to one of its own linear projections (or hands both to a
+helper), in a repo where a pretrained class holds two children that each own a layer list.
 """
 
 from __future__ import annotations
