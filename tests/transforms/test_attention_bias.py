@@ -216,3 +216,22 @@ def test_a_rescale_after_the_bias_claims_no_kernel():
     assert "    scores = scores * 0.5\n" in output  # kept in the eager math, after the bias
     assert "    _supports_sdpa = False\n" in output and "    _supports_flash_attn = False\n" in output
     assert "bias_rescaled" not in transformed(LEGACY, RouteAttention)[1].facts
+
+
+def test_a_per_head_bias_table_keeps_its_attention_projections_whole():
+    """Split by heads, a rank would hold half the heads and the whole `[1, heads, q, k]` bias."""
+    import libcst as cst
+
+    from porter.analysis import analyse
+    from porter.parallel import infer_plans
+    from tests.patterns.builder import CONFIGURATION, modeling_code
+    from tests.patterns.builder import SHAPES as PATTERN_SHAPES
+
+    def plan(shape):
+        files = {"modeling_pattern_lm.py": modeling_code(shape), "configuration_pattern_lm.py": CONFIGURATION}
+        return infer_plans(analyse({n: cst.parse_module(t) for n, t in files.items()})).tp_plan
+
+    with_table, without = plan(PATTERN_SHAPES["relative_bias"]), plan(PATTERN_SHAPES["einsum"])
+    assert {with_table[f"layers.*.self_attn.{p}_proj"] for p in "qkvo"} == {"replicate"}
+    assert with_table["layers.*.mlp.down_proj"] == "rowwise"
+    assert without["layers.*.self_attn.q_proj"] == "colwise" and without["layers.*.self_attn.o_proj"] == "rowwise"
