@@ -567,6 +567,7 @@ def infer_plans(analysis: RepoAnalysis, styles: set[str] | None = None, conv1d_a
     plans.owners = {p: projection.owner for p, projection in projections.items()}
     plans.conv1d = {p: projection.owner for p, projection in projections.items() if projection.kind == CONV1D}
     _assign_styles(plans, projections, edges, styles, conv1d_as_linear)
+    _keep_heads_whole(plans, projections, analysis)
     _find_experts(plans, analysis, tree, base, flow.edges if flow else set())
     plans.pp_plan = _pp_plan(plans, analysis, tree, base)
     return plans
@@ -648,6 +649,30 @@ def _assign_styles(plans: ParallelPlans, projections: dict[str, Projection], edg
         plans.problems.append(f"styles {unknown} are not registered by the installed transformers")
     order = list(projections)  # module-tree order reads best in the config
     plans.tp_plan = dict(sorted(plans.tp_plan.items(), key=lambda item: order.index(item[0])))
+
+
+def _keep_heads_whole(plans: ParallelPlans, projections: dict[str, Projection], analysis: RepoAnalysis) -> None:
+    """An attention module that owns an embedding table (T5-style relative position buckets,
+    one column per head) builds a bias over every head; splitting its projections by heads
+    would leave the bias whole, so they stay replicated."""
+    owners = {name for name in analysis.attention if any(_is_head_table(c) for c in walk(analysis.classes[name].node))}
+    held = {p for p, projection in projections.items() if projection.owner in owners}
+    if not held:
+        return
+    why = "its attention module builds a per-head position bias from its own embedding table"
+    for path in sorted(held - set(plans.replicated)):
+        plans.replicated[path] = why
+        plans.tp_plan[path] = REPLICATE
+        plans.notes.append(f"{path}: replicated ({why})")
+    plans.pairs = [(group, consumer) for group, consumer in plans.pairs if consumer not in held]
+
+
+def _is_head_table(node: cst.CSTNode) -> bool:
+    """`nn.Embedding(buckets, self.num_heads)`: one column per head (not per head dimension)."""
+    if not (isinstance(node, cst.Call) and last_part(call_name(node)) == "Embedding" and len(node.args) >= 2):
+        return False
+    width = (dotted(node.args[1].value) or "").lower()
+    return "head" in last_part(width) and not any(word in last_part(width) for word in ("size", "dim"))
 
 
 def _find_experts(plans: ParallelPlans, analysis: RepoAnalysis, tree: ModuleTree, base: str, edges) -> None:

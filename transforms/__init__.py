@@ -5,6 +5,7 @@ inferred from the routed code's structure, and the reshapes they shard made head
 after everything that changes attention."""
 
 from transforms.attention_classes import CollapseBackendClasses
+from transforms.attention_config import ThreadAttentionConfig
 from transforms.attention_interface import RouteAttention
 from transforms.attention_layout import UnflattenHeads
 from transforms.attention_selection import AttentionSelection
@@ -41,6 +42,7 @@ from transforms.tuple_cache import CacheObjects
 REGISTRY: tuple[type[Transform], ...] = (
     CollapseBackendClasses,
     ThreadLayerIndex,
+    ThreadAttentionConfig,
     CacheObjects,
     UnflattenHeads,
     RouteAttention,

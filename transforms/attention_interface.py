@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import libcst as cst
 from libcst.codemod.visitors import AddImportsVisitor
 
+from transforms.attention_bias import bound_names, hoist_position_bias
 from transforms.attention_math import (
     HEAD_SIZE_ATTRIBUTES,
     SOFTMAX,
@@ -28,8 +29,12 @@ from transforms.attention_math import (
     find_math,
     has_call,
     is_guard,
+    rescale_factor,
+    split_output_product,
+    split_softmax_argument,
 )
 from transforms.base import Transform
+from transforms.cross_attention import find_cross_attention
 from transforms.cst_utils import (
     assigned_names,
     call_name,
@@ -111,12 +116,17 @@ class RouteAttention(Transform):
             self.state.facts.setdefault("routed", set()).add(name)
             self.state.facts.setdefault(FOUND_ROUTED, set()).add(name)
             return cls, None  # already on the interface
+        cross = find_cross_attention(self.state.analysis, name)
+        if cross is not None:
+            self.refuse(cross.call, cross.message(name), name)
+            return cls, None
         init = methods.get("__init__")
         if init is None or not ("config" in param_names(init) or "self.config" in code_of(init)):
             self.refuse(cls, "attention module has no `config` to read the selected kernel from", name)
             return cls, None
-        body = list(forward.body.body)
         try:
+            body = split_output_product(split_softmax_argument(list(forward.body.body)))
+            body = hoist_position_bias(body, _head_size_attribute(init))
             site = self._locate(body, forward, methods, init)
             dropout_code, eager_code = self._eager_function(site)
         except NotUnderstood as exc:
@@ -128,6 +138,9 @@ class RouteAttention(Transform):
         if site.position_bias:
             # An additive bias reaches sdpa and flex as `position_bias`; flash kernels drop it (B4).
             self.state.facts["additive_bias"] = True
+            if _rescaled_after_bias(site):
+                # Kernels add the bias after `scaling`; here the legacy math scales it too (B4).
+                self.state.facts["bias_rescaled"] = True
         if any(has_call(stmt, {"tanh"}) for stmt in between):
             # Softcapped scores: kernels that take no softcap must not be claimed (B4).
             self.state.facts["softcap"] = True
@@ -215,7 +228,10 @@ class RouteAttention(Transform):
         # A head mask given to forward reaches the eager function as a keyword; kernels
         # other than eager never applied one (legacy sdpa classes fell back to eager for it).
         extras = {p: p for p in param_names(forward) if "head_mask" in p and p in reads}
-        bias = _additive_bias(stmts, local_math, set(param_names(forward)) - {mask, "self", *extras})
+        # A bias handed to forward, or built in forward before the math (see attention_bias).
+        built = set().union(set(), *(bound_names(s) for s in body[: math.score_index]))
+        built = {n for n in built - {math.query, math.key, math.value} if "mask" not in n}
+        bias = _additive_bias(stmts, local_math, (set(param_names(forward)) | built) - {mask, "self", *extras})
         if bias is not None:
             renames[bias] = "position_bias"
         return Site(
@@ -242,7 +258,7 @@ class RouteAttention(Transform):
         if call is None:
             raise NotUnderstood(forward, f"forward calls the attention helper(s) {sorted(helpers)} in a form not understood")
         helper = methods[chosen]
-        stmts = list(helper.body.body)
+        stmts = split_output_product(split_softmax_argument(list(helper.body.body)))
         returned = stmts[-1] if stmts else None
         if not (isinstance(returned, cst.SimpleStatementLine) and isinstance(returned.body[0], cst.Return)):
             raise NotUnderstood(helper, f"{chosen} does not end with `return output, weights`")
@@ -494,6 +510,18 @@ def _additive_bias(stmts, math: Math, candidates: set[str]) -> str | None:
                 if found:
                     return found.pop()
     return None
+
+
+def _rescaled_after_bias(site: Site) -> bool:
+    """Whether the scores are rescaled after the position bias is added to them."""
+    bias = next(name for name, renamed in site.renames.items() if renamed == "position_bias")
+    scores = assigned_names(site.math_stmts[site.math.score_index])
+    added = False
+    for stmt in site.math_stmts[site.math.score_index + 1 : site.math.softmax_index]:
+        if added and any(rescale_factor(stmt, name) is not None for name in scores):
+            return True
+        added = added or bias in names_read(stmt)
+    return False
 
 
 def _softcap_code(stmts) -> str | None:

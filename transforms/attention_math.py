@@ -9,6 +9,11 @@ the values. Cleaning prepares it for `eager_attention_forward`:
 - a causal-mask buffer (`torch.where(self.bias[...], scores, min)`) is dropped: the mask
   from `masking_utils` already holds causality, and adding both would overflow to -inf;
 - shape guards (`if ...: raise`) are dropped: they check locals the function lacks.
+
+Scores may come from `torch.einsum` when its subscripts take q, k and v as
+`[batch, heads, seq, head_dim]` (`"bhqd,bhkd->bhqk"`, `"...id,...jd->...ij"`); a softmax of an
+expression (`softmax(s + bias)`, `(s / t).softmax(-1)`) is first split so that the scores
+get their own statement (`split_softmax_argument`).
 """
 
 from __future__ import annotations
@@ -27,12 +32,17 @@ from transforms.cst_utils import (
     names_loaded,
     names_read,
     parse_expr,
+    parse_stmts,
     single_assign,
     walk,
 )
 
 SOFTMAX = {"softmax", ".softmax"}
-SCORE_PRODUCTS = {"matmul", "bmm", "baddbmm"}
+SCORE_PRODUCTS = {"matmul", "bmm", "baddbmm", "einsum"}
+OUTPUT_PRODUCTS = {"matmul", ".matmul", "bmm", "einsum"}
+# Calls on the softmax input that only change its dtype: they stay in the softmax statement.
+SOFTMAX_OWNERS = {"torch", "F", "functional", "nn", "special"}  # `F.softmax(x)`, not the method `x.softmax()`
+DTYPE_CASTS = {"float", "double", "half", "to", "type", "type_as"}
 HEAD_SIZE_ATTRIBUTES = ("head_dim", "head_size", "attention_head_size", "attn_head_size")
 
 
@@ -103,13 +113,14 @@ def find_math(stmts: list[cst.BaseStatement], head_size_attr: str | None) -> Mat
     factors = [base_scale] if base_scale != "1.0" else []
     rescale_indices = []
     for i in range(score_index + 1, softmax_index):
-        factor = _rescale_factor(stmts[i], scores)
+        factor = rescale_factor(stmts[i], scores)
         if factor is not None:
             factors.append(factor)
             rescale_indices.append(i)
-        elif _writes(stmts[i], scores):
-            # Anything else that changes the scores (a tanh cap, a bias, a mask) ends the
-            # rescales that fold into `scaling`: a factor after it does not commute with it.
+        elif _writes(stmts[i], scores) and not _adds_mask(stmts[i], scores):
+            # Anything else that changes the scores (a tanh cap, a bias) ends the rescales
+            # that fold into `scaling`: a factor after it does not commute with it. A mask
+            # does: its blocked entries stay far below every score once rescaled.
             break
     factors = [_head_size_as_attribute(f, {query, key}, head_size_attr, stmts[score_index]) for f in factors]
     for factor in factors:
@@ -123,7 +134,7 @@ def find_math(stmts: list[cst.BaseStatement], head_size_attr: str | None) -> Mat
         (
             i
             for i in range(softmax_index + 1, len(stmts))
-            if has_product(stmts[i], {"matmul", ".matmul", "bmm"}) and weights in names_read(stmts[i])
+            if has_product(stmts[i], OUTPUT_PRODUCTS) and weights in names_read(stmts[i])
         ),
         None,
     )
@@ -133,6 +144,8 @@ def find_math(stmts: list[cst.BaseStatement], head_size_attr: str | None) -> Mat
     out_call = _unwrap(out_assign[1]) if out_assign else None
     if isinstance(out_call, cst.BinaryOperation) and isinstance(out_call.operator, cst.MatrixMultiply):
         value = dotted(out_call.right)
+    elif isinstance(out_call, cst.Call) and last_part(call_name(out_call)) == "einsum":
+        value = dotted(_einsum_operands(out_call, stmts[output_index], "probs")[1])
     elif isinstance(out_call, cst.Call) and len(out_call.args) == 2:
         value = dotted(out_call.args[1].value)
     else:
@@ -155,6 +168,114 @@ def find_math(stmts: list[cst.BaseStatement], head_size_attr: str | None) -> Mat
     )
 
 
+def split_softmax_argument(stmts: list[cst.BaseStatement]) -> list[cst.BaseStatement]:
+    """`w = softmax(s * c + bias, -1)` -> `s = s * c`, `s = s + bias`, `w = softmax(s, -1)`.
+
+    The scores are the name in the expression that a q @ k^T product assigned earlier, or,
+    for `softmax(q @ k.T * c)`, the softmax target itself, first assigned the product. Each
+    rescale and each added term gets its own statement, so the usual analysis folds the
+    scale into `scaling` and sees a bias or a mask. Rebinding the scores is only safe when
+    nothing reads them after the softmax; otherwise the port stops here."""
+    index = next((i for i, s in enumerate(stmts) if has_call(s, SOFTMAX)), None)
+    assign = single_assign(stmts[index]) if index is not None else None
+    if assign is None or not isinstance(assign[0][0], cst.Name):
+        return stmts
+    stmt = stmts[index]
+    call = next(c for c in walk(stmt) if isinstance(c, cst.Call) and last_part(call_name(c)) in SOFTMAX)
+    argument = _without_casts(_softmax_argument(call))
+    if argument is None or dotted(argument):
+        return stmts
+    scores = next(
+        (
+            name
+            for i in range(index - 1, -1, -1)
+            for name in sorted(assigned_names(stmts[i]) & names_read(argument))
+            if has_product(stmts[i], SCORE_PRODUCTS)
+        ),
+        None,
+    )
+    base: cst.BaseExpression | None = None
+    if scores is None:
+        base = _product_in(argument)
+        if base is None:
+            return stmts
+        scores = assign[0][0].value
+    rest = stmt.deep_replace(argument, cst.Name(scores))
+    later = set().union(set(), *(names_read(s) for s in stmts[index + 1 :]))
+    target = assign[0][0].value
+    if base is None and scores != target and (scores in later or code_of(rest).count(scores) > 1):
+        raise NotUnderstood(stmt, f"softmax of an expression whose scores `{scores}` are read again after it")
+    lines = _score_steps(_unwrap(argument), scores, base)
+    split = parse_stmts("".join(f"{line}\n" for line in lines))
+    split[0] = split[0].with_changes(leading_lines=stmt.leading_lines)
+    return [*stmts[:index], *split, rest.with_changes(leading_lines=[]), *stmts[index + 1 :]]
+
+
+def split_output_product(stmts: list[cst.BaseStatement]) -> list[cst.BaseStatement]:
+    """`o = torch.matmul(p, v).transpose(1, 2).reshape(...)` -> `o = torch.matmul(p, v)` and
+    `o = o.transpose(1, 2).reshape(...)`: the product of the probabilities with the values
+    gets its own statement, and what restores the heads stays in forward."""
+    index = next((i for i, s in enumerate(stmts) if has_call(s, SOFTMAX)), None)
+    assign = single_assign(stmts[index]) if index is not None else None
+    if assign is None or not isinstance(assign[0][0], cst.Name):
+        return stmts
+    weights = assign[0][0].value
+    for i in range(index + 1, len(stmts)):
+        out = single_assign(stmts[i])
+        if out is None or not isinstance(out[0][0], cst.Name) or weights not in names_read(stmts[i]):
+            continue
+        receiver = out[1]
+        while isinstance(receiver, cst.Call) and isinstance(receiver.func, cst.Attribute) and not _is_output_product(receiver):
+            receiver = receiver.func.value
+        if receiver is out[1] or not _is_output_product(receiver) or weights not in names_read(receiver):
+            return stmts
+        target = out[0][0].value
+        product = parse_stmts(f"{target} = {code_of(_unwrap(receiver))}\n")[0].with_changes(leading_lines=stmts[i].leading_lines)
+        rest = stmts[i].deep_replace(receiver, cst.Name(target)).with_changes(leading_lines=[])
+        return [*stmts[:i], product, rest, *stmts[i + 1 :]]
+    return stmts
+
+
+def _is_output_product(node: cst.BaseExpression) -> bool:
+    node = _unwrap(node)
+    if isinstance(node, cst.BinaryOperation):
+        return isinstance(node.operator, cst.MatrixMultiply)
+    return isinstance(node, cst.Call) and last_part(call_name(node)) in OUTPUT_PRODUCTS
+
+
+def _product_in(node: cst.BaseExpression) -> cst.BaseExpression | None:
+    """The q @ k^T product inside an expression (`q @ k.T * c + m` -> `q @ k.T`)."""
+    for sub in walk(node):
+        is_call = isinstance(sub, cst.Call) and last_part(call_name(sub)) in SCORE_PRODUCTS
+        if is_call or isinstance(sub, cst.BinaryOperation) and isinstance(sub.operator, cst.MatrixMultiply):
+            return sub
+    return None
+
+
+def _score_steps(expr: cst.BaseExpression, scores: str, base: cst.BaseExpression | None) -> list[str]:
+    """One statement per rescale or added term of `expr`, applied to `scores` in order."""
+    expr = _unwrap(expr)
+    if base is not None and expr.deep_equals(_unwrap(base)):
+        return [f"{scores} = {code_of(expr)}"]
+    if base is None and dotted(expr) == scores:
+        return []
+    if isinstance(expr, cst.BinaryOperation):
+        left, right = _unwrap(expr.left), _unwrap(expr.right)
+        holds = [_holds_scores(side, scores, base) for side in (left, right)]
+        operator = {cst.Add: "+", cst.Subtract: "-", cst.Multiply: "*", cst.Divide: "/"}.get(type(expr.operator))
+        if operator and holds == [True, False]:
+            return [*_score_steps(left, scores, base), f"{scores} = {scores} {operator} {code_of(expr.right)}"]
+        if operator in ("+", "*") and holds == [False, True]:
+            return [*_score_steps(right, scores, base), f"{scores} = {scores} {operator} {code_of(expr.left)}"]
+    return [f"{scores} = {code_of(expr)}"]
+
+
+def _holds_scores(node: cst.BaseExpression, scores: str, base: cst.BaseExpression | None) -> bool:
+    if base is not None:
+        return any(sub.deep_equals(base) for sub in walk(node))
+    return scores in names_read(node)
+
+
 def clean_math(stmts: list[cst.BaseStatement], math: Math) -> list[cst.BaseStatement]:
     """The statements as the eager function runs them (scale folded, buffer and guards gone)."""
     kept = []
@@ -169,10 +290,23 @@ def clean_math(stmts: list[cst.BaseStatement], math: Math) -> list[cst.BaseState
 
 
 # -- scores ---------------------------------------------------------------------------------
+def _softmax_argument(call: cst.Call) -> cst.BaseExpression | None:
+    """What the softmax normalises: `softmax(x, ...)` or `x.softmax(...)`."""
+    owner = dotted(call.func.value) if isinstance(call.func, cst.Attribute) else None
+    if isinstance(call.func, cst.Attribute) and last_part(owner) not in SOFTMAX_OWNERS:
+        return call.func.value
+    return call.args[0].value if call.args else None
+
+
+def _without_casts(node: cst.BaseExpression | None) -> cst.BaseExpression | None:
+    """`s.float()` / `s.to(torch.float32)` -> `s`: a cast of the scores, not another tensor."""
+    while isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute) and node.func.attr.value in DTYPE_CASTS:
+        node = node.func.value
+    return node
+
+
 def _softmax_input(call: cst.Call) -> str | None:
-    if call_name(call) == ".softmax" or (isinstance(call.func, cst.Attribute) and call.func.attr.value == "softmax" and not call.args):
-        return dotted(call.func.value)
-    return dotted(call.args[0].value) if call.args else None
+    return dotted(_without_casts(_softmax_argument(call)))
 
 
 def _score_product(assign, stmt) -> tuple[cst.Call, str]:
@@ -188,7 +322,7 @@ def _score_product(assign, stmt) -> tuple[cst.Call, str]:
         if beta is not None and code_of(beta.value) not in ("1.0", "1", "0", "0.0"):
             raise NotUnderstood(stmt, "baddbmm with a beta other than 0 or 1")
         return value, code_of(alpha.value) if alpha else "1.0"
-    if isinstance(value, cst.Call) and last_part(call_name(value)) in ("matmul", "bmm"):
+    if isinstance(value, cst.Call) and last_part(call_name(value)) in ("matmul", "bmm", "einsum"):
         return value, "1.0"
     left = _unwrap(value.left) if isinstance(value, cst.BinaryOperation) else None
     is_product = isinstance(left, cst.Call) or (
@@ -207,6 +341,11 @@ def _query_and_key(product: cst.BaseExpression, stmt) -> tuple[str, str]:
         positional = [product.left, product.right]
     else:
         positional = [a.value for a in product.args if a.keyword is None]
+    if isinstance(product, cst.Call) and last_part(call_name(product)) == "einsum":
+        query, key = (dotted(op) for op in _einsum_operands(product, stmt, "scores"))
+        if not query or not key or "." in query or "." in key:
+            raise NotUnderstood(stmt, "q and k in the einsum are not plain variables")
+        return query, key
     if isinstance(product, cst.Call) and last_part(call_name(product)) == "baddbmm":
         positional = positional[1:]
     if len(positional) < 2:
@@ -220,6 +359,46 @@ def _query_and_key(product: cst.BaseExpression, stmt) -> tuple[str, str]:
     return query, key
 
 
+def _einsum_operands(call: cst.Call, stmt, role: str) -> tuple[cst.BaseExpression, cst.BaseExpression]:
+    """The two operands of an attention einsum, once its subscripts are checked.
+
+    `role` "scores": `<P>qd,<P>kd-><P>qk`; "probs": `<P>qk,<P>kd-><P>qd`, where <P> is the
+    same batch and heads prefix (two letters or `...`) on every operand: q, k and v are then
+    `[batch, heads, seq, head_dim]`, the layout the interface takes. Any other layout (heads
+    after the sequence, three-dimensional operands) is refused rather than guessed."""
+    args = [a.value for a in call.args if a.keyword is None]
+    spec = args[0].evaluated_value if args and isinstance(args[0], cst.SimpleString) else None
+    expected = "bhqd,bhkd->bhqk" if role == "scores" else "bhqk,bhkd->bhqd"
+    if not isinstance(spec, str) or len(args) != 3 or not _einsum_matches(spec.replace(" ", ""), role):
+        raise NotUnderstood(
+            stmt, f"einsum {spec!r} is not the attention product the interface takes (expected the form {expected!r})"
+        )
+    return args[1], args[2]
+
+
+def _einsum_matches(spec: str, role: str) -> bool:
+    if "->" not in spec or spec.count(",") != 1:
+        return False
+    inputs, output = spec.split("->")
+    first, second = inputs.split(",")
+    parts = [first, second, output]
+    if all(p.startswith("...") for p in parts):
+        prefixes, tails = ["..."], [p[3:] for p in parts]
+    elif all(len(p) == 4 and p.isalpha() for p in parts):
+        prefixes, tails = {p[:2] for p in parts}, [p[2:] for p in parts]
+        if len(prefixes) != 1 or len(set(next(iter(prefixes)))) != 2:
+            return False
+    else:
+        return False
+    prefix = next(iter(prefixes))
+    if any(len(t) != 2 for t in tails) or set("".join(tails)) & set(prefix):
+        return False
+    (a, b), (c, d), (e, f) = tails
+    if role == "scores":  # q[i, d] k[j, d] -> s[i, j]
+        return b == d and a != c and (e, f) == (a, c) and b not in (a, c)
+    return b == c and a != b and d not in (a, b) and (e, f) == (a, d)  # p[i, j] v[j, d] -> o[i, d]
+
+
 def _writes(stmt: cst.CSTNode, name: str) -> bool:
     """Whether `stmt` assigns `name` anywhere inside it (branches included)."""
     for node in walk(stmt):
@@ -230,10 +409,26 @@ def _writes(stmt: cst.CSTNode, name: str) -> bool:
     return False
 
 
-def _rescale_factor(stmt: cst.CSTNode, scores: str) -> str | None:
+def _adds_mask(stmt: cst.CSTNode, scores: str) -> bool:
+    """`s = s + mask` or `s += mask`, bare or under `if mask is not None:`."""
+    if isinstance(stmt, cst.If) and stmt.orelse is None and len(stmt.body.body) == 1:
+        stmt = stmt.body.body[0]
+    small = stmt.body[0] if isinstance(stmt, cst.SimpleStatementLine) and len(stmt.body) == 1 else None
+    if isinstance(small, cst.AugAssign) and isinstance(small.operator, cst.AddAssign) and dotted(small.target) == scores:
+        added = dotted(small.value)
+    elif isinstance(small, cst.Assign) and isinstance(small.value, cst.BinaryOperation) and isinstance(small.value.operator, cst.Add):
+        operands = [dotted(small.value.left), dotted(small.value.right)]
+        added = operands[1] if operands[0] == scores else operands[0] if operands[1] == scores else None
+        added = added if dotted(small.targets[0].target) == scores else None
+    else:
+        return False
+    return bool(added) and "mask" in added and "head" not in added
+
+
+def rescale_factor(stmt: cst.CSTNode, scores: str) -> str | None:
     """`s = s / x` -> "1 / x"; `s = s * x` -> "x"; `if c: s = s / x` -> "(1 / x if c else 1.0)"."""
     if isinstance(stmt, cst.If) and stmt.orelse is None and len(stmt.body.body) == 1:
-        inner = _rescale_factor(stmt.body.body[0], scores)
+        inner = rescale_factor(stmt.body.body[0], scores)
         return f"({inner} if {code_of(stmt.test)} else 1.0)" if inner else None
     if not isinstance(stmt, cst.SimpleStatementLine) or len(stmt.body) != 1:
         return None

@@ -18,9 +18,11 @@ LEGACY_FLAGS = {"_supports_flash_attn_2", "_supports_cache_class", "_supports_st
 def supported_backends(facts: dict) -> dict[str, bool]:
     """Which kernels can run the eager math the port produced."""
     bias = bool(facts.get("additive_bias")) or bool(facts.get("softcap"))
+    # A rescale after the bias scales the bias too; kernels add it unscaled.
+    rescaled = bool(facts.get("bias_rescaled"))
     return {
         "_supports_attention_backend": True,
-        "_supports_sdpa": not facts.get("softcap", False),
+        "_supports_sdpa": not facts.get("softcap", False) and not rescaled,
         "_supports_flash_attn": not bias,
         # flex indexes the bias as [batch, head, q, kv]; a legacy bias that broadcasts
         # (ALiBi is often [batch, heads, 1, kv]) would be read out of bounds there.

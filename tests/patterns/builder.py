@@ -6,7 +6,9 @@ tuple caches (`past_key_value[0]`, `present`), a 4-D mask from
 decoder layers that return tuples. The features are the shapes that the in-library corpus
 does not cover: ALiBi, a concatenated `[q|k|v]` projection, multi-query attention by
 broadcasting, parallel attention + MLP blocks, qk-norm, attention-logit softcapping,
-sliding windows and a mixture-of-experts MLP. Weights are deterministic random tensors
+sliding windows, a mixture-of-experts MLP, einsum products with a softmax of an expression,
+an attention module built from plain numbers (no config) and a T5-style relative position
+bias built inside the attention forward. Weights are deterministic random tensors
 (torch only), so a repo builds anywhere; the legacy code itself runs in transformers 4.36.2.
 
     python -m tests.patterns.builder alibi /tmp/alibi_lm     # one shape
@@ -38,6 +40,9 @@ class Shape:
     softcap: float | None = None  # tanh soft-capping of the attention logits
     sliding_window: int | None = None  # mask from _prepare_4d_causal_attention_mask(..., sliding_window)
     moe: bool = False  # router + ModuleList of experts, top-2, renormalised
+    einsum: bool = False  # einsum products; softmax of `scores * self.scale + attention_mask`
+    plain_init: bool = False  # the attention module is built from plain numbers, no config
+    relative_bias: bool = False  # T5-style relative position buckets, computed inside forward
 
     @property
     def model_type(self) -> str:
@@ -55,6 +60,9 @@ SHAPES = {
         Shape("softcap", softcap=5.0),
         Shape("sliding_window", sliding_window=5, num_key_value_heads=2),
         Shape("moe", moe=True, num_key_value_heads=2),
+        Shape("einsum", einsum=True),
+        Shape("plain_init", plain_init=True, num_key_value_heads=2),
+        Shape("relative_bias", relative_bias=True),
     )
 }
 
@@ -73,7 +81,14 @@ COMBINED = {
     ),
     "mqa_moe_window": replace(SHAPES["mqa"], name="mqa_moe_window", moe=True, sliding_window=5),
 }
+# The shapes refused until recently, together: einsum products, a softmax of an
+# expression, an attention module built without a config and a relative bias built inside
+# forward.
+COMBINED["einsum_plain_relative"] = replace(
+    SHAPES["einsum"], name="einsum_plain_relative", plain_init=True, relative_bias=True
+)
 DEFAULT_RUN = ("combined",)
+NUM_BUCKETS, MAX_DISTANCE = 8, 16
 
 HIDDEN, HEADS, LAYERS, VOCAB, INTERMEDIATE, EXPERTS = 32, 4, 2, 64, 48, 4
 
@@ -113,6 +128,8 @@ def _config(shape: Shape) -> dict:
         "sliding_window": shape.sliding_window,
         "num_local_experts": EXPERTS if shape.moe else None,
         "num_experts_per_tok": 2,
+        **({"relative_attention_num_buckets": NUM_BUCKETS, "relative_attention_max_distance": MAX_DISTANCE}
+           if shape.relative_bias else {}),
         "pad_token_id": 0,
         "bos_token_id": 1,
         "eos_token_id": 2,
@@ -137,6 +154,8 @@ def _state_dict(shape: Shape) -> dict[str, torch.Tensor]:
         shapes.append((p + "self_attn.o_proj.weight", (HIDDEN, HIDDEN)))
         if shape.qk_norm:
             shapes += [(p + "self_attn.q_norm.weight", (head_dim,)), (p + "self_attn.k_norm.weight", (head_dim,))]
+        if shape.relative_bias:
+            shapes.append((p + "self_attn.relative_attention_bias.weight", (NUM_BUCKETS, HEADS)))
         if not shape.parallel:
             shapes.append((p + "post_attention_layernorm.weight", (HIDDEN,)))
         experts = [f"mlp.experts.{e}." for e in range(EXPERTS)] if shape.moe else ["mlp."]
@@ -224,7 +243,7 @@ def _indent(text: str, spaces: int) -> str:
 
 def modeling_code(shape: Shape) -> str:
     """The legacy modeling file for `shape`, assembled from the snippets below."""
-    parts = [HEADER, RMS_NORM, ALIBI if shape.alibi else ROTARY]
+    parts = [HEADER, RMS_NORM, ALIBI if shape.alibi else RELATIVE_BUCKETS if shape.relative_bias else ROTARY]
     if 1 < shape.num_key_value_heads < HEADS:
         parts.append(REPEAT_KV)
     parts.append(MLP)
@@ -255,7 +274,15 @@ def _attention(shape: Shape) -> str:
         init.append("self.k_norm = PatternLMRMSNorm(self.head_dim, eps=config.rms_norm_eps)")
     if shape.softcap:
         init.append("self.attn_logit_softcapping = config.attn_logit_softcapping")
-    if not shape.alibi:
+    if shape.einsum:
+        init.append("self.scale = self.head_dim**-0.5")
+    if shape.relative_bias:
+        init += [
+            "self.num_buckets = config.relative_attention_num_buckets",
+            "self.max_distance = config.relative_attention_max_distance",
+            "self.relative_attention_bias = nn.Embedding(self.num_buckets, self.num_heads)",
+        ]
+    if not shape.alibi and not shape.relative_bias:
         init.append(
             "self.rotary_emb = PatternLMRotaryEmbedding(\n"
             "    self.head_dim, max_position_embeddings=config.max_position_embeddings, base=config.rope_theta\n)"
@@ -280,7 +307,7 @@ def _attention(shape: Shape) -> str:
         body += ["query_states = self.q_norm(query_states)", "key_states = self.k_norm(key_states)", ""]
     body += ["kv_seq_len = key_states.shape[-2]", "if past_key_value is not None:"]
     body += ["    kv_seq_len += past_key_value[0].shape[-2]"]
-    if not shape.alibi:
+    if not shape.alibi and not shape.relative_bias:
         body += [
             "cos, sin = self.rotary_emb(value_states, seq_len=kv_seq_len)",
             "query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin, position_ids)",
@@ -301,7 +328,14 @@ def _attention(shape: Shape) -> str:
         ]
     elif shape.num_key_value_heads == 1:
         body.append("# multi-query: the single key/value head broadcasts over the query heads")
-    body.append("attn_weights = torch.matmul(query_states, key_states.transpose(2, 3)) / math.sqrt(self.head_dim)")
+    if shape.einsum:
+        body.append('attn_weights = torch.einsum("bhqd,bhkd->bhqk", query_states, key_states)')
+    else:
+        body.append("attn_weights = torch.matmul(query_states, key_states.transpose(2, 3)) / math.sqrt(self.head_dim)")
+    if shape.relative_bias:
+        body.append("position_bias = self.compute_bias(q_len, key_states.shape[-2], device=attn_weights.device)")
+        if not shape.einsum:
+            body.append("attn_weights = attn_weights + position_bias")
     if shape.alibi:
         body.append("attn_weights = attn_weights + alibi")
     if shape.softcap:
@@ -311,14 +345,26 @@ def _attention(shape: Shape) -> str:
             "    attn_weights = torch.tanh(attn_weights)",
             "    attn_weights = attn_weights * self.attn_logit_softcapping",
         ]
+    if shape.einsum:
+        bias = " + position_bias" if shape.relative_bias else ""
+        body += [
+            "attn_weights = nn.functional.softmax(",
+            f"    attn_weights * self.scale{bias} + attention_mask, dim=-1, dtype=torch.float32",
+            ").to(query_states.dtype)",
+            'attn_output = torch.einsum("bhqk,bhkd->bhqd", attn_weights, value_states)',
+            "",
+        ]
+    else:
+        body += [
+            "if attention_mask is not None:",
+            "    attn_weights = attn_weights + attention_mask",
+            "",
+            "# upcast attention to fp32",
+            "attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query_states.dtype)",
+            "attn_output = torch.matmul(attn_weights, value_states)",
+            "",
+        ]
     body += [
-        "if attention_mask is not None:",
-        "    attn_weights = attn_weights + attention_mask",
-        "",
-        "# upcast attention to fp32",
-        "attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query_states.dtype)",
-        "attn_output = torch.matmul(attn_weights, value_states)",
-        "",
         "attn_output = attn_output.transpose(1, 2).contiguous()",
         "attn_output = attn_output.reshape(bsz, q_len, self.hidden_size)",
         "attn_output = self.o_proj(attn_output)",
@@ -329,11 +375,15 @@ def _attention(shape: Shape) -> str:
         "return attn_output, attn_weights, past_key_value",
     ]
     alibi_param = "        alibi: Optional[torch.Tensor] = None,\n" if shape.alibi else ""
+    signature = "self, config: PatternLMConfig, layer_idx: Optional[int] = None"
+    if shape.plain_init:
+        init, signature = _without_config(init), PLAIN_SIGNATURE
     return (
         "class PatternLMAttention(nn.Module):\n"
-        "    def __init__(self, config: PatternLMConfig, layer_idx: Optional[int] = None):\n"
+        f"    def __init__({signature}):\n"
         "        super().__init__()\n" + _indent("\n".join(init) + "\n", 8) + "\n"
-        "    def forward(\n"
+        + (_indent(COMPUTE_BIAS, 4) + "\n" if shape.relative_bias else "")
+        + "    def forward(\n"
         "        self,\n"
         "        hidden_states: torch.Tensor,\n"
         "        attention_mask: Optional[torch.Tensor] = None,\n"
@@ -347,11 +397,45 @@ def _attention(shape: Shape) -> str:
     )
 
 
+# An attention module built from numbers, as code ported from a research repo often is.
+PLAIN_SIGNATURE = (
+    "\n        self,\n        hidden_size: int,\n        num_heads: int,\n        num_key_value_heads: int,\n"
+    "        max_position_embeddings: int = 2048,\n        rope_theta: float = 10000.0,\n"
+    "        layer_idx: Optional[int] = None,\n    "
+)
+PLAIN_ARGUMENTS = {
+    "config.hidden_size": "hidden_size",
+    "config.num_attention_heads": "num_heads",
+    "config.num_key_value_heads": "num_key_value_heads",
+    "config.max_position_embeddings": "max_position_embeddings",
+    "config.rope_theta": "rope_theta",
+    # fixed in the code, as research code often has them
+    "config.relative_attention_num_buckets": str(NUM_BUCKETS),
+    "config.relative_attention_max_distance": str(MAX_DISTANCE),
+}
+
+
+def _without_config(init: list[str]) -> list[str]:
+    lines = [line for line in init if line != "self.config = config"]
+    for attribute, argument in PLAIN_ARGUMENTS.items():
+        lines = [line.replace(attribute, argument) for line in lines]
+    if any("config." in line for line in lines):
+        raise ValueError(f"a plain-number attention module cannot read {[x for x in lines if 'config.' in x]}")
+    return lines
+
+
 def _decoder_layer(shape: Shape) -> str:
     mlp = "PatternLMSparseMoeBlock(config)" if shape.moe else "PatternLMMLP(config)"
+    attention = "PatternLMAttention(config=config, layer_idx=layer_idx)"
+    if shape.plain_init:
+        attention = (
+            "PatternLMAttention(\n    config.hidden_size,\n    config.num_attention_heads,\n"
+            "    config.num_key_value_heads,\n    config.max_position_embeddings,\n    config.rope_theta,\n"
+            "    layer_idx=layer_idx,\n)"
+        )
     init = [
         "self.hidden_size = config.hidden_size",
-        "self.self_attn = PatternLMAttention(config=config, layer_idx=layer_idx)",
+        f"self.self_attn = {attention}",
         f"self.mlp = {mlp}",
         "self.input_layernorm = PatternLMRMSNorm(config.hidden_size, eps=config.rms_norm_eps)",
     ]
@@ -636,6 +720,33 @@ def build_alibi_tensor(attention_mask: torch.Tensor, num_heads: int, dtype: torc
     alibi = slopes[None, :, None, None] * positions
     return alibi.to(dtype)
 '''
+
+RELATIVE_BUCKETS = '''\
+def relative_position_bucket(relative_position, num_buckets=32, max_distance=128):
+    """T5's buckets for a causal model: exact for near keys, logarithmic up to max_distance."""
+    relative_position = -torch.min(relative_position, torch.zeros_like(relative_position))
+    max_exact = num_buckets // 2
+    is_small = relative_position < max_exact
+    relative_position_if_large = max_exact + (
+        torch.log(relative_position.float() / max_exact)
+        / math.log(max_distance / max_exact)
+        * (num_buckets - max_exact)
+    ).to(torch.long)
+    relative_position_if_large = torch.min(
+        relative_position_if_large, torch.full_like(relative_position_if_large, num_buckets - 1)
+    )
+    return torch.where(is_small, relative_position, relative_position_if_large)
+'''
+
+COMPUTE_BIAS = """\
+def compute_bias(self, query_length, key_length, device=None):
+    context_position = torch.arange(key_length - query_length, key_length, dtype=torch.long, device=device)[:, None]
+    memory_position = torch.arange(key_length, dtype=torch.long, device=device)[None, :]
+    relative_position = memory_position - context_position
+    buckets = relative_position_bucket(relative_position, self.num_buckets, self.max_distance)
+    values = self.relative_attention_bias(buckets)
+    return values.permute([2, 0, 1]).unsqueeze(0)
+"""
 
 REPEAT_KV = """\
 def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:

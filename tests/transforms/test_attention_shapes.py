@@ -173,11 +173,13 @@ def test_alibi_model_claims_no_kernel_that_drops_the_bias():
     assert "    _supports_flash_attn = False\n" in output and "    _supports_flex_attn = False\n" in output
 
 
-def test_a_bias_computed_inside_forward_is_still_refused():
-    """Only a tensor handed to the attention is a position bias the interface can pass."""
+def test_a_bias_built_from_the_scores_inside_the_math_is_refused():
+    """A bias built before the math, or from the scores' device and dtype only, is passed as
+    `position_bias` (test_attention_bias.py); one built from the scores tensor itself stays in
+    the math, where it reads forward's locals."""
     legacy = ALIBI_LEGACY.replace(
         "        scores = scores + alibi\n",
-        "        bias = self.out.weight.new_zeros(q_len, q_len)\n        scores = scores + bias\n",
+        "        bias = scores.new_zeros(q_len, q_len)\n        scores = scores + bias\n",
     )
     output, state = transformed(legacy, RouteAttention)
     assert output == legacy
