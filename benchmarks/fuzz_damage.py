@@ -9,13 +9,17 @@ verification, and classifies it: refused (PortError, exit 2), ported or unchange
 report that lies). Cases keep going after a BROKEN one; each is printed with its edits.
 Exits 1 if any case was BROKEN.
 
-    python benchmarks/fuzz_damage.py [--cases 10000] [--minutes M] [--seed S] [--only NAME ...]
+With `--counts FILE` the counts so far are rewritten to FILE (JSON) every few cases, so a
+long run that is stopped keeps them.
+
+    python benchmarks/fuzz_damage.py [--cases 10000] [--minutes M] [--seed S] [--only NAME ...] [--counts FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import sys
 import tempfile
@@ -43,12 +47,28 @@ class Stop(Exception):
     """The time limit was reached."""
 
 
+def write_counts(path: Path, args, repos, counts, by_edit, broken, elapsed: float, finished: bool = False) -> None:
+    """The counts so far, replaced whole (written beside, then renamed) so a reader never sees half a file."""
+    total = sum(counts.values())
+    record = {
+        "seed": args.seed, "cases_asked": args.cases, "cases_run": total, "finished": finished,
+        "seconds": round(elapsed), "cases_per_second": round(total / max(elapsed, 1e-9), 3),
+        "sources": [p.name for p in repos], "outcomes": dict(counts),
+        "edits": {f"{kind} {outcome}": n for (kind, outcome), n in sorted(by_edit.items())},
+        "broken": broken,
+    }
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text(json.dumps(record, indent=1) + "\n")
+    partial.replace(path)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=10_000)
     parser.add_argument("--minutes", type=float, help="stop after this long, whatever the count")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", nargs="*", help="source repo folder names")
+    parser.add_argument("--counts", type=Path, help="rewrite the counts so far to this JSON file as the run goes")
     args = parser.parse_args()
 
     repos = sources(args.only)
@@ -82,6 +102,8 @@ def main() -> int:
         if total % 10 == 0:
             elapsed = time.monotonic() - started
             print(f"{total} cases, {elapsed:.0f} s: {dict(counts)}", flush=True)
+            if args.counts:
+                write_counts(args.counts, args, repos, counts, by_edit, broken, elapsed)
 
     try:
         case()
@@ -89,6 +111,8 @@ def main() -> int:
         pass
     elapsed = time.monotonic() - started
     total = sum(counts.values())
+    if args.counts:
+        write_counts(args.counts, args, repos, counts, by_edit, broken, elapsed, finished=True)
     print(f"\n{total} cases in {elapsed:.0f} s ({total / max(elapsed, 1e-9):.2f} cases/s)")
     for outcome in ("refused", "ported", "unchanged", "BROKEN"):
         print(f"  {outcome:10} {counts[outcome]}")
