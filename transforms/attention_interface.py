@@ -47,7 +47,6 @@ from transforms.cst_utils import (
     star_kwargs_name,
     walk,
 )
-from transforms.interface_code import FOUND_ROUTED
 from transforms.masks import uses_bidirectional_mask, uses_sliding_window
 
 REPEAT_HINTS = ("repeat",)
@@ -77,6 +76,7 @@ class Site:
 class RouteAttention(Transform):
     name = "attention-interface"
     summary = "Move eager attention math into eager_attention_forward and call ALL_ATTENTION_FUNCTIONS."
+    leaves_interface_code = True
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
         analysis = self.state.analysis
@@ -106,10 +106,6 @@ class RouteAttention(Transform):
         if forward is None:
             self.refuse(cls, "attention class has no forward method", name)
             return cls, None
-        if "get_interface(" in code_of(forward) and "ALL_ATTENTION_FUNCTIONS" in code_of(forward):
-            self.state.facts.setdefault("routed", set()).add(name)
-            self.state.facts.setdefault(FOUND_ROUTED, set()).add(name)
-            return cls, None  # already on the interface
         init = methods.get("__init__")
         if init is None or not ("config" in param_names(init) or "self.config" in code_of(init)):
             self.refuse(cls, "attention module has no `config` to read the selected kernel from", name)
