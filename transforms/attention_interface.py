@@ -47,7 +47,7 @@ from transforms.cst_utils import (
     star_kwargs_name,
     walk,
 )
-from transforms.masks import uses_bidirectional_mask, uses_sliding_window
+from transforms.masks import builds_bidirectional_padding_mask, uses_bidirectional_mask, uses_sliding_window
 
 REPEAT_HINTS = ("repeat",)
 
@@ -385,6 +385,8 @@ class RouteAttention(Transform):
                 # The legacy math takes no mask and keeps no causal buffer: it is bidirectional
                 # (a vision tower), and a kernel given no mask must not make it causal.
                 additions.append("self.is_causal = False")
+            elif builds_bidirectional_padding_mask(self.state.analysis):
+                additions.append("self.is_causal = False")  # a hand-built padding mask, nothing causal
             elif uses_bidirectional_mask(self.state.analysis):
                 decoder = 'bool(getattr(config, "is_decoder", False))' if "config" in param_names(init) else "False"
                 additions.append(f"self.is_causal = {decoder}")
