@@ -10,9 +10,11 @@ report that lies). Cases keep going after a BROKEN one; each is printed with its
 Exits 1 if any case was BROKEN.
 
 With `--counts FILE` the counts so far are rewritten to FILE (JSON) every few cases, so a
-long run that is stopped keeps them.
+long run that is stopped keeps them. A case costs the rewrite of a whole real repo (seconds
+of libcst work; there is no verification to skip), so throughput comes from cores:
+`--workers N` runs N processes on seeds of their own and merges their counts.
 
-    python benchmarks/fuzz_damage.py [--cases 10000] [--minutes M] [--seed S] [--only NAME ...] [--counts FILE]
+    python benchmarks/fuzz_damage.py [--cases 10000] [--minutes M] [--seed S] [--only NAME ...] [--counts FILE] [--workers N]
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import argparse
 import collections
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -62,6 +65,49 @@ def write_counts(path: Path, args, repos, counts, by_edit, broken, elapsed: floa
     partial.replace(path)
 
 
+def run_workers(args) -> int:
+    """Run `args.workers` copies of this script on seeds seed*1000+k, merging their counts."""
+    folder = Path(tempfile.mkdtemp(prefix="fuzz-damage-"))
+    share = -(-args.cases // args.workers)
+    procs, files = [], []
+    for k in range(args.workers):
+        files.append(folder / f"worker-{k}.json")
+        command = [sys.executable, __file__, "--cases", str(share), "--seed", str(args.seed * 1000 + k),
+                   "--counts", str(files[-1])]
+        command += ["--minutes", str(args.minutes)] if args.minutes else []
+        command += ["--only", *args.only] if args.only else []
+        procs.append(subprocess.Popen(command, stdout=subprocess.DEVNULL))
+    print(f"{args.workers} workers, {share} cases each; their counts in {folder}", flush=True)
+    while True:
+        done = all(p.poll() is not None for p in procs)
+        merged = merge_counts([json.loads(f.read_text()) for f in files if f.exists()])
+        merged.update(workers=args.workers, finished=done)
+        if args.counts:
+            partial = args.counts.with_name(args.counts.name + ".tmp")
+            partial.write_text(json.dumps(merged, indent=1) + "\n")
+            partial.replace(args.counts)
+        print(f"{merged['cases_run']} cases: {merged['outcomes']}", flush=True)
+        if done:
+            break
+        time.sleep(30)
+    for case in merged["broken"]:
+        print(f"BROKEN {case}")
+    return 1 if merged["broken"] or any(p.returncode not in (0, 1) for p in procs) else 0
+
+
+def merge_counts(records: list[dict]) -> dict:
+    outcomes: collections.Counter = collections.Counter()
+    edits: collections.Counter = collections.Counter()
+    for record in records:
+        outcomes.update(record["outcomes"])
+        edits.update(record["edits"])
+    seconds = max((r["seconds"] for r in records), default=0)
+    total = sum(outcomes.values())
+    return {"seeds": [r["seed"] for r in records], "cases_run": total, "seconds": seconds,
+            "cases_per_second": round(total / max(seconds, 1e-9), 3), "outcomes": dict(outcomes),
+            "edits": dict(edits), "broken": [b for r in records for b in r["broken"]]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=10_000)
@@ -69,7 +115,10 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", nargs="*", help="source repo folder names")
     parser.add_argument("--counts", type=Path, help="rewrite the counts so far to this JSON file as the run goes")
+    parser.add_argument("--workers", type=int, default=1, help="processes, each with its own seed and share of the cases")
     args = parser.parse_args()
+    if args.workers > 1:
+        return run_workers(args)
 
     repos = sources(args.only)
     print(f"sources: {', '.join(p.name for p in repos)}", flush=True)
