@@ -25,8 +25,6 @@ GOOD_SAMPLE = {
     "gpt2": "modeling_gpt2.py",
     # A non-persistent buffer registered on a submodule and filled by `_init_weights`.
     "falcon_h1": "modeling_falcon_h1.py",
-    # Attention modules the authors left off the interface beside ones on it.
-    "detr": "modeling_detr.py",
 }
 LEGACY_SAMPLE = {
     # Not on the interface: may be rewritten or refused, never a crash.
