@@ -9,7 +9,7 @@ verification, and classifies it: refused (PortError, exit 2), ported or unchange
 report that lies). Cases keep going after a BROKEN one; each is printed with its edits.
 Exits 1 if any case was BROKEN.
 
-With `--counts FILE` the counts so far are rewritten to FILE (JSON) every few cases, so a
+With `--counts FILE` the counts so far are rewritten to FILE (JSON) after every case, so a
 long run that is stopped keeps them. A case costs the rewrite of a whole real repo (seconds
 of libcst work; there is no verification to skip), so throughput comes from cores:
 `--workers N` runs N processes on seeds of their own and merges their counts.
@@ -148,11 +148,11 @@ def main() -> int:
         for edit in edits:
             by_edit[(edit.kind, outcome)] += 1
         total = sum(counts.values())
+        elapsed = time.monotonic() - started
+        if args.counts:  # every case: a case costs seconds, the file a millisecond
+            write_counts(args.counts, args, repos, counts, by_edit, broken, elapsed)
         if total % 10 == 0:
-            elapsed = time.monotonic() - started
             print(f"{total} cases, {elapsed:.0f} s: {dict(counts)}", flush=True)
-            if args.counts:
-                write_counts(args.counts, args, repos, counts, by_edit, broken, elapsed)
 
     try:
         case()
