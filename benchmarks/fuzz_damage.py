@@ -67,7 +67,11 @@ def write_counts(path: Path, args, repos, counts, by_edit, broken, elapsed: floa
 
 def run_workers(args) -> int:
     """Run `args.workers` copies of this script on seeds seed*1000+k, merging their counts."""
-    folder = Path(tempfile.mkdtemp(prefix="fuzz-damage-"))
+    if args.counts:  # beside the merged file, so that the workers' counts survive too
+        folder = args.counts.with_name(args.counts.stem + "-workers")
+        folder.mkdir(parents=True, exist_ok=True)
+    else:
+        folder = Path(tempfile.mkdtemp(prefix="fuzz-damage-"))
     share = -(-args.cases // args.workers)
     procs, files = [], []
     for k in range(args.workers):
