@@ -131,6 +131,7 @@ def run_port(src: Path | str, options: PortOptions, progress: Progress = lambda 
     out = Path(options.out) if options.out else (source.default_output or default_output(src))
     if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
         raise BadInput.at(out, "the output must not be the input folder or inside it")
+    _finish_interrupted_publish(out)
     if out.exists() and any(out.iterdir()) and not options.overwrite:
         raise BadInput.at(out, "output folder exists and is not empty (pass --overwrite to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -283,11 +284,24 @@ def _remove_stale_staging(out: Path) -> None:
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # OverflowError: no pid is that large
         return False
     except PermissionError:
         return True
     return True
+
+
+def _finish_interrupted_publish(out: Path) -> None:
+    """A run killed inside `_publish --overwrite` left the previous output renamed aside:
+    put it back if nothing took its place, else remove it (the new output is complete)."""
+    for old in sorted(out.parent.glob(f".{out.name}.old-*")):
+        pid = old.name.split(".old-", 1)[1].split("-", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        if out.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.rename(out)
 
 
 def _publish(staging: Path, out: Path, overwrite: bool) -> None:
@@ -295,7 +309,7 @@ def _publish(staging: Path, out: Path, overwrite: bool) -> None:
     if out.exists():
         if not overwrite:
             raise BadInput.at(out, "output folder appeared while porting")
-        old = out.with_name(f".{out.name}.old-{time.time_ns()}")
+        old = out.with_name(f".{out.name}.old-{os.getpid()}-{time.time_ns()}")
         out.rename(old)
         staging.rename(out)
         shutil.rmtree(old, ignore_errors=True)

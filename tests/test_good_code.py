@@ -23,6 +23,8 @@ GOOD_SAMPLE = {
     # Unannotated **kwargs, a cross-attention call that does not pass them, and backend
     # flags the authors chose.
     "gpt2": "modeling_gpt2.py",
+    # A non-persistent buffer registered on a submodule and filled by `_init_weights`.
+    "falcon_h1": "modeling_falcon_h1.py",
 }
 LEGACY_SAMPLE = {
     # Not on the interface: may be rewritten or refused, never a crash.
@@ -103,6 +105,20 @@ class Attention(nn.Module):
         return out, weights
 
 
+class AudioAttention(nn.Module):
+    """Hand-written attention beside the routed one (no config, einsum scores): the author
+    left it off the interface, and the port leaves it so."""
+
+    def __init__(self, hidden_size):
+        super().__init__()
+        self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        weights = torch.softmax(torch.einsum("bqd,bkd->bqk", q, k), dim=-1)
+        return torch.einsum("bqk,bkd->bqd", weights, v)
+
+
 class Layer(nn.Module):
     def __init__(self, config, layer_idx):
         super().__init__()
@@ -120,6 +136,7 @@ class ToyModel(ToyPreTrainedModel):
     def __init__(self, config):
         super().__init__(config)
         self.embeddings = Embeddings(config)
+        self.audio = AudioAttention(8)
         self.layers = nn.ModuleList([Layer(config, i) for i in range(2)])
         self.post_init()
 

@@ -18,6 +18,7 @@ from transforms.cst_utils import dotted, names_read, single_assign
 class CollapseBackendClasses(Transform):
     name = "attention-classes"
     summary = "Remove *FlashAttention2/*SdpaAttention variants and X_ATTENTION_CLASSES dicts."
+    leaves_interface_code = True
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
         analysis = self.state.analysis

@@ -52,9 +52,8 @@ from transforms.cst_utils import (
     star_kwargs_name,
     walk,
 )
-from transforms.interface_code import FOUND_ROUTED
 from transforms.kv_heads_config import KV_GROUPS
-from transforms.masks import uses_bidirectional_mask, uses_sliding_window
+from transforms.masks import builds_bidirectional_padding_mask, uses_bidirectional_mask, uses_sliding_window
 
 REPEAT_HINTS = ("repeat",)
 
@@ -83,6 +82,7 @@ class Site:
 class RouteAttention(Transform):
     name = "attention-interface"
     summary = "Move eager attention math into eager_attention_forward and call ALL_ATTENTION_FUNCTIONS."
+    leaves_interface_code = True
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
         analysis = self.state.analysis
@@ -112,10 +112,6 @@ class RouteAttention(Transform):
         if forward is None:
             self.refuse(cls, "attention class has no forward method", name)
             return cls, None
-        if "get_interface(" in code_of(forward) and "ALL_ATTENTION_FUNCTIONS" in code_of(forward):
-            self.state.facts.setdefault("routed", set()).add(name)
-            self.state.facts.setdefault(FOUND_ROUTED, set()).add(name)
-            return cls, None  # already on the interface
         cross = find_cross_attention(self.state.analysis, name)
         if cross is not None:
             self.refuse(cross.call, cross.message(name), name)
@@ -406,6 +402,8 @@ class RouteAttention(Transform):
                 # The legacy math takes no mask and keeps no causal buffer: it is bidirectional
                 # (a vision tower), and a kernel given no mask must not make it causal.
                 additions.append("self.is_causal = False")
+            elif builds_bidirectional_padding_mask(self.state.analysis):
+                additions.append("self.is_causal = False")  # a hand-built padding mask, nothing causal
             elif uses_bidirectional_mask(self.state.analysis):
                 decoder = 'bool(getattr(config, "is_decoder", False))' if "config" in param_names(init) else "False"
                 additions.append(f"self.is_causal = {decoder}")

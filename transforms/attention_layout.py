@@ -50,6 +50,7 @@ RESHAPES = {"view", "reshape"}
 class UnflattenHeads(Transform):
     name = "attention-layout"
     summary = "Undo heads folded into the batch (bmm on (batch*heads, seq, dim)) before routing attention."
+    leaves_interface_code = True
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
         analysis = self.state.analysis

@@ -45,14 +45,35 @@ STATE_WRAPPERS = {"Parameter", "Buffer"}
 TENSOR_MAKERS = {"arange", "tensor", "ones", "zeros", "tril", "triu", "exp", "outer", "einsum", "cos", "sin", "full"}
 
 
-def _registers_volatile_buffer(cls: cst.ClassDef) -> bool:
-    """A non-persistent buffer, or a plain tensor attribute (`self.cos_cached = emb.cos()`)."""
+def _registers_volatile_buffer(cls: cst.ClassDef, initialised: set[str], runs: bool) -> bool:
+    """A non-persistent buffer that no `_init_weights` fills, or, in a class that runs (has a
+    `forward`: a module, not a cache layer or other helper object the model never puts on
+    meta), a plain tensor attribute (`self.cos_cached = emb.cos()`)."""
     for node in walk(cls):
         if isinstance(node, cst.Call) and last_part(call_name(node)) == "register_buffer":
             for arg in node.args:
                 if arg.keyword and arg.keyword.value == "persistent" and code_of(arg.value) == "False":
-                    return True
-    return _has_tensor_attributes(cls)
+                    name = node.args[0].value if node.args else None
+                    if not (isinstance(name, cst.SimpleString) and name.evaluated_value in initialised):
+                        return True
+    return runs and _has_tensor_attributes(cls)
+
+
+def _initialised_in_init_weights(analysis) -> set[str]:
+    """Attributes the model's own `_init_weights` writes (`init.copy_(module.mup_vector, ...)`):
+    transformers 5 calls it for buffers the checkpoint lacks, so those buffers need no rebuild."""
+    names = set()
+    for root in analysis.pretrained:
+        method = function_defs(analysis.classes[root].node).get("_init_weights")
+        for node in walk(method) if method is not None else ():
+            if isinstance(node, cst.Call) and node.args and isinstance(node.args[0].value, cst.Attribute):
+                names.add(node.args[0].value.attr.value)
+    return names
+
+
+def _runs(analysis, name: str) -> bool:
+    """The class or one of its repo bases defines `forward`."""
+    return any("forward" in function_defs(analysis.classes[c].node) for c in (name, *analysis.ancestors(name)))
 
 
 def _has_tensor_attributes(cls: cst.ClassDef) -> bool:
@@ -111,7 +132,10 @@ class RebuildBuffers(Transform):
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
         analysis = self.state.analysis
-        volatile = {n for n, i in analysis.classes.items() if _registers_volatile_buffer(i.node)}
+        initialised = _initialised_in_init_weights(analysis)
+        volatile = {
+            n for n, i in analysis.classes.items() if _registers_volatile_buffer(i.node, initialised, _runs(analysis, n))
+        }
         volatile |= {n for n in analysis.classes if any(a in volatile for a in analysis.ancestors(n))}
         if not volatile:
             return tree

@@ -1,22 +1,21 @@
-"""Recognising code already written for transformers 5's attention interface (CONTRACT G3).
+"""Recognising code already written for transformers' attention interface (CONTRACT G3).
 
-`RouteAttention` notes each attention module it finds already on the interface under
-`FOUND_ROUTED`; later transforms ask `written_for_interface` before imposing choices that
-such code makes for itself.
+Transforms that set `leaves_interface_code` ask `written_for_interface` before imposing
+choices such code makes for itself.
 """
 
 from __future__ import annotations
 
 from transforms.cst_utils import code_of, function_defs
 
-FOUND_ROUTED = "found_routed"
 INTERFACE_CLASSES = "interface_classes"
 
 
 def written_for_interface(state) -> bool:
-    """Attention is on the interface, every module of it, before the port: the code was
-    written for transformers 5 (or already ported), and its kwargs plumbing, masks,
-    generation classes and backend flags are its author's choice.
+    """Some module calls the attention interface before the port: the code was written for
+    it (transformers 4.48 and later, or already ported). Which modules go through it is its
+    author's choice (an audio block or a detection head may keep math no kernel computes),
+    and so are its kwargs plumbing, masks, generation classes and backend flags.
 
     Modules on the interface keep their math in a module-level eager function, so the
     analysis may not list them as attention: they are found by their call."""
@@ -24,8 +23,7 @@ def written_for_interface(state) -> bool:
         state.facts[INTERFACE_CLASSES] = {
             name for name, info in state.analysis.classes.items() if _calls_interface(info.node)
         }
-    routed = state.facts.get(FOUND_ROUTED, set()) | state.facts[INTERFACE_CLASSES]
-    return bool(routed) and routed >= state.analysis.attention
+    return bool(state.facts[INTERFACE_CLASSES])
 
 
 def _calls_interface(cls) -> bool:

@@ -38,6 +38,7 @@ def _add_param(fn: cst.FunctionDef) -> cst.FunctionDef:
 class ThreadLayerIndex(Transform):
     name = "layer-index"
     summary = "Pass the layer index from the ModuleList down to every attention module."
+    leaves_interface_code = True
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
         analysis = self.state.analysis

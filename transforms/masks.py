@@ -5,6 +5,10 @@ Legacy base models prepare the 4D mask by hand or with helpers such as
 returns the form the selected backend wants (additive float for eager, boolean or None
 for sdpa, a block mask for flex), so the whole branch becomes one call. The call's
 keywords follow the installed signature, which moved within transformers 5.x.
+
+A hand-built additive padding mask (`(1.0 - mask) * finfo.min`) is causal only where the
+model adds causality itself (a `tril` buffer, a causal helper, `is_causal=True`); without
+that it is an encoder's, and becomes `create_bidirectional_mask`.
 """
 
 from __future__ import annotations
@@ -106,6 +110,48 @@ def uses_bidirectional_mask(analysis) -> bool:
     return False
 
 
+CAUSAL_MARKERS = {"tril", "triu", "_make_causal_mask"} | CAUSAL_HELPERS
+
+
+def _held_by(analysis, owner: str) -> set[str]:
+    """`owner` and the repo classes it holds, through modules and layer lists, with their bases."""
+    found, pending = set(), [owner]
+    while pending:
+        name = pending.pop()
+        if name in found or name not in analysis.classes:
+            continue
+        found.add(name)
+        info = analysis.classes[name]
+        pending += [*info.children.values(), *info.layer_lists.values(), *analysis.ancestors(name)]
+    return found
+
+
+def _has_causal_structure(analysis, owner: str) -> bool:
+    """A triangular mask (`torch.tril` buffer, `_make_causal_mask`, a causal helper) or
+    `is_causal=True` anywhere in `owner` or the modules it holds."""
+    for name in _held_by(analysis, owner):
+        for node in walk(analysis.classes[name].node):
+            if isinstance(node, cst.Call) and last_part(call_name(node)) in CAUSAL_MARKERS:
+                return True
+            if isinstance(node, cst.Arg) and node.keyword and node.keyword.value == "is_causal" and code_of(node.value) == "True":
+                return True
+            if isinstance(node, cst.Assign) and code_of(node.value) == "True" and any(
+                code_of(t.target).endswith("is_causal") for t in node.targets
+            ):
+                return True
+    return False
+
+
+def builds_bidirectional_padding_mask(analysis) -> bool:
+    """Whether a base model builds the additive padding mask by hand and nothing in it makes
+    attention causal: an encoder, whose attention sees every position."""
+    for name in analysis.base_models:
+        forward = function_defs(analysis.classes[name].node).get("forward")
+        if forward is not None and _extended_mask_var(forward) and not _has_causal_structure(analysis, name):
+            return True
+    return False
+
+
 def uses_sliding_window(analysis) -> bool:
     """Whether a base model builds a sliding-window mask: a `sliding_window=` keyword to a
     mask helper, or a mask-helper method of its own that reads `sliding_window`."""
@@ -125,7 +171,7 @@ def uses_sliding_window(analysis) -> bool:
 
 class UseMaskingUtils(Transform):
     name = "masks"
-    summary = "Replace hand-built causal masks with masking_utils.create_causal_mask / sliding-window variant."
+    summary = "Replace hand-built masks with masking_utils.create_causal_mask, its sliding-window variant, or create_bidirectional_mask."
     leaves_interface_code = True
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
@@ -162,8 +208,11 @@ class UseMaskingUtils(Transform):
             if mask_var is None or embeds_var is None:
                 self.refuse(stmt, "mask built from arguments that name no mask or no embeddings", owner)
                 return forward
-            sliding = uses_sliding_window(self.state.analysis)
-            builder = "create_sliding_window_causal_mask" if sliding else "create_causal_mask"
+            if helper_calls or _has_causal_structure(self.state.analysis, owner):
+                sliding = uses_sliding_window(self.state.analysis)
+                builder = "create_sliding_window_causal_mask" if sliding else "create_causal_mask"
+            else:  # a padding mask alone, and no causal structure: every position sees every other
+                builder = "create_bidirectional_mask"
             new_stmt = parse_stmts(f"{target} = {self._builder_call(builder, mask_var, embeds_var, params)}\n")[0]
             _replace_once_embedded(body, index, new_stmt, embeds_var)
             self._guard_reshapes(owner, body, body.index(new_stmt), mask_var)

@@ -44,6 +44,7 @@ TEXT_INPUTS = {"input_ids", "inputs_embeds", "attention_mask", "position_ids", "
 class ImageFeaturesMethod(Transform):
     name = "multimodal-features"
     summary = "Move the inline image-feature computation of a fusing model into get_image_features."
+    leaves_interface_code = True
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
         analysis = self.state.analysis

@@ -23,10 +23,7 @@ def _load_model(spec, attn_implementation):
     import transformers
 
     config = transformers.AutoConfig.from_pretrained(spec["repo"], trust_remote_code=True)
-    auto_map = getattr(config, "auto_map", None) or {}
-    auto_name = spec.get("auto_class") or next(
-        (name for name in AUTO_CLASSES if name in auto_map and hasattr(transformers, name)), "AutoModel"
-    )
+    auto_name = spec.get("auto_class") or _auto_class_name(getattr(config, "auto_map", None) or {}, transformers)
     auto_cls = getattr(transformers, auto_name)
     kwargs = {"trust_remote_code": True, "output_loading_info": True}
     dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
@@ -47,6 +44,21 @@ def _load_model(spec, attn_implementation):
         # Reported even where the model's ignore lists would have silenced it.
         loading["missing_keys"] = sorted(set(loading.get("missing_keys", [])) | set(never_loaded))
     return model, auto_name, loading
+
+
+def _auto_class_name(auto_map, transformers):
+    """The first of AUTO_CLASSES that the repo's auto_map names and this transformers has.
+
+    Without one, an Auto class would pick a model by `model_type` from transformers' own
+    library (or fail obscurely), and the run would not be of the repo's code."""
+    for name in AUTO_CLASSES:
+        if name in auto_map and hasattr(transformers, name):
+            return name
+    raise LookupError(
+        f"config.json's auto_map names no model class to load: it maps {sorted(auto_map) or 'nothing'}, "
+        f"and the verification loads one of {', '.join(AUTO_CLASSES)}"
+        f" (transformers {transformers.__version__})"
+    )
 
 
 def _checkpoint_keys(repo):

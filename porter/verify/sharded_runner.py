@@ -21,8 +21,11 @@ def _auto_class(spec, config):
     import transformers
 
     auto_map = getattr(config, "auto_map", None) or {}
-    name = "AutoModelForCausalLM" if "AutoModelForCausalLM" in auto_map else "AutoModel"
-    return getattr(transformers, name)
+    for name in ("AutoModelForCausalLM", "AutoModel"):
+        if name in auto_map:
+            return getattr(transformers, name)
+    # An Auto class the repo does not map would load transformers' own model for its model_type.
+    raise LookupError(f"config.json's auto_map maps {sorted(auto_map) or 'nothing'}: no AutoModelForCausalLM or AutoModel")
 
 
 def _load(auto_cls, repo, sharded):

@@ -182,3 +182,84 @@ def test_rebound_parameter_is_recorded_as_passed():
     args, kwargs = module._legacy_init_args
     assert args == (8, 10000, 4.0)
     assert torch.equal(cls(*args, **kwargs).inv_freq, module.inv_freq)
+
+
+INITIALISED_BY_THE_MODEL = '''\
+    import torch
+    from torch import nn
+    from transformers import initialization as init
+    from transformers.modeling_utils import PreTrainedModel
+
+
+    class FooMixer(nn.Module):
+        def __init__(self, config):
+            super().__init__()
+            self.proj = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.proj(x) * self.scale
+
+
+    class FooPreTrainedModel(PreTrainedModel):
+        def _init_weights(self, module):
+            super()._init_weights(module)
+            if isinstance(module, FooModel):
+                for mixer in module.mixers:
+                    init.copy_(mixer.scale, torch.full((4,), 2.0))
+
+
+    class FooModel(FooPreTrainedModel):
+        def __init__(self, config):
+            super().__init__(config)
+            self.mixers = nn.ModuleList([FooMixer(config) for _ in range(2)])
+            for mixer in self.mixers:
+                mixer.register_buffer("scale", torch.full((4,), 2.0), persistent=False)
+            self.post_init()
+
+        def forward(self, x):
+            for mixer in self.mixers:
+                x = mixer(x)
+            return x
+'''
+
+
+def test_noop_for_a_buffer_the_models_own_init_weights_fills():
+    """transformers 5 calls `_init_weights` for buffers the checkpoint lacks: one it writes
+    (`init.copy_(mixer.scale, ...)`) needs no rebuild."""
+    check_noop(INITIALISED_BY_THE_MODEL, RebuildBuffers)
+
+
+def test_a_buffer_init_weights_does_not_fill_is_still_rebuilt():
+    legacy = INITIALISED_BY_THE_MODEL.replace("init.copy_(mixer.scale, torch.full((4,), 2.0))", "pass")
+    _, state = transformed(legacy, RebuildBuffers)
+    assert any("FooModel" in c.message for c in state.changes), [c.message for c in state.changes]
+
+
+HELPER_OBJECT = '''\
+    import torch
+    from torch import nn
+
+
+    class FooCacheLayer:
+        """Not a module: built by a cache, never on the meta device."""
+
+        def __init__(self, max_len):
+            self.max_len = max_len
+            self.cumulative_length = torch.tensor([0])
+
+        def update(self, key):
+            self.cumulative_length += key.shape[-2]
+            return key
+'''
+
+
+def test_noop_for_tensor_attributes_of_a_class_with_no_forward():
+    check_noop(HELPER_OBJECT, RebuildBuffers)
+
+
+def test_tensor_attributes_of_a_module_with_a_forward_are_still_rebuilt():
+    module = HELPER_OBJECT.replace("class FooCacheLayer:", "class FooCacheLayer(nn.Module):").replace(
+        "            self.max_len = max_len\n", "            super().__init__()\n            self.max_len = max_len\n"
+    ).replace("def update(self, key):", "def forward(self, key):")
+    _, state = transformed(module, RebuildBuffers)
+    assert state.changes and not state.diagnostics

@@ -1,4 +1,5 @@
-"""UseMaskingUtils: hand-built causal masks become masking_utils.create_causal_mask."""
+"""UseMaskingUtils: hand-built masks become masking_utils.create_causal_mask, or
+create_bidirectional_mask where the model is an encoder."""
 
 from __future__ import annotations
 
@@ -125,17 +126,97 @@ def test_cache_argument_is_none_when_forward_has_no_cache():
     assert "past_key_values=None, position_ids=position_ids)" in output
 
 
-def test_hand_built_padding_mask_becomes_create_causal_mask():
-    output, state = transformed(
-        module('''\
-        if attention_mask is not None:
-            attention_mask = (1.0 - attention_mask[:, None, None, :]) * torch.finfo(inputs_embeds.dtype).min
-        '''),
-        UseMaskingUtils,
+HAND_BUILT_PADDING_MASK = '''\
+    if attention_mask is not None:
+        attention_mask = (1.0 - attention_mask[:, None, None, :]) * torch.finfo(inputs_embeds.dtype).min
+    '''
+def test_hand_built_padding_mask_of_a_causal_model_becomes_create_causal_mask():
+    legacy = module(HAND_BUILT_PADDING_MASK).replace(
+        "class FooAttention(nn.Module):\n",
+        "class FooAttention(nn.Module):\n    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.register_buffer(\"bias\", torch.tril(torch.ones(8, 8, dtype=torch.bool)), persistent=False)\n\n",
     )
+    output, state = transformed(legacy, UseMaskingUtils)
     compile(output, FILENAME, "exec")
     assert not state.diagnostics
     assert "attention_mask = create_causal_mask(" in output and "finfo" not in output
+
+
+def test_hand_built_padding_mask_of_an_encoder_becomes_create_bidirectional_mask():
+    """No triangular buffer, no causal helper: the legacy attention sees every position, so
+    the mask must not become causal; eager gets the legacy additive mask, value for value."""
+    import torch
+    from transformers import LlamaConfig
+    from transformers.masking_utils import create_bidirectional_mask
+
+    output, state = transformed(module(HAND_BUILT_PADDING_MASK), UseMaskingUtils)
+    compile(output, FILENAME, "exec")
+    assert not state.diagnostics and "create_causal_mask" not in output and "finfo" not in output
+    call = next(line.strip() for line in output.splitlines() if "create_bidirectional_mask(" in line)
+    assert call.startswith("attention_mask = create_bidirectional_mask(config=self.config")
+
+    config = LlamaConfig(hidden_size=8, num_attention_heads=2, num_hidden_layers=1, vocab_size=16)
+    config._attn_implementation = "eager"
+    padding = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    inputs_embeds = torch.zeros(2, 4, 8)
+    scope = {"self": type("Model", (), {"config": config})(), "create_bidirectional_mask": create_bidirectional_mask,
+             "torch": torch, "attention_mask": padding, "inputs_embeds": inputs_embeds,
+             "past_key_values": None, "position_ids": None}
+    exec(call, scope)
+    legacy = (1.0 - padding[:, None, None, :].float()) * torch.finfo(torch.float32).min
+    assert torch.equal(scope["attention_mask"], legacy.expand(2, 1, 4, 4))
+
+
+ROUTABLE_ATTENTION = '''\
+class FooAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.scaling = 0.125
+        self.q_proj = nn.Linear(8, 8)
+        self.k_proj = nn.Linear(8, 8)
+        self.v_proj = nn.Linear(8, 8)
+        self.o_proj = nn.Linear(8, 8)
+
+    def forward(self, hidden_states, attention_mask=None):
+        bsz, q_len, _ = hidden_states.size()
+        query_states = self.q_proj(hidden_states).view(bsz, q_len, 2, 4).transpose(1, 2)
+        key_states = self.k_proj(hidden_states).view(bsz, q_len, 2, 4).transpose(1, 2)
+        value_states = self.v_proj(hidden_states).view(bsz, q_len, 2, 4).transpose(1, 2)
+        attn_weights = torch.matmul(query_states, key_states.transpose(2, 3)) * self.scaling
+        if attention_mask is not None:
+            attn_weights = attn_weights + attention_mask
+        attn_weights = nn.functional.softmax(attn_weights, dim=-1)
+        attn_output = torch.matmul(attn_weights, value_states)
+        attn_output = attn_output.transpose(1, 2).reshape(bsz, q_len, 8)
+        return self.o_proj(attn_output)
+'''
+
+
+def test_an_encoder_with_a_hand_built_padding_mask_is_routed_as_non_causal():
+    """The whole registry: the routed attention module says is_causal = False, so sdpa given
+    no mask (no padding in the batch) does not make it causal."""
+    legacy = module(HAND_BUILT_PADDING_MASK)
+    start, end = legacy.index("class FooAttention"), legacy.index("class FooDecoderLayer")
+    legacy = legacy[:start] + ROUTABLE_ATTENTION + "\n\n" + legacy[end:]
+    legacy = legacy.replace("self.self_attn = FooAttention()", "self.self_attn = FooAttention(config)").replace(
+        "self.self_attn(hidden_states, hidden_states, hidden_states, attention_mask)",
+        "self.self_attn(hidden_states, attention_mask)",
+    )
+    output, state = transformed(legacy)
+    compile(output, FILENAME, "exec")
+    assert not state.diagnostics, state.diagnostics
+    assert "ALL_ATTENTION_FUNCTIONS.get_interface(" in output
+    assert "create_bidirectional_mask(" in output and "self.is_causal = False" in output, output
+    with_buffer = legacy.replace(
+        "        self.config = config\n",
+        "        self.config = config\n"
+        "        self.register_buffer(\"bias\", torch.tril(torch.ones(8, 8, dtype=torch.bool)), persistent=False)\n",
+        1,
+    )
+    causal, _ = transformed(with_buffer)
+    assert "create_causal_mask(" in causal and "self.is_causal = True" in causal
 
 
 def test_noop_without_mask_code():
