@@ -40,6 +40,7 @@ def _lacks_config(info) -> bool:
 class ThreadAttentionConfig(Transform):
     name = "attention-config"
     summary = "Pass the model's config to attention modules built from plain numbers."
+    leaves_interface_code = True
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
         analysis = self.state.analysis
