@@ -57,7 +57,9 @@ class ParallelPlans:
     pp_plan: dict[str, tuple[list[str], list[str]]] = field(default_factory=dict)
     replicated: dict[str, str] = field(default_factory=dict)  # projection path -> why it is not split
     pairs: list[tuple[list[str], str]] = field(default_factory=list)  # (column-parallel producers, consumer)
-    fused: dict[str, str] = field(default_factory=dict)  # projection path -> "interleaved" | "concatenated"
+    # projection path -> layout of its raw output: "concatenated" ([a|b|..] along the features),
+    # "interleaved" (heads outside the parts), "reshaped" (to heads, no parts seen), "undecided"
+    fused: dict[str, str] = field(default_factory=dict)
     conditional: list[str] = field(default_factory=list)  # projections some configs do not build
     conv1d: dict[str, str] = field(default_factory=dict)  # Conv1D projection path -> class that builds it
     owners: dict[str, str] = field(default_factory=dict)  # projection path -> class that builds it
@@ -248,6 +250,7 @@ class _FunctionFlow:
         self.info = inference.analysis.classes[cls]
         self.env: dict[str, object] = dict(params)
         self.raw: dict[str, str] = {}  # local name -> projection whose untouched output it holds
+        self.sources: dict[str, cst.BaseExpression] = {}  # local name -> last expression bound to it (shapes)
         self.modules: dict[str, tuple[str, str]] = {}  # local name -> (class, path prefix) of a layer
         self.edges: set[tuple[str, str]] = set()
         self.returned = None
@@ -306,6 +309,9 @@ class _FunctionFlow:
         if isinstance(target, cst.Name):
             self.env[target.value] = value
             self.raw.pop(target.value, None)
+            self.sources.pop(target.value, None)
+            if source is not None:
+                self.sources[target.value] = source
             if source is not None and (projection := self._projection_called(source)):
                 self.raw[target.value] = projection
             if isinstance(source, cst.Subscript) and (layer := self._layer_of(source.value)):
@@ -440,8 +446,12 @@ class _FunctionFlow:
                 )
                 if fused:
                     self.inference.mark_fused(fused, "concatenated")
-        if last_part(name).lstrip(".") in RESHAPES and isinstance(receiver, cst.Name) and receiver.value in self.raw:
-            self.inference.mark_fused(self.raw[receiver.value], "reshaped")
+        if last_part(name).lstrip(".") in RESHAPES and receiver is not None:
+            reshaped = self._projection_called(receiver) or (
+                self.raw.get(receiver.value) if isinstance(receiver, cst.Name) else None
+            )
+            if reshaped:
+                self.inference.mark_fused(reshaped, reshape_layout(node, self.sources))
         out = _union(self.args(node))
         return out | flat(self.expr(func))
 
@@ -469,6 +479,86 @@ class _FunctionFlow:
             for origin in substitute(frozenset({source}), bound):
                 self.edges.add((origin, consumer))
         return substitute(flow.returned if flow.returned is not None else EMPTY, bound)
+
+
+# -- layout of a fused output from the shape it is reshaped to --------------------------------------
+LAYOUT_RANK = {"reshaped": 0, "interleaved": 1, "undecided": 2, "concatenated": 3}
+HEAD_SIZE_WORDS = ("dim", "size", "feat", "width", "channel")
+
+
+def reshape_layout(call: cst.Call, sources: dict[str, cst.BaseExpression]) -> str:
+    """Where a reshape of a projection's raw output puts its parts (a literal factor such as
+    the 3 of q, k, v) relative to the heads. `view(b, t, 3, heads, d)` or `(3 * heads, d)`:
+    the parts are outermost, the output is `[q|k|v]` (concatenated), and column shards would
+    mix them. `view(b, t, heads, 3 * d)` (gpt_neox) or `(heads, 3, d)`: each head holds its
+    own q, k, v (interleaved), and column shards keep whole heads. No literal factor: a plain
+    reshape to heads. A factor with no heads axis named: "undecided" (replicated)."""
+    tokens = [t for element in _shape_elements(call, sources) for t in _factors(element)]
+    kinds = [_axis_kind(t, sources) for t in tokens]
+    if "part" not in kinds:
+        return "reshaped"
+    if "heads" not in kinds:
+        return "undecided"
+    return "concatenated" if kinds.index("part") < kinds.index("heads") else "interleaved"
+
+
+def _shape_elements(call: cst.Call, sources: dict[str, cst.BaseExpression]) -> list[cst.BaseExpression]:
+    args = list(call.args)
+    if last_part(call_name(call) or "").lstrip(".") == "unflatten":
+        args = [a for a in args if a.keyword is None or a.keyword.value == "sizes"][1:] if len(args) > 1 else []
+    elements: list[cst.BaseExpression] = []
+    for arg in args:
+        if arg.keyword is None or arg.keyword.value in ("shape", "size", "sizes"):
+            elements += _expand_shape(arg.value, sources, 0)
+    return elements
+
+
+def _expand_shape(node: cst.BaseExpression, sources: dict[str, cst.BaseExpression], depth: int) -> list:
+    """Shape axes in order, through tuple concatenation and local names bound to shapes."""
+    if isinstance(node, cst.Name) and node.value in sources and depth < 4:
+        bound = sources[node.value]
+        if isinstance(bound, (cst.Tuple, cst.List, cst.BinaryOperation)):
+            return _expand_shape(bound, sources, depth + 1)
+    if isinstance(node, (cst.Tuple, cst.List)):
+        return [
+            axis
+            for e in node.elements
+            for axis in _expand_shape(e.value, sources, depth + 1)
+        ]
+    if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Add) and (
+        _looks_like_shape(node.left, sources) or _looks_like_shape(node.right, sources)
+    ):  # `x.size()[:-1] + (heads, d)`; `heads + 2` stays one axis
+        return _expand_shape(node.left, sources, depth + 1) + _expand_shape(node.right, sources, depth + 1)
+    return [node]
+
+
+def _looks_like_shape(node: cst.BaseExpression, sources: dict[str, cst.BaseExpression]) -> bool:
+    if isinstance(node, cst.Name) and isinstance(sources.get(node.value), (cst.Tuple, cst.List)):
+        return True
+    if isinstance(node, (cst.Tuple, cst.List)):
+        return True
+    return isinstance(node, cst.Subscript) and any(isinstance(e.slice, cst.Slice) for e in node.slice)
+
+
+def _factors(node: cst.BaseExpression) -> list[cst.BaseExpression]:
+    """The factors of one axis, outermost first: `3 * heads` -> [3, heads]."""
+    if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Multiply):
+        return _factors(node.left) + _factors(node.right)
+    return [node]
+
+
+def _axis_kind(node: cst.BaseExpression, sources: dict[str, cst.BaseExpression]) -> str:
+    value = _integer(node)
+    if value is not None:
+        return "part" if value >= 2 else "other"
+    if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, (cst.FloorDivide, cst.Divide)):
+        return "other"  # hidden // heads: a head size
+    words = [n.value.lower() for n in walk(node) if isinstance(n, cst.Name)]
+    if isinstance(node, cst.Name) and isinstance(sources.get(node.value), (cst.Attribute, cst.Name)):
+        words += [n.value.lower() for n in walk(sources[node.value]) if isinstance(n, cst.Name)]
+    if any("head" in w and not any(x in w for x in HEAD_SIZE_WORDS) for w in words):
+        return "heads"
+    return "other"
 
 
 def _integer(node: cst.BaseExpression) -> int | None:
@@ -518,8 +608,8 @@ class FlowInference:
         self.fused: dict[str, str] = {}
 
     def mark_fused(self, path: str, layout: str) -> None:
-        # A split seen anywhere wins: one `.split` on the raw output makes it concatenated.
-        if self.fused.get(path) != "concatenated":
+        # The most constraining use wins: one `.split` on the raw output makes it concatenated.
+        if LAYOUT_RANK[layout] >= LAYOUT_RANK.get(self.fused.get(path, ""), -1):
             self.fused[path] = layout
 
     def summary(self, cls: str, prefix: str, method: str) -> Flow | None:
@@ -619,6 +709,9 @@ def _assign_styles(plans: ParallelPlans, projections: dict[str, Projection], edg
             why = f"{consumer} is fed by {', '.join(group)} and feeds {', '.join(sorted(feeds[consumer]))}"
         elif any(fed_by[p] or feeds[p] != {consumer} for p in group):
             why = f"{', '.join(group)} feed more than {consumer}"
+        elif undecided := [p for p in group if plans.fused.get(p) == "undecided"]:
+            why = (f"{', '.join(undecided)}: fused output reshaped with a part axis but no heads axis named, so "
+                   "whether its parts are concatenated or per-head interleaved cannot be read")
         elif not conv1d_as_linear and any(projections[p].kind == CONV1D for p in [*group, consumer]):
             why = "Conv1D stores its weight as [in, out]; transformers' colwise/rowwise split nn.Linear's [out, in]"
         if why:

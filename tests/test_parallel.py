@@ -68,7 +68,7 @@ def test_gpt_neox_fused_qkv_is_per_head_interleaved(legacy_sources):
         "layers.*.mlp.dense_h_to_4h": "colwise",
         "layers.*.mlp.dense_4h_to_h": "rowwise",
     }
-    assert plans.fused["layers.*.attention.query_key_value"] == "reshaped"
+    assert plans.fused["layers.*.attention.query_key_value"] == "interleaved"  # (heads, 3 * head_size)
 
 
 def test_gpt2_concatenated_qkv_is_gathered_and_conv1d_pairs_once_linear(legacy_sources):
@@ -193,6 +193,42 @@ def test_concatenated_linear_qkv_gathers_and_chains_are_reported():
     plans = _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": chain})
     assert {plans.tp_plan[f"blocks.*.ff.{n}"] for n in ("widen", "middle", "narrow")} == {"replicate"}
     assert "feeds" in plans.replicated["blocks.*.ff.middle"]
+
+
+CHUNKED = "        q, k, v = self.mix(x).chunk(3, dim=-1)\n        q, k, v = (y.view(b, t, -1, self.head_dim).transpose(1, 2) for y in (q, k, v))"
+
+
+def _reshaped_mix(lines: str) -> str:
+    assert CHUNKED in MODELING
+    return MODELING.replace(CHUNKED, textwrap.indent(textwrap.dedent(lines).strip(), "        "))
+
+
+@pytest.mark.parametrize(
+    ("lines", "layout"),
+    [
+        # The part axis (3) outside the heads: [q|k|v] along the features.
+        ("qkv = self.mix(x)\nqkv = qkv.view(b, t, 3, -1, self.head_dim).permute(2, 0, 3, 1, 4)\n"
+         "q, k, v = qkv[0], qkv[1], qkv[2]", "undecided"),
+        ("qkv = self.mix(x)\nheads = self.num_heads\nq, k, v = qkv.view(b, t, 3, heads, self.head_dim).unbind(2)\n"
+         "q, k, v = (y.transpose(1, 2) for y in (q, k, v))", "concatenated"),
+        ("q, k, v = self.mix(x).reshape(b, t, 3 * self.num_heads, -1).transpose(1, 2).chunk(3, dim=1)", "concatenated"),
+        # Heads outside the part axis: each head holds its own q, k, v.
+        ("qkv = self.mix(x)\nshape = qkv.size()[:-1] + (self.num_heads, 3 * self.head_dim)\n"
+         "q, k, v = qkv.view(*shape).transpose(1, 2).chunk(3, dim=-1)", "interleaved"),
+        ("qkv = self.mix(x).view(b, t, self.num_heads, 3, self.head_dim)\nq, k, v = qkv.transpose(1, 2).unbind(3)",
+         "interleaved"),
+    ],
+)
+def test_fused_layout_is_read_from_where_the_part_axis_sits(lines, layout):
+    modeling = _reshaped_mix(lines).replace("        self.head_dim =", "        self.num_heads = config.num_attention_heads\n        self.head_dim =")
+    plans = _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": modeling})
+    assert plans.fused["blocks.*.attn.mix"] == layout
+    styles = {"concatenated": ("colwise_rep", "rowwise_rep"), "interleaved": ("colwise", "rowwise"),
+              "undecided": ("replicate", "replicate")}[layout]
+    assert (plans.tp_plan["blocks.*.attn.mix"], plans.tp_plan["blocks.*.attn.merge"]) == styles
+    assert plans.tp_plan["blocks.*.ff.widen"] == "colwise"  # the rest of the plan is untouched
+    if layout == "undecided":
+        assert "cannot be read" in plans.replicated["blocks.*.attn.mix"]
 
 
 def test_experts_and_router_are_recognised():
