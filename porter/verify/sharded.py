@@ -210,6 +210,13 @@ def _compare(report: Report, outputs: dict, inputs: dict, result: dict, name: st
         report.add(Check("D2", name, FAIL, f"transformers applied no sharding (tp_size={result.get('tp_size')})",
                          figures))
         return
+    split = result.get("sharded_parameters")
+    figures["sharded_parameters"] = len(split) if split is not None else None
+    if split is not None and not split:
+        # Equal outputs prove nothing when every rank ran the whole model.
+        report.add(Check("D2", name, FAIL, "no parameter was sharded: the plan's keys match no module of the loaded "
+                         "model (see D1), so every rank ran the whole model", figures))
+        return
     report.add(Check("D2", name, PASS if worst <= TOLERANCE else FAIL, "", figures))
     if "full.single.generated" in outputs:
         same = torch.equal(outputs["full.single.generated"], outputs["sharded.single.generated"])
