@@ -167,7 +167,9 @@ def _tree_checks(report: Report, tree: dict, conditional: set[str]) -> None:
     """D1 on the real module tree: every key names a module (or one that only some configs
     build, e.g. cross-attention), and every projection of the layers is in the plan. A
     projection outside the layers (a pooler) stays replicated, as transformers' own plans do."""
-    unmatched = [k for k in tree["unmatched_keys"] if k not in conditional]
+    # The combined plan is keyed from the whole model; inference keys from the base model.
+    optional = {k for k in tree["unmatched_keys"] if k in conditional or any(k.endswith(f".{c}") for c in conditional)}
+    unmatched = [k for k in tree["unmatched_keys"] if k not in optional]
     in_layers = [p for p in tree["uncovered_projections"] if re.search(r"\.\d+\.", p)]
     outside = [p for p in tree["uncovered_projections"] if p not in in_layers]
     problems = []
@@ -176,7 +178,7 @@ def _tree_checks(report: Report, tree: dict, conditional: set[str]) -> None:
     if in_layers:
         problems.append(f"layer projections neither split nor declared replicated: {in_layers}")
     notes = [f"replicated outside the layers: {outside}"] if outside else []
-    skipped = [k for k in tree["unmatched_keys"] if k in conditional]
+    skipped = sorted(optional)
     if skipped:
         notes.append(f"keys for modules this config does not build: {skipped}")
     figures = {"keys": len(tree["tp_plan"]), "projections": tree["projections"], "unmatched": len(unmatched)}
