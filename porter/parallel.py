@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import libcst as cst
 
-from transforms.cst_utils import call_name, dotted, is_self_attr, last_part, param_names, walk
+from transforms.cst_utils import call_name, dotted, is_self_attr, last_part, param_names, single_assign, walk
 
 LINEAR = "linear"
 CONV1D = "conv1d"  # transformers' Conv1D: an affine map whose weight is stored [in, out]
@@ -47,6 +47,17 @@ class Projection:
     conditional: bool = False  # built only under an `if` in some `__init__`
 
 
+@dataclass(frozen=True)
+class Tower:
+    """A pretrained sub-model of a composite (a vision-language model's text tower): transformers
+    reads its plan from its own config class and prefixes it with the attribute that holds it."""
+
+    outer: str  # its path under the composite's base model, "language_model."
+    inner: str  # the path of its own base model, "language_model.model."
+    config_class: str
+    base: str
+
+
 @dataclass
 class ParallelPlans:
     """What inference found, ready for the codemod and the report."""
@@ -67,6 +78,23 @@ class ParallelPlans:
     routers: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # why a plan could not be written
+    towers: list[Tower] = field(default_factory=list)
+    tower_pp_plans: dict[str, dict] = field(default_factory=dict)  # tower config class -> its pipeline plan
+
+    def written_plans(self) -> dict[str | None, tuple[dict, dict]]:
+        """Config class -> (tp plan, pp plan) keyed from the base model it configures: a
+        tower's keys lose its prefix, and its head's (outside its base model) are left to the
+        head class, as transformers' own models do."""
+        out: dict[str | None, tuple[dict, dict]] = {
+            self.config_class: (
+                {k: v for k, v in self.tp_plan.items() if not any(k.startswith(t.outer) for t in self.towers)},
+                self.pp_plan,
+            )
+        }
+        for tower in self.towers:
+            tp = {k[len(tower.inner):]: v for k, v in self.tp_plan.items() if k.startswith(tower.inner)}
+            out[tower.config_class] = (tp, self.tower_pp_plans.get(tower.config_class, {}))
+        return out
 
     def split_fused(self, path: str, parts: list[str]) -> None:
         """`path` was split by the port into the projections `parts` (full paths): they take
@@ -115,6 +143,7 @@ class ParallelPlans:
             "routers": list(self.routers),
             "notes": list(self.notes),
             "problems": list(self.problems),
+            "towers": {t.outer: {"config_class": t.config_class, "base_model": t.base} for t in self.towers},
         }
 
 
@@ -647,10 +676,12 @@ def infer_plans(analysis: RepoAnalysis, styles: set[str] | None = None, conv1d_a
     projections = _projections(analysis, tree, base)
     inference = FlowInference(analysis, tree)
     flow = inference.summary(base, "", "forward")
+    plans.towers = _towers(analysis, tree, base)
     edges = {
         (s, d)
         for s, d in (flow.edges if flow else ())
         if s in projections and d in projections and s != d and _layer_scope(s) == _layer_scope(d)
+        and _tower_of(plans.towers, s) == _tower_of(plans.towers, d)  # a pair never spans towers
     }
     plans.fused = {p: layout for p, layout in inference.fused.items() if p in projections}
     plans.conditional = sorted(p for p, projection in projections.items() if projection.conditional)
@@ -658,8 +689,41 @@ def infer_plans(analysis: RepoAnalysis, styles: set[str] | None = None, conv1d_a
     plans.conv1d = {p: projection.owner for p, projection in projections.items() if projection.kind == CONV1D}
     _assign_styles(plans, projections, edges, styles, conv1d_as_linear)
     _find_experts(plans, analysis, tree, base, flow.edges if flow else set())
-    plans.pp_plan = _pp_plan(plans, analysis, tree, base)
+    plans.pp_plan = _pp_plan(plans, analysis, tree, base) if not plans.towers else {}
+    for tower in plans.towers:
+        plans.tower_pp_plans[tower.config_class] = _pp_plan(plans, analysis, tree, tower.base)
     return plans
+
+
+def _towers(analysis: RepoAnalysis, tree: ModuleTree, base: str) -> list[Tower]:
+    """Pretrained models held below the base model, each with a config class of the repo."""
+    towers: list[Tower] = []
+    for prefix, cls, _ in tree.walk_paths(base):
+        if not prefix or cls not in analysis.pretrained or any(prefix.startswith(t.outer) for t in towers):
+            continue
+        config = _declared_config(analysis, cls)
+        if config is None:
+            continue
+        attr = analysis.heads.get(cls)
+        tower_base = analysis.classes[cls].children.get(attr) if attr else cls
+        if tower_base is None:
+            continue
+        towers.append(Tower(prefix, f"{prefix}{attr}." if attr else prefix, config, tower_base))
+    return towers
+
+
+def _declared_config(analysis: RepoAnalysis, cls: str) -> str | None:
+    """The repo config class that `config_class = X` names on `cls` or an ancestor."""
+    for owner in (cls, *analysis.ancestors(cls)):
+        for stmt in analysis.classes[owner].node.body.body:
+            if (a := single_assign(stmt)) and dotted(a[0][0]) == "config_class":
+                name = last_part(dotted(a[1]) or "")
+                return name if name in analysis.classes else None
+    return None
+
+
+def _tower_of(towers: list[Tower], path: str) -> str:
+    return next((t.outer for t in towers if path.startswith(t.outer)), "")
 
 
 def _pick_base_model(analysis: RepoAnalysis) -> str | None:
@@ -868,4 +932,4 @@ def _output_names(call: cst.Call, statements) -> list[str]:
     return []
 
 
-__all__ = ["ParallelPlans", "Projection", "infer_plans"]
+__all__ = ["ParallelPlans", "Projection", "Tower", "infer_plans"]
