@@ -185,17 +185,22 @@ def _tree_checks(report: Report, tree: dict, conditional: set[str]) -> None:
     status = FAIL if problems or not tree["tp_plan"] else PASS
     report.add(Check("D1", "plan keys against the module tree built on the meta device", status,
                      "; ".join(problems + notes), figures))
-    pp = tree["pp_plan"]
-    if not pp:
+    if not tree["pipeline"]:
         report.add(Check("D3", "pipeline plan", SKIP, "no base_model_pp_plan (see the notes of D1)"))
         return
-    children = [c[0] for c in tree["children"]]
-    lists = [c[0] for c in tree["children"] if c[2]]
+    for entry in tree["pipeline"]:  # one per base model: a composite's towers each have one
+        report.add(_pipeline_check(entry))
+
+
+def _pipeline_check(entry: dict) -> Check:
+    pp, where = entry["pp_plan"], entry["module"] or "the base model"
+    children = [c[0] for c in entry["children"]]
+    lists = [c[0] for c in entry["children"] if c[2]]
     bad = [k for k in pp if k not in children]
     planned_lists = [k for k in pp if k in lists]
     ok = not bad and len(planned_lists) == 1 and len(lists) == 1
-    detail = "" if ok else f"not direct children: {bad}; layer lists in the plan: {planned_lists} of {lists}"
-    report.add(Check("D3", "pipeline plan", PASS if ok else FAIL, detail, {"entries": len(pp)}))
+    detail = "" if ok else f"{where}: not direct children: {bad}; layer lists in the plan: {planned_lists} of {lists}"
+    return Check("D3", "pipeline plan", PASS if ok else FAIL, detail, {"module": where, "entries": len(pp)})
 
 
 def _compare(report: Report, outputs: dict, inputs: dict, result: dict, name: str) -> None:

@@ -80,27 +80,41 @@ def _module_tree(auto_cls, config):
 
     with torch.device("meta"):
         model = auto_cls.from_config(config, trust_remote_code=True)
-    base = model.base_model
     # The plan transformers applies: the config's, keyed from the base model, combined with
     # every sub-model's (a composite's towers), keyed from the whole model.
     names = [name for name, _ in model.named_modules() if name]
     tp_plan = dict(getattr(model, "_tp_plan", None) or {})
-    pp_plan = dict(getattr(type(config), "base_model_pp_plan", None) or {})
+    pipeline = _pipeline_plans(model)
     projections = sorted(
         name
         for name, module in model.named_modules()
         if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"
     )
     covered = [_pattern(key) for key in tp_plan]
-    children = [(name, type(child).__name__, isinstance(child, torch.nn.ModuleList)) for name, child in base.named_children()]
     return {
         "tp_plan": tp_plan,
-        "pp_plan": {k: [list(v[0]), list(v[1])] for k, v in pp_plan.items()},
+        "pipeline": pipeline,
         "unmatched_keys": [key for key in tp_plan if not any(_pattern(key).fullmatch(n) for n in names)],
         "uncovered_projections": [p for p in projections if not any(c.fullmatch(p) for c in covered)],
         "projections": len(projections),
-        "children": children,
     }
+
+
+def _pipeline_plans(model):
+    """Each base model's `base_model_pp_plan` (a composite's towers have their own), with
+    the direct children it must name."""
+    import torch
+
+    found = []
+    for path, module in model.named_modules():
+        config = getattr(module, "config", None)
+        plan = getattr(type(config), "base_model_pp_plan", None) if config is not None else None
+        if not plan or getattr(module, "base_model", None) is not module:
+            continue
+        children = [(n, type(c).__name__, isinstance(c, torch.nn.ModuleList)) for n, c in module.named_children()]
+        found.append({"module": path, "pp_plan": {k: [list(v[0]), list(v[1])] for k, v in plan.items()},
+                      "children": children})
+    return found
 
 
 def main(spec_path):
