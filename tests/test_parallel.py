@@ -11,6 +11,7 @@ from pathlib import Path
 import libcst as cst
 import pytest
 import torch
+from libcst.codemod import CodemodContext
 from safetensors.torch import save_file
 
 from porter.analysis import analyse
@@ -18,7 +19,8 @@ from porter.parallel import infer_plans
 from porter.report import FAIL, PASS, SKIP, Report
 from porter.verify.sharded import prove_sharded
 from tests.corpus import _absolute_imports, fetch_wheel
-from tests.transforms.helpers import run_transforms
+from tests.transforms.helpers import _apply, run_transforms
+from transforms.base import PortState
 from transforms.parallel_plans import WriteParallelPlans
 
 
@@ -429,3 +431,53 @@ def test_replicated_fused_qkv_proves_sharded(tmp_path):
     report = Report(source=str(repo))
     prove_sharded(result.output, json.loads((result.output / "config.json").read_text()), plans, report)
     assert all(c.status == PASS for c in report.checks), report.summary_table()
+
+
+# -- composite models: each tower's plan where transformers reads it -----------------------------------
+def test_composite_text_tower_plan_goes_to_its_own_config_and_pairs_stay_in_their_tower(tmp_path):
+    """The sample vision-language model holds its text tower as a pretrained model with its own
+    config class: transformers 5 reads that tower's `base_model_tp_plan` there, keyed from the
+    tower's base model, and prefixes it. The vision tower (a plain module) stays in the
+    composite's plan. The projector feeds the text tower's input, but a pair never spans towers."""
+    import shutil
+
+    import porter
+
+    samples = Path(__file__).resolve().parent.parent / "samples"
+    for source in [*(samples / "tiny_legacy_vlm").iterdir(), *(samples / "tiny_legacy_lm").glob("*.py")]:
+        shutil.copy(source, tmp_path / source.name)
+    modules, analysis = porter.analyse_repo(porter.load(tmp_path))
+    state = PortState(analysis=analysis, facts={})
+    written_files = {name: _apply(WriteParallelPlans(CodemodContext(filename=name), state, name), tree).code
+                     for name, tree in modules.items()}
+    plans = state.facts["_parallel_plans"]
+    assert [(t.outer, t.inner, t.config_class, t.base) for t in plans.towers] == [
+        ("language_model.", "language_model.model.", "TinyLegacyLMConfig", "TinyLegacyLMModel")]
+    assert "projector" in plans.replicated and "projector" not in plans.tp_plan
+    assert all(all(p.startswith("language_model.") for p in g) == c.startswith("language_model.") for g, c in plans.pairs)
+    written = plans.written_plans()
+    composite, tower = written["TinyLegacyVLMConfig"], written["TinyLegacyLMConfig"]
+    assert composite[0]["vision_model.blocks.*.fc1"] == "colwise" and composite[1] == {}
+    assert not any(k.startswith("language_model.") for k in composite[0])
+    assert tower[0]["blocks.*.attn.wo"] == "rowwise" and tower[0]["blocks.*.mlp.w_down"] == "rowwise"
+    assert list(tower[1]) == ["embed_tokens", "blocks", "norm"]
+    # Written by the codemod into both config classes.
+    text_config, composite_config = (_declared(written_files[f"configuration_tiny_legacy_{n}.py"], "base_model_tp_plan")
+                                     for n in ("lm", "vlm"))
+    assert text_config == tower[0] and composite_config == composite[0]
+
+
+def test_a_sharded_run_that_split_nothing_fails_d2():
+    """Equal outputs from a run where every rank held the whole model prove nothing."""
+    from porter.verify.sharded import _compare
+
+    out = torch.ones(1, 3, 4)
+    outputs = {f"{w}.{k}.output": out for w in ("full", "sharded") for k in ("single", "batch")}
+    inputs = {"batch.attention_mask": torch.ones(1, 3)}
+    result = {"tp_size": 2, "applied_plan": {"layers.*.q": "colwise"}, "sharded_parameters": []}
+    report = Report(source="x")
+    _compare(report, outputs, inputs, result, "D2")
+    assert [c.status for c in report.checks] == [FAIL] and "no parameter was sharded" in report.checks[0].detail
+    report = Report(source="x")
+    _compare(report, outputs, inputs, {**result, "sharded_parameters": ["layers.0.q.weight"]}, "D2")
+    assert [c.status for c in report.checks] == [PASS] and report.checks[0].figures["sharded_parameters"] == 1
