@@ -693,14 +693,19 @@ class _OpApplier:
         """The output tensors that are complete once ``tensor`` has been read."""
         if tensor.layout != torch.strided:
             raise BadInput(f"{name}: {tensor.layout} tensors cannot be stored in safetensors")
-        for op in self.ops:
+        return self._feed(name, tensor, self.ops)
+
+    def _feed(self, name: str, tensor: torch.Tensor, ops: list[WeightOp]) -> list[tuple[str, _Out]]:
+        for op in ops:
             match = re.fullmatch(op.source, name)
             if match is None or (op.kind == "merge" and match["part"] not in op.parts):
                 continue
             targets = [match.expand(t) for t in op.targets]
             if op.kind == "rename":
                 self._note("renamed", name, targets[0])
-                return [(targets[0], _Out.of(tensor))]
+                # A moved tensor may still need splitting, permuting or merging (a composite's
+                # tower moved under its base model, and its fused projection split).
+                return self._feed(targets[0], tensor, [o for o in ops if o.kind != "rename"])
             if op.kind == "split":
                 self._note("split", name, targets)
                 return list(zip(targets, _split(name, tensor, op), strict=True))

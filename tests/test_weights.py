@@ -261,6 +261,24 @@ def test_rename_and_split_ops(tmp_path: Path) -> None:
                                                    "h.0.attn.v_proj.weight"]
 
 
+def test_a_renamed_tensor_is_still_split(tmp_path: Path) -> None:
+    """A composite's tower moves under its base model (a rename) and its fused projection is
+    split: both apply, whichever op comes first; renames never chain."""
+    q, k = torch.randn(4, 6), torch.randn(4, 6)
+    torch.save({"vision.attn.qkv.weight": torch.cat([q, k]), "text.fc.weight": torch.ones(2)},
+               tmp_path / "pytorch_model.bin")
+    ops = [
+        WeightOp("rename", r"^(?!text\.)(.*)$", (r"model.\1",)),
+        WeightOp("rename", r"^text\.(.*)$", (r"model.text.\1",)),
+        WeightOp("split", r"((?:.+\.)?vision\.attn\.)qkv\.(weight)", (r"\g<1>q.\g<2>", r"\g<1>k.\g<2>")),
+    ]
+    report = convert_checkpoint([tmp_path / "pytorch_model.bin"], tmp_path / "out", ops=ops)
+    written = read_output(tmp_path / "out")
+    assert set(written) == {"model.vision.attn.q.weight", "model.vision.attn.k.weight", "model.text.fc.weight"}
+    assert bits_equal(written["model.vision.attn.q.weight"], q) and bits_equal(written["model.vision.attn.k.weight"], k)
+    assert report.renamed["vision.attn.qkv.weight"] == "model.vision.attn.qkv.weight"
+
+
 def test_split_that_does_not_divide_is_refused(tmp_path: Path) -> None:
     torch.save({"x.qkv.weight": torch.ones(5, 2)}, tmp_path / "w.pt")
     op = WeightOp("split", r"(.*)\.qkv\.weight", (r"\1.q", r"\1.k", r"\1.v"))
