@@ -521,14 +521,16 @@ def reshape_layout(call: cst.Call, sources: dict[str, cst.BaseExpression]) -> st
     the parts are outermost, the output is `[q|k|v]` (concatenated), and column shards would
     mix them. `view(b, t, heads, 3 * d)` (gpt_neox) or `(heads, 3, d)`: each head holds its
     own q, k, v (interleaved), and column shards keep whole heads. No literal factor: a plain
-    reshape to heads. A factor with no heads axis named: "undecided" (replicated)."""
+    reshape to heads. With no heads axis named, the inferred axis (-1) stands for the heads,
+    as it takes what the named axes leave; with neither: "undecided" (replicated)."""
     tokens = [t for element in _shape_elements(call, sources) for t in _factors(element)]
     kinds = [_axis_kind(t, sources) for t in tokens]
     if "part" not in kinds:
         return "reshaped"
-    if "heads" not in kinds:
+    heads = "heads" if "heads" in kinds else "inferred"
+    if heads not in kinds:
         return "undecided"
-    return "concatenated" if kinds.index("part") < kinds.index("heads") else "interleaved"
+    return "concatenated" if kinds.index("part") < kinds.index(heads) else "interleaved"
 
 
 def _shape_elements(call: cst.Call, sources: dict[str, cst.BaseExpression]) -> list[cst.BaseExpression]:
@@ -579,7 +581,7 @@ def _factors(node: cst.BaseExpression) -> list[cst.BaseExpression]:
 def _axis_kind(node: cst.BaseExpression, sources: dict[str, cst.BaseExpression]) -> str:
     value = _integer(node)
     if value is not None:
-        return "part" if value >= 2 else "other"
+        return "part" if value >= 2 else "inferred" if value == -1 else "other"
     if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, (cst.FloorDivide, cst.Divide)):
         return "other"  # hidden // heads: a head size
     words = [n.value.lower() for n in walk(node) if isinstance(n, cst.Name)]

@@ -210,7 +210,7 @@ def _reshaped_mix(lines: str) -> str:
     [
         # The part axis (3) outside the heads: [q|k|v] along the features.
         ("qkv = self.mix(x)\nqkv = qkv.view(b, t, 3, -1, self.head_dim).permute(2, 0, 3, 1, 4)\n"
-         "q, k, v = qkv[0], qkv[1], qkv[2]", "undecided"),
+         "q, k, v = qkv[0], qkv[1], qkv[2]", "concatenated"),  # -1: what is left, the heads
         ("qkv = self.mix(x)\nheads = self.num_heads\nq, k, v = qkv.view(b, t, 3, heads, self.head_dim).unbind(2)\n"
          "q, k, v = (y.transpose(1, 2) for y in (q, k, v))", "concatenated"),
         ("q, k, v = self.mix(x).reshape(b, t, 3 * self.num_heads, -1).transpose(1, 2).chunk(3, dim=1)", "concatenated"),
@@ -219,6 +219,10 @@ def _reshaped_mix(lines: str) -> str:
          "q, k, v = qkv.view(*shape).transpose(1, 2).chunk(3, dim=-1)", "interleaved"),
         ("qkv = self.mix(x).view(b, t, self.num_heads, 3, self.head_dim)\nq, k, v = qkv.transpose(1, 2).unbind(3)",
          "interleaved"),
+        ("qkv = self.mix(x).view(b, t, -1, 3, self.head_dim)\nq, k, v = qkv.transpose(1, 2).unbind(3)", "interleaved"),
+        # No axis names the heads and none is inferred: which of n and 3 is outer cannot be read.
+        ("n = x.shape[-1] // self.head_dim\nqkv = self.mix(x).view(b, t, n // 3, 3, self.head_dim)\n"
+         "q, k, v = qkv.transpose(1, 2).unbind(3)", "undecided"),
     ],
 )
 def test_fused_layout_is_read_from_where_the_part_axis_sits(lines, layout):
