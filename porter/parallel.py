@@ -670,7 +670,7 @@ def infer_plans(analysis: RepoAnalysis, styles: set[str] | None = None, conv1d_a
     `conv1d_as_linear`: the port turns Conv1D projections into nn.Linear (transforms/
     conv1d_linear.py), so they pair like any linear; without it they stay replicated."""
     base = _pick_base_model(analysis)
-    plans = ParallelPlans(base_model=base, config_class=_config_class(analysis))
+    plans = ParallelPlans(base_model=base, config_class=_plan_config(analysis, base))
     if base is None:
         plans.problems.append("no base model (a pretrained class owning the layer list) was found")
         return plans
@@ -745,6 +745,18 @@ def _config_class(analysis: RepoAnalysis) -> str | None:
     ]
     named = [name for name in configs if name in analysis.entry_points]
     return (named or configs or [None])[0]
+
+
+def _plan_config(analysis: RepoAnalysis, base: str | None) -> str | None:
+    """Where transformers reads the base model's plan: the config `auto_map` names, unless the
+    base model declares an unrelated repo config class, a sub-config (a composite whose text
+    tower is the only pretrained model the code builds by name, as llava's)."""
+    top = _config_class(analysis)
+    declared = _declared_config(analysis, base) if base else None
+    if declared is None or top is None or declared == top:
+        return top
+    related = declared in analysis.ancestors(top) or top in analysis.ancestors(declared)
+    return top if related else declared
 
 
 def _projections(analysis: RepoAnalysis, tree: ModuleTree, base: str) -> dict[str, Projection]:
