@@ -485,3 +485,16 @@ def test_a_sharded_run_that_split_nothing_fails_d2():
     report = Report(source="x")
     _compare(report, outputs, inputs, {**result, "sharded_parameters": ["layers.0.q.weight"]}, "D2")
     assert [c.status for c in report.checks] == [PASS] and report.checks[0].figures["sharded_parameters"] == 1
+
+
+def test_text_tower_built_by_name_gets_its_plan_in_its_own_config(cache_dir):
+    """llava builds its towers through Auto classes; the one pretrained model its code names is
+    the text tower, whose config class is a sub-config: the plan goes there, not into
+    LlavaConfig, where transformers would look for it on the composite."""
+    import porter
+    from tests.corpus import legacy_llava_repo
+
+    _, analysis = porter.analyse_repo(porter.load(legacy_llava_repo(cache_dir)))
+    plans = infer_plans(analysis)
+    assert (plans.base_model, plans.config_class) == ("LlamaModel", "LlamaConfig")
+    assert plans.tp_plan["layers.*.self_attn.o_proj"] == "rowwise"
