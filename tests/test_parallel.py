@@ -469,6 +469,13 @@ def test_composite_text_tower_plan_goes_to_its_own_config_and_pairs_stay_in_thei
     text_config, composite_config = (_declared(written_files[f"configuration_tiny_legacy_{n}.py"], "base_model_tp_plan")
                                      for n in ("lm", "vlm"))
     assert text_config == tower[0] and composite_config == composite[0]
+    # The contract reads the tower's pipeline plan from the config class that declares it.
+    from porter.contract import Code, pipeline_plan, tensor_parallel_plan
+
+    config = json.loads((tmp_path / "config.json").read_text())
+    code = Code.read(config, {name: cst.parse_module(text) for name, text in written_files.items()})
+    assert tensor_parallel_plan(code).status == PASS
+    assert pipeline_plan(code).status == PASS, pipeline_plan(code).detail
 
 
 def test_a_sharded_run_that_split_nothing_fails_d2():
