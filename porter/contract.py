@@ -399,8 +399,26 @@ def _all_self_attributes(code: Code) -> set[str]:
     return {name for cls in code.analysis.classes for name in code.class_attributes(cls)}
 
 
+def _plan_config(code: Code, attr: str) -> str | None:
+    """The config class holding the plan: the one `auto_map` names, else a sub-config that
+    declares it (a composite's text tower, where transformers reads the tower's plan)."""
+    top = _config_class(code)
+    if top is None or code.class_attributes(top).get(attr) is not None:
+        return top
+    declaring = sorted(n for n in code.analysis.classes if n != top and code.class_attributes(n).get(attr) is not None)
+    return declaring[0] if declaring else top
+
+
+def _configured_by(code: Code, config: str) -> list[str]:
+    """Base models whose `config_class` is `config` (all of them when none says)."""
+    from porter.parallel import _declared_config  # the analysis imports transforms, which import porter.parallel
+
+    own = [b for b in sorted(code.analysis.base_models) if _declared_config(code.analysis, b) == config]
+    return own or sorted(code.analysis.base_models)
+
+
 def tensor_parallel_plan(code: Code) -> Check:
-    name = _config_class(code)
+    name = _plan_config(code, "base_model_tp_plan")
     plan = _dict_entries(code.class_attributes(name).get("base_model_tp_plan")) if name else None
     if plan is None:
         plan = code.config.get("base_model_tp_plan")
@@ -419,13 +437,13 @@ def tensor_parallel_plan(code: Code) -> Check:
 
 
 def pipeline_plan(code: Code) -> Check:
-    name = _config_class(code)
+    name = _plan_config(code, "base_model_pp_plan")
     plan = _dict_entries(code.class_attributes(name).get("base_model_pp_plan")) if name else None
     if not plan:
         where = code.place(name, None, "")[:2] if name else ("config.json", None)
         return _result("D3", "base_model_pp_plan", [(*where, "no base_model_pp_plan")])
     failures = []
-    for base in sorted(code.analysis.base_models):
+    for base in _configured_by(code, name):
         children = code.class_attributes(base)
         layer_lists = {a for owner in code.lineage(base) for a in code.analysis.classes[owner].layer_lists}
         unknown = [k for k in plan if k not in children]

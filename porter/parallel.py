@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import libcst as cst
 
-from transforms.cst_utils import call_name, dotted, is_self_attr, last_part, param_names, walk
+from transforms.cst_utils import call_name, dotted, is_self_attr, last_part, param_names, single_assign, walk
 
 LINEAR = "linear"
 CONV1D = "conv1d"  # transformers' Conv1D: an affine map whose weight is stored [in, out]
@@ -47,6 +47,17 @@ class Projection:
     conditional: bool = False  # built only under an `if` in some `__init__`
 
 
+@dataclass(frozen=True)
+class Tower:
+    """A pretrained sub-model of a composite (a vision-language model's text tower): transformers
+    reads its plan from its own config class and prefixes it with the attribute that holds it."""
+
+    outer: str  # its path under the composite's base model, "language_model."
+    inner: str  # the path of its own base model, "language_model.model."
+    config_class: str
+    base: str
+
+
 @dataclass
 class ParallelPlans:
     """What inference found, ready for the codemod and the report."""
@@ -57,7 +68,9 @@ class ParallelPlans:
     pp_plan: dict[str, tuple[list[str], list[str]]] = field(default_factory=dict)
     replicated: dict[str, str] = field(default_factory=dict)  # projection path -> why it is not split
     pairs: list[tuple[list[str], str]] = field(default_factory=list)  # (column-parallel producers, consumer)
-    fused: dict[str, str] = field(default_factory=dict)  # projection path -> "interleaved" | "concatenated"
+    # projection path -> layout of its raw output: "concatenated" ([a|b|..] along the features),
+    # "interleaved" (heads outside the parts), "reshaped" (to heads, no parts seen), "undecided"
+    fused: dict[str, str] = field(default_factory=dict)
     conditional: list[str] = field(default_factory=list)  # projections some configs do not build
     conv1d: dict[str, str] = field(default_factory=dict)  # Conv1D projection path -> class that builds it
     owners: dict[str, str] = field(default_factory=dict)  # projection path -> class that builds it
@@ -65,6 +78,23 @@ class ParallelPlans:
     routers: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # why a plan could not be written
+    towers: list[Tower] = field(default_factory=list)
+    tower_pp_plans: dict[str, dict] = field(default_factory=dict)  # tower config class -> its pipeline plan
+
+    def written_plans(self) -> dict[str | None, tuple[dict, dict]]:
+        """Config class -> (tp plan, pp plan) keyed from the base model it configures: a
+        tower's keys lose its prefix, and its head's (outside its base model) are left to the
+        head class, as transformers' own models do."""
+        out: dict[str | None, tuple[dict, dict]] = {
+            self.config_class: (
+                {k: v for k, v in self.tp_plan.items() if not any(k.startswith(t.outer) for t in self.towers)},
+                self.pp_plan,
+            )
+        }
+        for tower in self.towers:
+            tp = {k[len(tower.inner):]: v for k, v in self.tp_plan.items() if k.startswith(tower.inner)}
+            out[tower.config_class] = (tp, self.tower_pp_plans.get(tower.config_class, {}))
+        return out
 
     def split_fused(self, path: str, parts: list[str]) -> None:
         """`path` was split by the port into the projections `parts` (full paths): they take
@@ -113,6 +143,7 @@ class ParallelPlans:
             "routers": list(self.routers),
             "notes": list(self.notes),
             "problems": list(self.problems),
+            "towers": {t.outer: {"config_class": t.config_class, "base_model": t.base} for t in self.towers},
         }
 
 
@@ -248,6 +279,7 @@ class _FunctionFlow:
         self.info = inference.analysis.classes[cls]
         self.env: dict[str, object] = dict(params)
         self.raw: dict[str, str] = {}  # local name -> projection whose untouched output it holds
+        self.sources: dict[str, cst.BaseExpression] = {}  # local name -> last expression bound to it (shapes)
         self.modules: dict[str, tuple[str, str]] = {}  # local name -> (class, path prefix) of a layer
         self.edges: set[tuple[str, str]] = set()
         self.returned = None
@@ -306,6 +338,9 @@ class _FunctionFlow:
         if isinstance(target, cst.Name):
             self.env[target.value] = value
             self.raw.pop(target.value, None)
+            self.sources.pop(target.value, None)
+            if source is not None:
+                self.sources[target.value] = source
             if source is not None and (projection := self._projection_called(source)):
                 self.raw[target.value] = projection
             if isinstance(source, cst.Subscript) and (layer := self._layer_of(source.value)):
@@ -440,8 +475,12 @@ class _FunctionFlow:
                 )
                 if fused:
                     self.inference.mark_fused(fused, "concatenated")
-        if last_part(name).lstrip(".") in RESHAPES and isinstance(receiver, cst.Name) and receiver.value in self.raw:
-            self.inference.mark_fused(self.raw[receiver.value], "reshaped")
+        if last_part(name).lstrip(".") in RESHAPES and receiver is not None:
+            reshaped = self._projection_called(receiver) or (
+                self.raw.get(receiver.value) if isinstance(receiver, cst.Name) else None
+            )
+            if reshaped:
+                self.inference.mark_fused(reshaped, reshape_layout(node, self.sources))
         out = _union(self.args(node))
         return out | flat(self.expr(func))
 
@@ -469,6 +508,88 @@ class _FunctionFlow:
             for origin in substitute(frozenset({source}), bound):
                 self.edges.add((origin, consumer))
         return substitute(flow.returned if flow.returned is not None else EMPTY, bound)
+
+
+# -- layout of a fused output from the shape it is reshaped to --------------------------------------
+LAYOUT_RANK = {"reshaped": 0, "interleaved": 1, "undecided": 2, "concatenated": 3}
+HEAD_SIZE_WORDS = ("dim", "size", "feat", "width", "channel")
+
+
+def reshape_layout(call: cst.Call, sources: dict[str, cst.BaseExpression]) -> str:
+    """Where a reshape of a projection's raw output puts its parts (a literal factor such as
+    the 3 of q, k, v) relative to the heads. `view(b, t, 3, heads, d)` or `(3 * heads, d)`:
+    the parts are outermost, the output is `[q|k|v]` (concatenated), and column shards would
+    mix them. `view(b, t, heads, 3 * d)` (gpt_neox) or `(heads, 3, d)`: each head holds its
+    own q, k, v (interleaved), and column shards keep whole heads. No literal factor: a plain
+    reshape to heads. With no heads axis named, the inferred axis (-1) stands for the heads,
+    as it takes what the named axes leave; with neither: "undecided" (replicated)."""
+    tokens = [t for element in _shape_elements(call, sources) for t in _factors(element)]
+    kinds = [_axis_kind(t, sources) for t in tokens]
+    if "part" not in kinds:
+        return "reshaped"
+    heads = "heads" if "heads" in kinds else "inferred"
+    if heads not in kinds:
+        return "undecided"
+    return "concatenated" if kinds.index("part") < kinds.index(heads) else "interleaved"
+
+
+def _shape_elements(call: cst.Call, sources: dict[str, cst.BaseExpression]) -> list[cst.BaseExpression]:
+    args = list(call.args)
+    if last_part(call_name(call) or "").lstrip(".") == "unflatten":
+        args = [a for a in args if a.keyword is None or a.keyword.value == "sizes"][1:] if len(args) > 1 else []
+    elements: list[cst.BaseExpression] = []
+    for arg in args:
+        if arg.keyword is None or arg.keyword.value in ("shape", "size", "sizes"):
+            elements += _expand_shape(arg.value, sources, 0)
+    return elements
+
+
+def _expand_shape(node: cst.BaseExpression, sources: dict[str, cst.BaseExpression], depth: int) -> list:
+    """Shape axes in order, through tuple concatenation and local names bound to shapes."""
+    if isinstance(node, cst.Name) and node.value in sources and depth < 4:
+        bound = sources[node.value]
+        if isinstance(bound, (cst.Tuple, cst.List, cst.BinaryOperation)):
+            return _expand_shape(bound, sources, depth + 1)
+    if isinstance(node, (cst.Tuple, cst.List)):
+        return [
+            axis
+            for e in node.elements
+            for axis in _expand_shape(e.value, sources, depth + 1)
+        ]
+    if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Add) and (
+        _looks_like_shape(node.left, sources) or _looks_like_shape(node.right, sources)
+    ):  # `x.size()[:-1] + (heads, d)`; `heads + 2` stays one axis
+        return _expand_shape(node.left, sources, depth + 1) + _expand_shape(node.right, sources, depth + 1)
+    return [node]
+
+
+def _looks_like_shape(node: cst.BaseExpression, sources: dict[str, cst.BaseExpression]) -> bool:
+    if isinstance(node, cst.Name) and isinstance(sources.get(node.value), (cst.Tuple, cst.List)):
+        return True
+    if isinstance(node, (cst.Tuple, cst.List)):
+        return True
+    return isinstance(node, cst.Subscript) and any(isinstance(e.slice, cst.Slice) for e in node.slice)
+
+
+def _factors(node: cst.BaseExpression) -> list[cst.BaseExpression]:
+    """The factors of one axis, outermost first: `3 * heads` -> [3, heads]."""
+    if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Multiply):
+        return _factors(node.left) + _factors(node.right)
+    return [node]
+
+
+def _axis_kind(node: cst.BaseExpression, sources: dict[str, cst.BaseExpression]) -> str:
+    value = _integer(node)
+    if value is not None:
+        return "part" if value >= 2 else "inferred" if value == -1 else "other"
+    if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, (cst.FloorDivide, cst.Divide)):
+        return "other"  # hidden // heads: a head size
+    words = [n.value.lower() for n in walk(node) if isinstance(n, cst.Name)]
+    if isinstance(node, cst.Name) and isinstance(sources.get(node.value), (cst.Attribute, cst.Name)):
+        words += [n.value.lower() for n in walk(sources[node.value]) if isinstance(n, cst.Name)]
+    if any("head" in w and not any(x in w for x in HEAD_SIZE_WORDS) for w in words):
+        return "heads"
+    return "other"
 
 
 def _integer(node: cst.BaseExpression) -> int | None:
@@ -518,8 +639,8 @@ class FlowInference:
         self.fused: dict[str, str] = {}
 
     def mark_fused(self, path: str, layout: str) -> None:
-        # A split seen anywhere wins: one `.split` on the raw output makes it concatenated.
-        if self.fused.get(path) != "concatenated":
+        # The most constraining use wins: one `.split` on the raw output makes it concatenated.
+        if LAYOUT_RANK[layout] >= LAYOUT_RANK.get(self.fused.get(path, ""), -1):
             self.fused[path] = layout
 
     def summary(self, cls: str, prefix: str, method: str) -> Flow | None:
@@ -549,7 +670,7 @@ def infer_plans(analysis: RepoAnalysis, styles: set[str] | None = None, conv1d_a
     `conv1d_as_linear`: the port turns Conv1D projections into nn.Linear (transforms/
     conv1d_linear.py), so they pair like any linear; without it they stay replicated."""
     base = _pick_base_model(analysis)
-    plans = ParallelPlans(base_model=base, config_class=_config_class(analysis))
+    plans = ParallelPlans(base_model=base, config_class=_plan_config(analysis, base))
     if base is None:
         plans.problems.append("no base model (a pretrained class owning the layer list) was found")
         return plans
@@ -557,10 +678,12 @@ def infer_plans(analysis: RepoAnalysis, styles: set[str] | None = None, conv1d_a
     projections = _projections(analysis, tree, base)
     inference = FlowInference(analysis, tree)
     flow = inference.summary(base, "", "forward")
+    plans.towers = _towers(analysis, tree, base)
     edges = {
         (s, d)
         for s, d in (flow.edges if flow else ())
         if s in projections and d in projections and s != d and _layer_scope(s) == _layer_scope(d)
+        and _tower_of(plans.towers, s) == _tower_of(plans.towers, d)  # a pair never spans towers
     }
     plans.fused = {p: layout for p, layout in inference.fused.items() if p in projections}
     plans.conditional = sorted(p for p, projection in projections.items() if projection.conditional)
@@ -569,8 +692,41 @@ def infer_plans(analysis: RepoAnalysis, styles: set[str] | None = None, conv1d_a
     _assign_styles(plans, projections, edges, styles, conv1d_as_linear)
     _keep_heads_whole(plans, projections, analysis)
     _find_experts(plans, analysis, tree, base, flow.edges if flow else set())
-    plans.pp_plan = _pp_plan(plans, analysis, tree, base)
+    plans.pp_plan = _pp_plan(plans, analysis, tree, base) if not plans.towers else {}
+    for tower in plans.towers:
+        plans.tower_pp_plans[tower.config_class] = _pp_plan(plans, analysis, tree, tower.base)
     return plans
+
+
+def _towers(analysis: RepoAnalysis, tree: ModuleTree, base: str) -> list[Tower]:
+    """Pretrained models held below the base model, each with a config class of the repo."""
+    towers: list[Tower] = []
+    for prefix, cls, _ in tree.walk_paths(base):
+        if not prefix or cls not in analysis.pretrained or any(prefix.startswith(t.outer) for t in towers):
+            continue
+        config = _declared_config(analysis, cls)
+        if config is None:
+            continue
+        attr = analysis.heads.get(cls)
+        tower_base = analysis.classes[cls].children.get(attr) if attr else cls
+        if tower_base is None:
+            continue
+        towers.append(Tower(prefix, f"{prefix}{attr}." if attr else prefix, config, tower_base))
+    return towers
+
+
+def _declared_config(analysis: RepoAnalysis, cls: str) -> str | None:
+    """The repo config class that `config_class = X` names on `cls` or an ancestor."""
+    for owner in (cls, *analysis.ancestors(cls)):
+        for stmt in analysis.classes[owner].node.body.body:
+            if (a := single_assign(stmt)) and dotted(a[0][0]) == "config_class":
+                name = last_part(dotted(a[1]) or "")
+                return name if name in analysis.classes else None
+    return None
+
+
+def _tower_of(towers: list[Tower], path: str) -> str:
+    return next((t.outer for t in towers if path.startswith(t.outer)), "")
 
 
 def _pick_base_model(analysis: RepoAnalysis) -> str | None:
@@ -590,6 +746,18 @@ def _config_class(analysis: RepoAnalysis) -> str | None:
     ]
     named = [name for name in configs if name in analysis.entry_points]
     return (named or configs or [None])[0]
+
+
+def _plan_config(analysis: RepoAnalysis, base: str | None) -> str | None:
+    """Where transformers reads the base model's plan: the config `auto_map` names, unless the
+    base model declares an unrelated repo config class, a sub-config (a composite whose text
+    tower is the only pretrained model the code builds by name, as llava's)."""
+    top = _config_class(analysis)
+    declared = _declared_config(analysis, base) if base else None
+    if declared is None or top is None or declared == top:
+        return top
+    related = declared in analysis.ancestors(top) or top in analysis.ancestors(declared)
+    return top if related else declared
 
 
 def _projections(analysis: RepoAnalysis, tree: ModuleTree, base: str) -> dict[str, Projection]:
@@ -620,6 +788,9 @@ def _assign_styles(plans: ParallelPlans, projections: dict[str, Projection], edg
             why = f"{consumer} is fed by {', '.join(group)} and feeds {', '.join(sorted(feeds[consumer]))}"
         elif any(fed_by[p] or feeds[p] != {consumer} for p in group):
             why = f"{', '.join(group)} feed more than {consumer}"
+        elif undecided := [p for p in group if plans.fused.get(p) == "undecided"]:
+            why = (f"{', '.join(undecided)}: fused output reshaped with a part axis but no heads axis named, so "
+                   "whether its parts are concatenated or per-head interleaved cannot be read")
         elif not conv1d_as_linear and any(projections[p].kind == CONV1D for p in [*group, consumer]):
             why = "Conv1D stores its weight as [in, out]; transformers' colwise/rowwise split nn.Linear's [out, in]"
         if why:
@@ -800,4 +971,4 @@ def _output_names(call: cst.Call, statements) -> list[str]:
     return []
 
 
-__all__ = ["ParallelPlans", "Projection", "infer_plans"]
+__all__ = ["ParallelPlans", "Projection", "Tower", "infer_plans"]

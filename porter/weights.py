@@ -680,9 +680,8 @@ def _gather(data: torch.Tensor, buffer: torch.Tensor | None) -> torch.Tensor:
 class _OpApplier:
     """Applies ops to source tensors in read order; one per pass over the sources.
 
-    The first op whose ``source`` matches a name applies. A rename hands its new name on to
-    the split, permute and merge ops after it (not to other renames: a set of renames is one
-    mapping), so a module that one transform moves and a later one splits gets both. A merge
+    The first op whose ``source`` matches a name applies; after a rename, the split, permute
+    and merge ops are tried on the new name (renames are one mapping and never chain). A merge
     holds the parts it has seen (references) until its last part arrives, then emits the target.
     """
 
@@ -695,18 +694,19 @@ class _OpApplier:
         """The output tensors that are complete once ``tensor`` has been read."""
         if tensor.layout != torch.strided:
             raise BadInput(f"{name}: {tensor.layout} tensors cannot be stored in safetensors")
-        renamed = False
-        for op in self.ops:
-            if renamed and op.kind == "rename":
-                continue
+        return self._feed(name, tensor, self.ops)
+
+    def _feed(self, name: str, tensor: torch.Tensor, ops: list[WeightOp]) -> list[tuple[str, _Out]]:
+        for op in ops:
             match = re.fullmatch(op.source, name)
             if match is None or (op.kind == "merge" and match["part"] not in op.parts):
                 continue
             targets = [match.expand(t) for t in op.targets]
             if op.kind == "rename":
                 self._note("renamed", name, targets[0])
-                name, renamed = targets[0], True
-                continue
+                # A moved tensor may still need splitting, permuting or merging (a composite's
+                # tower moved under its base model, and its fused projection split).
+                return self._feed(targets[0], tensor, [o for o in ops if o.kind != "rename"])
             if op.kind == "split":
                 self._note("split", name, targets)
                 return list(zip(targets, _split(name, tensor, op), strict=True))

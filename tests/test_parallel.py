@@ -11,6 +11,7 @@ from pathlib import Path
 import libcst as cst
 import pytest
 import torch
+from libcst.codemod import CodemodContext
 from safetensors.torch import save_file
 
 from porter.analysis import analyse
@@ -18,7 +19,8 @@ from porter.parallel import infer_plans
 from porter.report import FAIL, PASS, SKIP, Report
 from porter.verify.sharded import prove_sharded
 from tests.corpus import _absolute_imports, fetch_wheel
-from tests.transforms.helpers import run_transforms
+from tests.transforms.helpers import _apply, run_transforms
+from transforms.base import PortState
 from transforms.parallel_plans import WriteParallelPlans
 
 
@@ -68,7 +70,7 @@ def test_gpt_neox_fused_qkv_is_per_head_interleaved(legacy_sources):
         "layers.*.mlp.dense_h_to_4h": "colwise",
         "layers.*.mlp.dense_4h_to_h": "rowwise",
     }
-    assert plans.fused["layers.*.attention.query_key_value"] == "reshaped"
+    assert plans.fused["layers.*.attention.query_key_value"] == "interleaved"  # (heads, 3 * head_size)
 
 
 def test_gpt2_concatenated_qkv_is_gathered_and_conv1d_pairs_once_linear(legacy_sources):
@@ -193,6 +195,46 @@ def test_concatenated_linear_qkv_gathers_and_chains_are_reported():
     plans = _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": chain})
     assert {plans.tp_plan[f"blocks.*.ff.{n}"] for n in ("widen", "middle", "narrow")} == {"replicate"}
     assert "feeds" in plans.replicated["blocks.*.ff.middle"]
+
+
+CHUNKED = "        q, k, v = self.mix(x).chunk(3, dim=-1)\n        q, k, v = (y.view(b, t, -1, self.head_dim).transpose(1, 2) for y in (q, k, v))"
+
+
+def _reshaped_mix(lines: str) -> str:
+    assert CHUNKED in MODELING
+    return MODELING.replace(CHUNKED, textwrap.indent(textwrap.dedent(lines).strip(), "        "))
+
+
+@pytest.mark.parametrize(
+    ("lines", "layout"),
+    [
+        # The part axis (3) outside the heads: [q|k|v] along the features.
+        ("qkv = self.mix(x)\nqkv = qkv.view(b, t, 3, -1, self.head_dim).permute(2, 0, 3, 1, 4)\n"
+         "q, k, v = qkv[0], qkv[1], qkv[2]", "concatenated"),  # -1: what is left, the heads
+        ("qkv = self.mix(x)\nheads = self.num_heads\nq, k, v = qkv.view(b, t, 3, heads, self.head_dim).unbind(2)\n"
+         "q, k, v = (y.transpose(1, 2) for y in (q, k, v))", "concatenated"),
+        ("q, k, v = self.mix(x).reshape(b, t, 3 * self.num_heads, -1).transpose(1, 2).chunk(3, dim=1)", "concatenated"),
+        # Heads outside the part axis: each head holds its own q, k, v.
+        ("qkv = self.mix(x)\nshape = qkv.size()[:-1] + (self.num_heads, 3 * self.head_dim)\n"
+         "q, k, v = qkv.view(*shape).transpose(1, 2).chunk(3, dim=-1)", "interleaved"),
+        ("qkv = self.mix(x).view(b, t, self.num_heads, 3, self.head_dim)\nq, k, v = qkv.transpose(1, 2).unbind(3)",
+         "interleaved"),
+        ("qkv = self.mix(x).view(b, t, -1, 3, self.head_dim)\nq, k, v = qkv.transpose(1, 2).unbind(3)", "interleaved"),
+        # No axis names the heads and none is inferred: which of n and 3 is outer cannot be read.
+        ("n = x.shape[-1] // self.head_dim\nqkv = self.mix(x).view(b, t, n // 3, 3, self.head_dim)\n"
+         "q, k, v = qkv.transpose(1, 2).unbind(3)", "undecided"),
+    ],
+)
+def test_fused_layout_is_read_from_where_the_part_axis_sits(lines, layout):
+    modeling = _reshaped_mix(lines).replace("        self.head_dim =", "        self.num_heads = config.num_attention_heads\n        self.head_dim =")
+    plans = _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": modeling})
+    assert plans.fused["blocks.*.attn.mix"] == layout
+    styles = {"concatenated": ("colwise_rep", "rowwise_rep"), "interleaved": ("colwise", "rowwise"),
+              "undecided": ("replicate", "replicate")}[layout]
+    assert (plans.tp_plan["blocks.*.attn.mix"], plans.tp_plan["blocks.*.attn.merge"]) == styles
+    assert plans.tp_plan["blocks.*.ff.widen"] == "colwise"  # the rest of the plan is untouched
+    if layout == "undecided":
+        assert "cannot be read" in plans.replicated["blocks.*.attn.mix"]
 
 
 def test_experts_and_router_are_recognised():
@@ -393,3 +435,73 @@ def test_replicated_fused_qkv_proves_sharded(tmp_path):
     report = Report(source=str(repo))
     prove_sharded(result.output, json.loads((result.output / "config.json").read_text()), plans, report)
     assert all(c.status == PASS for c in report.checks), report.summary_table()
+
+
+# -- composite models: each tower's plan where transformers reads it -----------------------------------
+def test_composite_text_tower_plan_goes_to_its_own_config_and_pairs_stay_in_their_tower(tmp_path):
+    """The sample vision-language model holds its text tower as a pretrained model with its own
+    config class: transformers 5 reads that tower's `base_model_tp_plan` there, keyed from the
+    tower's base model, and prefixes it. The vision tower (a plain module) stays in the
+    composite's plan. The projector feeds the text tower's input, but a pair never spans towers."""
+    import shutil
+
+    import porter
+
+    samples = Path(__file__).resolve().parent.parent / "samples"
+    for source in [*(samples / "tiny_legacy_vlm").iterdir(), *(samples / "tiny_legacy_lm").glob("*.py")]:
+        shutil.copy(source, tmp_path / source.name)
+    modules, analysis = porter.analyse_repo(porter.load(tmp_path))
+    state = PortState(analysis=analysis, facts={})
+    written_files = {name: _apply(WriteParallelPlans(CodemodContext(filename=name), state, name), tree).code
+                     for name, tree in modules.items()}
+    plans = state.facts["_parallel_plans"]
+    assert [(t.outer, t.inner, t.config_class, t.base) for t in plans.towers] == [
+        ("language_model.", "language_model.model.", "TinyLegacyLMConfig", "TinyLegacyLMModel")]
+    assert "projector" in plans.replicated and "projector" not in plans.tp_plan
+    assert all(all(p.startswith("language_model.") for p in g) == c.startswith("language_model.") for g, c in plans.pairs)
+    written = plans.written_plans()
+    composite, tower = written["TinyLegacyVLMConfig"], written["TinyLegacyLMConfig"]
+    assert composite[0]["vision_model.blocks.*.fc1"] == "colwise" and composite[1] == {}
+    assert not any(k.startswith("language_model.") for k in composite[0])
+    assert tower[0]["blocks.*.attn.wo"] == "rowwise" and tower[0]["blocks.*.mlp.w_down"] == "rowwise"
+    assert list(tower[1]) == ["embed_tokens", "blocks", "norm"]
+    # Written by the codemod into both config classes.
+    text_config, composite_config = (_declared(written_files[f"configuration_tiny_legacy_{n}.py"], "base_model_tp_plan")
+                                     for n in ("lm", "vlm"))
+    assert text_config == tower[0] and composite_config == composite[0]
+    # The contract reads the tower's pipeline plan from the config class that declares it.
+    from porter.contract import Code, pipeline_plan, tensor_parallel_plan
+
+    config = json.loads((tmp_path / "config.json").read_text())
+    code = Code.read(config, {name: cst.parse_module(text) for name, text in written_files.items()})
+    assert tensor_parallel_plan(code).status == PASS
+    assert pipeline_plan(code).status == PASS, pipeline_plan(code).detail
+
+
+def test_a_sharded_run_that_split_nothing_fails_d2():
+    """Equal outputs from a run where every rank held the whole model prove nothing."""
+    from porter.verify.sharded import _compare
+
+    out = torch.ones(1, 3, 4)
+    outputs = {f"{w}.{k}.output": out for w in ("full", "sharded") for k in ("single", "batch")}
+    inputs = {"batch.attention_mask": torch.ones(1, 3)}
+    result = {"tp_size": 2, "applied_plan": {"layers.*.q": "colwise"}, "sharded_parameters": []}
+    report = Report(source="x")
+    _compare(report, outputs, inputs, result, "D2")
+    assert [c.status for c in report.checks] == [FAIL] and "no parameter was sharded" in report.checks[0].detail
+    report = Report(source="x")
+    _compare(report, outputs, inputs, {**result, "sharded_parameters": ["layers.0.q.weight"]}, "D2")
+    assert [c.status for c in report.checks] == [PASS] and report.checks[0].figures["sharded_parameters"] == 1
+
+
+def test_text_tower_built_by_name_gets_its_plan_in_its_own_config(cache_dir):
+    """llava builds its towers through Auto classes; the one pretrained model its code names is
+    the text tower, whose config class is a sub-config: the plan goes there, not into
+    LlavaConfig, where transformers would look for it on the composite."""
+    import porter
+    from tests.corpus import legacy_llava_repo
+
+    _, analysis = porter.analyse_repo(porter.load(legacy_llava_repo(cache_dir)))
+    plans = infer_plans(analysis)
+    assert (plans.base_model, plans.config_class) == ("LlamaModel", "LlamaConfig")
+    assert plans.tp_plan["layers.*.self_attn.o_proj"] == "rowwise"

@@ -261,26 +261,22 @@ def test_rename_and_split_ops(tmp_path: Path) -> None:
                                                    "h.0.attn.v_proj.weight"]
 
 
-def test_a_renamed_tensor_goes_on_to_later_ops(tmp_path: Path) -> None:
-    # One transform moves a tower (rename), a later one splits its fused projection: both apply.
-    q, k, v = (torch.randn(4, 6) for _ in range(3))
-    torch.save({"vision.blocks.0.qkv.weight": torch.cat([q, k, v]), "vision.blocks.0.norm.weight": torch.ones(6)},
+def test_a_renamed_tensor_is_still_split(tmp_path: Path) -> None:
+    """A composite's tower moves under its base model (a rename) and its fused projection is
+    split: both apply, whichever op comes first; renames never chain."""
+    q, k = torch.randn(4, 6), torch.randn(4, 6)
+    torch.save({"vision.attn.qkv.weight": torch.cat([q, k]), "text.fc.weight": torch.ones(2)},
                tmp_path / "pytorch_model.bin")
     ops = [
-        WeightOp("rename", r"vision\.(.*)", (r"model.vision.\1",)),
-        WeightOp("rename", r"(.*)", (r"model.\1",)),  # another rename of the same mapping: not chained
-        WeightOp("split", r"(.*)\.qkv\.weight", (r"\1.q_proj.weight", r"\1.k_proj.weight", r"\1.v_proj.weight")),
+        WeightOp("rename", r"^(?!text\.)(.*)$", (r"model.\1",)),
+        WeightOp("rename", r"^text\.(.*)$", (r"model.text.\1",)),
+        WeightOp("split", r"((?:.+\.)?vision\.attn\.)qkv\.(weight)", (r"\g<1>q.\g<2>", r"\g<1>k.\g<2>")),
     ]
-
     report = convert_checkpoint([tmp_path / "pytorch_model.bin"], tmp_path / "out", ops=ops)
-
     written = read_output(tmp_path / "out")
-    assert sorted(written) == ["model.vision.blocks.0.k_proj.weight", "model.vision.blocks.0.norm.weight",
-                               "model.vision.blocks.0.q_proj.weight", "model.vision.blocks.0.v_proj.weight"]
-    assert bits_equal(written["model.vision.blocks.0.q_proj.weight"], q)
-    assert bits_equal(written["model.vision.blocks.0.v_proj.weight"], v)
-    assert report.renamed["vision.blocks.0.qkv.weight"] == "model.vision.blocks.0.qkv.weight"
-    assert "model.vision.blocks.0.qkv.weight" in report.split
+    assert set(written) == {"model.vision.attn.q.weight", "model.vision.attn.k.weight", "model.text.fc.weight"}
+    assert bits_equal(written["model.vision.attn.q.weight"], q) and bits_equal(written["model.vision.attn.k.weight"], k)
+    assert report.renamed["vision.attn.qkv.weight"] == "model.vision.attn.qkv.weight"
 
 
 def test_split_that_does_not_divide_is_refused(tmp_path: Path) -> None:

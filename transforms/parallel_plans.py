@@ -65,16 +65,18 @@ class WriteParallelPlans(Transform):
     leaves_interface_code = True
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
-        plans = plans_for(self.state)
-        config = plans.config_class
+        # A composite's towers each get their plan in their own config class (see Tower).
+        written = plans_for(self.state).written_plans()
         analysis = self.state.analysis
-        if config is None or config not in analysis.classes or analysis.classes[config].file != self.filename:
+        here = {c for c in written if c is not None and c in analysis.classes and analysis.classes[c].file == self.filename}
+        if not here:
             return tree
-        return self.rewrite_classes(tree, {config}, lambda cls: self._declare(cls, plans))
+        return self.rewrite_classes(tree, here, lambda cls: self._declare(cls, *written[cls.name.value]))
 
-    def _declare(self, cls: cst.ClassDef, plans: ParallelPlans) -> cst.ClassDef:
+    def _declare(self, cls: cst.ClassDef, tp_plan: dict, pp_plan: dict) -> cst.ClassDef:
         members = list(cls.body.body)
         declared = {dotted(a[0][0]) for m in members if (a := single_assign(m))}
+        plans = ParallelPlans(base_model=None, config_class=cls.name.value, tp_plan=tp_plan, pp_plan=pp_plan)
         text = render_plans(plans, TP_ATTR not in declared, PP_ATTR not in declared)
         if not text:
             return cls

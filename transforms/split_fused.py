@@ -5,7 +5,8 @@ pieces of a, b and c at once, so tensor parallelism can only gather it (`colwise
 Split into separate projections, each is plain column-parallel and its consumer
 row-parallel, as in transformers' own models. The layout is read from the data flow
 (porter.parallel marks a projection "concatenated" when its raw output is split, chunked
-or sliced); a projection reshaped to heads first (per-head interleaved) is not touched.
+or sliced, or reshaped with its part axis outside the heads); a projection reshaped with the
+heads outside the parts (per-head interleaved) is not touched.
 
 The shapes rewritten, in any method of the class that builds the projection:
 

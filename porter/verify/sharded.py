@@ -167,7 +167,9 @@ def _tree_checks(report: Report, tree: dict, conditional: set[str]) -> None:
     """D1 on the real module tree: every key names a module (or one that only some configs
     build, e.g. cross-attention), and every projection of the layers is in the plan. A
     projection outside the layers (a pooler) stays replicated, as transformers' own plans do."""
-    unmatched = [k for k in tree["unmatched_keys"] if k not in conditional]
+    # The combined plan is keyed from the whole model; inference keys from the base model.
+    optional = {k for k in tree["unmatched_keys"] if k in conditional or any(k.endswith(f".{c}") for c in conditional)}
+    unmatched = [k for k in tree["unmatched_keys"] if k not in optional]
     in_layers = [p for p in tree["uncovered_projections"] if re.search(r"\.\d+\.", p)]
     outside = [p for p in tree["uncovered_projections"] if p not in in_layers]
     problems = []
@@ -176,24 +178,29 @@ def _tree_checks(report: Report, tree: dict, conditional: set[str]) -> None:
     if in_layers:
         problems.append(f"layer projections neither split nor declared replicated: {in_layers}")
     notes = [f"replicated outside the layers: {outside}"] if outside else []
-    skipped = [k for k in tree["unmatched_keys"] if k in conditional]
+    skipped = sorted(optional)
     if skipped:
         notes.append(f"keys for modules this config does not build: {skipped}")
     figures = {"keys": len(tree["tp_plan"]), "projections": tree["projections"], "unmatched": len(unmatched)}
     status = FAIL if problems or not tree["tp_plan"] else PASS
     report.add(Check("D1", "plan keys against the module tree built on the meta device", status,
                      "; ".join(problems + notes), figures))
-    pp = tree["pp_plan"]
-    if not pp:
+    if not tree["pipeline"]:
         report.add(Check("D3", "pipeline plan", SKIP, "no base_model_pp_plan (see the notes of D1)"))
         return
-    children = [c[0] for c in tree["children"]]
-    lists = [c[0] for c in tree["children"] if c[2]]
+    for entry in tree["pipeline"]:  # one per base model: a composite's towers each have one
+        report.add(_pipeline_check(entry))
+
+
+def _pipeline_check(entry: dict) -> Check:
+    pp, where = entry["pp_plan"], entry["module"] or "the base model"
+    children = [c[0] for c in entry["children"]]
+    lists = [c[0] for c in entry["children"] if c[2]]
     bad = [k for k in pp if k not in children]
     planned_lists = [k for k in pp if k in lists]
     ok = not bad and len(planned_lists) == 1 and len(lists) == 1
-    detail = "" if ok else f"not direct children: {bad}; layer lists in the plan: {planned_lists} of {lists}"
-    report.add(Check("D3", "pipeline plan", PASS if ok else FAIL, detail, {"entries": len(pp)}))
+    detail = "" if ok else f"{where}: not direct children: {bad}; layer lists in the plan: {planned_lists} of {lists}"
+    return Check("D3", "pipeline plan", PASS if ok else FAIL, detail, {"module": where, "entries": len(pp)})
 
 
 def _compare(report: Report, outputs: dict, inputs: dict, result: dict, name: str) -> None:
@@ -209,6 +216,13 @@ def _compare(report: Report, outputs: dict, inputs: dict, result: dict, name: st
     if not sharded or result.get("tp_size") != TP_SIZE:
         report.add(Check("D2", name, FAIL, f"transformers applied no sharding (tp_size={result.get('tp_size')})",
                          figures))
+        return
+    split = result.get("sharded_parameters")
+    figures["sharded_parameters"] = len(split) if split is not None else None
+    if split is not None and not split:
+        # Equal outputs prove nothing when every rank ran the whole model.
+        report.add(Check("D2", name, FAIL, "no parameter was sharded: the plan's keys match no module of the loaded "
+                         "model (see D1), so every rank ran the whole model", figures))
         return
     report.add(Check("D2", name, PASS if worst <= TOLERANCE else FAIL, "", figures))
     if "full.single.generated" in outputs:

@@ -46,6 +46,10 @@ def _local(tensor):
     return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
+def _local_shard(tensor):
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
 def _run(model, inputs, spec, tag, tensors):
     import torch
 
@@ -79,25 +83,41 @@ def _module_tree(auto_cls, config):
 
     with torch.device("meta"):
         model = auto_cls.from_config(config, trust_remote_code=True)
-    base = model.base_model
-    names = [name for name, _ in base.named_modules() if name]
-    tp_plan = dict(getattr(type(config), "base_model_tp_plan", None) or {})
-    pp_plan = dict(getattr(type(config), "base_model_pp_plan", None) or {})
+    # The plan transformers applies: the config's, keyed from the base model, combined with
+    # every sub-model's (a composite's towers), keyed from the whole model.
+    names = [name for name, _ in model.named_modules() if name]
+    tp_plan = dict(getattr(model, "_tp_plan", None) or {})
+    pipeline = _pipeline_plans(model)
     projections = sorted(
         name
-        for name, module in base.named_modules()
+        for name, module in model.named_modules()
         if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"
     )
     covered = [_pattern(key) for key in tp_plan]
-    children = [(name, type(child).__name__, isinstance(child, torch.nn.ModuleList)) for name, child in base.named_children()]
     return {
         "tp_plan": tp_plan,
-        "pp_plan": {k: [list(v[0]), list(v[1])] for k, v in pp_plan.items()},
+        "pipeline": pipeline,
         "unmatched_keys": [key for key in tp_plan if not any(_pattern(key).fullmatch(n) for n in names)],
         "uncovered_projections": [p for p in projections if not any(c.fullmatch(p) for c in covered)],
         "projections": len(projections),
-        "children": children,
     }
+
+
+def _pipeline_plans(model):
+    """Each base model's `base_model_pp_plan` (a composite's towers have their own), with
+    the direct children it must name."""
+    import torch
+
+    found = []
+    for path, module in model.named_modules():
+        config = getattr(module, "config", None)
+        plan = getattr(type(config), "base_model_pp_plan", None) if config is not None else None
+        if not plan or getattr(module, "base_model", None) is not module:
+            continue
+        children = [(n, type(c).__name__, isinstance(c, torch.nn.ModuleList)) for n, c in module.named_children()]
+        found.append({"module": path, "pp_plan": {k: [list(v[0]), list(v[1])] for k, v in plan.items()},
+                      "children": children})
+    return found
 
 
 def main(spec_path):
@@ -120,10 +140,16 @@ def main(spec_path):
             result["tree"] = _module_tree(auto_cls, config)
         full = _load(auto_cls, spec["repo"], sharded=False)
         _run(full, inputs, spec, "full", tensors)
+        full_shapes = {name: tuple(p.shape) for name, p in full.named_parameters()}
         del full
         sharded = _load(auto_cls, spec["repo"], sharded=True)
         result["tp_size"] = getattr(sharded, "tp_size", None)
         result["applied_plan"] = dict(getattr(sharded, "tp_plan", None) or {})
+        # A plan whose keys match no module shards nothing and still loads: count what was split.
+        result["sharded_parameters"] = sorted(
+            name for name, p in sharded.named_parameters()
+            if name in full_shapes and tuple(_local_shard(p).shape) != full_shapes[name]
+        )
         _run(sharded, inputs, spec, "sharded", tensors)
         if rank == 0:
             save_file(tensors, os.path.join(spec["out_dir"], "outputs.safetensors"))
