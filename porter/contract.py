@@ -275,9 +275,31 @@ def backend_flags(code: Code) -> Check:
     return _result("B4", "backend flags declared", failures, ", ".join(f"{k}={v}" for k, v in sorted(flags.items())))
 
 
+def _passes_mask_on(code: Code, name: str) -> bool:
+    """`forward` gives its own `attention_mask`, untouched, to a module it holds
+    (`self.language_model(..., attention_mask=attention_mask)`): the mask is built there."""
+    _, forward = code.method(name, "forward")
+    if forward is None:
+        return False
+    nodes = list(walk(forward))
+    if any(isinstance(n, cst.AssignTarget | cst.AugAssign) and dotted(n.target) == "attention_mask" for n in nodes):
+        return False  # it makes a mask of its own first
+    children = set(code.class_attributes(name))
+    for node in nodes:
+        if isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute) and dotted(node.func.value) == "self":
+            if node.func.attr.value in children and any(
+                a.keyword is not None and a.keyword.value == "attention_mask" and dotted(a.value) == "attention_mask"
+                for a in node.args
+            ):
+                return True
+    return False
+
+
 def mask_building(code: Code) -> Check:
     failures = []
     for base in sorted(code.analysis.base_models):
+        if _passes_mask_on(code, base):
+            continue  # a composite hands the mask to the model it holds, which builds it
         called = {
             last_part(call_name(n))
             for owner in code.lineage(base)

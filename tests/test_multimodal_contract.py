@@ -38,3 +38,36 @@ def test_legacy_composite_fails_where_the_port_would_fix_it():
     assert rows["E1"].status == PASS  # it holds language_model ...
     assert rows["E2"].status == FAIL and "FuseModel has no get_image_features" in rows["E2"].detail
     assert rows["C2"].status == FAIL, "... but a text head, not a base model"
+
+
+
+COMPOSITE = """
+import torch
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+
+
+class FusePreTrainedModel(PreTrainedModel):
+    base_model_prefix = "model"
+
+
+class FuseModel(FusePreTrainedModel):
+    def __init__(self, config):
+        super().__init__(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        inputs_embeds = self.language_model.get_input_embeddings()(input_ids)
+        return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+"""
+
+
+def test_a_composite_leaves_its_mask_to_the_model_it_holds():
+    from porter.contract import _passes_mask_on
+
+    code = Code.read(CONFIG, {"modeling_test.py": cst.parse_module(COMPOSITE)})
+    assert _passes_mask_on(code, "FuseModel")
+    # A model that makes a mask of its own before handing it on builds it itself (BERT's extended mask).
+    own = COMPOSITE.replace("        inputs_embeds =", "        attention_mask = attention_mask[:, None, None, :]\n        inputs_embeds =")
+    assert not _passes_mask_on(Code.read(CONFIG, {"modeling_test.py": cst.parse_module(own)}), "FuseModel")
