@@ -88,6 +88,11 @@ def run(spec):
     vocab = int(getattr(text, "vocab_size", None) or 100)
     generative = bool(spec.get("batching", spec.get("generate"))) and "AutoModelForCausalLM" in auto_map
     variants = [_variant(spec, auto_map, vocab, "sdpa", torch.float32, "cpu", generative, batching.BATCHING_KERNELS)]
+    if "declined" in variants[0]:
+        # A model that refuses sdpa (softcapping, say) still serves with the kernels engines
+        # register and with eager: the CPU runs load it with eager instead.
+        eager_kernels = tuple(k for k in batching.BATCHING_KERNELS if k != "sdpa")
+        variants = [variants[0], _variant(spec, auto_map, vocab, "eager", torch.float32, "cpu", generative, eager_kernels)]
     if spec.get("device") == "cuda" and torch.cuda.is_available():
         for kernel in gpu_kernels():
             kernels = batching.BATCHING_KERNELS + ((kernel,) if kernel.startswith("flash") else ())

@@ -53,16 +53,21 @@ def per_sequence_attention(module, query, key, value, attention_mask, scaling=No
         mask = mask.masked_fill(~allowed, torch.finfo(query.dtype).min)
         if bias is not None:
             mask = mask + bias[..., start:end, start:end].to(query.dtype)
-        pieces.append(
-            torch.nn.functional.scaled_dot_product_attention(
-                query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], attn_mask=mask, scale=scaling
-            )
-        )
+        q, k, v = query[:, :, start:end], key[:, :, start:end], value[:, :, start:end]
+        softcap = kwargs.get("softcap")
+        per_sequence_attention.softcapped |= bool(softcap)
+        if softcap:  # capped scores, as the varlen kernels that take `softcap` compute them
+            scale = scaling if scaling is not None else q.shape[-1] ** -0.5
+            scores = torch.tanh(q @ k.transpose(-1, -2) * scale / softcap) * softcap + mask
+            pieces.append(torch.softmax(scores.float(), dim=-1).to(q.dtype) @ v)
+        else:
+            pieces.append(torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling))
     return torch.cat(pieces, dim=2).transpose(1, 2).contiguous(), None
 
 
 per_sequence_attention.sources = []
 per_sequence_attention.biased = False
+per_sequence_attention.softcapped = False
 
 
 def _configs(model):
@@ -116,6 +121,7 @@ def engine_call(base_model, vocab_size, device="cpu"):
             cu = torch.tensor([0, *torch.tensor(PACKED_LENGTHS).cumsum(0).tolist()], dtype=torch.int32, device=device)
             per_sequence_attention.sources.clear()
             per_sequence_attention.biased = False
+            per_sequence_attention.softcapped = False
             output = base_model(
                 input_ids=ids, position_ids=positions, use_cache=False, return_dict=False,
                 cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(PACKED_LENGTHS), max_length_k=max(PACKED_LENGTHS),
@@ -127,6 +133,7 @@ def engine_call(base_model, vocab_size, device="cpu"):
     figures = {"lengths": list(PACKED_LENGTHS), "kernel_calls": len(per_sequence_attention.sources)}
     figures["boundaries_from"] = sorted(set(per_sequence_attention.sources))
     figures["position_bias"] = per_sequence_attention.biased
+    figures["softcap"] = per_sequence_attention.softcapped
     per_sequence, start = [], 0
     for reference in separate:
         end = start + reference.shape[1]
