@@ -38,6 +38,17 @@ def _strings_bound_to(function: ast.AST, name: str) -> set[str]:
     return found
 
 
+def _copied_from_input(function: ast.AST, name: str) -> bool:
+    """`for module, obj, ... in plan["..._imports"]:` unpacks imports read from the input code."""
+    return any(
+        isinstance(node, ast.For) and isinstance(node.target, ast.Tuple)
+        and any(isinstance(e, ast.Name) and e.id == name for e in node.target.elts)
+        and not any(isinstance(c, ast.Constant) and isinstance(c.value, str) and c.value.startswith("transformers")
+                    for c in ast.walk(node.iter))
+        for node in ast.walk(function)
+    )
+
+
 def emitted_imports() -> set[tuple[str, str]]:
     pairs = set()
     for path in sorted(TRANSFORMS.glob("*.py")):
@@ -48,6 +59,8 @@ def emitted_imports() -> set[tuple[str, str]]:
                 if not (isinstance(call, ast.Call) and getattr(call.func, "attr", None) == "add_needed_import"):
                     continue
                 module = call.args[1]
+                if isinstance(module, ast.Name) and _copied_from_input(function, module.id):
+                    continue  # an import the legacy code itself had, carried over with the code it serves
                 assert isinstance(module, ast.Constant), f"{path.name}:{call.lineno}: module is not a literal"
                 if len(call.args) < 3 or not module.value.startswith("transformers"):
                     continue  # `import torch` and the like
