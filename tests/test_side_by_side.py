@@ -64,11 +64,17 @@ def test_children_get_their_threads_and_are_stopped_on_interruption(tmp_path):
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, delivered to the main thread as in the CLI
 
     started = time.monotonic()
+    # Python's own Ctrl-C handler, whatever an earlier test in this process left installed
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Thread(target=interrupt_when_running, daemon=True).start()
     slow = {"sleep": 60}
-    with pytest.raises(KeyboardInterrupt):
-        run_pair(lambda: run_model(sys.executable, tmp_path, slow, tmp_path / "slow", 120, runner=script),
-                 lambda: run_model(sys.executable, tmp_path, slow, tmp_path / "slow2", 120, runner=script), together=True)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_pair(lambda: run_model(sys.executable, tmp_path, slow, tmp_path / "slow", 120, runner=script),
+                     lambda: run_model(sys.executable, tmp_path, slow, tmp_path / "slow2", 120, runner=script),
+                     together=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert time.monotonic() - started < 30 and not RUNNING
     alive = subprocess.run(["pgrep", "-f", str(tmp_path / "slow")], capture_output=True, text=True)
     assert alive.stdout.strip() == "", "the child outlived the interruption"
