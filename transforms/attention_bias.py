@@ -58,19 +58,18 @@ def bound_names(stmt: cst.CSTNode) -> set[str]:
     return set().union(set(), *(assigned_names(n) for n in walk(stmt) if isinstance(n, cst.SimpleStatementLine)))
 
 
+def added_operands(stmt: cst.CSTNode):
+    """The names on both sides of every `a + b` and `a += b` in `stmt`, one set per addition."""
+    for node in walk(stmt):
+        if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Add):
+            yield {dotted(node.left), dotted(node.right)}
+        elif isinstance(node, cst.AugAssign) and isinstance(node.operator, cst.AddAssign):
+            yield {dotted(node.target), dotted(node.value)}
+
+
 def _feeds_scores(written: set[str], later: list[cst.BaseStatement], scores: set[str]) -> bool:
     """Whether a later statement adds one of `written` to the scores."""
-    for stmt in later:
-        for node in walk(stmt):
-            if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Add):
-                operands = {dotted(node.left), dotted(node.right)}
-            elif isinstance(node, cst.AugAssign) and isinstance(node.operator, cst.AddAssign):
-                operands = {dotted(node.target), dotted(node.value)}
-            else:
-                continue
-            if operands & scores and operands & written:
-                return True
-    return False
+    return any(operands & scores and operands & written for stmt in later for operands in added_operands(stmt))
 
 
 def _without_metadata(stmt: cst.CSTNode, scores: set[str]) -> cst.CSTNode:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import libcst as cst
 from libcst.codemod.visitors import AddImportsVisitor
 
-from transforms.attention_bias import bound_names, hoist_position_bias
+from transforms.attention_bias import added_operands, bound_names, hoist_position_bias
 from transforms.attention_math import (
     HEAD_SIZE_ATTRIBUTES,
     SOFTMAX,
@@ -496,13 +496,7 @@ def _additive_bias(stmts, math: Math, candidates: set[str]) -> str | None:
     for stmt in stmts[math.score_index : math.softmax_index]:
         scores |= assigned_names(stmt)
     for stmt in stmts[math.score_index + 1 : math.softmax_index]:
-        for node in walk(stmt):
-            if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Add):
-                operands = {dotted(node.left), dotted(node.right)}
-            elif isinstance(node, cst.AugAssign) and isinstance(node.operator, cst.AddAssign):
-                operands = {dotted(node.target), dotted(node.value)}
-            else:
-                continue
+        for operands in added_operands(stmt):
             if operands & scores:
                 found = (operands - scores) & candidates
                 if found:
