@@ -1,0 +1,41 @@
+"""The wide corpus (tests/wide_corpus.py): more legacy architectures, ported and verified.
+
+Too long for every CI run, so it runs when `PORT_MODEL_WIDE_CORPUS=1`. A port must either
+pass every check or be refused with a diagnostic naming a file and line; the refusals that
+are expected are listed by id in `EXPECTED_REFUSALS` so that a change shows here.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import porter
+from porter.errors import PortError
+from porter.report import PASS, SKIP
+from tests.wide_corpus import WIDE_CORPUS
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.environ.get("PORT_MODEL_WIDE_CORPUS") != "1", reason="set PORT_MODEL_WIDE_CORPUS=1"),
+]
+
+# id -> a phrase the refusal's text must contain.
+EXPECTED_REFUSALS: dict[str, str] = {
+}
+
+
+@pytest.mark.parametrize("entry", WIDE_CORPUS, ids=[m.id for m in WIDE_CORPUS])
+def test_wide_corpus_entry(entry, cache_dir, tmp_path):
+    repo = entry.build(cache_dir)
+    if entry.id in EXPECTED_REFUSALS:
+        with pytest.raises(PortError) as refused:
+            porter.port(repo, tmp_path / "ported")
+        assert EXPECTED_REFUSALS[entry.id] in refused.value.render()
+        assert any(d.line for d in refused.value.diagnostics)
+        return
+    result = porter.port(repo, tmp_path / "ported")
+    failing = [c for c in result.checks if c.status not in (PASS, SKIP)]
+    assert not failing, result.report.summary_table()
+    assert result.report.reference["transformers_version"] == entry.version
