@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import textwrap
 
+import torch
+
 from tests.transforms.helpers import FILENAME, check_noop, check_transformed, transformed
 from transforms.masks import UseMaskingUtils
 
@@ -106,14 +108,44 @@ def test_sliding_window_helper_call_becomes_sliding_window_mask():
         sliding_window=self.config.sliding_window,
     )
     '''
-    check_transformed(
-        module(legacy),
-        module(
-            CREATE_CAUSAL_MASK.replace("create_causal_mask", "create_sliding_window_causal_mask"),
-            added="from transformers.masking_utils import create_sliding_window_causal_mask\n",
-        ),
-        UseMaskingUtils,
-    )
+    check_transformed(module(legacy), SLIDING_OR_CAUSAL, UseMaskingUtils)
+
+
+SLIDING_OR_CAUSAL = module(
+    "attention_mask = (\n"
+    f"    {CREATE_CAUSAL_MASK.split(' = ', 1)[1].replace('create_causal_mask', 'create_sliding_window_causal_mask')}\n"
+    '    if getattr(self.config, "sliding_window", None) is not None\n'
+    f"    else {CREATE_CAUSAL_MASK.split(' = ', 1)[1]}\n"
+    ")",
+    added="from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask\n",
+)
+
+
+def test_sliding_window_mask_falls_back_to_causal_without_a_window():
+    """Legacy helpers read `sliding_window=None` as no window; so does the ported mask."""
+    from transformers import PretrainedConfig
+
+    namespace: dict = {}
+    exec(compile(textwrap.dedent(SLIDING_OR_CAUSAL), FILENAME, "exec"), namespace)
+    captured = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, hidden_states, attention_mask=None):
+            captured.append(attention_mask)
+            return hidden_states
+
+    def masks(window):
+        config = PretrainedConfig(vocab_size=8, hidden_size=4, num_hidden_layers=1, sliding_window=window)
+        config._attn_implementation = "eager"
+        model = namespace["FooModel"](config)
+        model.layers = torch.nn.ModuleList([Recorder()])
+        captured.clear()
+        model(torch.tensor([[1, 2, 3, 4, 5]]), attention_mask=torch.ones(1, 5, dtype=torch.long))
+        return captured[0][0, 0] == 0  # allowed positions
+
+    causal = torch.ones(5, 5, dtype=torch.bool).tril()
+    assert torch.equal(masks(None), causal)
+    assert torch.equal(masks(2), causal & torch.ones(5, 5, dtype=torch.bool).triu(-1))
 
 
 def test_cache_argument_is_none_when_forward_has_no_cache():
