@@ -37,3 +37,8 @@ MIXTURE_OF_EXPERTS: list[LegacyModel] = [
 
 
 WIDE_CORPUS: list[LegacyModel] = DECODERS_A + DECODERS_B + OLDER_RELEASES + ENCODERS + MIXTURE_OF_EXPERTS
+
+# Remote code vendored in registry packages (tests/remote_corpus.py).
+from tests.remote_corpus import REMOTE_CODE  # noqa: E402
+
+WIDE_CORPUS = WIDE_CORPUS + REMOTE_CODE
