@@ -23,6 +23,9 @@ pytestmark = [
 
 # id -> a phrase the refusal's text must contain.
 EXPECTED_REFUSALS: dict[str, str] = {
+    "remote-chatglm2-colossalai": "softmax is not a plain",
+    "remote-mpt-alibi-llava": "uses _expand_mask from transformers.models.opt.modeling_opt",
+    "remote-mpt-qkln-llava": "uses _expand_mask from transformers.models.opt.modeling_opt",
 }
 
 
