@@ -43,7 +43,8 @@ OUTPUT_PRODUCTS = {"matmul", ".matmul", "bmm", "einsum"}
 # Calls on the softmax input that only change its dtype: they stay in the softmax statement.
 SOFTMAX_OWNERS = {"torch", "F", "functional", "nn", "special"}  # `F.softmax(x)`, not the method `x.softmax()`
 DTYPE_CASTS = {"float", "double", "half", "to", "type", "type_as"}
-HEAD_SIZE_ATTRIBUTES = ("head_dim", "head_size", "attention_head_size", "attn_head_size")
+# the size of a query head; `q_head_dim` where value heads have another size (latent attention)
+HEAD_SIZE_ATTRIBUTES = ("head_dim", "head_size", "attention_head_size", "attn_head_size", "q_head_dim", "qk_head_dim")
 
 
 class NotUnderstood(Exception):

@@ -447,3 +447,21 @@ def test_extra_local_diagnostic_names_its_line():
     )
     _, state = transformed(legacy, RouteAttention)
     assert state.diagnostics[0].line is not None
+
+
+def test_a_query_head_size_named_q_head_dim_becomes_head_dim():
+    """Latent-attention code names the query/key head size `q_head_dim` (its value heads have
+    another size) and has no `head_dim`: the interface's `head_dim` is the query's."""
+    legacy = LEGACY.replace("self.head_dim", "self.q_head_dim")
+    output, state = transformed(legacy, RouteAttention)
+    assert "        self.head_dim = self.q_head_dim\n" in output and not state.diagnostics
+    namespace: dict = {}
+    exec(compile(output, FILENAME, "exec"), namespace)
+    config = SimpleNamespace(hidden_size=16, num_attention_heads=4, num_key_value_heads=2, attention_dropout=0.0,
+                             _attn_implementation="eager")
+    assert namespace["FooAttention"](config).head_dim == 4
+
+
+def test_head_dim_assigned_by_the_code_is_kept():
+    output, _ = transformed(LEGACY, RouteAttention)
+    assert "self.head_dim = self.q_head_dim" not in output and output.count("self.head_dim = ") == 1
