@@ -91,7 +91,6 @@ class RemoteCodeRepo:
     guard_kernels: bool = False
     # Files of the Hub repo that the package leaves out, as stand-ins (name -> text).
     stand_ins: dict = field(default_factory=dict)
-    notes: str = field(default="", repr=False)
 
     @property
     def id(self) -> str:
