@@ -89,11 +89,26 @@ def _unwrap(node: cst.BaseExpression) -> cst.BaseExpression:
     return node.with_changes(lpar=[], rpar=[]) if getattr(node, "lpar", None) else node
 
 
+def _refuse_branched_math(stmt: cst.BaseStatement) -> None:
+    """Math inside `if`/`for`/`with`/`try` is chosen or repeated at run time: which branch is
+    the model's eager path depends on its inputs, so it cannot be moved into one function."""
+    if not isinstance(stmt, (cst.If, cst.For, cst.While, cst.With, cst.Try)):
+        return
+    softmaxes = sum(1 for c in walk(stmt) if isinstance(c, cst.Call) and last_part(call_name(c)) in SOFTMAX)
+    head = f"if {code_of(stmt.test)}:" if isinstance(stmt, cst.If) else type(stmt).__name__.lower()
+    raise NotUnderstood(
+        stmt,
+        f"the attention math is inside `{head}` ({softmaxes} softmax call(s) in its branches, each chosen at run "
+        "time); expected one eager path among the top-level statements of forward",
+    )
+
+
 def find_math(stmts: list[cst.BaseStatement], head_size_attr: str | None) -> Math:
     """Locate softmax(q k^T * s) v in `stmts`; raise NotUnderstood with the place if absent."""
     softmax_index = next((i for i, s in enumerate(stmts) if has_call(s, SOFTMAX)), None)
     if softmax_index is None:
         raise NotUnderstood(None, "no softmax in the attention code")
+    _refuse_branched_math(stmts[softmax_index])
     assign = single_assign(stmts[softmax_index])
     softmax_call = next(c for c in walk(stmts[softmax_index]) if isinstance(c, cst.Call) and last_part(call_name(c)) in SOFTMAX)
     scores = _softmax_input(softmax_call)

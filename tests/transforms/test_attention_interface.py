@@ -236,6 +236,26 @@ def test_diagnostic_without_head_transpose_after_the_math():
     assert diagnostic.line is not None
 
 
+
+def test_diagnostic_for_math_in_branches_chosen_at_run_time():
+    # Two eager paths behind a run-time test of an input (a bias given or not): which one is
+    # the model's eager path depends on the call, so neither is moved.
+    start = LEGACY.index("        attn_weights = torch.matmul(")
+    end = LEGACY.index("        attn_output = attn_output.transpose(1, 2)")
+    math_lines = LEGACY[start:end]
+    branched = "".join("    " + line if line.strip() else line for line in math_lines.splitlines(keepends=True))
+    legacy = LEGACY[:start] + "        if bias is None:\n" + branched + "        else:\n" + branched.replace(
+        "attn_weights = attn_weights + attention_mask", "attn_weights = attn_weights + attention_mask + bias"
+    ) + LEGACY[end:]
+    legacy = legacy.replace("attention_mask=None, output_attentions=False)", "attention_mask=None, output_attentions=False, bias=None)")
+    cst.parse_module(legacy)
+    state = check_noop(legacy, RouteAttention, diagnostics=True)
+    [diagnostic] = state.diagnostics
+    assert diagnostic.symbol == "FooAttention"
+    assert "inside `if bias is None:` (2 softmax call(s)" in diagnostic.message
+    assert diagnostic.line == legacy[: legacy.index("if bias is None")].count("\n") + 1
+
+
 HELPER_LEGACY = '''\
 import math
 
