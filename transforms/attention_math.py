@@ -103,6 +103,28 @@ def _refuse_branched_math(stmt: cst.BaseStatement) -> None:
     )
 
 
+def _refuse_indirect_scores(stmts: list[cst.BaseStatement], softmax_index: int, scores: str) -> None:
+    """Scores assigned from another name that a product assigned (`s = product.view(...)`):
+    name both statements, so the diagnostic shows the product and what lies between."""
+    last = next((i for i in range(softmax_index - 1, -1, -1) if scores in assigned_names(stmts[i])), None)
+    if last is None:
+        return
+    for i in range(last - 1, -1, -1):
+        sources = assigned_names(stmts[i]) & names_read(stmts[last])
+        if sources and has_product(stmts[i], SCORE_PRODUCTS):
+            product = next(c for c in walk(stmts[i]) if isinstance(c, cst.Call) and last_part(call_name(c)) in SCORE_PRODUCTS) \
+                if has_call(stmts[i], SCORE_PRODUCTS) else None
+            keywords = sorted(a.keyword.value for a in product.args if a.keyword) if product is not None else []
+            raise NotUnderstood(
+                stmts[last],
+                f"{scores} is computed from `{sorted(sources)[0]}`, which a product assigned "
+                f"(`{code_of(stmts[i]).strip().splitlines()[0][:100]}`"
+                + (f", operands given as keywords {keywords}" if keywords else "")
+                + "); expected the q @ k^T product (matmul, bmm, baddbmm, einsum or `@`) to assign "
+                f"{scores} itself",
+            )
+
+
 def find_math(stmts: list[cst.BaseStatement], head_size_attr: str | None) -> Math:
     """Locate softmax(q k^T * s) v in `stmts`; raise NotUnderstood with the place if absent."""
     softmax_index = next((i for i, s in enumerate(stmts) if has_call(s, SOFTMAX)), None)
@@ -121,6 +143,7 @@ def find_math(stmts: list[cst.BaseStatement], head_size_attr: str | None) -> Mat
         None,
     )
     if score_index is None:
+        _refuse_indirect_scores(stmts, softmax_index, scores)
         raise NotUnderstood(stmts[softmax_index], f"could not find the q @ k^T product that computes {scores}")
     product, base_scale = _score_product(single_assign(stmts[score_index]), stmts[score_index])
     query, key = _query_and_key(product, stmts[score_index])
