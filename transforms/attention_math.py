@@ -118,7 +118,7 @@ def _refuse_indirect_scores(stmts: list[cst.BaseStatement], softmax_index: int, 
             raise NotUnderstood(
                 stmts[last],
                 f"{scores} is computed from `{sorted(sources)[0]}`, which a product assigned "
-                f"(`{code_of(stmts[i]).strip().splitlines()[0][:100]}`"
+                f"(`{code_of(stmts[i].with_changes(leading_lines=[])).strip().splitlines()[0][:100]}`"
                 + (f", operands given as keywords {keywords}" if keywords else "")
                 + "); expected the q @ k^T product (matmul, bmm, baddbmm, einsum or `@`) to assign "
                 f"{scores} itself",

@@ -262,13 +262,14 @@ def test_diagnostic_for_scores_reshaped_from_a_product_on_another_name():
     # folded into the batch, operands given as keywords): both statements are named.
     legacy = LEGACY.replace(
         "        attn_weights = torch.matmul(query_states, key_states.transpose(2, 3)) / math.sqrt(self.head_dim)\n",
+        "        # [batch * heads, q, kv]\n"
         "        matmul_result = torch.baddbmm(attention_mask, batch1=query_states, batch2=key_states, alpha=0.5)\n"
         "        attn_weights = matmul_result.view(bsz, self.num_heads, q_len, q_len)\n",
     )
     cst.parse_module(legacy)
     state = check_noop(legacy, RouteAttention, diagnostics=True)
     [diagnostic] = state.diagnostics
-    assert "attn_weights is computed from `matmul_result`" in diagnostic.message
+    assert "attn_weights is computed from `matmul_result`, which a product assigned (`matmul_result = torch.baddbmm(" in diagnostic.message
     assert "operands given as keywords ['alpha', 'batch1', 'batch2']" in diagnostic.message
     assert diagnostic.line == legacy[: legacy.index("attn_weights = matmul_result.view")].count("\n") + 1
 
