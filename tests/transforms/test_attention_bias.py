@@ -4,6 +4,7 @@ which sdpa adds too; no flash kernel is claimed for a model that needs one (CONT
 
 from __future__ import annotations
 
+import functools
 import textwrap
 from types import SimpleNamespace
 
@@ -309,8 +310,13 @@ SLICED_PORTED_MATH = """\
 """
 
 
+@functools.cache
+def _sliced_port():
+    return transformed(SLICED, (RouteAttention,))
+
+
 def test_a_bias_sliced_inside_its_none_test_moves_before_the_call_without_the_addition():
-    output, state = transformed(SLICED, (RouteAttention,))
+    output, state = _sliced_port()
     assert not state.diagnostics
     assert state.facts["additive_bias"] is True
     assert SLICED_FORWARD not in output  # the product went into the eager function
@@ -320,14 +326,14 @@ def test_a_bias_sliced_inside_its_none_test_moves_before_the_call_without_the_ad
 
 
 def test_a_sliced_bias_port_is_unchanged_by_a_second_run():
-    output, _ = transformed(SLICED, (RouteAttention,))
+    output, _ = _sliced_port()
     check_noop(output, RouteAttention)
 
 
 @pytest.mark.parametrize("implementation", ["eager", "sdpa"])
 def test_ported_module_adds_the_same_sliced_bias(implementation):
     config = SimpleNamespace(hidden_size=32, num_attention_heads=4, _attn_implementation=implementation)
-    output, _ = transformed(SLICED, (RouteAttention,))
+    output, _ = _sliced_port()
     torch.manual_seed(0)
     legacy = _exec(SLICED)["SlicedBiasAttention"](config).eval()
     ported = _exec(output)["SlicedBiasAttention"](config).eval()
