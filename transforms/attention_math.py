@@ -104,25 +104,29 @@ def _refuse_branched_math(stmt: cst.BaseStatement) -> None:
 
 
 def _refuse_indirect_scores(stmts: list[cst.BaseStatement], softmax_index: int, scores: str) -> None:
-    """Scores assigned from another name that a product assigned (`s = product.view(...)`):
-    name both statements, so the diagnostic shows the product and what lies between."""
-    last = next((i for i in range(softmax_index - 1, -1, -1) if scores in assigned_names(stmts[i])), None)
-    if last is None:
-        return
-    for i in range(last - 1, -1, -1):
-        sources = assigned_names(stmts[i]) & names_read(stmts[last])
-        if sources and has_product(stmts[i], SCORE_PRODUCTS):
-            product = next(c for c in walk(stmts[i]) if isinstance(c, cst.Call) and last_part(call_name(c)) in SCORE_PRODUCTS) \
-                if has_call(stmts[i], SCORE_PRODUCTS) else None
+    """Scores that reach the softmax through other names from a product that assigned another
+    one (`r = product`, `s = r.view(...)`, `s = masked_fill(s, ...)`): name the product and
+    the statement that reads its result, so the diagnostic shows what lies between."""
+    readers = {scores: softmax_index}  # name -> index of the statement on the way that reads it
+    for i in range(softmax_index - 1, -1, -1):
+        written = assigned_names(stmts[i]) & set(readers)
+        if not written:
+            continue
+        if has_product(stmts[i], SCORE_PRODUCTS) and readers[min(written)] != softmax_index:
+            product = next(
+                (c for c in walk(stmts[i]) if isinstance(c, cst.Call) and last_part(call_name(c)) in SCORE_PRODUCTS), None
+            )
             keywords = sorted(a.keyword.value for a in product.args if a.keyword) if product is not None else []
             raise NotUnderstood(
-                stmts[last],
-                f"{scores} is computed from `{sorted(sources)[0]}`, which a product assigned "
+                stmts[readers[min(written)]],
+                f"{scores} is computed from `{min(written)}`, which a product assigned "
                 f"(`{code_of(stmts[i].with_changes(leading_lines=[])).strip().splitlines()[0][:100]}`"
                 + (f", operands given as keywords {keywords}" if keywords else "")
                 + "); expected the q @ k^T product (matmul, bmm, baddbmm, einsum or `@`) to assign "
                 f"{scores} itself",
             )
+        for name in names_read(stmts[i]):
+            readers.setdefault(name, i)
 
 
 def find_math(stmts: list[cst.BaseStatement], head_size_attr: str | None) -> Math:

@@ -274,6 +274,19 @@ def test_diagnostic_for_scores_reshaped_from_a_product_on_another_name():
     assert diagnostic.line == legacy[: legacy.index("attn_weights = matmul_result.view")].count("\n") + 1
 
 
+def test_diagnostic_for_scores_reached_through_several_statements_names_the_first_reader():
+    legacy = LEGACY.replace(
+        "        attn_weights = torch.matmul(query_states, key_states.transpose(2, 3)) / math.sqrt(self.head_dim)\n",
+        "        matmul_result = torch.baddbmm(attention_mask, batch1=query_states, batch2=key_states, alpha=0.5)\n"
+        "        attn_weights = matmul_result.view(bsz, self.num_heads, q_len, q_len)\n"
+        "        attn_weights = attn_weights.float()\n",
+    )
+    state = check_noop(legacy, RouteAttention, diagnostics=True)
+    [diagnostic] = state.diagnostics
+    assert "attn_weights is computed from `matmul_result`" in diagnostic.message
+    assert diagnostic.line == legacy[: legacy.index("attn_weights = matmul_result.view")].count("\n") + 1
+
+
 HELPER_LEGACY = '''\
 import math
 
