@@ -9,10 +9,66 @@ so that each can grow on its own.
 
 from __future__ import annotations
 
-from tests.corpus import DECODER, TOKENS, LegacyModel  # noqa: F401  (tiny configs to build on)
+from tests.corpus import DECODER, TOKENS, LegacyModel, legacy_model_repo  # noqa: F401  (tiny configs to build on)
+
+
+class LegacyVariant(LegacyModel):
+    """A second entry of one architecture and release with other config switches: its own id
+    and its own repo folder, so that both are built and cached side by side."""
+
+    def __init__(self, variant: str, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.variant = variant
+
+    @property
+    def id(self) -> str:
+        return f"{self.arch}-{self.variant}-{self.version}"
+
+    def build(self, cache_dir):
+        folder = cache_dir / "repos" / f"{self.arch}_{self.variant}_{self.version.replace('.', '_')}"
+        return legacy_model_repo(
+            self.version, self.arch, self.config_class, self.head_class, self.base_class,
+            self.config, folder, cache_dir, head_auto=self.head_auto,
+        )
+
 
 # Causal language models, first family (fused projections, ALiBi, parallel blocks, ...).
+_FALCON = {
+    "vocab_size": 128, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "initializer_range": 0.2, "bos_token_id": 1, "eos_token_id": 2,
+}
+# Falcon-7b's shape: rotary, one key/value head, attention and MLP in parallel.
+_FALCON_7B = {**_FALCON, "multi_query": True, "parallel_attn": True, "alibi": False}
+# Falcon-40b's shape: grouped key/value heads interleaved in one fused projection, two norms.
+_FALCON_40B = {**_FALCON, "new_decoder_architecture": True, "num_kv_heads": 2, "alibi": False}
+# Falcon-rw's shape: ALiBi, full multi-head attention, sequential blocks, biases.
+_FALCON_RW = {**_FALCON, "multi_query": False, "parallel_attn": False, "alibi": True, "bias": True}
+_BLOOM = {"vocab_size": 128, "hidden_size": 64, "n_layer": 2, "n_head": 4, "initializer_range": 0.2, **TOKENS}
+_MPT = {
+    "vocab_size": 128, "d_model": 64, "n_layers": 2, "n_heads": 4, "max_seq_len": 128, "expansion_ratio": 2,
+    "initializer_range": 0.2, "attn_config": {"alibi": True}, **TOKENS,
+}
+_BIGCODE = {"vocab_size": 128, "n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 128, "initializer_range": 0.2, **TOKENS}
+
 DECODERS_A: list[LegacyModel] = [
+    LegacyModel("4.44.2", "falcon", "FalconConfig", "FalconModel", "FalconForCausalLM", _FALCON_7B),
+    LegacyVariant("new-arch", "4.44.2", "falcon", "FalconConfig", "FalconModel", "FalconForCausalLM", _FALCON_40B),
+    LegacyVariant("alibi", "4.44.2", "falcon", "FalconConfig", "FalconModel", "FalconForCausalLM", _FALCON_RW),
+    LegacyModel("4.36.2", "falcon", "FalconConfig", "FalconModel", "FalconForCausalLM", _FALCON_7B),
+    LegacyVariant("new-arch", "4.36.2", "falcon", "FalconConfig", "FalconModel", "FalconForCausalLM", _FALCON_40B),
+    LegacyVariant("alibi", "4.36.2", "falcon", "FalconConfig", "FalconModel", "FalconForCausalLM", _FALCON_RW),
+    LegacyModel("4.44.2", "bloom", "BloomConfig", "BloomModel", "BloomForCausalLM", _BLOOM),
+    LegacyModel("4.36.2", "bloom", "BloomConfig", "BloomModel", "BloomForCausalLM", _BLOOM),
+    LegacyModel("4.30.2", "bloom", "BloomConfig", "BloomModel", "BloomForCausalLM", _BLOOM),
+    LegacyModel("4.44.2", "mpt", "MptConfig", "MptModel", "MptForCausalLM", _MPT),
+    LegacyModel("4.36.2", "mpt", "MptConfig", "MptModel", "MptForCausalLM", _MPT),
+    LegacyModel("4.44.2", "gpt_bigcode", "GPTBigCodeConfig", "GPTBigCodeModel", "GPTBigCodeForCausalLM", _BIGCODE),
+    LegacyVariant(
+        "mha", "4.44.2", "gpt_bigcode", "GPTBigCodeConfig", "GPTBigCodeModel", "GPTBigCodeForCausalLM",
+        {**_BIGCODE, "multi_query": False},
+    ),
+    LegacyModel("4.36.2", "gpt_bigcode", "GPTBigCodeConfig", "GPTBigCodeModel", "GPTBigCodeForCausalLM", _BIGCODE),
+    LegacyModel("4.30.2", "gpt_bigcode", "GPTBigCodeConfig", "GPTBigCodeModel", "GPTBigCodeForCausalLM", _BIGCODE),
 ]
 
 

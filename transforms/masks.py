@@ -224,6 +224,7 @@ class UseMaskingUtils(Transform):
             new_stmt = parse_stmts(f"{target} = {built}\n")[0]
             _replace_once_embedded(body, index, new_stmt, embeds_var)
             self._guard_reshapes(owner, body, body.index(new_stmt), mask_var)
+            self._guard_bool_casts(owner, body, body.index(new_stmt), target)
             for name in builders:
                 AddImportsVisitor.add_needed_import(self.context, "transformers.masking_utils", name)
             self.record(stmt, f"{owner}.forward: mask built with masking_utils.{builder}")
@@ -244,6 +245,20 @@ class UseMaskingUtils(Transform):
             )
             body[i] = parse_stmts(guarded)[0].with_changes(leading_lines=body[i].leading_lines)
             self.record(reshape, f"{owner}.forward: the padding-mask reshape skips prepared 4D masks")
+
+    def _guard_bool_casts(self, owner: str, body: list, start: int, mask_var: str) -> None:
+        """`mask = mask.bool()` after the helper turned its additive mask into "True where
+        masked" for `masked_fill`. masking_utils gives that additive float mask to eager only;
+        sdpa's boolean mask (True where attended), its `None` and flex's block mask are already
+        what their kernels read, so the cast applies to a floating mask alone."""
+        cast = f"{mask_var} = {mask_var}.bool()"
+        for i in range(start + 1, len(body)):
+            if isinstance(body[i], cst.SimpleStatementLine) and code_of(body[i].with_changes(leading_lines=[])).strip() == cast:
+                guarded = (
+                    f"{cast} if isinstance({mask_var}, torch.Tensor) and {mask_var}.is_floating_point() else {mask_var}\n"
+                )
+                original, body[i] = body[i], parse_stmts(guarded)[0].with_changes(leading_lines=body[i].leading_lines)
+                self.record(original, f"{owner}.forward: the mask's cast to bool applies to an additive mask only")
 
     def _encoder_mask(self, owner, forward, body, index, stmt, calls, params) -> cst.FunctionDef:
         """`m = self.get_extended_attention_mask(mask, shape)` (and sdpa variants in the same

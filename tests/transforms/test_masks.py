@@ -325,3 +325,30 @@ def test_guarded_reshape_keeps_2d_masks_and_passes_4d_masks():
 def test_noop_for_reshapes_of_other_tensors():
     output, _ = transformed(module("token_type_ids = token_type_ids.view(batch_size, -1)\n" + textwrap.dedent(LEGACY_CHAIN)), UseMaskingUtils)
     assert "token_type_ids = token_type_ids.view(batch_size, -1)\n" in output and "ndim < 4" not in output
+
+
+def test_cast_to_bool_after_the_helper_applies_to_additive_masks_only():
+    """MPT's shape: the helper's additive mask becomes "True where masked" for `masked_fill`.
+    masking_utils gives eager an additive mask, sdpa a boolean one (True where attended) or None."""
+    import torch
+
+    legacy = module(textwrap.dedent(LEGACY_CHAIN) + "attention_mask = attention_mask.bool()\n")
+    output, state = transformed(legacy, UseMaskingUtils)
+    guarded = (
+        "attention_mask = attention_mask.bool() if isinstance(attention_mask, torch.Tensor) and "
+        "attention_mask.is_floating_point() else attention_mask"
+    )
+    assert "        " + guarded + "\n" in output
+    assert "FooModel.forward: the mask's cast to bool applies to an additive mask only" in [c.message for c in state.changes]
+    additive = torch.tensor([[0.0, torch.finfo(torch.float32).min]])
+    attended = torch.tensor([[True, False]])
+    for mask, expected in ((additive, torch.tensor([[False, True]])), (attended, attended), (None, None)):
+        scope = {"attention_mask": mask, "torch": torch}
+        exec(guarded, scope)
+        assert scope["attention_mask"] is None if expected is None else torch.equal(scope["attention_mask"], expected)
+    check_noop(output, UseMaskingUtils)
+
+
+def test_noop_for_casts_of_other_tensors_to_bool():
+    output, _ = transformed(module(textwrap.dedent(LEGACY_CHAIN) + "token_type_ids = token_type_ids.bool()\n"), UseMaskingUtils)
+    assert "        token_type_ids = token_type_ids.bool()\n" in output
