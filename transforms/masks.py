@@ -19,11 +19,13 @@ import libcst as cst
 from libcst.codemod.visitors import AddImportsVisitor
 
 from transforms.base import Transform
+from transforms.config_defaults import CONFIG_READS
 from transforms.cst_utils import (
     call_name,
     code_of,
     function_defs,
     last_part,
+    names_read,
     param_names,
     parse_stmts,
     walk,
@@ -41,10 +43,14 @@ CAUSAL_HELPERS = {
 ENCODER_HELPERS = {"get_extended_attention_mask", "_prepare_4d_attention_mask_for_sdpa", "_prepare_4d_attention_mask"}
 
 
-def _replace_once_embedded(body: list, index: int, new_stmt: cst.BaseStatement, embeds_var: str) -> None:
+def _replace_once_embedded(body: list, index: int, new_stmt: cst.BaseStatement, embeds_var: str, target: str) -> None:
     """Replace `body[index]` with `new_stmt`, moved after the statement that computes the
-    embeddings when the legacy mask code ran before them."""
-    place = max([i for i in range(index, len(body)) if _binds(body[i], embeds_var)], default=index)
+    embeddings when the legacy mask code ran before them, but before the first statement
+    that reads the mask: the embeddings' name may be bound again by the layers' own call
+    (`hidden_states = self.encoder(hidden_states, attention_mask=mask)`)."""
+    first_read = next((i for i in range(index + 1, len(body)) if target in names_read(body[i])), len(body))
+    binds = [i for i in range(index, len(body)) if _binds(body[i], embeds_var)]
+    place = max([i for i in binds if i < first_read] or binds, default=index)
     body.insert(place + 1, new_stmt)
     del body[index]
 
@@ -214,7 +220,7 @@ class UseMaskingUtils(Transform):
             else:  # a padding mask alone, and no causal structure: every position sees every other
                 builder = "create_bidirectional_mask"
             new_stmt = parse_stmts(f"{target} = {self._builder_call(builder, mask_var, embeds_var, params)}\n")[0]
-            _replace_once_embedded(body, index, new_stmt, embeds_var)
+            _replace_once_embedded(body, index, new_stmt, embeds_var, target)
             self._guard_reshapes(owner, body, body.index(new_stmt), mask_var)
             AddImportsVisitor.add_needed_import(self.context, "transformers.masking_utils", builder)
             self.record(stmt, f"{owner}.forward: mask built with masking_utils.{builder}")
@@ -251,7 +257,9 @@ class UseMaskingUtils(Transform):
         new_stmt = parse_stmts(
             f"{target} = (\n    {causal}\n    if self.config.is_decoder\n    else {bidirectional}\n)\n"
         )[0]
-        _replace_once_embedded(body, index, new_stmt, embeds_var)
+        _replace_once_embedded(body, index, new_stmt, embeds_var, target)
+        # The choice reads `config.is_decoder`, which transformers 5 configs no longer default.
+        self.state.facts.setdefault(CONFIG_READS, set()).add("is_decoder")
         for builder in ("create_bidirectional_mask", "create_causal_mask"):
             AddImportsVisitor.add_needed_import(self.context, "transformers.masking_utils", builder)
         self.record(stmt, f"{owner}.forward: encoder mask built with masking_utils.create_bidirectional_mask")
