@@ -4,8 +4,6 @@ default the rewritten choice reads."""
 
 from __future__ import annotations
 
-import textwrap
-
 import torch
 
 from tests.transforms.helpers import check_noop, check_transformed, run_transforms
@@ -126,10 +124,10 @@ def test_noop_when_the_mask_is_built_after_the_embeddings_and_read_by_nothing_el
     check_noop(model("        hidden_states = self.embeddings(input_ids)\n        return hidden_states\n"), UseMaskingUtils)
 
 
-def test_the_config_keeps_its_attributes_when_no_rewrite_reads_is_decoder():
+def test_no_is_decoder_default_when_no_rewrite_reads_it():
     sources = {"configuration_foo.py": CONFIG, "modeling_foo.py": model(
         "        hidden_states = self.embeddings(input_ids)\n        return hidden_states\n"
     )}
     files, state = run_transforms(sources, [UseMaskingUtils, LegacyConfigDefaults])
-    assert files == {name: textwrap.dedent(text) for name, text in sources.items()}
-    assert not state.changes
+    assert files["modeling_foo.py"] == sources["modeling_foo.py"]
+    assert "is_decoder" not in files["configuration_foo.py"] and not state.diagnostics
