@@ -28,6 +28,7 @@ from transforms.cst_utils import (
     names_read,
     param_names,
     parse_stmts,
+    single_assign,
     walk,
 )
 
@@ -71,6 +72,44 @@ def _extended_mask_var(stmt: cst.CSTNode) -> str | None:
                 if isinstance(left.operator, cst.Subtract) and code_of(left.left) in ("1.0", "1"):
                     return code_of(node.targets[0].target)
     return None
+
+
+# Steps that turn a `[batch, seq]` padding mask into the `[batch, 1, 1, seq]` float one.
+MASK_CHAIN_METHODS = {"unsqueeze", "to", "float", "view", "reshape", "type", "type_as"}
+
+
+def _padding_mask_chain(body: list, index: int, var: str) -> tuple[str, list[int]]:
+    """The 2D padding mask that statements before `body[index]` turned into `var` one step
+    at a time (`var = mask.unsqueeze(1).unsqueeze(2)`, `var = var.to(dtype)`), and the
+    indices of those statements; `(var, [])` where `body[index]` starts from `var` itself."""
+    chain, source = [], var
+    for i in range(index - 1, -1, -1):
+        assign = single_assign(body[i]) if isinstance(body[i], cst.SimpleStatementLine) else None
+        if not assign or len(assign[0]) != 1 or code_of(assign[0][0]) != var:
+            break
+        root = _chain_root(assign[1])
+        if root is None:
+            break
+        chain.insert(0, i)
+        if root != var:
+            source = root
+            break
+    return (source, chain) if source != var else (var, [])
+
+
+def _chain_root(value: cst.BaseExpression) -> str | None:
+    """`mask` for `mask.unsqueeze(1).unsqueeze(2).to(dtype=...)` or `mask[:, None, None, :]`."""
+    while True:
+        if isinstance(value, cst.Name):
+            return value.value
+        if isinstance(value, cst.Call) and isinstance(value.func, cst.Attribute):
+            if value.func.attr.value not in MASK_CHAIN_METHODS:
+                return None
+            value = value.func.value
+        elif isinstance(value, cst.Subscript):
+            value = value.value
+        else:
+            return None
 
 
 def _assigned_from(stmt: cst.CSTNode, call: cst.Call) -> str | None:
@@ -209,8 +248,12 @@ class UseMaskingUtils(Transform):
                 mask_var, embeds_var = self._mask_and_embeds(helper_calls[0])
                 target = _assigned_from(stmt, helper_calls[0]) or mask_var
             else:
-                has_embeds = "inputs_embeds" in params or any(_binds(b, "inputs_embeds") for b in body)
-                mask_var, embeds_var, target = extended, "inputs_embeds" if has_embeds else None, extended
+                embeds_var = self._embeddings_tensor(owner, body, params)
+                target = extended
+                mask_var, chain = _padding_mask_chain(body, index, extended)
+                for i in reversed(chain):  # the legacy reshape and cast of the padding mask go with it
+                    del body[i]
+                index -= len(chain)
             if mask_var is None or embeds_var is None:
                 self.refuse(stmt, "mask built from arguments that name no mask or no embeddings", owner)
                 return forward
@@ -264,6 +307,14 @@ class UseMaskingUtils(Transform):
             AddImportsVisitor.add_needed_import(self.context, "transformers.masking_utils", builder)
         self.record(stmt, f"{owner}.forward: encoder mask built with masking_utils.create_bidirectional_mask")
         return forward.with_changes(body=forward.body.with_changes(body=body))
+
+    def _embeddings_tensor(self, owner: str, body, params: set[str]) -> str | None:
+        """A name that holds the embeddings where the mask is built: `inputs_embeds` where the
+        forward computes it, else the output of the model's embeddings module (a parameter
+        `inputs_embeds` is None whenever `input_ids` are given)."""
+        if any(_binds(b, "inputs_embeds") for b in body):
+            return "inputs_embeds"
+        return self._embeddings_var(owner, body) or ("inputs_embeds" if "inputs_embeds" in params else None)
 
     def _embeddings_var(self, owner: str, body) -> str | None:
         """The variable holding the output of the model's own embeddings module, if any."""

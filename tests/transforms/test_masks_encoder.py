@@ -4,6 +4,7 @@ default the rewritten choice reads."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tests.transforms.helpers import check_noop, check_transformed, run_transforms
@@ -72,6 +73,21 @@ PORTED_FORWARD = '''\
         hidden_states = self.encoder(hidden_states, attention_mask=extended_attention_mask)
         return hidden_states
 '''
+# The padding mask made additive one step per statement, under a new name (ALBERT style).
+CHAIN_FORWARD = '''\
+        extended_attention_mask = attention_mask.unsqueeze(1).unsqueeze(2)
+        extended_attention_mask = extended_attention_mask.to(dtype=self.dtype)
+        extended_attention_mask = (1.0 - extended_attention_mask) * torch.finfo(self.dtype).min
+        embedding_output = self.embeddings(input_ids)
+        hidden_states = self.encoder(embedding_output, attention_mask=extended_attention_mask)
+        return hidden_states
+'''
+PORTED_CHAIN_FORWARD = '''\
+        embedding_output = self.embeddings(input_ids)
+        extended_attention_mask = create_bidirectional_mask(config=self.config, inputs_embeds=embedding_output, attention_mask=attention_mask, past_key_values=None)
+        hidden_states = self.encoder(embedding_output, attention_mask=extended_attention_mask)
+        return hidden_states
+'''
 IMPORTS = "from transformers.masking_utils import create_bidirectional_mask, create_causal_mask\n"
 
 CONFIG = '''\
@@ -99,14 +115,24 @@ def test_the_mask_is_built_before_the_layers_that_rebind_the_embeddings_name():
     check_transformed(before, after, UseMaskingUtils)
 
 
-def test_the_ported_encoder_runs_with_the_legacy_mask():
-    """The config of the ported repo gives `is_decoder` its transformers 4 default, and the
-    model runs: padded positions get the legacy additive mask value."""
+def test_a_padding_mask_made_additive_step_by_step_is_built_from_the_2d_mask():
+    before = model(CHAIN_FORWARD)
+    after = model(PORTED_CHAIN_FORWARD).replace(
+        "PreTrainedModel\n", "PreTrainedModel\nfrom transformers.masking_utils import create_bidirectional_mask\n", 1
+    )
+    check_transformed(before, after, UseMaskingUtils)
+
+
+@pytest.mark.parametrize("forward", [LEGACY_FORWARD, CHAIN_FORWARD], ids=["helper", "chain"])
+def test_the_ported_encoder_runs_with_the_legacy_mask(forward):
+    """The model runs, and padded positions get the legacy additive mask value; where the
+    rewritten choice reads `is_decoder`, the config gives it its transformers 4 default."""
     files, state = run_transforms(
-        {"configuration_foo.py": CONFIG, "modeling_foo.py": model(LEGACY_FORWARD)}, [UseMaskingUtils, LegacyConfigDefaults]
+        {"configuration_foo.py": CONFIG, "modeling_foo.py": model(forward)}, [UseMaskingUtils, LegacyConfigDefaults]
     )
     assert not state.diagnostics
-    assert 'if not hasattr(self, "is_decoder"):\n            self.is_decoder = False' in files["configuration_foo.py"]
+    if "get_extended_attention_mask" in forward:
+        assert 'if not hasattr(self, "is_decoder"):\n            self.is_decoder = False' in files["configuration_foo.py"]
     scope: dict = {}
     exec(files["configuration_foo.py"] + files["modeling_foo.py"], scope)
     config = scope["FooConfig"](num_hidden_layers=1)
