@@ -23,6 +23,12 @@ pytestmark = [
 
 # id -> a phrase the refusal's text must contain.
 EXPECTED_REFUSALS: dict[str, str] = {
+    # Encoders and encoder-decoder models
+    "distilbert-4.44.2": "expected `context = context.transpose(1, 2)` after the attention math",
+    "deberta_v2-4.44.2": "normalises its attention scores with `XSoftmax.apply`",
+    "t5-4.44.2": "T5Attention is a cross-attention: it projects keys and values from `key_value_states`",
+    "bart-4.44.2": "BartAttention is a cross-attention: it projects keys and values from `key_value_states`",
+    "marian-4.44.2": "MarianAttention is a cross-attention: it projects keys and values from `key_value_states`",
 }
 
 
