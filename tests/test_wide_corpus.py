@@ -37,6 +37,12 @@ EXPECTED_REFUSALS: dict[str, str] = {
         f"gpt_bigcode-{v}": "the attention math is inside `if upcast:`"
         for v in ("4.44.2", "mha-4.44.2", "4.36.2", "4.30.2")
     },
+    # Encoders and encoder-decoder models
+    "distilbert-4.44.2": "expected `context = context.transpose(1, 2)` after the attention math",
+    "deberta_v2-4.44.2": "normalises its attention scores with `XSoftmax.apply`",
+    "t5-4.44.2": "T5Attention is a cross-attention: it projects keys and values from `key_value_states`",
+    "bart-4.44.2": "BartAttention is a cross-attention: it projects keys and values from `key_value_states`",
+    "marian-4.44.2": "MarianAttention is a cross-attention: it projects keys and values from `key_value_states`",
 }
 
 

@@ -83,7 +83,59 @@ OLDER_RELEASES: list[LegacyModel] = [
 
 
 # Bidirectional encoders and encoder-decoder models (ported, or refused with a diagnostic).
+TINY_ENCODER = {**DECODER, "type_vocab_size": 2}
+TINY_SEQ2SEQ = {
+    "vocab_size": 128, "d_model": 64, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
+    "decoder_attention_heads": 4, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128, "max_position_embeddings": 128,
+    "init_std": 0.2, "decoder_start_token_id": 2, **TOKENS,
+}
 ENCODERS: list[LegacyModel] = [
+    LegacyModel("4.44.2", "roberta", "RobertaConfig", "RobertaModel", "RobertaModel", TINY_ENCODER, head_auto="AutoModel"),
+    LegacyModel("4.30.2", "roberta", "RobertaConfig", "RobertaModel", "RobertaModel", TINY_ENCODER, head_auto="AutoModel"),
+    # a masked-LM head over the encoder (tied decoder, a bias of its own)
+    LegacyModel("4.36.2", "roberta", "RobertaConfig", "RobertaModel", "RobertaForMaskedLM", TINY_ENCODER,
+                head_auto="AutoModelForMaskedLM"),
+    LegacyModel("4.44.2", "xlm_roberta", "XLMRobertaConfig", "XLMRobertaModel", "XLMRobertaModel", TINY_ENCODER,
+                head_auto="AutoModel"),
+    # embeddings narrower than the hidden size, projected up
+    LegacyModel("4.44.2", "electra", "ElectraConfig", "ElectraModel", "ElectraModel", {**TINY_ENCODER, "embedding_size": 32},
+                head_auto="AutoModel"),
+    LegacyModel("4.36.2", "electra", "ElectraConfig", "ElectraModel", "ElectraForMaskedLM",
+                {**TINY_ENCODER, "embedding_size": 32}, head_auto="AutoModelForMaskedLM"),
+    # q_lin/k_lin/v_lin/out_lin, a Flash subclass, a mask of ones and zeros turned into -inf
+    LegacyModel("4.44.2", "distilbert", "DistilBertConfig", "DistilBertModel", "DistilBertModel",
+                {"vocab_size": 128, "dim": 64, "hidden_dim": 128, "n_layers": 2, "n_heads": 4,
+                 "max_position_embeddings": 128, "initializer_range": 0.2, "pad_token_id": 0},
+                head_auto="AutoModel"),
+    # one layer group shared by every layer
+    LegacyModel("4.44.2", "albert", "AlbertConfig", "AlbertModel", "AlbertModel",
+                {**TINY_ENCODER, "embedding_size": 32, "num_hidden_groups": 1, "inner_group_num": 1},
+                head_auto="AutoModel"),
+    LegacyModel("4.44.2", "camembert", "CamembertConfig", "CamembertModel", "CamembertModel", TINY_ENCODER,
+                head_auto="AutoModel"),
+    # rotary positions in a bidirectional encoder, applied to the values too
+    LegacyModel("4.44.2", "roformer", "RoFormerConfig", "RoFormerModel", "RoFormerModel",
+                {**TINY_ENCODER, "embedding_size": 64, "rotary_value": True}, head_auto="AutoModel"),
+    LegacyModel("4.44.2", "megatron_bert", "MegatronBertConfig", "MegatronBertModel", "MegatronBertModel", TINY_ENCODER,
+                head_auto="AutoModel"),
+    # a relative position bias computed once in the encoder and added to every layer's scores
+    LegacyModel("4.44.2", "mpnet", "MPNetConfig", "MPNetModel", "MPNetModel",
+                {**DECODER, "relative_attention_num_buckets": 32}, head_auto="AutoModel"),
+    LegacyModel("4.44.2", "ernie", "ErnieConfig", "ErnieModel", "ErnieModel",
+                {**TINY_ENCODER, "task_type_vocab_size": 3, "use_task_id": True}, head_auto="AutoModel"),
+    # disentangled (content-to-position, position-to-content) attention
+    LegacyModel("4.44.2", "deberta_v2", "DebertaV2Config", "DebertaV2Model", "DebertaV2Model",
+                {**TINY_ENCODER, "relative_attention": True, "pos_att_type": ["p2c", "c2p"], "position_buckets": 16,
+                 "max_relative_positions": -1}, head_auto="AutoModel"),
+    # encoder-decoder models: cross-attention
+    LegacyModel("4.44.2", "t5", "T5Config", "T5Model", "T5ForConditionalGeneration",
+                {"vocab_size": 128, "d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 2, "num_heads": 4,
+                 "relative_attention_num_buckets": 8, "decoder_start_token_id": 0, "pad_token_id": 0, "eos_token_id": 1},
+                head_auto="AutoModelForSeq2SeqLM"),
+    LegacyModel("4.44.2", "bart", "BartConfig", "BartModel", "BartForConditionalGeneration", TINY_SEQ2SEQ,
+                head_auto="AutoModelForSeq2SeqLM"),
+    LegacyModel("4.44.2", "marian", "MarianConfig", "MarianModel", "MarianMTModel", TINY_SEQ2SEQ,
+                head_auto="AutoModelForSeq2SeqLM"),
 ]
 
 
