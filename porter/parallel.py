@@ -730,12 +730,30 @@ def _tower_of(towers: list[Tower], path: str) -> str:
 
 
 def _pick_base_model(analysis: RepoAnalysis) -> str | None:
+    composite = _composite(analysis)
+    if composite is not None:
+        return composite
     held = [b for b in analysis.base_models if b in set(analysis.heads.values()) or b in analysis.entry_points]
     candidates = sorted(held or analysis.base_models)
     for name in candidates:
         if any(analysis.classes[h].children.get(a) == name for h, a in analysis.heads.items()):
             return name
     return candidates[0] if candidates else None
+
+
+def _composite(analysis: RepoAnalysis) -> str | None:
+    """A pretrained class with no layers of its own that holds two or more pretrained models
+    (llava's base model: a vision tower and a text tower). transformers merges each held
+    model's plan under its attribute, so the plans start here and every tower gets its own;
+    starting at one tower's base model would leave the others without a plan. The outermost
+    one wins (a head holding the composite is not one: it holds a single pretrained model)."""
+    found = [
+        name for name in sorted(analysis.pretrained - analysis.base_models)
+        if sum(held in analysis.pretrained for held in analysis.classes[name].children.values()) >= 2
+    ]
+    inner = {held for name in found for held in analysis.classes[name].children.values()}
+    outer = [name for name in found if name not in inner]
+    return outer[0] if len(outer) == 1 else None
 
 
 def _config_class(analysis: RepoAnalysis) -> str | None:

@@ -33,14 +33,19 @@ SHARDING_STYLES = {"colwise", "rowwise", "colwise_rep", "rowwise_rep", "colwise_
 
 
 def head_counts(config: dict) -> dict[str, int]:
-    """Every head count the config declares (attention and key/value heads)."""
-    text = config.get("text_config") or config
-    return {
-        key: value
-        for key, value in text.items()
-        if isinstance(value, int) and not isinstance(value, bool) and "head" in key
-        and not any(word in key for word in ("dim", "size", "layer"))
-    }
+    """Every head count the config declares (attention and key/value heads), a composite's
+    towers included (`vision_config.num_attention_heads`): each tower is sharded by its plan."""
+    found = {}
+    for where, section in [("", config), *((f"{k}.", v) for k, v in config.items() if k.endswith("_config"))]:
+        if not isinstance(section, dict):
+            continue
+        found.update({
+            f"{where}{key}": value
+            for key, value in section.items()
+            if isinstance(value, int) and not isinstance(value, bool) and "head" in key
+            and not any(word in key for word in ("dim", "size", "layer"))
+        })
+    return found
 
 
 def static_checks(plans: dict | None, report: Report) -> None:
