@@ -742,15 +742,21 @@ def _pick_base_model(analysis: RepoAnalysis) -> str | None:
 
 
 def _composite(analysis: RepoAnalysis) -> str | None:
-    """A pretrained class with no layers of its own that holds two or more pretrained models
-    (llava's base model: a vision tower and a text tower). transformers merges each held
-    model's plan under its attribute, so the plans start here and every tower gets its own;
-    starting at one tower's base model would leave the others without a plan. The outermost
-    one wins (a head holding the composite is not one: it holds a single pretrained model)."""
-    found = [
-        name for name in sorted(analysis.pretrained - analysis.base_models)
-        if sum(held in analysis.pretrained for held in analysis.classes[name].children.values()) >= 2
-    ]
+    """A pretrained class with no layers of its own that holds two or more pretrained models,
+    each configured by a config class of its own (llava's base model: a CLIP vision tower and
+    a llama text tower). transformers merges each held model's plan under its attribute, so
+    the plans start here and every tower gets its own; starting at one tower's base model
+    would leave the others without a plan. Models sharing the holder's config class (an
+    encoder and a decoder) are parts of one model, not towers. The outermost one wins (a head
+    holding the composite is not one: it holds a single pretrained model)."""
+    def towers(name: str) -> int:
+        own = _declared_config(analysis, name)
+        return sum(
+            held in analysis.pretrained and _declared_config(analysis, held) not in (None, own)
+            for held in analysis.classes[name].children.values()
+        )
+
+    found = [name for name in sorted(analysis.pretrained - analysis.base_models) if towers(name) >= 2]
     inner = {held for name in found for held in analysis.classes[name].children.values()}
     outer = [name for name in found if name not in inner]
     return outer[0] if len(outer) == 1 else None
