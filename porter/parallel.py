@@ -904,7 +904,8 @@ def _pp_plan(plans: ParallelPlans, analysis: RepoAnalysis, tree: ModuleTree, bas
         plans.problems.append(f"{base} has no forward: no pipeline plan")
         return {}
     if len(info.layer_lists) != 1:
-        where = [f"{a}.{b}" for a, c in info.children.items() for b in analysis.classes[c].layer_lists]
+        where = [f"{prefix}{attr}" for prefix, cls, _ in tree.walk_paths(base) if prefix and "*" not in prefix
+                 for attr in analysis.classes[cls].layer_lists]
         plans.problems.append(
             f"{base} holds {len(info.layer_lists)} layer lists as direct children"
             + (f" (the layers sit in {', '.join(where)})" if where else "")

@@ -24,6 +24,8 @@ from porter.report import FAIL, PASS, SKIP, Check, Report
 from porter.verify import _max_diff, make_inputs
 from porter.verify import _pad_id as pad_id
 from porter.verify.child import child_environment, current_python
+from porter.verify.images import image_size, is_vision_language
+from porter.verify.processor_checks import placeholders_per_image, run_processor_check
 
 RUNNER = Path(__file__).with_name("sharded_runner.py")
 TP_SIZE = 2
@@ -131,7 +133,13 @@ def prove_sharded(
 
 
 def _prove_in(work, ported_repo, config, plans, report, timeout, max_new_tokens) -> None:
-    inputs = make_inputs(config)
+    # A vision-language model also runs on images, so every tower's sharding is exercised; its
+    # processor says how many placeholders one image takes, as for the verification's runs.
+    placeholders = 1
+    if is_vision_language(config):
+        processor = run_processor_check(Path(ported_repo), work, timeout, image_size(config))
+        placeholders = placeholders_per_image(processor)
+    inputs = make_inputs(config, placeholders)
     save_file(inputs, str(work / "inputs.safetensors"))
     staging = work / "stage"
     staging.mkdir()
@@ -216,7 +224,9 @@ def _compare(report: Report, outputs: dict, inputs: dict, result: dict, name: st
         "tolerance": TOLERANCE,
         "tp_size": result.get("tp_size"),
     }
-    worst = max(figures["single_max_abs_diff"], figures["padded_batch_max_abs_diff"])
+    if "full.image.output" in outputs:
+        figures["image_max_abs_diff"] = _max_diff(outputs["full.image.output"], outputs["sharded.image.output"])
+    worst = max(v for k, v in figures.items() if k.endswith("_max_abs_diff"))
     sharded = sum(1 for style in (result.get("applied_plan") or {}).values() if style in SHARDING_STYLES)
     if not sharded or result.get("tp_size") != TP_SIZE:
         report.add(Check("D2", name, FAIL, f"transformers applied no sharding (tp_size={result.get('tp_size')})",
