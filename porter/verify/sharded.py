@@ -58,8 +58,9 @@ def static_checks(plans: dict | None, report: Report) -> None:
     tp = plans.get("tp_plan") or {}
     counts = {style: sum(1 for s in tp.values() if s == style) for style in sorted(set(tp.values()))}
     problems = [p for p in plans.get("problems") or [] if "pipeline" not in p]
+    no_pipeline = [p for p in plans.get("problems") or [] if "pipeline" in p]  # a tower without one, say
     status = FAIL if problems else PASS
-    detail = "; ".join(problems or plans.get("notes") or [])
+    detail = "; ".join(problems or [*no_pipeline, *(plans.get("notes") or [])])
     figures = {**counts, "pairs": len(plans.get("pairs") or []), "tp_plan": tp, "pp_plan": plans.get("pp_plan") or {},
                "replicated": plans.get("replicated") or {}, "fused": plans.get("fused") or {}}
     report.add(Check("D1", "tensor-parallel plan inferred from the data flow", status, detail, figures))
