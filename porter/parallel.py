@@ -752,12 +752,36 @@ def _tower_of(towers: list[Tower], path: str) -> str:
 
 
 def _pick_base_model(analysis: RepoAnalysis) -> str | None:
+    composite = _composite(analysis)
+    if composite is not None:
+        return composite
     held = [b for b in analysis.base_models if b in set(analysis.heads.values()) or b in analysis.entry_points]
     candidates = sorted(held or analysis.base_models)
     for name in candidates:
         if any(analysis.classes[h].children.get(a) == name for h, a in analysis.heads.items()):
             return name
     return candidates[0] if candidates else None
+
+
+def _composite(analysis: RepoAnalysis) -> str | None:
+    """A pretrained class with no layers of its own that holds two or more pretrained models,
+    each configured by a config class of its own (llava's base model: a CLIP vision tower and
+    a llama text tower). transformers merges each held model's plan under its attribute, so
+    the plans start here and every tower gets its own; starting at one tower's base model
+    would leave the others without a plan. Models sharing the holder's config class (an
+    encoder and a decoder) are parts of one model, not towers. The outermost one wins (a head
+    holding the composite is not one: it holds a single pretrained model)."""
+    def towers(name: str) -> int:
+        own = _declared_config(analysis, name)
+        return sum(
+            held in analysis.pretrained and _declared_config(analysis, held) not in (None, own)
+            for held in analysis.classes[name].children.values()
+        )
+
+    found = [name for name in sorted(analysis.pretrained - analysis.base_models) if towers(name) >= 2]
+    inner = {held for name in found for held in analysis.classes[name].children.values()}
+    outer = [name for name in found if name not in inner]
+    return outer[0] if len(outer) == 1 else None
 
 
 def _config_class(analysis: RepoAnalysis) -> str | None:
@@ -960,7 +984,8 @@ def _pp_plan(plans: ParallelPlans, analysis: RepoAnalysis, tree: ModuleTree, bas
         plans.problems.append(f"{base} has no forward: no pipeline plan")
         return {}
     if len(info.layer_lists) != 1:
-        where = [f"{a}.{b}" for a, c in info.children.items() for b in analysis.classes[c].layer_lists]
+        where = [f"{prefix}{attr}" for prefix, cls, _ in tree.walk_paths(base) if prefix and "*" not in prefix
+                 for attr in analysis.classes[cls].layer_lists]
         plans.problems.append(
             f"{base} holds {len(info.layer_lists)} layer lists as direct children"
             + (f" (the layers sit in {', '.join(where)})" if where else "")

@@ -106,6 +106,10 @@ def test_ported_repo_exposes_the_multimodal_names(ported_llava):
     clip = (out / "modeling_clip.py").read_text()
     assert clip.count("ALL_ATTENTION_FUNCTIONS.get_interface(") == 1 and "torch.bmm" not in clip
     assert {"tokenizer.json", "preprocessor_config.json", "processing_llava.py"} <= {p.name for p in out.iterdir()}
+    # Each tower's tensor-parallel plan in its own config class, where transformers reads it.
+    assert '"vision_model.encoder.layers.*.mlp.fc2": "rowwise"' in (out / "configuration_clip.py").read_text()
+    assert '"layers.*.self_attn.o_proj": "rowwise"' in (out / "configuration_llama.py").read_text()
+    assert "tensor.view(bsz, seq_len, tensor.size(-1) // self.head_dim, self.head_dim)" in clip
 
 
 @pytest.fixture(scope="module")

@@ -294,12 +294,19 @@ class Widen(''')
     assert plans.experts == ["blocks.*.ff.experts"] and plans.routers == ["blocks.*.ff.pick"]
 
 
-def test_grouped_query_heads_that_do_not_divide_are_reported(tmp_path):
+@pytest.mark.parametrize("config, uneven", [
+    ({"num_attention_heads": 4, "num_key_value_heads": 1}, "num_key_value_heads"),
+    ({"num_attention_heads": 6, "num_key_value_heads": 3}, "num_key_value_heads"),
+    # A composite's towers are each sharded: the vision tower's head count counts too.
+    ({"text_config": {"num_attention_heads": 4, "num_key_value_heads": 2},
+      "vision_config": {"num_attention_heads": 3}}, "vision_config.num_attention_heads"),
+])
+def test_grouped_query_heads_that_do_not_divide_are_reported(tmp_path, config, uneven):
     report = Report(source="x")
     plans = {"tp_plan": {"layers.*.k_proj": "colwise"}, "pairs": [], "notes": [], "problems": []}
-    prove_sharded(tmp_path, {"num_attention_heads": 4, "num_key_value_heads": 1}, plans, report)
+    prove_sharded(tmp_path, config, plans, report)
     d2 = [c for c in report.checks if c.item == "D2"]
-    assert d2[0].status == SKIP and "num_key_value_heads" in d2[0].detail
+    assert len(d2) == 1 and d2[0].status == SKIP and f"'{uneven}': " in d2[0].detail and "size 2" in d2[0].detail
 
 
 # -- the proof: transformers' own tensor-parallel loading over 2 processes ----------------------------
@@ -494,17 +501,42 @@ def test_a_sharded_run_that_split_nothing_fails_d2():
     assert [c.status for c in report.checks] == [PASS] and report.checks[0].figures["sharded_parameters"] == 1
 
 
-def test_text_tower_built_by_name_gets_its_plan_in_its_own_config(cache_dir):
-    """llava builds its towers through Auto classes; the one pretrained model its code names is
-    the text tower, whose config class is a sub-config: the plan goes there, not into
-    LlavaConfig, where transformers would look for it on the composite."""
+def test_every_tower_of_llava_gets_its_plan_in_its_own_config(cache_dir):
+    """llava's composite holds a CLIP vision tower and a llama text tower, each a pretrained
+    model with its own config class. CLIP's layers sit two plain modules below it
+    (`vision_model.encoder.layers`), so it is no base model by the analysis's roles and the
+    composite looks like a head of the llama model; the plans still start at the composite,
+    and each tower's go into its own config class, keyed from the model transformers reads
+    them on (CLIPVisionModel is its own base model)."""
     import porter
     from tests.corpus import legacy_llava_repo
 
     _, analysis = porter.analyse_repo(porter.load(legacy_llava_repo(cache_dir)))
+    assert "CLIPVisionModel" not in analysis.base_models
     plans = infer_plans(analysis)
-    assert (plans.base_model, plans.config_class) == ("LlamaModel", "LlamaConfig")
-    assert plans.tp_plan["layers.*.self_attn.o_proj"] == "rowwise"
+    assert (plans.base_model, plans.config_class) == ("LlavaForConditionalGeneration", "LlavaConfig")
+    assert [(t.outer, t.inner, t.config_class, t.base) for t in plans.towers] == [
+        ("vision_tower.", "vision_tower.", "CLIPVisionConfig", "CLIPVisionModel"),
+        ("language_model.", "language_model.model.", "LlamaConfig", "LlamaModel"),
+    ]
+    written = plans.written_plans()
+    vision, text = written["CLIPVisionConfig"], written["LlamaConfig"]
+    assert vision[0] == {
+        **{f"vision_model.encoder.layers.*.self_attn.{p}_proj": "colwise" for p in "kvq"},
+        "vision_model.encoder.layers.*.self_attn.out_proj": "rowwise",
+        "vision_model.encoder.layers.*.mlp.fc1": "colwise",
+        "vision_model.encoder.layers.*.mlp.fc2": "rowwise",
+    }
+    assert vision[1] == {} and any("CLIPVisionModel" in p and "pipeline" in p for p in plans.problems)
+    assert text[0]["layers.*.self_attn.o_proj"] == "rowwise" and "layers" in text[1]
+    assert not any(k.startswith(("vision_tower.", "language_model.")) for k in written["LlavaConfig"][0])
+    # A pair never spans towers; the projector's two linears pair within the composite.
+    def tower(path):
+        return next((t.outer for t in plans.towers if path.startswith(t.outer)), "")
+
+    assert all({tower(p) for p in [*group, consumer]} == {tower(consumer)} for group, consumer in plans.pairs)
+    assert written["LlavaConfig"][0] == {"multi_modal_projector.linear_1": "colwise",
+                                         "multi_modal_projector.linear_2": "rowwise"}
 
 
 # A second feed-forward class and a mixture of experts whose router is a gate module of its

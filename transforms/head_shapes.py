@@ -8,6 +8,12 @@ column-parallel projection of the inferred plan (see parallel_plans), for the
 one element of a shape that counts heads (an attribute or parameter named as a head count,
 a product with one, or a width that `__init__` divides by a head count). A shape with two
 such elements or a `-1` already is left as it is.
+
+A helper that some call hands `-1` for another size (CLIP's and BART's
+`self._shape(self.k_proj(x), -1, bsz)` with `view(bsz, seq_len, self.num_heads, self.head_dim)`)
+would get two `-1`s; there the head count is computed from the tensor instead,
+`tensor.size(-1) // self.head_dim`, when the shape splits the last axis into heads and a
+head size, and is otherwise left as it is (the sharded proof then fails and says so).
 """
 
 from __future__ import annotations
@@ -46,10 +52,53 @@ def _widths(cls: cst.ClassDef) -> set[str]:
     return widths
 
 
+def _minus_one_params(cls: cst.ClassDef) -> dict[str, set[str]]:
+    """Method -> parameters that a call `self.method(...)` in the class passes `-1` for."""
+    methods = function_defs(cls)
+    found: dict[str, set[str]] = {}
+    for node in walk(cls):
+        if not (isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute)
+                and dotted(node.func.value) == "self" and node.func.attr.value in methods):
+            continue
+        fn = methods[node.func.attr.value]
+        positional = [p.name.value for p in fn.params.params][1:]  # after self
+        for index, arg in enumerate(node.args):
+            if not _is_minus_one(arg.value):
+                continue
+            name = arg.keyword.value if arg.keyword else (positional[index] if index < len(positional) else None)
+            if name:
+                found.setdefault(fn.name.value, set()).add(name)
+    return found
+
+
+def _is_minus_one(node: cst.BaseExpression) -> bool:
+    return isinstance(node, cst.UnaryOperation) and isinstance(node.operator, cst.Minus)
+
+
 class _ShapeRewriter(cst.CSTTransformer):
-    def __init__(self, widths: set[str]):
+    def __init__(self, widths: set[str], maybe_minus_one: dict[str, set[str]]):
         self.widths = widths
+        self.maybe_minus_one = maybe_minus_one
+        self.inferred: set[str] = set()  # parameters of the function being visited that may be -1
         self.rewritten: list[cst.CSTNode] = []
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
+        self.inferred = self.maybe_minus_one.get(node.name.value, set())
+
+    def leave_FunctionDef(self, original: cst.FunctionDef, updated: cst.FunctionDef) -> cst.FunctionDef:
+        self.inferred = set()
+        return updated
+
+    def _local_heads(self, call: cst.Call, index: int) -> cst.BaseExpression | None:
+        """`-1`, or where another element may be -1 at run time, the heads the tensor holds."""
+        values = [a.value for a in call.args]
+        if not any(isinstance(v, cst.Name) and v.value in self.inferred for v in values):
+            return cst.parse_expression("-1")
+        if index != len(values) - 2 or not isinstance(call.func, cst.Attribute):
+            return None
+        tensor = cst.Module(body=[]).code_for_node(call.func.value)
+        size = cst.Module(body=[]).code_for_node(values[-1])
+        return cst.parse_expression(f"{tensor}.size(-1) // {size}")
 
     def _counts_heads(self, node: cst.BaseExpression) -> bool:
         if _head_count(node):
@@ -74,9 +123,12 @@ class _ShapeRewriter(cst.CSTTransformer):
         index = self._one_free([a.value for a in updated.args])
         if index is None:
             return updated
+        heads = self._local_heads(updated, index)
+        if heads is None:
+            return updated
         self.rewritten.append(original)
         args = list(updated.args)
-        args[index] = args[index].with_changes(value=cst.parse_expression("-1"))
+        args[index] = args[index].with_changes(value=heads)
         return updated.with_changes(args=args)
 
     def leave_BinaryOperation(self, original: cst.BinaryOperation, updated: cst.BinaryOperation) -> cst.BaseExpression:
@@ -110,7 +162,7 @@ class HeadAgnosticShapes(Transform):
         return self.rewrite_classes(tree, names, self._rewrite)
 
     def _rewrite(self, cls: cst.ClassDef) -> cst.ClassDef:
-        rewriter = _ShapeRewriter(_widths(cls))
+        rewriter = _ShapeRewriter(_widths(cls), _minus_one_params(cls))
         new = cls.visit(rewriter)
         for node in rewriter.rewritten:
             self.record(node, f"{cls.name.value}: head count in a reshape inferred (-1) for tensor-parallel shards")

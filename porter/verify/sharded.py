@@ -24,6 +24,8 @@ from porter.report import FAIL, PASS, SKIP, Check, Report
 from porter.verify import _max_diff, make_inputs
 from porter.verify import _pad_id as pad_id
 from porter.verify.child import child_environment, current_python
+from porter.verify.images import image_size, is_vision_language
+from porter.verify.processor_checks import placeholders_per_image, run_processor_check
 
 RUNNER = Path(__file__).with_name("sharded_runner.py")
 TP_SIZE = 2
@@ -33,14 +35,19 @@ SHARDING_STYLES = {"colwise", "rowwise", "colwise_rep", "rowwise_rep", "colwise_
 
 
 def head_counts(config: dict) -> dict[str, int]:
-    """Every head count the config declares (attention and key/value heads)."""
-    text = config.get("text_config") or config
-    return {
-        key: value
-        for key, value in text.items()
-        if isinstance(value, int) and not isinstance(value, bool) and "head" in key
-        and not any(word in key for word in ("dim", "size", "layer"))
-    }
+    """Every head count the config declares (attention and key/value heads), a composite's
+    towers included (`vision_config.num_attention_heads`): each tower is sharded by its plan."""
+    found = {}
+    for where, section in [("", config), *((f"{k}.", v) for k, v in config.items() if k.endswith("_config"))]:
+        if not isinstance(section, dict):
+            continue
+        found.update({
+            f"{where}{key}": value
+            for key, value in section.items()
+            if isinstance(value, int) and not isinstance(value, bool) and "head" in key
+            and not any(word in key for word in ("dim", "size", "layer"))
+        })
+    return found
 
 
 def static_checks(plans: dict | None, report: Report) -> None:
@@ -51,8 +58,9 @@ def static_checks(plans: dict | None, report: Report) -> None:
     tp = plans.get("tp_plan") or {}
     counts = {style: sum(1 for s in tp.values() if s == style) for style in sorted(set(tp.values()))}
     problems = [p for p in plans.get("problems") or [] if "pipeline" not in p]
+    no_pipeline = [p for p in plans.get("problems") or [] if "pipeline" in p]  # a tower without one, say
     status = FAIL if problems else PASS
-    detail = "; ".join(problems or plans.get("notes") or [])
+    detail = "; ".join(problems or [*no_pipeline, *(plans.get("notes") or [])])
     figures = {**counts, "pairs": len(plans.get("pairs") or []), "tp_plan": tp, "pp_plan": plans.get("pp_plan") or {},
                "replicated": plans.get("replicated") or {}, "fused": plans.get("fused") or {}}
     report.add(Check("D1", "tensor-parallel plan inferred from the data flow", status, detail, figures))
@@ -126,7 +134,13 @@ def prove_sharded(
 
 
 def _prove_in(work, ported_repo, config, plans, report, timeout, max_new_tokens) -> None:
-    inputs = make_inputs(config)
+    # A vision-language model also runs on images, so every tower's sharding is exercised; its
+    # processor says how many placeholders one image takes, as for the verification's runs.
+    placeholders = 1
+    if is_vision_language(config):
+        processor = run_processor_check(Path(ported_repo), work, timeout, image_size(config))
+        placeholders = placeholders_per_image(processor)
+    inputs = make_inputs(config, placeholders)
     save_file(inputs, str(work / "inputs.safetensors"))
     staging = work / "stage"
     staging.mkdir()
@@ -211,7 +225,9 @@ def _compare(report: Report, outputs: dict, inputs: dict, result: dict, name: st
         "tolerance": TOLERANCE,
         "tp_size": result.get("tp_size"),
     }
-    worst = max(figures["single_max_abs_diff"], figures["padded_batch_max_abs_diff"])
+    if "full.image.output" in outputs:
+        figures["image_max_abs_diff"] = _max_diff(outputs["full.image.output"], outputs["sharded.image.output"])
+    worst = max(v for k, v in figures.items() if k.endswith("_max_abs_diff"))
     sharded = sum(1 for style in (result.get("applied_plan") or {}).values() if style in SHARDING_STYLES)
     if not sharded or result.get("tp_size") != TP_SIZE:
         report.add(Check("D2", name, FAIL, f"transformers applied no sharding (tp_size={result.get('tp_size')})",

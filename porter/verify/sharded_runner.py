@@ -53,10 +53,13 @@ def _local_shard(tensor):
 def _run(model, inputs, spec, tag, tensors):
     import torch
 
-    for prefix in ("single", "batch"):
+    prefixes = ("single", "batch", "image") if "image.pixel_values" in inputs else ("single", "batch")
+    for prefix in prefixes:  # "image": text with images, through every tower of a composite
         kwargs = {"input_ids": inputs[f"{prefix}.input_ids"], "use_cache": False, "return_dict": True}
         if f"{prefix}.attention_mask" in inputs:
             kwargs["attention_mask"] = inputs[f"{prefix}.attention_mask"]
+        if f"{prefix}.pixel_values" in inputs:
+            kwargs["pixel_values"] = inputs[f"{prefix}.pixel_values"]
         with torch.no_grad():
             out = model(**kwargs)
         value = out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state

@@ -235,3 +235,33 @@ def test_conv1d_becomes_linear_with_a_transposing_weight_op():
     assert not any(re.fullmatch(s, "model.stack.3.ff.back.bias") for s in ops)
     again, state = run_transforms(files, Conv1DToLinear)
     assert again == files and not state.changes and not state.weight_ops
+
+
+SHAPE_HELPER = MODELING.replace(
+    "    def forward(self, x, mask=None):\n        b, t, _ = x.shape\n",
+    "    def _shape(self, tensor, seq_len, bsz):\n"
+    "        return tensor.view(bsz, seq_len, self.num_heads, self.head_dim).transpose(1, 2)\n\n"
+    "    def forward(self, x, mask=None):\n        b, t, _ = x.shape\n",
+).replace(
+    "k = self.beta(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)", "k = self._shape(self.beta(x), -1, b)"
+)
+
+
+def test_a_helper_handed_minus_one_computes_the_heads_from_the_tensor():
+    """CLIP's and BART's `self._shape(self.k_proj(x), -1, bsz)`: a second -1 would not run."""
+    import torch
+
+    files, _ = run_transforms(_files(modeling=SHAPE_HELPER), HeadAgnosticShapes)
+    modeling = files["modeling_odd.py"]
+    assert "tensor.view(bsz, seq_len, tensor.size(-1) // self.head_dim, self.head_dim)" in modeling
+    assert modeling.count("view(b, t, -1, self.head_dim)") == 2  # the other reshapes still get -1
+    namespace: dict = {}
+    exec(compile(modeling.replace("from .configuration_odd import OddConfig", "OddConfig = None"), "m", "exec"), namespace)
+    config = type("Config", (), {"num_heads": 4, "hidden_size": 16})()
+    attention = namespace["OddAttention"](config)
+    shard = torch.randn(2, 3, 8)  # a rank's half of the heads: 2 of 4, head size 4
+    assert attention._shape(shard, -1, 2).shape == (2, 2, 3, 4)
+    unchanged = SHAPE_HELPER.replace("tensor.view(bsz, seq_len, self.num_heads, self.head_dim)",
+                                     "tensor.view(bsz, self.num_heads, seq_len, self.head_dim)")
+    files, _ = run_transforms(_files(modeling=unchanged), HeadAgnosticShapes)
+    assert "tensor.view(bsz, self.num_heads, seq_len, self.head_dim)" in files["modeling_odd.py"]  # not the last axis split
