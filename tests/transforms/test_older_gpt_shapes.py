@@ -1,0 +1,216 @@
+"""Attention shapes of the older GPT families (GPT-J, CodeGen, GPT-Neo lineage): a scale
+applied after a `torch.where` causal buffer and held as a tensor attribute, the softmax as
+an `nn.Softmax` module, and a causal buffer narrowed to a window in `__init__` (refused).
+Each ported module is run against its legacy form."""
+
+from __future__ import annotations
+
+import textwrap
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from tests.transforms.helpers import FILENAME, check_idempotent, check_noop, check_transformed, transformed
+from transforms.attention_interface import RouteAttention
+
+# `_attn` with a causal buffer, the scores masked by `torch.where` *before* being divided by
+# a scale that __init__ keeps as a tensor.
+WHERE_THEN_SCALE = textwrap.dedent("""\
+    import torch
+    from torch import nn
+
+
+    class FooAttention(nn.Module):
+        def __init__(self, config):
+            super().__init__()
+            self.config = config
+            self.head_dim = 4
+            self.register_buffer("bias", torch.tril(torch.ones(8, 8, dtype=torch.bool)).view(1, 1, 8, 8), persistent=False)
+            self.scale_attn = torch.sqrt(torch.tensor(self.head_dim, dtype=torch.float32))
+
+        def _attn(self, query, key, value, attention_mask=None):
+            query_length, key_length = query.size(-2), key.size(-2)
+            causal_mask = self.bias[:, :, key_length - query_length : key_length, :key_length]
+            attn_weights = torch.matmul(query, key.transpose(-1, -2))
+            mask_value = torch.tensor(torch.finfo(attn_weights.dtype).min, dtype=attn_weights.dtype)
+            attn_weights = torch.where(causal_mask, attn_weights, mask_value)
+            attn_weights = attn_weights / self.scale_attn
+            if attention_mask is not None:
+                attn_weights = attn_weights + attention_mask
+            attn_weights = nn.functional.softmax(attn_weights, dim=-1)
+            attn_output = torch.matmul(attn_weights, value)
+            return attn_output, attn_weights
+
+        def forward(self, query, key, value, attention_mask=None):
+            attn_output, attn_weights = self._attn(query, key, value, attention_mask)
+            attn_output = attn_output.permute(0, 2, 1, 3).contiguous()
+            return attn_output.view(attn_output.size()[:-2] + (-1,)), attn_weights
+""")
+
+
+def _run(source: str, implementation: str, q, k, v, mask):
+    namespace = {}
+    exec(compile(source, FILENAME, "exec"), namespace)
+    module = namespace["FooAttention"](SimpleNamespace(_attn_implementation=implementation))
+    return module, module(q, k, v, mask)[0]
+
+
+def _inputs():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 4) for _ in range(3))
+    mask = torch.triu(torch.full((5, 5), torch.finfo(torch.float32).min), 1)[None, None].repeat(2, 1, 1, 1)
+    mask[1, :, 3:, :2] = torch.finfo(torch.float32).min  # no row fully masked: those differ by design
+    return q, k, v, mask
+
+
+def test_a_scale_after_a_where_mask_folds_into_scaling_read_from_the_tensor():
+    output, state = transformed(WHERE_THEN_SCALE, RouteAttention)
+    assert not state.diagnostics, [d.render() for d in state.diagnostics]
+    assert "/ self.scale_attn" not in output.split("class FooAttention")[0]  # no second scale in the eager math
+    assert "    def scaling(self) -> float:\n        return float(1 / self.scale_attn)\n" in output
+    q, k, v, mask = _inputs()
+    _, legacy = _run(WHERE_THEN_SCALE, "eager", q, k, v, mask)
+    module, ported = _run(output, "eager", q, k, v, mask)
+    torch.testing.assert_close(ported, legacy, rtol=0, atol=1e-6)
+    assert isinstance(module.scaling, float) and module.scaling == 0.5
+    # A kernel given `scaling` (sdpa here) computes what the legacy division did.
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=module.scaling)
+    torch.testing.assert_close(expected.transpose(1, 2).reshape(2, 5, 12), legacy, rtol=0, atol=1e-5)
+
+
+def test_a_scale_after_a_where_mask_is_ported_once():
+    check_noop(check_idempotent(WHERE_THEN_SCALE, RouteAttention), RouteAttention)
+
+
+SOFTMAX_MODULE = textwrap.dedent("""\
+    import torch
+    from torch import nn
+
+
+    class FooAttention(nn.Module):
+        def __init__(self, config):
+            super().__init__()
+            self.config = config
+            self.head_dim = 4
+            self.softmax = nn.Softmax(dim=-1)
+
+        def forward(self, query, key, value, attention_mask=None):
+            scores = torch.matmul(query, key.transpose(-1, -2)) / 2.0
+            if attention_mask is not None:
+                scores = scores + attention_mask
+            probs = SOFTMAX_CALL
+            context = torch.matmul(probs, value)
+            context = context.transpose(1, 2).contiguous()
+            return context.reshape(*context.shape[:2], -1), probs
+""")
+
+SOFTMAX_MODULE_PORTED = textwrap.dedent("""\
+    import torch
+    from torch import nn
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+
+    def eager_attention_forward(
+        module: torch.nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        scaling: float,
+        dropout: float = 0.0,
+        **kwargs,
+    ):
+        scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+        if attention_mask is not None:
+            scores = scores + attention_mask
+        probs = torch.nn.functional.softmax(scores, dim=-1)
+        attn_output = torch.matmul(probs, value)
+        attn_output = attn_output.transpose(1, 2).contiguous()
+        return attn_output, probs
+
+
+    class FooAttention(nn.Module):
+        def __init__(self, config):
+            super().__init__()
+            self.config = config
+            self.head_dim = 4
+            self.softmax = nn.Softmax(dim=-1)
+            self.scaling = 1 / 2.0
+            self.is_causal = True
+            self.num_key_value_groups = 1
+
+        def forward(self, query, key, value, attention_mask=None, **kwargs):
+
+            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+                self.config._attn_implementation, eager_attention_forward
+            )
+            context, probs = attention_interface(
+                self,
+                query,
+                key,
+                value,
+                attention_mask,
+                dropout=0.0,
+                scaling=self.scaling,
+                **kwargs,
+            )
+            return context.reshape(*context.shape[:2], -1), probs
+""")
+
+
+@pytest.mark.parametrize("call", ["nn.Softmax(dim=-1)(scores)", "self.softmax(scores)", "nn.Softmax(-1)(scores)"])
+def test_a_softmax_module_becomes_the_functional_softmax(call):
+    legacy = SOFTMAX_MODULE.replace("SOFTMAX_CALL", call)
+    check_transformed(legacy, SOFTMAX_MODULE_PORTED, RouteAttention)
+    q, k, v, mask = _inputs()
+    _, expected = _run(legacy, "eager", q, k, v, mask)
+    _, ported = _run(SOFTMAX_MODULE_PORTED, "eager", q, k, v, mask)
+    torch.testing.assert_close(ported, expected, rtol=0, atol=1e-6)
+
+
+def test_a_softmax_module_without_a_dim_is_not_guessed():
+    """`nn.Softmax()` picks its dimension from the input's rank: no softmax call is made up."""
+    state = check_noop(SOFTMAX_MODULE.replace("SOFTMAX_CALL", "nn.Softmax()(scores)"), RouteAttention, diagnostics=True)
+    assert "softmax" in state.diagnostics[0].message and state.diagnostics[0].line is not None
+
+
+def test_a_module_holding_a_softmax_but_no_attention_is_left_alone():
+    check_noop(
+        """\
+        import torch
+        from torch import nn
+
+
+        class Router(nn.Module):
+            def __init__(self, config):
+                super().__init__()
+                self.config = config
+                self.softmax = nn.Softmax(dim=-1)
+
+            def forward(self, hidden_states):
+                return self.softmax(hidden_states)
+        """,
+        RouteAttention,
+    )
+
+
+def test_a_causal_buffer_narrowed_to_a_window_is_refused_where_it_is_built():
+    legacy = WHERE_THEN_SCALE.replace(
+        '        self.register_buffer("bias", torch.tril(torch.ones(8, 8, dtype=torch.bool)).view(1, 1, 8, 8), persistent=False)\n',
+        "        bias = torch.tril(torch.ones(8, 8, dtype=torch.bool)).view(1, 1, 8, 8)\n"
+        "        if config.local:\n"
+        "            bias = torch.bitwise_xor(bias, torch.tril(bias, -config.window_size))\n"
+        '        self.register_buffer("bias", bias, persistent=False)\n',
+    )
+    state = check_noop(legacy, RouteAttention, diagnostics=True)
+    [diagnostic] = state.diagnostics
+    assert "causal buffer `self.bias` is narrowed" in diagnostic.message and "bitwise_xor" in diagnostic.message
+    assert diagnostic.symbol == "FooAttention"
+    assert diagnostic.line == legacy.splitlines().index("            bias = torch.bitwise_xor(bias, torch.tril(bias, -config.window_size))") + 1
+
+
+def test_a_causal_buffer_with_an_offset_diagonal_is_refused():
+    legacy = WHERE_THEN_SCALE.replace("torch.tril(torch.ones(8, 8, dtype=torch.bool))", "torch.tril(torch.ones(8, 8, dtype=torch.bool), -1)")
+    [diagnostic] = check_noop(legacy, RouteAttention, diagnostics=True).diagnostics
+    assert "narrowed" in diagnostic.message and "torch.tril" in diagnostic.message
