@@ -7,7 +7,9 @@ own models write `-1` there; so does this rewrite, inside the classes that own a
 column-parallel projection of the inferred plan (see parallel_plans), for the
 one element of a shape that counts heads (an attribute or parameter named as a head count,
 a product with one, or a width that `__init__` divides by a head count). A shape with two
-such elements or a `-1` already is left as it is.
+such elements or a `-1` already is left as it is. Where another size is a parameter of the
+method (a reshape helper whose callers pass `-1` for the sequence), the count is read from
+the width being split (`tensor.shape[-1] // self.head_dim`) instead.
 """
 
 from __future__ import annotations
@@ -50,6 +52,29 @@ class _ShapeRewriter(cst.CSTTransformer):
     def __init__(self, widths: set[str]):
         self.widths = widths
         self.rewritten: list[cst.CSTNode] = []
+        self.params: list[set[str]] = []  # parameters of the enclosing functions, innermost last
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
+        self.params.append({p.name.value for p in node.params.params})
+
+    def leave_FunctionDef(self, original: cst.FunctionDef, updated: cst.FunctionDef) -> cst.FunctionDef:
+        self.params.pop()
+        return updated
+
+    def _head_count_code(self, call: cst.Call, index: int) -> str | None:
+        """`-1`, or, when another size is a parameter that a caller may itself pass as -1
+        (`def _shape(self, tensor, seq_len, bsz): tensor.view(bsz, seq_len, self.num_heads,
+        self.head_dim)` called with `seq_len=-1`), the count read from the split width;
+        None when neither is safe."""
+        values = [a.value for a in call.args]
+        params = self.params[-1] if self.params else set()
+        if not any(dotted(v) in params for i, v in enumerate(values) if i != index):
+            return "-1"
+        last = dotted(values[-1]) if values else None
+        owner = dotted(call.func.value)
+        if index == len(values) - 2 and last and "head" in last_part(last) and owner and "." not in owner:
+            return f"{owner}.shape[-1] // {last}"
+        return None
 
     def _counts_heads(self, node: cst.BaseExpression) -> bool:
         if _head_count(node):
@@ -72,11 +97,12 @@ class _ShapeRewriter(cst.CSTTransformer):
         if any(a.star or a.keyword for a in updated.args):
             return updated
         index = self._one_free([a.value for a in updated.args])
-        if index is None:
+        code = self._head_count_code(updated, index) if index is not None else None
+        if code is None:
             return updated
         self.rewritten.append(original)
         args = list(updated.args)
-        args[index] = args[index].with_changes(value=cst.parse_expression("-1"))
+        args[index] = args[index].with_changes(value=cst.parse_expression(code))
         return updated.with_changes(args=args)
 
     def leave_BinaryOperation(self, original: cst.BinaryOperation, updated: cst.BinaryOperation) -> cst.BaseExpression:

@@ -11,7 +11,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tests.transforms.helpers import FILENAME, check_idempotent, check_noop, check_transformed, transformed
+from tests.transforms.helpers import (
+    FILENAME,
+    check_idempotent,
+    check_noop,
+    check_transformed,
+    run_transforms,
+    transformed,
+)
 from transforms.attention_interface import RouteAttention
 
 # `_attn` with a causal buffer, the scores masked by `torch.where` *before* being divided by
@@ -214,3 +221,41 @@ def test_a_causal_buffer_with_an_offset_diagonal_is_refused():
     legacy = WHERE_THEN_SCALE.replace("torch.tril(torch.ones(8, 8, dtype=torch.bool))", "torch.tril(torch.ones(8, 8, dtype=torch.bool), -1)")
     [diagnostic] = check_noop(legacy, RouteAttention, diagnostics=True).diagnostics
     assert "narrowed" in diagnostic.message and "torch.tril" in diagnostic.message
+
+
+# -- reshape helpers whose callers pass -1 (BART lineage: OPT, XGLM, BioGPT) ------------------
+def test_a_reshape_helper_called_with_minus_one_reads_the_head_count_from_the_width():
+    from tests.transforms.test_parallel_plans import MODELING, _files
+    from transforms.head_shapes import HeadAgnosticShapes
+
+    helper = MODELING.replace(
+        "    def forward(self, x, mask=None):",
+        "    def _shape(self, tensor, seq_len, bsz):\n"
+        "        return tensor.view(bsz, seq_len, self.num_heads, self.head_dim).transpose(1, 2)\n\n"
+        "    def forward(self, x, mask=None):",
+    ).replace("v = self.gamma(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)", "v = self._shape(self.gamma(x), -1, b)")
+    files, state = run_transforms(_files(modeling=helper), HeadAgnosticShapes)
+    modeling = files["modeling_odd.py"]
+    assert "tensor.view(bsz, seq_len, tensor.shape[-1] // self.head_dim, self.head_dim)" in modeling
+    assert modeling.count("view(b, t, -1, self.head_dim)") == 2  # forward's own locals: -1 as before
+    namespace = {}
+    attention = modeling[modeling.index("class OddAttention") : modeling.index("class OddFeedForward")]
+    exec(compile("import torch\nfrom torch import nn\n" + attention, "m.py", "exec"), namespace)
+    config = SimpleNamespace(hidden_size=16, num_heads=4)
+    module = namespace["OddAttention"](config)
+    width = 8  # half the heads, as one of two tensor-parallel ranks holds them
+    assert module._shape(torch.zeros(2, 3, width), -1, 2).shape == (2, 2, 3, 4)
+
+
+def test_a_reshape_helper_without_a_head_size_last_is_left_alone():
+    from tests.transforms.test_parallel_plans import MODELING, _files
+    from transforms.head_shapes import HeadAgnosticShapes
+
+    helper = MODELING.replace(
+        "    def forward(self, x, mask=None):",
+        "    def _shape(self, tensor, seq_len, bsz):\n"
+        "        return tensor.view(bsz, self.num_heads, seq_len, self.head_dim)\n\n"
+        "    def forward(self, x, mask=None):",
+    )
+    files, _ = run_transforms(_files(modeling=helper), HeadAgnosticShapes)
+    assert "tensor.view(bsz, self.num_heads, seq_len, self.head_dim)" in files["modeling_odd.py"]
