@@ -95,7 +95,7 @@ def find_math(stmts: list[cst.BaseStatement], head_size_attr: str | None) -> Mat
     softmax_index = next((i for i, s in enumerate(stmts) if has_call(s, SOFTMAX)), None)
     if softmax_index is None:
         raise NotUnderstood(None, "no softmax in the attention code")
-    assign = single_assign(stmts[softmax_index])
+    assign = single_assign(stmts[softmax_index]) or _softmax_in_both_branches(stmts[softmax_index])
     softmax_call = next(c for c in walk(stmts[softmax_index]) if isinstance(c, cst.Call) and last_part(call_name(c)) in SOFTMAX)
     scores = _softmax_input(softmax_call)
     if assign is None or scores is None or not isinstance(assign[0][0], cst.Name):
@@ -167,6 +167,25 @@ def find_math(stmts: list[cst.BaseStatement], head_size_attr: str | None) -> Mat
         scaling_code=scaling,
         rescale_indices=rescale_indices,
     )
+
+
+def _softmax_in_both_branches(stmt: cst.BaseStatement):
+    """`if s.dtype == torch.float16: w = softmax(s, dtype=float32).half() else: w = softmax(s)`:
+    the assignment of the `else` branch, when both branches assign the same name the softmax of
+    the same scores (an fp16 upcast chosen by dtype). The statement stays whole in the eager
+    function; only where its weights and scores are is read from it."""
+    if not isinstance(stmt, cst.If) or not isinstance(stmt.orelse, cst.Else):
+        return None
+    branches = [stmt.body.body, stmt.orelse.body.body]
+    if any(len(b) != 1 or single_assign(b[0]) is None for b in branches):
+        return None
+    assigns = [single_assign(b[0]) for b in branches]
+    calls = [[c for c in walk(b[0]) if isinstance(c, cst.Call) and last_part(call_name(c)) in SOFTMAX] for b in branches]
+    if any(len(c) != 1 for c in calls) or len({code_of(a[0][0]) for a in assigns} | {code_of(a[0][0]) for a in assigns}) != 1:
+        return None
+    if len({_softmax_input(c[0]) for c in calls}) != 1:
+        return None
+    return assigns[1]
 
 
 def softmax_modules_as_calls(stmts: list[cst.BaseStatement], init: cst.FunctionDef | None) -> list[cst.BaseStatement]:
