@@ -259,3 +259,49 @@ def test_a_reshape_helper_without_a_head_size_last_is_left_alone():
     )
     files, _ = run_transforms(_files(modeling=helper), HeadAgnosticShapes)
     assert "tensor.view(bsz, self.num_heads, seq_len, self.head_dim)" in files["modeling_odd.py"]
+
+
+# -- a softmax chosen by dtype (BART lineage: OPT, XGLM) ---------------------------------------
+SOFTMAX_BY_DTYPE = SOFTMAX_MODULE.replace(
+    "        probs = SOFTMAX_CALL\n",
+    "        if scores.dtype == torch.float16:\n"
+    "            probs = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(torch.float16)\n"
+    "        else:\n"
+    "            probs = nn.functional.softmax(scores, dim=-1)\n",
+)
+
+
+def test_a_softmax_chosen_by_dtype_is_kept_whole_in_the_eager_function():
+    assert "SOFTMAX_CALL" not in SOFTMAX_BY_DTYPE
+    output, state = transformed(SOFTMAX_BY_DTYPE, RouteAttention)
+    assert not state.diagnostics, [d.render() for d in state.diagnostics]
+    eager = output.split("class FooAttention")[0]
+    assert "    if scores.dtype == torch.float16:\n        probs = nn.functional.softmax(scores, dim=-1, dtype=torch.float32)" in eager
+    assert "self.scaling = 1 / 2.0" in output
+    q, k, v, mask = _inputs()
+    for dtype in (torch.float32, torch.float16):
+        args = [t.to(dtype) for t in (q, k, v, mask)]
+        _, expected = _run(SOFTMAX_BY_DTYPE, "eager", *args)
+        _, ported = _run(output, "eager", *args)
+        torch.testing.assert_close(ported, expected, rtol=0, atol=0)
+    check_noop(output, RouteAttention)
+
+
+def test_branches_that_assign_different_names_are_not_a_softmax():
+    legacy = SOFTMAX_BY_DTYPE.replace("            probs = nn.functional.softmax(scores, dim=-1)\n",
+                                      "            other = nn.functional.softmax(scores, dim=-1)\n")
+    assert legacy != SOFTMAX_BY_DTYPE
+    [diagnostic] = check_noop(legacy, RouteAttention, diagnostics=True).diagnostics
+    assert "softmax" in diagnostic.message and diagnostic.line is not None
+
+
+# -- fused projections reshaped into blocks by a literal held in a local (CodeGen) ------------
+@pytest.mark.parametrize(("bound", "layout"), [({"mp_num": "4"}, "concatenated"), ({}, "reshaped")])
+def test_a_block_count_held_in_a_local_is_a_part_axis(bound, layout):
+    import libcst as cst
+
+    from porter.parallel import reshape_layout
+
+    call = cst.parse_expression("qkv.reshape(qkv.shape[:-1] + (mp_num, -1))")
+    sources = {name: cst.parse_expression(value) for name, value in bound.items()}
+    assert reshape_layout(call, sources) == layout
