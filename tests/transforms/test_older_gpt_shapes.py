@@ -305,3 +305,61 @@ def test_a_block_count_held_in_a_local_is_a_part_axis(bound, layout):
     call = cst.parse_expression("qkv.reshape(qkv.shape[:-1] + (mp_num, -1))")
     sources = {name: cst.parse_expression(value) for name, value in bound.items()}
     assert reshape_layout(call, sources) == layout
+
+
+# -- a decoder layer that slices the self-attention pair out of its cache tuple (XGLM) --------
+LAYER_SLICE = """\
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+
+class FooAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+
+    def forward(self, hidden_states, past_key_value=None):
+        key = value = hidden_states
+        if past_key_value is not None:
+            key = torch.cat([past_key_value[0], key], dim=2)
+            value = torch.cat([past_key_value[1], value], dim=2)
+        scores = torch.matmul(hidden_states, key.transpose(-1, -2))
+        probs = nn.functional.softmax(scores, dim=-1)
+        out = torch.matmul(probs, value)
+        return out, (key, value)
+
+
+class FooLayer(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.self_attn = FooAttention(config)
+
+    def forward(self, hidden_states, past_key_value=None):
+        self_attn_past_key_value = past_key_value[:2] if past_key_value is not None else None
+        return self.self_attn(hidden_states, past_key_value=self_attn_past_key_value)
+
+
+class FooModel(PreTrainedModel):
+    def __init__(self, config):
+        super().__init__(config)
+        self.layers = nn.ModuleList([FooLayer(config)])
+"""
+
+
+def test_the_self_attention_slice_of_a_layer_cache_becomes_the_cache_object():
+    from transforms.tuple_cache import CacheObjects
+
+    output, state = transformed(LAYER_SLICE, CacheObjects)
+    assert "self_attn_past_key_value = past_key_value if past_key_value is not None else None" in output
+    assert "FooLayer.forward: `past_key_value[:2]` -> the cache object" in [c.message for c in state.changes]
+    compile(output, FILENAME, "exec")
+
+
+def test_a_layer_without_the_slice_is_left_alone():
+    from transforms.tuple_cache import CacheObjects
+
+    layer_only = LAYER_SLICE.replace("past_key_value[:2] if", "past_key_value if")
+    output, state = transformed(layer_only, CacheObjects)
+    assert "self_attn_past_key_value = past_key_value if" in output
+    assert not [c for c in state.changes if "FooLayer" in c.message]
