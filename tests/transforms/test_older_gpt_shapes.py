@@ -363,3 +363,36 @@ def test_a_layer_without_the_slice_is_left_alone():
     output, state = transformed(layer_only, CacheObjects)
     assert "self_attn_past_key_value = past_key_value if" in output
     assert not [c for c in state.changes if "FooLayer" in c.message]
+
+
+# -- attention that takes `config=None`, built without it (BioGPT, transformers 4.4x BART) ----
+OPTIONAL_CONFIG = """\
+from torch import nn
+
+
+class FooAttention(nn.Module):
+    def __init__(self, embed_dim, num_heads, dropout=0.0, config=None):
+        super().__init__()
+        self.config = config
+
+    def forward(self, hidden_states):
+        return nn.functional.softmax(hidden_states @ hidden_states.transpose(-1, -2), dim=-1) @ hidden_states
+
+
+class FooLayer(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.self_attn = FooAttention(embed_dim=config.hidden_size, num_heads=config.num_heads)
+        self.other_attn = FooAttention(config.hidden_size, config.num_heads, 0.0, config)
+"""
+
+
+def test_attention_taking_an_optional_config_is_given_it_by_its_builders():
+    from transforms.attention_config import ThreadAttentionConfig
+
+    output, state = transformed(OPTIONAL_CONFIG, ThreadAttentionConfig)
+    assert "FooAttention(embed_dim=config.hidden_size, num_heads=config.num_heads, config=config)" in output
+    assert "FooAttention(config.hidden_size, config.num_heads, 0.0, config)" in output  # given positionally
+    assert "def __init__(self, embed_dim, num_heads, dropout=0.0, config=None):" in output  # no second parameter
+    assert [c.message for c in state.changes] == ["FooLayer.__init__ gives FooAttention the config"]
+    check_noop(output, ThreadAttentionConfig)
