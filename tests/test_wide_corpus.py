@@ -23,6 +23,10 @@ pytestmark = [
 
 # id -> a phrase the refusal's text must contain.
 EXPECTED_REFUSALS: dict[str, str] = {
+    # older GPT families
+    "gpt_neo-4.44.2": "causal buffer `self.bias` is narrowed",
+    "gpt_neo-4.30.2": "causal buffer `self.bias` is narrowed",
+    "ctrl-4.44.2": "no softmax in forward or in a helper method it calls",
 }
 
 
