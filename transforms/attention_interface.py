@@ -194,7 +194,29 @@ class RouteAttention(Transform):
                 members.append(member)
         members = self._drop_unused_helpers(cls, members, site.folded_helpers)
         members = self._scaling_property(cls, members, site, init)
+        members = self._query_prescaled(cls, members, site, init, forward)
         return cls.with_changes(body=cls.body.with_changes(body=members)), eager_node
+
+    def _query_prescaled(self, cls, members, site: Site, init, forward):
+        """BART-lineage code scales the query where it is projected with its own `self.scaling`
+        (`q = self.q_proj(h) * self.scaling`), so the math has no scale. The interface would
+        read that same attribute as the score scale and scale twice: the legacy attribute
+        becomes `self.query_scaling` and `self.scaling` is 1.0."""
+        assigned = {s.attr.value for s in walk(init) if isinstance(s, cst.Attribute) and is_self_attr(s)}
+        if site.math.scaling_code != "1.0" or "scaling" not in assigned or "query_scaling" in assigned:
+            return members
+        if not any(isinstance(n, cst.Attribute) and is_self_attr(n, "scaling") for n in walk(forward)):
+            return members
+        renamed = []
+        for member in members:
+            if isinstance(member, cst.FunctionDef) and member.name.value in ("__init__", "forward"):
+                member = member.visit(_QueryScaling())
+                if member.name.value == "__init__":
+                    line = parse_stmts("self.scaling = 1.0  # the query is scaled before the interface\n")
+                    member = member.with_changes(body=member.body.with_changes(body=[*member.body.body, *line]))
+            renamed.append(member)
+        self.record(init, f"{cls.name.value}: the query's own scale is self.query_scaling; self.scaling = 1.0")
+        return renamed
 
     # -- finding the math ------------------------------------------------------------------
     def _locate(self, body, forward, methods, init) -> Site:
@@ -690,6 +712,16 @@ def _dropout_probability(stmt: cst.BaseStatement) -> tuple[str, cst.BaseStatemen
         if isinstance(node, cst.Call) and is_self_attr(node.func) and "drop" in node.func.attr.value:
             return f"self.{node.func.attr.value}.p if self.training else 0.0", stmt
     return None
+
+
+class _QueryScaling(cst.CSTTransformer):
+    """`self.scaling` -> `self.query_scaling`, except the interface call's `scaling=` keyword."""
+
+    def leave_Attribute(self, original: cst.Attribute, updated: cst.Attribute) -> cst.Attribute:
+        return updated.with_changes(attr=cst.Name("query_scaling")) if is_self_attr(original, "scaling") else updated
+
+    def leave_Arg(self, original: cst.Arg, updated: cst.Arg) -> cst.Arg:
+        return original if original.keyword is not None and original.keyword.value == "scaling" else updated
 
 
 def _module_level_names(tree: cst.Module) -> set[str]:

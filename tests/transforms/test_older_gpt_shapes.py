@@ -396,3 +396,49 @@ def test_attention_taking_an_optional_config_is_given_it_by_its_builders():
     assert "def __init__(self, embed_dim, num_heads, dropout=0.0, config=None):" in output  # no second parameter
     assert [c.message for c in state.changes] == ["FooLayer.__init__ gives FooAttention the config"]
     check_noop(output, ThreadAttentionConfig)
+
+
+# -- a query pre-scaled with the module's own `self.scaling` (BART lineage) -------------------
+PRESCALED = textwrap.dedent("""\
+    import torch
+    from torch import nn
+
+
+    class FooAttention(nn.Module):
+        def __init__(self, config):
+            super().__init__()
+            self.config = config
+            self.head_dim = 4
+            self.scaling = self.head_dim**-0.5
+            self.q_proj = nn.Identity()
+
+        def forward(self, query, key, value, attention_mask=None):
+            query = self.q_proj(query) * self.scaling
+            scores = torch.matmul(query, key.transpose(-1, -2))
+            if attention_mask is not None:
+                scores = scores + attention_mask
+            probs = nn.functional.softmax(scores, dim=-1)
+            context = torch.matmul(probs, value)
+            context = context.transpose(1, 2).contiguous()
+            return context.reshape(*context.shape[:2], -1), probs
+""")
+
+
+def test_a_query_scaled_by_the_modules_own_scaling_is_not_scaled_twice():
+    output, state = transformed(PRESCALED, RouteAttention)
+    assert not state.diagnostics, [d.render() for d in state.diagnostics]
+    assert "self.query_scaling = self.head_dim**-0.5" in output and "self.scaling = 1.0" in output
+    assert "query = self.q_proj(query) * self.query_scaling" in output and "scaling=self.scaling," in output
+    q, k, v, mask = _inputs()
+    _, legacy = _run(PRESCALED, "eager", q, k, v, mask)
+    _, ported = _run(output, "eager", q, k, v, mask)
+    torch.testing.assert_close(ported, legacy, rtol=0, atol=0)
+    check_noop(output, RouteAttention)
+
+
+def test_a_scaling_attribute_the_math_reads_itself_is_kept():
+    legacy = PRESCALED.replace("query = self.q_proj(query) * self.scaling", "query = self.q_proj(query)").replace(
+        "scores = torch.matmul(query, key.transpose(-1, -2))", "scores = torch.matmul(query, key.transpose(-1, -2)) * self.scaling"
+    )
+    output, _ = transformed(legacy, RouteAttention)
+    assert "query_scaling" not in output and "self.scaling = self.head_dim**-0.5" in output
