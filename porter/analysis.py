@@ -23,7 +23,7 @@ from transforms.cst_utils import (
 )
 
 MATMUL_CALLS = {"matmul", "bmm", "baddbmm", "einsum", ".matmul", ".bmm"}
-SOFTMAX_CALLS = {"softmax", ".softmax", "log_softmax"}
+SOFTMAX_CALLS = {"softmax", ".softmax", "log_softmax", "Softmax"}  # `Softmax`: the `nn.Softmax` module
 KERNEL_CALLS = {"scaled_dot_product_attention", "flash_attn_func", "flash_attn_varlen_func", "_flash_attention_forward"}
 PRETRAINED_BASES = {"PreTrainedModel", "PretrainedModel"}
 FACTORY_METHODS = {"_from_config", "from_config"}  # class methods that build a model from a config

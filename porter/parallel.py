@@ -596,6 +596,8 @@ def _factors(node: cst.BaseExpression) -> list[cst.BaseExpression]:
 
 
 def _axis_kind(node: cst.BaseExpression, sources: dict[str, cst.BaseExpression]) -> str:
+    if isinstance(node, cst.Name) and isinstance(sources.get(node.value), (cst.Integer, cst.UnaryOperation)):
+        node = sources[node.value]  # a local bound to a literal (`mp_num = 4`) counts as that literal
     value = _integer(node)
     if value is not None:
         return "part" if value >= 2 else "inferred" if value == -1 else "other"

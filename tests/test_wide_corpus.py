@@ -43,6 +43,10 @@ EXPECTED_REFUSALS: dict[str, str] = {
     "t5-4.44.2": "T5Attention is a cross-attention: it projects keys and values from `key_value_states`",
     "bart-4.44.2": "BartAttention is a cross-attention: it projects keys and values from `key_value_states`",
     "marian-4.44.2": "MarianAttention is a cross-attention: it projects keys and values from `key_value_states`",
+    # older GPT families
+    "gpt_neo-4.44.2": "causal buffer `self.bias` is narrowed",
+    "gpt_neo-4.30.2": "causal buffer `self.bias` is narrowed",
+    "ctrl-4.44.2": "no softmax in forward or in a helper method it calls",
 }
 
 

@@ -77,8 +77,39 @@ DECODERS_B: list[LegacyModel] = [
 ]
 
 
+TINY_GPTJ = {"vocab_size": 128, "n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 128, "rotary_dim": 8,
+             "initializer_range": 0.2, **TOKENS}
+TINY_CODEGEN = {**TINY_GPTJ, "n_ctx": 128}
+TINY_GPT_NEO = {"vocab_size": 128, "hidden_size": 64, "num_layers": 2, "num_heads": 4, "max_position_embeddings": 128,
+                "attention_types": [[["global", "local"], 1]], "window_size": 4, "initializer_range": 0.2, **TOKENS}
+TINY_OPT = {"vocab_size": 128, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "ffn_dim": 128,
+            "max_position_embeddings": 128, "init_std": 0.2, "dropout": 0.0, **TOKENS}
+TINY_OPT_POST_NORM = {**TINY_OPT, "do_layer_norm_before": False, "word_embed_proj_dim": 32}
+TINY_XGLM = {"vocab_size": 128, "d_model": 64, "num_layers": 2, "attention_heads": 4, "ffn_dim": 128,
+             "max_position_embeddings": 128, "init_std": 0.2, "dropout": 0.0, "attention_dropout": 0.0, **TOKENS}
+TINY_BIOGPT = {**DECODER, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+TINY_CTRL = {"vocab_size": 128, "n_embd": 64, "n_layer": 2, "n_head": 4, "dff": 128, "n_positions": 128,
+             "initializer_range": 0.2, **TOKENS}
+
 # Older releases' styles (tuple caches, `_attn` helpers) of architectures beyond the corpus.
 OLDER_RELEASES: list[LegacyModel] = [
+    # interleaved (every-other-pair) partial rotary, `_attn` helper, causal buffer
+    LegacyModel("4.44.2", "gptj", "GPTJConfig", "GPTJModel", "GPTJForCausalLM", TINY_GPTJ),
+    LegacyModel("4.30.2", "gptj", "GPTJConfig", "GPTJModel", "GPTJForCausalLM", TINY_GPTJ),
+    # fused qkv split in mp_num blocks, interleaved partial rotary
+    LegacyModel("4.44.2", "codegen", "CodeGenConfig", "CodeGenModel", "CodeGenForCausalLM", TINY_CODEGEN),
+    LegacyModel("4.30.2", "codegen", "CodeGenConfig", "CodeGenModel", "CodeGenForCausalLM", TINY_CODEGEN),
+    # alternating global / local (windowed) layers, no score scaling
+    LegacyModel("4.44.2", "gpt_neo", "GPTNeoConfig", "GPTNeoModel", "GPTNeoForCausalLM", TINY_GPT_NEO),
+    LegacyModel("4.30.2", "gpt_neo", "GPTNeoConfig", "GPTNeoModel", "GPTNeoForCausalLM", TINY_GPT_NEO),
+    # learned positions offset by 2; 4.30.2 post-layer-norm with projected embeddings
+    LegacyModel("4.44.2", "opt", "OPTConfig", "OPTModel", "OPTForCausalLM", TINY_OPT),
+    LegacyModel("4.30.2", "opt", "OPTConfig", "OPTModel", "OPTForCausalLM", TINY_OPT_POST_NORM),
+    # bart-style attention (scaled query, bmm on [batch*heads, seq, dim]), sinusoidal positions
+    LegacyModel("4.44.2", "xglm", "XGLMConfig", "XGLMModel", "XGLMForCausalLM", TINY_XGLM),
+    LegacyModel("4.44.2", "biogpt", "BioGptConfig", "BioGptModel", "BioGptForCausalLM", TINY_BIOGPT),
+    # sinusoidal positions, tuple cache of stacked (k, v)
+    LegacyModel("4.44.2", "ctrl", "CTRLConfig", "CTRLModel", "CTRLLMHeadModel", TINY_CTRL),
 ]
 
 

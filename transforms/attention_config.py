@@ -8,7 +8,8 @@ holds. It is the model's own config object, so a later `set_attn_implementation`
 the module too. Classes on the way from the layer list to the attention module that take
 no config themselves (a block built from numbers) pass it down the same way. A place that
 builds such a module with no config in scope stops the port: the module could not select
-its kernel.
+its kernel. An attention module that takes `config=None` already (and stores it) is given
+the config the same way where its builders leave it out.
 """
 
 from __future__ import annotations
@@ -37,6 +38,26 @@ def _lacks_config(info) -> bool:
     return init is not None and PARAM not in param_names(init) and "self.config" not in code_of(init)
 
 
+def _optional_config(info) -> int | None:
+    """The position (after `self`) of an `__init__` parameter `config=None`: a module that
+    stores the config it is given, built by code that may give it none (BART-lineage
+    attention of transformers 4.4x, built from numbers by its layers)."""
+    init = info.methods.get("__init__")
+    params = init.params.params if init is not None else []
+    for index, param in enumerate(params):
+        if param.name.value == PARAM and param.default is not None and code_of(param.default) == "None":
+            return index - 1
+    return None
+
+
+def _given_config(call: cst.Call, position: int | None) -> bool:
+    """Whether `call` passes a config: by keyword, or positionally up to `position`."""
+    if any(a.keyword and a.keyword.value == PARAM for a in call.args):
+        return True
+    positional = [a for a in call.args if a.keyword is None]
+    return position is not None and (len(positional) > position or any(a.star for a in positional))
+
+
 class ThreadAttentionConfig(Transform):
     name = "attention-config"
     summary = "Pass the model's config to attention modules built from plain numbers."
@@ -45,15 +66,17 @@ class ThreadAttentionConfig(Transform):
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
         analysis = self.state.analysis
         needing = {n for n in analysis.attention if _lacks_config(analysis.classes[n])}
-        if not needing:
+        optional = {n for n in analysis.attention if _optional_config(analysis.classes[n]) is not None}
+        if not needing and not optional:
             return tree
         between = analysis.path_to_attention() - analysis.attention - analysis.pretrained
-        carriers = {n for n in between if _lacks_config(analysis.classes[n])}
-        targets = needing | carriers
+        carriers = {n for n in between if _lacks_config(analysis.classes[n])} if needing else set()
+        targets = needing | carriers | optional
+        self._positions = {n: _optional_config(analysis.classes[n]) for n in optional}
         new_body = []
         for stmt in tree.body:
             if isinstance(stmt, cst.ClassDef) and stmt.name.value in analysis.classes:
-                if stmt.name.value in targets and analysis.classes[stmt.name.value].file == self.filename:
+                if stmt.name.value in needing | carriers and analysis.classes[stmt.name.value].file == self.filename:
                     stmt = self._accept_config(stmt, store=stmt.name.value in needing)
                 stmt = stmt.with_changes(body=stmt.body.with_changes(body=self._pass_config(stmt.body.body, targets, stmt.name.value)))
             elif isinstance(stmt, cst.FunctionDef):
@@ -78,7 +101,7 @@ class ThreadAttentionConfig(Transform):
         new_members = []
         for function in members:
             calls = [c for c in walk(function) if isinstance(c, cst.Call) and last_part(dotted(c.func)) in targets]
-            calls = [c for c in calls if not any(a.keyword and a.keyword.value == PARAM for a in c.args)]
+            calls = [c for c in calls if not _given_config(c, self._positions.get(last_part(dotted(c.func))))]
             if not isinstance(function, cst.FunctionDef) or not calls:
                 new_members.append(function)
                 continue
@@ -94,19 +117,18 @@ class ThreadAttentionConfig(Transform):
                 new_members.append(function)
                 continue
             self.record(calls[0], f"{where} gives {built} the config")
-            new_members.append(function.visit(_PassConfig(targets)))
+            new_members.append(function.visit(_PassConfig(targets, self._positions)))
         return new_members
 
 
 class _PassConfig(cst.CSTTransformer):
     """`Attention(dim, heads)` -> `Attention(dim, heads, config=config)`."""
 
-    def __init__(self, targets: set[str]):
-        self.targets = targets
+    def __init__(self, targets: set[str], positions: dict[str, int]):
+        self.targets, self.positions = targets, positions
 
     def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.Call:
-        if last_part(dotted(updated.func)) not in self.targets:
-            return updated
-        if any(a.keyword and a.keyword.value == PARAM for a in updated.args):
+        name = last_part(dotted(updated.func))
+        if name not in self.targets or _given_config(updated, self.positions.get(name)):
             return updated
         return updated.with_changes(args=[*updated.args, keyword_arg(PARAM, PARAM)])

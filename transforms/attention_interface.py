@@ -13,6 +13,7 @@ replaced by a reshape).
 from __future__ import annotations
 
 import builtins
+import re
 from dataclasses import dataclass, field
 
 import libcst as cst
@@ -30,10 +31,12 @@ from transforms.attention_math import (
     has_call,
     is_guard,
     rescale_factor,
+    softmax_modules_as_calls,
     split_output_product,
     split_softmax_argument,
 )
 from transforms.base import Transform
+from transforms.causal_buffer import buffers_read_by_where, narrowed_buffer_call
 from transforms.cross_attention import find_cross_attention
 from transforms.cst_utils import (
     assigned_names,
@@ -121,9 +124,19 @@ class RouteAttention(Transform):
             self.refuse(cls, "attention module has no `config` to read the selected kernel from", name)
             return cls, None
         try:
-            body = split_output_product(split_softmax_argument(list(forward.body.body)))
+            body = softmax_modules_as_calls(list(forward.body.body), init)
+            body = split_output_product(split_softmax_argument(body))
             body = hoist_position_bias(body, _head_size_attribute(init))
             site = self._locate(body, forward, methods, init)
+            for buffer in sorted(buffers_read_by_where(site.math_stmts)):
+                narrowed = narrowed_buffer_call(init, buffer)
+                if narrowed is not None:
+                    raise NotUnderstood(
+                        narrowed,
+                        f"the causal buffer `self.{buffer}` is narrowed beyond a lower triangle by "
+                        f"`{code_of(narrowed.func)}(...)` (a per-layer window or band); the causal mask "
+                        "from masking_utils that replaces it would drop that",
+                    )
             dropout_code, eager_code = self._eager_function(site)
         except NotUnderstood as exc:
             self.refuse(exc.node or forward, str(exc), name)
@@ -181,14 +194,36 @@ class RouteAttention(Transform):
                 members.append(member)
         members = self._drop_unused_helpers(cls, members, site.folded_helpers)
         members = self._scaling_property(cls, members, site, init)
+        members = self._query_prescaled(cls, members, site, init, forward)
         return cls.with_changes(body=cls.body.with_changes(body=members)), eager_node
+
+    def _query_prescaled(self, cls, members, site: Site, init, forward):
+        """BART-lineage code scales the query where it is projected with its own `self.scaling`
+        (`q = self.q_proj(h) * self.scaling`), so the math has no scale. The interface would
+        read that same attribute as the score scale and scale twice: the legacy attribute
+        becomes `self.query_scaling` and `self.scaling` is 1.0."""
+        assigned = {s.attr.value for s in walk(init) if isinstance(s, cst.Attribute) and is_self_attr(s)}
+        if site.math.scaling_code != "1.0" or "scaling" not in assigned or "query_scaling" in assigned:
+            return members
+        if not any(isinstance(n, cst.Attribute) and is_self_attr(n, "scaling") for n in walk(forward)):
+            return members
+        renamed = []
+        for member in members:
+            if isinstance(member, cst.FunctionDef) and member.name.value in ("__init__", "forward"):
+                member = member.visit(_QueryScaling())
+                if member.name.value == "__init__":
+                    line = parse_stmts("self.scaling = 1.0  # the query is scaled before the interface\n")
+                    member = member.with_changes(body=member.body.with_changes(body=[*member.body.body, *line]))
+            renamed.append(member)
+        self.record(init, f"{cls.name.value}: the query's own scale is self.query_scaling; self.scaling = 1.0")
+        return renamed
 
     # -- finding the math ------------------------------------------------------------------
     def _locate(self, body, forward, methods, init) -> Site:
         head_attr = _head_size_attribute(init)
         if any(has_call(s, SOFTMAX) for s in body):
             return self._inline_site(body, forward, head_attr)
-        return self._helper_site(body, methods, head_attr, forward)
+        return self._helper_site(body, methods, head_attr, forward, init)
 
     def _inline_site(self, body, forward, head_attr) -> Site:
         math = find_math(body, head_attr)
@@ -246,15 +281,16 @@ class RouteAttention(Transform):
             position_bias=bias,
         )
 
-    def _helper_site(self, body, methods, head_attr, forward) -> Site:
-        helpers = {n for n, fn in methods.items() if n not in ("forward", "__init__") and has_call(fn, SOFTMAX)}
+    def _helper_site(self, body, methods, head_attr, forward, init) -> Site:
+        bodies = {n: softmax_modules_as_calls(list(fn.body.body), init) for n, fn in methods.items()}
+        helpers = {n for n in methods if n not in ("forward", "__init__") and any(has_call(s, SOFTMAX) for s in bodies[n])}
         if not helpers:
             raise NotUnderstood(forward, "no softmax in forward or in a helper method it calls")
         index, call, chosen, alternatives = _helper_call(body, helpers)
         if call is None:
             raise NotUnderstood(forward, f"forward calls the attention helper(s) {sorted(helpers)} in a form not understood")
         helper = methods[chosen]
-        stmts = split_output_product(split_softmax_argument(list(helper.body.body)))
+        stmts = split_output_product(split_softmax_argument(bodies[chosen]))
         returned = stmts[-1] if stmts else None
         if not (isinstance(returned, cst.SimpleStatementLine) and isinstance(returned.body[0], cst.Return)):
             raise NotUnderstood(helper, f"{chosen} does not end with `return output, weights`")
@@ -462,14 +498,22 @@ def _head_size_attribute(init: cst.FunctionDef | None) -> str | None:
 
 
 def _reads_tensor(code: str, init: cst.FunctionDef) -> bool:
-    """Whether a scale expression reads a tensor: a torch call or a registered buffer."""
+    """Whether a scale expression reads a tensor: a torch call, a registered buffer, or an
+    attribute that __init__ assigns from a torch call (`self.scale = torch.sqrt(...)`)."""
     buffers = {
         c.args[0].value.evaluated_value
         for c in walk(init)
         if isinstance(c, cst.Call) and last_part(call_name(c)) == "register_buffer" and c.args
         and isinstance(c.args[0].value, cst.SimpleString)
     }
-    return "torch." in code or any(f"self.{b}" in code for b in buffers)
+    tensors = {
+        target.attr.value
+        for node in walk(init)
+        if isinstance(node, cst.Assign) and "torch." in code_of(node.value)
+        for target in (t.target for t in node.targets)
+        if isinstance(target, cst.Attribute) and is_self_attr(target)
+    }
+    return "torch." in code or any(re.search(rf"\bself\.{a}\b", code) for a in buffers | tensors)
 
 
 def _split_config_branches(stmts, inputs: set[str]) -> tuple[list, list[str]]:
@@ -677,6 +721,16 @@ def _dropout_probability(stmt: cst.BaseStatement) -> tuple[str, cst.BaseStatemen
         if isinstance(node, cst.Call) and is_self_attr(node.func) and "drop" in node.func.attr.value:
             return f"self.{node.func.attr.value}.p if self.training else 0.0", stmt
     return None
+
+
+class _QueryScaling(cst.CSTTransformer):
+    """`self.scaling` -> `self.query_scaling`, except the interface call's `scaling=` keyword."""
+
+    def leave_Attribute(self, original: cst.Attribute, updated: cst.Attribute) -> cst.Attribute:
+        return updated.with_changes(attr=cst.Name("query_scaling")) if is_self_attr(original, "scaling") else updated
+
+    def leave_Arg(self, original: cst.Arg, updated: cst.Arg) -> cst.Arg:
+        return original if original.keyword is not None and original.keyword.value == "scaling" else updated
 
 
 def _module_level_names(tree: cst.Module) -> set[str]:

@@ -173,7 +173,7 @@ def _unfold(body, shape_index: int, shape_name: str):
     key = _key_of(body[products[0]])
     if not (scores and output and key in folded):
         return None
-    weights = next(iter(assigned_names(body[softmax_index])), None)
+    weights = _softmax_target(body[softmax_index])
     stripper = _StripReshapes(shape_name, {scores, weights} | _views_of(body, weights))
     new_body = []
     for index, stmt in enumerate(body):
@@ -277,7 +277,7 @@ def _keep_weights_name(body):
     softmax_index = next((i for i, s in enumerate(body) if has_call(s, SOFTMAX)), None)
     if softmax_index is None:
         return body
-    weights = next(iter(assigned_names(body[softmax_index])), None)
+    weights = _softmax_target(body[softmax_index])
     output_index = next(
         (i for i in range(softmax_index + 1, len(body)) if has_call(body[i], {"matmul"}) and not isinstance(body[i], cst.If)),
         None,
@@ -309,6 +309,13 @@ def _keep_weights_name(body):
     kept = [s for i, s in enumerate(body) if i not in moved]
     at = kept.index(body[restore]) + 1
     return [*kept[:at], *(body[i] for i in moved), *kept[at:]]
+
+
+def _softmax_target(stmt) -> str | None:
+    """The name a softmax statement assigns; for an `if`/`else` that picks the softmax's dtype
+    (an fp16 upcast), the one name both branches assign."""
+    names = assigned_names(stmt) or (_assigned_in(stmt) if isinstance(stmt, cst.If) and stmt.orelse else set())
+    return next(iter(names)) if len(names) == 1 else None
 
 
 def _assigned_in(stmt) -> set[str]:

@@ -27,6 +27,7 @@ from transforms.cst_utils import (
     call_name,
     code_of,
     dotted,
+    is_self_attr,
     keyword_arg,
     last_part,
     names_loaded,
@@ -135,8 +136,9 @@ def find_math(stmts: list[cst.BaseStatement], head_size_attr: str | None) -> Mat
     softmax_index = next((i for i, s in enumerate(stmts) if has_call(s, SOFTMAX)), None)
     if softmax_index is None:
         raise NotUnderstood(None, "no softmax in the attention code")
-    _refuse_branched_math(stmts[softmax_index])
-    assign = single_assign(stmts[softmax_index])
+    assign = single_assign(stmts[softmax_index]) or _softmax_in_both_branches(stmts[softmax_index])
+    if assign is None:
+        _refuse_branched_math(stmts[softmax_index])
     softmax_call = next(c for c in walk(stmts[softmax_index]) if isinstance(c, cst.Call) and last_part(call_name(c)) in SOFTMAX)
     scores = _softmax_input(softmax_call)
     if assign is None or scores is None or not isinstance(assign[0][0], cst.Name):
@@ -160,7 +162,7 @@ def find_math(stmts: list[cst.BaseStatement], head_size_attr: str | None) -> Mat
         if factor is not None:
             factors.append(factor)
             rescale_indices.append(i)
-        elif _writes(stmts[i], scores) and not _adds_mask(stmts[i], scores):
+        elif _writes(stmts[i], scores) and not _adds_mask(stmts[i], scores) and not _fills_masked(stmts[i], scores):
             # Anything else that changes the scores (a tanh cap, a bias) ends the rescales
             # that fold into `scaling`: a factor after it does not commute with it. A mask
             # does: its blocked entries stay far below every score once rescaled.
@@ -209,6 +211,67 @@ def find_math(stmts: list[cst.BaseStatement], head_size_attr: str | None) -> Mat
         scaling_code=scaling,
         rescale_indices=rescale_indices,
     )
+
+
+def _softmax_in_both_branches(stmt: cst.BaseStatement):
+    """`if s.dtype == torch.float16: w = softmax(s, dtype=float32).half() else: w = softmax(s)`:
+    the assignment of the `else` branch, when both branches assign the same name the softmax of
+    the same scores (an fp16 upcast chosen by dtype). The statement stays whole in the eager
+    function; only where its weights and scores are is read from it."""
+    if not isinstance(stmt, cst.If) or not isinstance(stmt.orelse, cst.Else):
+        return None
+    branches = [stmt.body.body, stmt.orelse.body.body]
+    if any(len(b) != 1 or single_assign(b[0]) is None for b in branches):
+        return None
+    assigns = [single_assign(b[0]) for b in branches]
+    calls = [[c for c in walk(b[0]) if isinstance(c, cst.Call) and last_part(call_name(c)) in SOFTMAX] for b in branches]
+    if any(len(c) != 1 for c in calls) or len({code_of(a[0][0]) for a in assigns} | {code_of(a[0][0]) for a in assigns}) != 1:
+        return None
+    if len({_softmax_input(c[0]) for c in calls}) != 1:
+        return None
+    return assigns[1]
+
+
+def softmax_modules_as_calls(stmts: list[cst.BaseStatement], init: cst.FunctionDef | None) -> list[cst.BaseStatement]:
+    """`nn.Softmax(dim=d)(x)`, and `self.sm(x)` where __init__ holds `self.sm = nn.Softmax(dim=d)`,
+    -> `torch.nn.functional.softmax(x, dim=d)`: the softmax as a call, the form the math is found in."""
+    modules = {}
+    for node in walk(init) if init is not None else ():
+        if isinstance(node, cst.Assign) and len(node.targets) == 1 and is_self_attr(node.targets[0].target):
+            dim = _softmax_module_dim(node.value)
+            if dim is not None:
+                modules[code_of(node.targets[0].target)] = dim
+    rewriter = _SoftmaxModuleCalls(modules)
+    # Only statements that change are rebuilt: the others keep their place for diagnostics.
+    return [stmt.visit(rewriter) if any(rewriter.matches(c) for c in walk(stmt) if isinstance(c, cst.Call)) else stmt
+            for stmt in stmts]
+
+
+def _softmax_module_dim(node: cst.BaseExpression) -> str | None:
+    """`d` for `nn.Softmax(dim=d)` / `nn.Softmax(d)`; None for anything else (an implicit dim too)."""
+    if not isinstance(node, cst.Call) or last_part(call_name(node)) != "Softmax" or len(node.args) != 1:
+        return None
+    arg = node.args[0]
+    return code_of(arg.value) if arg.keyword is None or arg.keyword.value == "dim" else None
+
+
+class _SoftmaxModuleCalls(cst.CSTTransformer):
+    def __init__(self, modules: dict[str, str]):
+        self.modules = modules
+
+    def _dim(self, call: cst.Call) -> str | None:
+        if len(call.args) != 1 or call.args[0].keyword is not None:
+            return None
+        return _softmax_module_dim(call.func) if isinstance(call.func, cst.Call) else self.modules.get(code_of(call.func))
+
+    def matches(self, call: cst.Call) -> bool:
+        return self._dim(call) is not None
+
+    def leave_Call(self, original, updated):
+        dim = self._dim(updated)
+        if dim is None:
+            return updated
+        return parse_expr(f"torch.nn.functional.softmax({code_of(updated.args[0].value)}, dim={dim})")
 
 
 def split_softmax_argument(stmts: list[cst.BaseStatement]) -> list[cst.BaseStatement]:
@@ -466,6 +529,14 @@ def _adds_mask(stmt: cst.CSTNode, scores: str) -> bool:
     else:
         return False
     return bool(added) and "mask" in added and "head" not in added
+
+
+def _fills_masked(stmt: cst.CSTNode, scores: str) -> bool:
+    """`s = torch.where(cond, s, fill)`: a mask that, like an added one, commutes with a rescale."""
+    assign = single_assign(stmt)
+    if not assign or code_of(assign[0][0]) != scores or not _buffer_condition(stmt):
+        return False
+    return dotted(assign[1].args[1].value) == scores
 
 
 def rescale_factor(stmt: cst.CSTNode, scores: str) -> str | None:

@@ -18,6 +18,9 @@ In base models (the parameter `past_key_values`):
 - `past_key_values = tuple([None] * n)`  -> `past_key_values = None`
 - `past_key_values[0] is not None` (a past was given)  -> `(past_key_values is not None and past_key_values.get_seq_length() > 0)`
 - the tuple that gathers each layer's present  -> the cache itself.
+
+In decoder layers: `past_key_value[:2]` (the self-attention pair of a `(k, v, cross k,
+cross v)` tuple)  -> `past_key_value`.
 """
 
 from __future__ import annotations
@@ -66,8 +69,24 @@ class CacheObjects(Transform):
         here = {n for n, info in analysis.classes.items() if info.file == self.filename}
         tree = self.rewrite_classes(tree, analysis.attention & here, self._attention)
         tree = self.rewrite_classes(tree, (analysis.base_models - analysis.attention) & here, self._base_model)
+        layers = (analysis.decoder_layers - analysis.attention - analysis.base_models) & here
+        tree = self.rewrite_classes(tree, layers, self._decoder_layer)
         heads = set(analysis.heads) - analysis.attention - analysis.base_models
         return self.rewrite_classes(tree, heads & here, self._head)
+
+    # -- decoder layers ----------------------------------------------------------------------
+    def _decoder_layer(self, cls: cst.ClassDef) -> cst.ClassDef:
+        """`past[:2]`, the self-attention pair of a layer's (self k, v, cross k, v) tuple, is the
+        one cache object: each attention module updates it at its own layer index."""
+        forward = function_defs(cls).get("forward")
+        cache = _cache_param(forward, plural=False) if forward else None
+        if cache is None:
+            return cls
+        new_forward = forward.visit(_SelfAttentionSlice(cache))
+        if new_forward.deep_equals(forward):
+            return cls
+        self.record(forward, f"{cls.name.value}.forward: `{cache}[:2]` -> the cache object")
+        return cls.deep_replace(forward, new_forward)
 
     # -- attention -------------------------------------------------------------------------
     def _attention(self, cls: cst.ClassDef) -> cst.ClassDef:
@@ -225,6 +244,16 @@ class _PresentIsCache(cst.CSTTransformer):
     def leave_Tuple(self, original, updated):
         names = [code_of(e.value) for e in updated.elements]
         if names == [self.key, self.value] and id(original) not in self.targets:
+            return cst.Name(self.cache)
+        return updated
+
+
+class _SelfAttentionSlice(cst.CSTTransformer):
+    def __init__(self, cache: str):
+        self.cache = cache
+
+    def leave_Subscript(self, original, updated):
+        if code_of(updated).replace(" ", "") == f"{self.cache}[:2]":
             return cst.Name(self.cache)
         return updated
 
