@@ -36,6 +36,7 @@ from transforms.attention_math import (
 from transforms.base import Transform
 from transforms.cross_attention import find_cross_attention
 from transforms.cst_utils import (
+    SharingTransformer,
     assigned_names,
     call_name,
     code_of,
@@ -690,7 +691,7 @@ def _module_level_names(tree: cst.Module) -> set[str]:
     return names
 
 
-class _Renamer(cst.CSTTransformer):
+class _Renamer(SharingTransformer):
     def __init__(self, renames: dict[str, str]):
         self.renames = renames
 

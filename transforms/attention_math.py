@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import libcst as cst
 
 from transforms.cst_utils import (
+    SharingTransformer,
     assigned_names,
     call_name,
     code_of,
@@ -458,7 +459,7 @@ def _head_size_as_attribute(factor: str, qk: set[str], attr: str | None, stmt) -
     return code_of(tree)
 
 
-class _HeadSize(cst.CSTTransformer):
+class _HeadSize(SharingTransformer):
     def __init__(self, tensors: set[str], attr: str | None, stmt):
         self.tensors, self.attr, self.stmt = tensors, attr, stmt
 
@@ -516,7 +517,7 @@ def is_guard(stmt: cst.CSTNode) -> bool:
     )
 
 
-class GuardStripper(cst.CSTTransformer):
+class GuardStripper(SharingTransformer):
     def leave_If(self, original: cst.If, updated: cst.If):
         return cst.RemoveFromParent() if is_guard(updated) else updated
 
@@ -563,7 +564,7 @@ def _all_simple(stmts):
                 yield node
 
 
-class _RemoveById(cst.CSTTransformer):
+class _RemoveById(SharingTransformer):
     def __init__(self, ids: set[int]):
         self.ids = ids
 

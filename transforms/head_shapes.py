@@ -18,7 +18,7 @@ import libcst as cst
 
 from porter.parallel import COLWISE
 from transforms.base import Transform
-from transforms.cst_utils import dotted, function_defs, last_part, walk
+from transforms.cst_utils import SharingTransformer, dotted, function_defs, last_part, walk
 from transforms.parallel_plans import plans_for
 
 HEAD_COUNT = re.compile(r"^(num_\w*heads|n_\w*heads?|\w*_heads|heads)$")
@@ -46,7 +46,7 @@ def _widths(cls: cst.ClassDef) -> set[str]:
     return widths
 
 
-class _ShapeRewriter(cst.CSTTransformer):
+class _ShapeRewriter(SharingTransformer):
     def __init__(self, widths: set[str]):
         self.widths = widths
         self.rewritten: list[cst.CSTNode] = []

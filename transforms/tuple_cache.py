@@ -26,6 +26,7 @@ from libcst.codemod.visitors import AddImportsVisitor
 
 from transforms.base import Transform
 from transforms.cst_utils import (
+    SharingTransformer,
     assigned_names,
     code_of,
     dotted,
@@ -138,7 +139,7 @@ class CacheObjects(Transform):
         return cls.deep_replace(forward, new_forward)
 
 
-class _LengthOfPast(cst.CSTTransformer):
+class _LengthOfPast(SharingTransformer):
     """`past[0].shape[-2]` (depth 1) or `past[0][0].shape[2]` (depth 2) -> replacement."""
 
     def __init__(self, cache: str, replacement: str, index_depth: int):
@@ -152,7 +153,7 @@ class _LengthOfPast(cst.CSTTransformer):
         return parse_expr(self.replacement) if _is_length_of_first(updated, self.base) else updated
 
 
-class _AttentionCache(cst.CSTTransformer):
+class _AttentionCache(SharingTransformer):
     """The two `torch.cat` statements become one `update`; unpacking of the cache goes."""
 
     def __init__(self, cache: str):
@@ -205,7 +206,7 @@ class _AttentionCache(cst.CSTTransformer):
         return updated
 
 
-class _PresentIsCache(cst.CSTTransformer):
+class _PresentIsCache(SharingTransformer):
     """Finish the update and make every `(k, v)` present tuple the cache object."""
 
     def __init__(self, key: str, value: str, cache: str, key_statement: str):
@@ -228,7 +229,7 @@ class _PresentIsCache(cst.CSTTransformer):
         return updated
 
 
-class _SharedCache(cst.CSTTransformer):
+class _SharedCache(SharingTransformer):
     """Every layer gets the one cache object."""
 
     def __init__(self, cache: str):
@@ -253,7 +254,7 @@ class _SharedCache(cst.CSTTransformer):
         return updated
 
 
-class _GatheredPresents(cst.CSTTransformer):
+class _GatheredPresents(SharingTransformer):
     """`presents = () if use_cache else None` gathers layer tuples: it becomes the cache."""
 
     def __init__(self, cache: str):
