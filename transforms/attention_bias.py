@@ -19,7 +19,7 @@ from __future__ import annotations
 import libcst as cst
 
 from transforms.attention_math import NotUnderstood, find_math
-from transforms.cst_utils import assigned_names, dotted, names_read, walk
+from transforms.cst_utils import SharingTransformer, assigned_names, dotted, names_read, walk
 
 SCORE_METADATA = ("device", "dtype")
 
@@ -146,7 +146,7 @@ def _without_metadata(stmt: cst.CSTNode, scores: set[str]) -> cst.CSTNode:
     return stmt.visit(_ReadFromQuery(scores, "_"))
 
 
-class _ReadFromQuery(cst.CSTTransformer):
+class _ReadFromQuery(SharingTransformer):
     """`scores.device` -> `query.device`: the scores live where the query does, in its dtype."""
 
     def __init__(self, scores: set[str], query: str):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import libcst as cst
 
 from transforms.base import Transform
-from transforms.cst_utils import dotted, names_read, single_assign
+from transforms.cst_utils import SharingTransformer, dotted, names_read, single_assign
 
 
 class CollapseBackendClasses(Transform):
@@ -49,7 +49,7 @@ class CollapseBackendClasses(Transform):
         return bool(assign) and isinstance(assign[0][0], cst.Name) and assign[0][0].value in dicts
 
 
-class _DictLookupReplacer(cst.CSTTransformer):
+class _DictLookupReplacer(SharingTransformer):
     """`X_ATTENTION_CLASSES[config._attn_implementation]` -> `XAttention`, called or not."""
 
     def __init__(self, transform: Transform, dicts: dict[str, dict[str, str]]):
@@ -64,7 +64,7 @@ class _DictLookupReplacer(cst.CSTTransformer):
         return updated
 
 
-class _ImportPrimaryInstead(cst.CSTTransformer):
+class _ImportPrimaryInstead(SharingTransformer):
     """`from .modeling_x import X_ATTENTION_CLASSES` -> `from .modeling_x import XAttention`:
     the dict is gone from the file that defined it; the eager class is what the lookups became."""
 

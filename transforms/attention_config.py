@@ -19,6 +19,7 @@ import libcst as cst
 from transforms.base import Transform
 from transforms.cst_utils import (
     TIGHT_EQUAL,
+    SharingTransformer,
     code_of,
     dotted,
     function_defs,
@@ -121,7 +122,7 @@ class ThreadAttentionConfig(Transform):
         return new_members
 
 
-class _PassConfig(cst.CSTTransformer):
+class _PassConfig(SharingTransformer):
     """`Attention(dim, heads)` -> `Attention(dim, heads, config=config)`."""
 
     def __init__(self, targets: set[str], positions: dict[str, int]):

@@ -39,6 +39,7 @@ from transforms.base import Transform
 from transforms.causal_buffer import buffers_read_by_where, narrowed_buffer_call
 from transforms.cross_attention import find_cross_attention
 from transforms.cst_utils import (
+    SharingTransformer,
     assigned_names,
     call_name,
     code_of,
@@ -723,7 +724,7 @@ def _dropout_probability(stmt: cst.BaseStatement) -> tuple[str, cst.BaseStatemen
     return None
 
 
-class _QueryScaling(cst.CSTTransformer):
+class _QueryScaling(SharingTransformer):
     """`self.scaling` -> `self.query_scaling`, except the interface call's `scaling=` keyword."""
 
     def leave_Attribute(self, original: cst.Attribute, updated: cst.Attribute) -> cst.Attribute:
@@ -753,7 +754,7 @@ def _module_level_names(tree: cst.Module) -> set[str]:
     return names
 
 
-class _Renamer(cst.CSTTransformer):
+class _Renamer(SharingTransformer):
     def __init__(self, renames: dict[str, str]):
         self.renames = renames
 

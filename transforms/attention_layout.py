@@ -31,6 +31,7 @@ import libcst as cst
 from transforms.attention_math import SOFTMAX, has_call, is_guard
 from transforms.base import Transform
 from transforms.cst_utils import (
+    SharingTransformer,
     assigned_names,
     call_name,
     code_of,
@@ -111,7 +112,7 @@ def _is_folding_call(node: cst.CSTNode, shape_name: str) -> bool:
     )
 
 
-class _StripReshapes(cst.CSTTransformer):
+class _StripReshapes(SharingTransformer):
     """Drop `.view(*shape)` suffixes, and `.view(...)` on the names given (scores, output)."""
 
     def __init__(self, shape_name: str, viewed: set[str]):
@@ -126,7 +127,7 @@ class _StripReshapes(cst.CSTTransformer):
         return updated
 
 
-class _FourDimProducts(cst.CSTTransformer):
+class _FourDimProducts(SharingTransformer):
     """`bmm(q, k.transpose(1, 2))` -> `matmul(q, k.transpose(2, 3))`; `bmm(p, v)` -> `matmul(p, v)`."""
 
     def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
@@ -141,7 +142,7 @@ class _FourDimProducts(cst.CSTTransformer):
         return updated.with_changes(func=updated.func.with_changes(attr=cst.Name("matmul")), args=args)
 
 
-class _DropSelfAssignments(cst.CSTTransformer):
+class _DropSelfAssignments(SharingTransformer):
     """`w = w`, left inside a block where a view was stripped."""
 
     def leave_SimpleStatementLine(self, original, updated):

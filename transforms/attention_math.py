@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import libcst as cst
 
 from transforms.cst_utils import (
+    SharingTransformer,
     assigned_names,
     call_name,
     code_of,
@@ -255,7 +256,7 @@ def _softmax_module_dim(node: cst.BaseExpression) -> str | None:
     return code_of(arg.value) if arg.keyword is None or arg.keyword.value == "dim" else None
 
 
-class _SoftmaxModuleCalls(cst.CSTTransformer):
+class _SoftmaxModuleCalls(SharingTransformer):
     def __init__(self, modules: dict[str, str]):
         self.modules = modules
 
@@ -572,7 +573,7 @@ def _head_size_as_attribute(factor: str, qk: set[str], attr: str | None, stmt) -
     return code_of(tree)
 
 
-class _HeadSize(cst.CSTTransformer):
+class _HeadSize(SharingTransformer):
     def __init__(self, tensors: set[str], attr: str | None, stmt):
         self.tensors, self.attr, self.stmt = tensors, attr, stmt
 
@@ -630,7 +631,7 @@ def is_guard(stmt: cst.CSTNode) -> bool:
     )
 
 
-class GuardStripper(cst.CSTTransformer):
+class GuardStripper(SharingTransformer):
     def leave_If(self, original: cst.If, updated: cst.If):
         return cst.RemoveFromParent() if is_guard(updated) else updated
 
@@ -677,7 +678,7 @@ def _all_simple(stmts):
                 yield node
 
 
-class _RemoveById(cst.CSTTransformer):
+class _RemoveById(SharingTransformer):
     def __init__(self, ids: set[int]):
         self.ids = ids
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import libcst as cst
 
 from transforms.base import Transform
-from transforms.cst_utils import code_of, dotted, function_defs, names_read
+from transforms.cst_utils import SharingTransformer, code_of, dotted, function_defs, names_read
 
 ATTRIBUTE = "attn_implementation"
 
@@ -70,7 +70,7 @@ def _sets_own_attribute(stmt: cst.CSTNode) -> bool:
     )
 
 
-class _ReadInternal(cst.CSTTransformer):
+class _ReadInternal(SharingTransformer):
     """`config.attn_implementation` / `self.config.attn_implementation` -> `._attn_implementation`."""
 
     def __init__(self, transform: AttentionSelection):

@@ -12,7 +12,7 @@ import libcst as cst
 from libcst.codemod.visitors import AddImportsVisitor
 
 from transforms.base import Transform
-from transforms.cst_utils import code_of, dotted, parse_expr
+from transforms.cst_utils import SharingTransformer, code_of, dotted, parse_expr
 
 
 class ModernCacheAPI(Transform):
@@ -23,7 +23,7 @@ class ModernCacheAPI(Transform):
         return tree.visit(_CacheCalls(self))
 
 
-class _CacheCalls(cst.CSTTransformer):
+class _CacheCalls(SharingTransformer):
     def __init__(self, transform: Transform):
         self.transform = transform
         self.targets: set[int] = set()  # assignment targets are written, never rewritten

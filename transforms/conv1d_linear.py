@@ -17,7 +17,7 @@ from libcst.codemod.visitors import AddImportsVisitor
 
 from porter.weights import WeightOp
 from transforms.base import Transform
-from transforms.cst_utils import dotted, is_self_attr, last_part, walk
+from transforms.cst_utils import SharingTransformer, dotted, is_self_attr, last_part, walk
 from transforms.parallel_plans import plans_for
 
 
@@ -79,7 +79,7 @@ class Conv1DToLinear(Transform):
         if not swaps:
             return cls
 
-        class _Swap(cst.CSTTransformer):
+        class _Swap(SharingTransformer):
             def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
                 return swaps.get(original, updated)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -92,53 +93,83 @@ def children_cached() -> Iterator[None]:
         _children_cache, _code_cache = outer
 
 
-class _NameCollector(cst.CSTVisitor):
-    def __init__(self) -> None:
-        self.names: set[str] = set()
+def _names(node: cst.CSTNode, loads_only: bool) -> set[str]:
+    """Bare names in `node`, through the cached children (a libcst visitor rebuilds every
+    node it passes). `x.attr` and `f(p=x)` read only `x`. With `loads_only`, names an
+    assignment or a `for` binds are left out: `x[i] = v` and `x.a = v` read x, `x = v` does
+    not, and a `for` reads its iterable and body (not its target or `else`)."""
+    cache = _children_cache
+    found: set[str] = set()
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, cst.Name):
+            found.add(current.value)
+        elif isinstance(current, cst.Attribute):
+            stack.append(current.value)
+        elif isinstance(current, cst.Arg):
+            stack.append(current.value)
+        elif loads_only and isinstance(current, cst.Assign):
+            stack += [t.target for t in current.targets if isinstance(t.target, (cst.Attribute, cst.Subscript))]
+            stack.append(current.value)
+        elif loads_only and isinstance(current, cst.AnnAssign):
+            if current.value is not None:
+                stack.append(current.value)
+        elif loads_only and isinstance(current, cst.For):
+            stack += [current.iter, current.body]
+        elif cache is None:
+            stack.extend(current.children)
+        else:
+            children = cache.get(current)
+            if children is None:
+                children = cache[current] = tuple(reversed(current.children))
+            stack.extend(children)
+    return found
 
-    def visit_Attribute(self, node: cst.Attribute) -> bool:
-        node.value.visit(self)  # `x.attr`: only `x` is a name that is read
-        return False
 
-    def visit_Arg(self, node: cst.Arg) -> bool:
-        node.value.visit(self)  # `f(p=x)`: the keyword `p` is not a name that is read
-        return False
+class SharingTransformer(cst.CSTTransformer):
+    """A CSTTransformer that hands back the original node wherever nothing below it changed.
 
-    def visit_Name(self, node: cst.Name) -> None:
-        self.names.add(node.value)
+    libcst rebuilds every node a transformer passes, so a pass over a module that changes
+    one call returns a tree of all-new nodes: the caches of children, code and lines, kept
+    by node, would then start again after every transform. Here a node whose `leave_`
+    method returned it as rebuilt, with every child the original one, is replaced by the
+    original, so unchanged subtrees stay shared between the trees before and after."""
+
+    def on_leave(self, original_node, updated_node):
+        result = super().on_leave(original_node, updated_node)
+        if result is updated_node and result is not original_node and _same_fields(original_node, result):
+            return original_node
+        return result
 
 
-class _LoadCollector(_NameCollector):
-    def visit_Assign(self, node: cst.Assign) -> bool:
-        for target in node.targets:  # `x[i] = v` and `x.a = v` read x; `x = v` does not
-            if isinstance(target.target, (cst.Attribute, cst.Subscript)):
-                target.target.visit(self)
-        node.value.visit(self)
-        return False
+_FIELDS: dict[type, tuple[str, ...]] = {}
 
-    def visit_AnnAssign(self, node: cst.AnnAssign) -> bool:
-        if node.value is not None:
-            node.value.visit(self)
-        return False
 
-    def visit_For(self, node: cst.For) -> bool:
-        node.iter.visit(self)
-        node.body.visit(self)
-        return False
+def _same_fields(old: cst.CSTNode, new: cst.CSTNode) -> bool:
+    """Whether every field of `new` is the very object of `old`'s (sequences item by item)."""
+    names = _FIELDS.get(type(old))
+    if names is None:
+        names = _FIELDS[type(old)] = tuple(f.name for f in dataclasses.fields(old))
+    for name in names:
+        a, b = getattr(old, name), getattr(new, name)
+        if a is b:
+            continue
+        if not (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b)):
+            return False
+        if any(x is not y for x, y in zip(a, b, strict=True)):
+            return False
+    return True
 
 
 def names_loaded(node: cst.CSTNode) -> set[str]:
     """Names whose value `node` reads (plain assignment targets excluded)."""
-    collector = _LoadCollector()
-    node.visit(collector)
-    return collector.names
+    return _names(node, loads_only=True)
 
 
 def names_read(node: cst.CSTNode) -> set[str]:
     """Bare names used anywhere in `node` (attribute and keyword names excluded)."""
-    collector = _NameCollector()
-    node.visit(collector)
-    return collector.names
+    return _names(node, loads_only=False)
 
 
 def assigned_names(stmt: cst.CSTNode) -> set[str]:

@@ -24,7 +24,7 @@ import libcst as cst
 
 from porter.parallel import COLWISE
 from transforms.base import Transform
-from transforms.cst_utils import dotted, function_defs, last_part, walk
+from transforms.cst_utils import SharingTransformer, dotted, function_defs, last_part, walk
 from transforms.parallel_plans import plans_for
 
 HEAD_COUNT = re.compile(r"^(num_\w*heads|n_\w*heads?|\w*_heads|heads)$")
@@ -75,7 +75,7 @@ def _is_minus_one(node: cst.BaseExpression) -> bool:
     return isinstance(node, cst.UnaryOperation) and isinstance(node.operator, cst.Minus)
 
 
-class _ShapeRewriter(cst.CSTTransformer):
+class _ShapeRewriter(SharingTransformer):
     def __init__(self, widths: set[str], maybe_minus_one: dict[str, set[str]]):
         self.widths = widths
         self.maybe_minus_one = maybe_minus_one

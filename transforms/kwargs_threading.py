@@ -12,7 +12,7 @@ import libcst as cst
 from libcst.codemod.visitors import AddImportsVisitor
 
 from transforms.base import Transform
-from transforms.cst_utils import dotted, function_defs, is_self_attr, parse_expr, star_kwargs_name
+from transforms.cst_utils import SharingTransformer, dotted, function_defs, is_self_attr, parse_expr, star_kwargs_name
 
 ANNOTATION = "Unpack[TransformersKwargs]"
 
@@ -59,7 +59,7 @@ class ThreadKwargs(Transform):
         return cls.deep_replace(forward, new_forward)
 
 
-class _PassKwargs(cst.CSTTransformer):
+class _PassKwargs(SharingTransformer):
     """Append `**kwargs` to calls of children on the path that do not already pass one."""
 
     def __init__(self, kwargs_name: str, child_attrs: set[str], list_attrs: set[str]):

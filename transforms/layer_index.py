@@ -13,6 +13,7 @@ import libcst as cst
 from transforms.base import Transform
 from transforms.cst_utils import (
     TIGHT_EQUAL,
+    SharingTransformer,
     code_of,
     dotted,
     function_defs,
@@ -94,7 +95,7 @@ class ThreadLayerIndex(Transform):
         return cls.deep_replace(init, new_init)
 
 
-class _AddKeyword(cst.CSTTransformer):
+class _AddKeyword(SharingTransformer):
     """`Attention(config=config)` -> `Attention(config=config, layer_idx=layer_idx)`."""
 
     def __init__(self, targets: set[str], keyword: str):
@@ -110,7 +111,7 @@ class _AddKeyword(cst.CSTTransformer):
         return updated.with_changes(args=[*updated.args, arg])
 
 
-class _IndexComprehension(cst.CSTTransformer):
+class _IndexComprehension(SharingTransformer):
     """`[Layer(config) for _ in range(n)]` -> `[Layer(config, layer_idx=i) for i in range(n)]`."""
 
     def __init__(self, targets: set[str]):

@@ -39,6 +39,7 @@ import libcst.matchers as m
 
 from transforms.base import Transform
 from transforms.cst_utils import (
+    SharingTransformer,
     assigned_names,
     code_of,
     dotted,
@@ -209,7 +210,7 @@ def _without_decoding_fixups(forward, stmt, recomputed: set[str], replacement) -
     """Put `replacement` in place of the merge call and drop the `elif` of its `if` that
     rebuilt what the merge made longer (the mask) at decoding steps, reading the cache."""
 
-    class _Rewrite(cst.CSTTransformer):
+    class _Rewrite(SharingTransformer):
         def leave_If(self, original, updated):
             if not any(n is stmt for n in walk(original.body)):
                 return updated

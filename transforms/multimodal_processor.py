@@ -31,6 +31,7 @@ from libcst.codemod.visitors import AddImportsVisitor
 
 from transforms.base import Transform
 from transforms.cst_utils import (
+    SharingTransformer,
     assigned_names,
     code_of,
     dotted,
@@ -206,7 +207,7 @@ def _with_type_ids(call: cst.FunctionDef, returns) -> cst.FunctionDef:
         call = call.with_changes(params=call.params.with_changes(params=[*call.params.params, param]))
         head = []
 
-    class _BeforeReturns(cst.CSTTransformer):
+    class _BeforeReturns(SharingTransformer):
         def leave_SimpleStatementLine(self, original, updated):
             for ret, data in returns:
                 if original.body and original.body[0] is ret:

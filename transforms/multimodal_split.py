@@ -45,6 +45,7 @@ from libcst.codemod.visitors import AddImportsVisitor
 
 from transforms.base import Transform
 from transforms.cst_utils import (
+    SharingTransformer,
     assigned_names,
     code_of,
     dotted,
@@ -360,7 +361,7 @@ def _names(stmts) -> set[str]:
     return set().union(*(_assigned_anywhere(s) | assigned_names(s) for s in stmts)) if stmts else set()
 
 
-class _OnTextConfig(cst.CSTTransformer):
+class _OnTextConfig(SharingTransformer):
     """In the text head's logits code, moved to the composite head: `self.config` is the
     nested text config, and `self.<x>` that the text head set from its config reads it there."""
 
@@ -436,7 +437,7 @@ def _self_assignment(stmt) -> bool:
 def _import_beside(tree: cst.Module, wanted: dict[str, str]) -> cst.Module:
     """Import each text base model next to the import of its head (`from .m import Head, Base`)."""
 
-    class _AddAlias(cst.CSTTransformer):
+    class _AddAlias(SharingTransformer):
         def leave_ImportFrom(self, original, updated):
             if isinstance(updated.names, cst.ImportStar):
                 return updated
@@ -459,7 +460,7 @@ def _spaced(members):
             for i, m in enumerate(members)]
 
 
-class _Rename(cst.CSTTransformer):
+class _Rename(SharingTransformer):
     def __init__(self, names: dict[str, str]):
         self.names = names
 
@@ -475,7 +476,7 @@ class _Rename(cst.CSTTransformer):
         return updated
 
 
-class _LogitsOfOutputs(cst.CSTTransformer):
+class _LogitsOfOutputs(SharingTransformer):
     """`outputs.logits` / `outputs[0]` -> `logits`: the base model returns hidden states."""
 
     def __init__(self, out: str):

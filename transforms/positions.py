@@ -16,35 +16,88 @@ import difflib
 from collections.abc import Mapping
 
 import libcst as cst
-from libcst.metadata import CodeRange, MetadataWrapper, PositionProvider
+from libcst._nodes.internal import CodegenState
+from libcst.metadata import MetadataWrapper, PositionProvider
 
 
 class _Placed:
-    """One module-level statement's code and the positions of its nodes, from line 1."""
+    """One module-level statement's code and the first line of each of its nodes, from line 1."""
 
-    __slots__ = ("code", "positions", "lines")
+    __slots__ = ("code", "starts", "lines")
 
-    def __init__(self, code: str, positions: Mapping[cst.CSTNode, CodeRange]):
-        self.code, self.positions = code, positions
+    def __init__(self, code: str, starts: Mapping[cst.CSTNode, int]):
+        self.code, self.starts = code, starts
         self.lines = code.count("\n")
 
 
-def _place(module: cst.Module, node: cst.CSTNode) -> _Placed:
-    """Code and positions of `node` generated alone with `module`'s settings."""
-    try:
-        from libcst.metadata.position_provider import PositionProvidingCodegenState
+class _LineCodegenState(CodegenState):
+    """Code generation that notes the line each node starts on, by PositionProvider's rules.
 
-        provider = PositionProvider()
-        provider._computed = {}
-        state = PositionProvidingCodegenState(
-            default_indent=module.default_indent, default_newline=module.default_newline, provider=provider
-        )
+    libcst's PositionProvidingCodegenState builds a line-and-column range for every node,
+    through a generator-based context manager per node: eight times the cost of plain code
+    generation. Only start lines are needed here, so this state counts newlines and records
+    the same start lines (the syntactic start where a node declares one, else where its code
+    begins) with a plain context object."""
+
+    def __init__(self, default_indent: str, default_newline: str):
+        super().__init__(default_indent=default_indent, default_newline=default_newline)
+        self.line = 1
+        self.starts: dict[cst.CSTNode, int] = {}
+        self._stack: list[int] = []
+
+    def add_indent_tokens(self) -> None:
+        self.tokens.extend(self.indent_tokens)
+        for token in self.indent_tokens:
+            self._count(token)
+
+    def add_token(self, value: str) -> None:
+        self.tokens.append(value)
+        self._count(value)
+
+    def _count(self, value: str) -> None:
+        if "\r" in value:  # "\r\n", "\r" and "\n" each end a line, as PositionProvider counts
+            self.line += value.count("\n") + value.count("\r") - value.count("\r\n")
+        else:
+            self.line += value.count("\n")
+
+    def before_codegen(self, node: cst.CSTNode) -> None:
+        self._stack.append(self.line)
+
+    def after_codegen(self, node: cst.CSTNode) -> None:
+        start = self._stack.pop()
+        if node not in self.starts:  # a syntactic start recorded inside wins
+            self.starts[node] = start
+
+    def record_syntactic_position(self, node, *, start_node=None, end_node=None):
+        return _SyntacticStart(self, node, start_node)
+
+
+class _SyntacticStart:
+    """`with state.record_syntactic_position(node)`: the node starts where its syntax does."""
+
+    __slots__ = ("state", "node", "start_node", "line")
+
+    def __init__(self, state: _LineCodegenState, node: cst.CSTNode, start_node: cst.CSTNode | None):
+        self.state, self.node, self.start_node = state, node, start_node
+
+    def __enter__(self) -> None:
+        self.line = self.state.line
+
+    def __exit__(self, *exc) -> None:
+        starts = self.state.starts
+        starts[self.node] = starts[self.start_node] if self.start_node is not None else self.line
+
+
+def _place(module: cst.Module, node: cst.CSTNode) -> _Placed:
+    """Code and start lines of `node` generated alone with `module`'s settings."""
+    try:
+        state = _LineCodegenState(module.default_indent, module.default_newline)
         node._codegen(state)
-        return _Placed("".join(state.tokens), provider._computed)
-    except (ImportError, AttributeError, TypeError):  # a libcst without these internals: the public way
+        return _Placed("".join(state.tokens), state.starts)
+    except (AttributeError, TypeError):  # a libcst whose code generation differs: the public way
         alone = module.with_changes(header=[], body=[node] if isinstance(node, cst.BaseStatement) else [], footer=[])
         positions = MetadataWrapper(alone, unsafe_skip_copy=True).resolve(PositionProvider)
-        return _Placed(module.code_for_node(node), positions)
+        return _Placed(module.code_for_node(node), {n: r.start.line for n, r in positions.items()})
 
 
 class _TreeLines:
@@ -63,9 +116,9 @@ class _TreeLines:
 
     def line(self, node: cst.CSTNode) -> int | None:
         for piece, offset in self.pieces:
-            position = piece.positions.get(node)
-            if position is not None:
-                return position.start.line + offset
+            start = piece.starts.get(node)
+            if start is not None:
+                return start + offset
         return None
 
     def code_lines(self) -> list[str]:

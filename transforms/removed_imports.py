@@ -15,7 +15,7 @@ import re
 import libcst as cst
 
 from transforms.base import Transform
-from transforms.cst_utils import call_name, code_of, dotted, names_read, walk
+from transforms.cst_utils import SharingTransformer, call_name, code_of, dotted, names_read, walk
 
 # Probes whose answer is fixed on every release port-model targets.
 CONSTANT_PROBES = {
@@ -164,7 +164,7 @@ def _names_without_imports(node: cst.CSTNode) -> set[str]:
     return names_read(node)
 
 
-class _ReplaceProbes(cst.CSTTransformer):
+class _ReplaceProbes(SharingTransformer):
     """`probe()` -> constant; an `if` on a constant keeps only the branch that runs."""
 
     def __init__(self, transform: Transform, probes: dict[str, str]):
@@ -202,7 +202,7 @@ class _ReplaceProbes(cst.CSTTransformer):
         return updated
 
 
-class _DropImports(cst.CSTTransformer):
+class _DropImports(SharingTransformer):
     def __init__(self, names: set[str], transform: Transform):
         self.names = names
         self.transform = transform

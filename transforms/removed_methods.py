@@ -9,7 +9,7 @@ from __future__ import annotations
 import libcst as cst
 
 from transforms.base import Transform
-from transforms.cst_utils import code_of, parse_expr, parse_stmts, spaced
+from transforms.cst_utils import SharingTransformer, code_of, parse_expr, parse_stmts, spaced
 
 HEAD_MASK_HELPER = "_expand_head_mask"
 HEAD_MASK_CODE = f'''
@@ -43,7 +43,7 @@ class RemovedModelMethods(Transform):
         return tree.with_changes(body=body)
 
 
-class _HeadMaskCalls(cst.CSTTransformer):
+class _HeadMaskCalls(SharingTransformer):
     def __init__(self, transform: Transform):
         self.transform = transform
 

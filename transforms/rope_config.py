@@ -16,7 +16,7 @@ from __future__ import annotations
 import libcst as cst
 
 from transforms.base import Transform
-from transforms.cst_utils import code_of, parse_expr, parse_stmts, spaced, walk
+from transforms.cst_utils import SharingTransformer, code_of, parse_expr, parse_stmts, spaced, walk
 
 DEFAULT_ROPE = "_legacy_default_rope_parameters"
 DEFAULT_ROPE_CODE = f'''
@@ -63,7 +63,7 @@ class RopeConfigAccess(Transform):
         return tree.with_changes(body=body)
 
 
-class _RopeAccess(cst.CSTTransformer):
+class _RopeAccess(SharingTransformer):
     def __init__(self, transform: Transform):
         self.transform = transform
         self.targets: set[int] = set()  # `x["type"] = ...` writes the key: left alone
@@ -107,7 +107,7 @@ class _RopeAccess(cst.CSTTransformer):
         return updated
 
 
-class _WithDefaultRope(cst.CSTTransformer):
+class _WithDefaultRope(SharingTransformer):
     def __init__(self, transform: Transform):
         self.transform = transform
         self.rewritten = 0

@@ -14,7 +14,15 @@ from __future__ import annotations
 import libcst as cst
 
 from transforms.base import Transform
-from transforms.cst_utils import code_of, function_defs, is_self_attr, names_read, param_names, parse_expr
+from transforms.cst_utils import (
+    SharingTransformer,
+    code_of,
+    function_defs,
+    is_self_attr,
+    names_read,
+    param_names,
+    parse_expr,
+)
 
 COVERED = "max({length}, int(position_ids.max()) + 1) if position_ids is not None else {length}"
 
@@ -40,7 +48,7 @@ class RopePositions(Transform):
         return cls.with_changes(body=cls.body.with_changes(body=body))
 
 
-class _SizeByPositions(cst.CSTTransformer):
+class _SizeByPositions(SharingTransformer):
     """`self.<module>(..., seq_len=L)` -> `self.<module>(..., seq_len=<L covering position_ids>)`."""
 
     def __init__(self, transform: RopePositions, owner: str):

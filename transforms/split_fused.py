@@ -32,6 +32,7 @@ from porter.parallel import ParallelPlans
 from porter.weights import WeightOp
 from transforms.base import Transform
 from transforms.cst_utils import (
+    SharingTransformer,
     assigned_names,
     dotted,
     function_defs,
@@ -301,7 +302,7 @@ def _inline_locals(size: cst.BaseExpression, before: list[cst.BaseStatement]) ->
             for name in _bound_anywhere(stmt):
                 values.pop(name, None)
 
-    class _Inline(cst.CSTTransformer):
+    class _Inline(SharingTransformer):
         def leave_Name(self, original: cst.Name, updated: cst.Name) -> cst.BaseExpression:
             return _paren(values[original.value]) if original.value in values else updated
 
@@ -381,7 +382,7 @@ def _apply(cls: cst.ClassDef, split: FusedSplit) -> cst.ClassDef:
     if split.removed is not None:
         replace[split.removed] = []
 
-    class _Replace(cst.CSTTransformer):
+    class _Replace(SharingTransformer):
         def leave_SimpleStatementLine(self, original, updated):
             if original in replace:
                 new = replace[original]

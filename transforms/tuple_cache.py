@@ -30,6 +30,7 @@ from libcst.codemod.visitors import AddImportsVisitor
 
 from transforms.base import Transform
 from transforms.cst_utils import (
+    SharingTransformer,
     assigned_names,
     code_of,
     dotted,
@@ -158,7 +159,7 @@ class CacheObjects(Transform):
         return cls.deep_replace(forward, new_forward)
 
 
-class _LengthOfPast(cst.CSTTransformer):
+class _LengthOfPast(SharingTransformer):
     """`past[0].shape[-2]` (depth 1) or `past[0][0].shape[2]` (depth 2) -> replacement."""
 
     def __init__(self, cache: str, replacement: str, index_depth: int):
@@ -172,7 +173,7 @@ class _LengthOfPast(cst.CSTTransformer):
         return parse_expr(self.replacement) if _is_length_of_first(updated, self.base) else updated
 
 
-class _AttentionCache(cst.CSTTransformer):
+class _AttentionCache(SharingTransformer):
     """The two `torch.cat` statements become one `update`; unpacking of the cache goes."""
 
     def __init__(self, cache: str):
@@ -225,7 +226,7 @@ class _AttentionCache(cst.CSTTransformer):
         return updated
 
 
-class _PresentIsCache(cst.CSTTransformer):
+class _PresentIsCache(SharingTransformer):
     """Finish the update and make every `(k, v)` present tuple the cache object."""
 
     def __init__(self, key: str, value: str, cache: str, key_statement: str):
@@ -248,7 +249,7 @@ class _PresentIsCache(cst.CSTTransformer):
         return updated
 
 
-class _SelfAttentionSlice(cst.CSTTransformer):
+class _SelfAttentionSlice(SharingTransformer):
     def __init__(self, cache: str):
         self.cache = cache
 
@@ -258,7 +259,7 @@ class _SelfAttentionSlice(cst.CSTTransformer):
         return updated
 
 
-class _SharedCache(cst.CSTTransformer):
+class _SharedCache(SharingTransformer):
     """Every layer gets the one cache object."""
 
     def __init__(self, cache: str):
@@ -302,7 +303,7 @@ class _SharedCache(cst.CSTTransformer):
         return updated
 
 
-class _GatheredPresents(cst.CSTTransformer):
+class _GatheredPresents(SharingTransformer):
     """`presents = () if use_cache else None` gathers layer tuples: it becomes the cache."""
 
     def __init__(self, cache: str):
