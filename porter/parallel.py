@@ -264,7 +264,10 @@ class ModuleTree:
         info = self.analysis.classes[cls]
         maybe = self.conditional[cls]
         for attr, child in info.children.items():
-            yield from self.walk_paths(child, f"{prefix}{attr}.", depth + 1, conditional or attr in maybe)
+            # A class chosen by a config switch is one of several that may be built there.
+            switched = attr in info.alternatives
+            for held in [child, *info.alternatives.get(attr, ())]:
+                yield from self.walk_paths(held, f"{prefix}{attr}.", depth + 1, conditional or switched or attr in maybe)
         for attr, element in info.layer_lists.items():
             yield from self.walk_paths(element, f"{prefix}{attr}.*.", depth + 1, conditional or attr in maybe)
 
@@ -857,19 +860,29 @@ def _find_experts(plans: ParallelPlans, analysis: RepoAnalysis, tree: ModuleTree
             continue
         for attr in info.layer_lists:
             experts = f"{prefix}{attr}"
+            if experts in plans.experts:  # another class a config switch may build at the same place
+                continue
             plans.experts.append(experts)
             own = [f"{prefix}{name}" for name in tree.projections[cls]]
             routing = [p for p in own if any(s == p and d.startswith(f"{experts}.*.") for s, d in edges)]
+            forward = _method(analysis, cls, "forward")
+            text = cst.Module(body=[]).code_for_node(forward) if forward else ""
             if not routing:
-                forward = _method(analysis, cls, "forward")
-                text = cst.Module(body=[]).code_for_node(forward) if forward else ""
                 routing = [p for p in own if f"self.{p[len(prefix):]}(" in text and ("topk" in text or "softmax" in text)]
-            plans.routers += routing
+            if not routing:  # a gate module of its own (a weight Parameter and `topk` in its forward)
+                routing = [f"{prefix}{name}" for name, child in info.children.items()
+                           if f"self.{name}(" in text and _selects_top_k(analysis, child)]
+            plans.routers += [r for r in routing if r not in plans.routers]
     if plans.experts:
         plans.notes.append(
             f"mixture of experts: experts {', '.join(plans.experts)}, router {', '.join(plans.routers) or 'not found'}; "
             "each expert's projections follow the pairs found like any MLP's (tensor-parallel experts, see D4)"
         )
+
+
+def _selects_top_k(analysis: RepoAnalysis, cls: str) -> bool:
+    forward = _method(analysis, cls, "forward")
+    return forward is not None and any(last_part(call_name(n)).lstrip(".") == "topk" for n in walk(forward))
 
 
 # -- pipeline plan ----------------------------------------------------------------------------------
