@@ -450,7 +450,12 @@ class _FunctionFlow:
                     self.edges.add((source, path))
                 return frozenset({path})
             if attr in self.info.children:
-                return self.child(self.info.children[attr], f"{self.prefix}{attr}.", node)
+                # Either of the classes a config switch may build there.
+                held = [self.info.children[attr], *self.info.alternatives.get(attr, ())]
+                value = self.child(held[0], f"{self.prefix}{attr}.", node)
+                for other in held[1:]:
+                    value = join(value, self.child(other, f"{self.prefix}{attr}.", node))
+                return value
             if attr in self.tree.norms[self.cls]:
                 self.args(node)
                 return EMPTY
