@@ -124,6 +124,7 @@ class RouteAttention(Transform):
             body = split_output_product(split_softmax_argument(list(forward.body.body)))
             body = hoist_position_bias(body, _head_size_attribute(init))
             site = self._locate(body, forward, methods, init)
+            _refuse_tiled_heads_with_groups(body, site, init)
             dropout_code, eager_code = self._eager_function(site)
         except NotUnderstood as exc:
             self.refuse(exc.node or forward, str(exc), name)
@@ -211,6 +212,7 @@ class RouteAttention(Transform):
             for i in range(math.score_index)
             if assigned_names(body[i]) & {math.key, math.value}
             and any(h in last_part(call_name(c) or "").lower() for c in walk(body[i]) for h in REPEAT_HINTS)
+            and not _tiles_heads(body[i])
         ]
         stmts = [body[i] for i in repeats] + body[math.score_index : end + 1]
         known = {math.query, math.key, math.value, _mask_param(forward)} | self._module_names
@@ -533,6 +535,28 @@ def _softcap_code(stmts) -> str | None:
 def _mask_param(forward: cst.FunctionDef) -> str:
     params = [p.name.value for p in forward.params.params]
     return next((p for p in params if "mask" in p and "head" not in p and "encoder" not in p), "attention_mask")
+
+
+def _tiles_heads(stmt: cst.CSTNode) -> bool:
+    """`key = key.repeat(1, n, 1, 1)`: a tensor's own `repeat` tiles the heads (query head h
+    reads key head h % kv_heads), where kernels repeat each head in place (h // groups), as
+    `repeat_kv` and `repeat_interleave` do. Such a repeat stays in forward, before the
+    interface call, and every kernel gets as many key heads as query heads."""
+    return any(
+        isinstance(c, cst.Call) and isinstance(c.func, cst.Attribute) and c.func.attr.value == "repeat"
+        for c in walk(stmt)
+    )
+
+
+def _refuse_tiled_heads_with_groups(body, site: Site, init: cst.FunctionDef) -> None:
+    """Tiled heads stay in forward and kernels must repeat nothing more, which a class that
+    sets `num_key_value_groups` itself (and may read it) cannot promise."""
+    tiled = [s for s in body if _tiles_heads(s) and assigned_names(s) & {site.inputs["key"], site.inputs["value"]}]
+    sets_groups = any(isinstance(n, cst.Attribute) and is_self_attr(n) and n.attr.value == "num_key_value_groups"
+                      for n in walk(init))
+    if tiled and sets_groups:
+        raise NotUnderstood(tiled[0], "key/value heads tiled with `.repeat` while the class sets num_key_value_groups, "
+                            "which kernels would repeat again; expected no such attribute")
 
 
 def _groups_code(repeat_stmts) -> str:

@@ -447,3 +447,42 @@ def test_extra_local_diagnostic_names_its_line():
     )
     _, state = transformed(legacy, RouteAttention)
     assert state.diagnostics[0].line is not None
+
+
+# -- key/value heads tiled with a tensor's own `.repeat` (head h reads key head h % kv_heads) ------
+TILED = LEGACY.replace(
+    "        self.num_key_value_groups = self.num_heads // self.num_key_value_heads\n",
+    "        self.top_k = self.num_heads // self.num_key_value_heads\n",
+).replace(
+    "        key_states = repeat_kv(key_states, self.num_key_value_groups)\n"
+    "        value_states = repeat_kv(value_states, self.num_key_value_groups)\n",
+    "        key_states = key_states.repeat(1, self.top_k, 1, 1)\n"
+    "        value_states = value_states.repeat(1, self.top_k, 1, 1)\n",
+)
+
+
+def test_tiled_heads_stay_before_the_interface_call_and_kernels_repeat_nothing():
+    output, _ = transformed(TILED, RouteAttention)
+    forward = output[output.index("def forward"):]
+    assert forward.index("key_states.repeat(1, self.top_k, 1, 1)") < forward.index("attention_interface(")
+    assert ".repeat(" not in _function_source(output, "eager_attention_forward")
+    assert "self.num_key_value_groups = 1" in output
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_tiled_heads_match_the_legacy_module(implementation):
+    output, _ = transformed(TILED, RouteAttention)
+    expected, actual = _legacy_and_ported_outputs(TILED, output, implementation)
+    assert torch.allclose(actual, expected, atol=1e-5)
+
+
+def test_tiled_heads_with_a_groups_attribute_are_refused():
+    legacy = TILED.replace("        self.top_k = ", "        self.num_key_value_groups = self.top_k = ")
+    state = check_noop(legacy, RouteAttention, diagnostics=True)
+    [diagnostic] = state.diagnostics
+    assert diagnostic.symbol == "FooAttention" and "tiled with `.repeat`" in diagnostic.message
+
+
+def test_interleaved_repeat_is_still_moved_into_the_eager_function():
+    output, _ = transformed(LEGACY, RouteAttention)
+    assert "repeat_kv(key, module.num_key_value_groups)" in _function_source(output, "eager_attention_forward")
