@@ -461,12 +461,15 @@ TILED = LEGACY.replace(
 )
 
 
-def test_tiled_heads_stay_before_the_interface_call_and_kernels_repeat_nothing():
+def test_tiled_heads_become_kernel_groups_with_the_query_heads_reordered():
     output, _ = transformed(TILED, RouteAttention)
     forward = output[output.index("def forward"):]
-    assert forward.index("key_states.repeat(1, self.top_k, 1, 1)") < forward.index("attention_interface(")
-    assert ".repeat(" not in _function_source(output, "eager_attention_forward")
-    assert "self.num_key_value_groups = 1" in output
+    assert ".repeat(" not in output
+    assert "torch.repeat_interleave(key, module.top_k, dim=1)" in _function_source(output, "eager_attention_forward")
+    assert "self.num_key_value_groups = self.top_k" in output
+    reorder = "query_states = query_states.unflatten(1, (self.top_k, -1)).transpose(1, 2).flatten(1, 2)"
+    restore = "attn_output = attn_output.unflatten(2, (-1, self.top_k)).transpose(2, 3).flatten(2, 3)"
+    assert forward.index(reorder) < forward.index("attention_interface(") < forward.index(restore)
 
 
 @pytest.mark.parametrize("implementation", ["eager", "sdpa"])
@@ -474,6 +477,12 @@ def test_tiled_heads_match_the_legacy_module(implementation):
     output, _ = transformed(TILED, RouteAttention)
     expected, actual = _legacy_and_ported_outputs(TILED, output, implementation)
     assert torch.allclose(actual, expected, atol=1e-5)
+
+
+def test_tiled_heads_on_another_axis_are_refused():
+    legacy = TILED.replace("key_states.repeat(1, self.top_k, 1, 1)", "key_states.repeat(1, 1, self.top_k, 1)")
+    state = check_noop(legacy, RouteAttention, diagnostics=True)
+    assert "other than the heads" in state.diagnostics[0].message
 
 
 def test_tiled_heads_with_a_groups_attribute_are_refused():
