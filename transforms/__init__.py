@@ -11,6 +11,7 @@ from transforms.attention_layout import UnflattenHeads
 from transforms.attention_selection import AttentionSelection
 from transforms.backend_flags import DeclareBackends
 from transforms.base import Change, PortState, Transform
+from transforms.base_model_prefix import BaseModelPrefix
 from transforms.bias_rows import BiasPerQueryRow
 from transforms.buffer_init import RebuildBuffers
 from transforms.cache_api import ModernCacheAPI
@@ -75,6 +76,7 @@ REGISTRY: tuple[type[Transform], ...] = (
     BiasPerQueryRow,  # reads the masks' builder call and attention-interface's facts
     KeyValueHeadsInConfig,  # reads attention-interface's facts
     FullAttentionLayers,  # reads the ported code of every file
+    BaseModelPrefix,
 )
 
 __all__ = ["REGISTRY", "Change", "PortState", "Transform"]
