@@ -221,10 +221,15 @@ def analyse(modules: dict[str, cst.Module], entry_points: set[str] | None = None
                 info.layer_lists[attr] = element
                 continue
             held = _held_classes(assign[1], known, result.attention_dicts, aliases, choices)
-            if held:
-                info.children[attr] = held[0]
-            if len(held) > 1:
-                info.alternatives[attr] = held[1:]
+            if not held:
+                continue
+            # `if switch: self.mlp = A(...)` / `else: self.mlp = B(...)`: the first built is the
+            # child, the others are alternatives, as for `A(...) if switch else B(...)`.
+            primary = info.children.setdefault(attr, held[0])
+            others = info.alternatives.setdefault(attr, [])
+            others += [c for c in held if c != primary and c not in others]
+            if not others:
+                del info.alternatives[attr]
 
     attention_like = {n for n, i in result.classes.items() if _looks_like_attention(i.node)}
     for name in attention_like:

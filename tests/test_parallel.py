@@ -584,8 +584,10 @@ def _switched(choice: str) -> str:
         "        self.ff = Experts(config) if config.num_hidden_layers > 1 else Widen(config)\n",
         "        if config.num_hidden_layers > 1:\n            block = Widen\n        else:\n            block = Experts\n"
         "        self.ff = block(config)\n",
+        "        if config.num_hidden_layers > 1:\n            self.ff = Experts(config)\n        else:\n"
+        "            self.ff = Widen(config)\n",
     ],
-    ids=["conditional-expression", "local-name-bound-in-branches"],
+    ids=["conditional-expression", "local-name-bound-in-branches", "attribute-assigned-in-branches"],
 )
 def test_every_class_a_config_switch_may_build_is_planned(choice):
     plans = _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": _switched(choice)})

@@ -11,6 +11,7 @@ from transforms.attention_layout import UnflattenHeads
 from transforms.attention_selection import AttentionSelection
 from transforms.backend_flags import DeclareBackends
 from transforms.base import Change, PortState, Transform
+from transforms.base_model_prefix import BaseModelPrefix
 from transforms.bias_rows import BiasPerQueryRow
 from transforms.buffer_init import RebuildBuffers
 from transforms.cache_api import ModernCacheAPI
@@ -39,6 +40,7 @@ from transforms.rope_positions import RopePositions
 from transforms.split_fused import SplitFusedProjections
 from transforms.tied_weights import TiedWeightsDict
 from transforms.tuple_cache import CacheObjects
+from transforms.window_layers import FullAttentionLayers
 
 REGISTRY: tuple[type[Transform], ...] = (
     CollapseBackendClasses,
@@ -75,6 +77,8 @@ REGISTRY: tuple[type[Transform], ...] = (
     BiasPerQueryRow,  # reads the masks' builder call and attention-interface's facts
     KeyValueHeadsInConfig,  # reads attention-interface's facts
     RefuseCustomSoftmax,  # reads only the analysis: its place does not matter
+    FullAttentionLayers,  # reads the ported code of every file
+    BaseModelPrefix,
 )
 
 __all__ = ["REGISTRY", "Change", "PortState", "Transform"]

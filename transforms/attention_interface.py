@@ -81,6 +81,7 @@ class Site:
     unsupported_branches: list[str] = field(default_factory=list)  # config tests refused at __init__
     position_bias: str | None = None  # call-site expression of an additive score bias (ALiBi)
     softcap: str | None = None  # call-site expression of the logit cap, for kernels that apply one
+    tiled_groups: str | None = None  # the legacy tiled its key/value heads `groups` times (`.repeat`)
 
 
 class RouteAttention(Transform):
@@ -138,6 +139,7 @@ class RouteAttention(Transform):
                         f"`{code_of(narrowed.func)}(...)` (a per-layer window or band); the causal mask "
                         "from masking_utils that replaces it would drop that",
                     )
+            _refuse_tiled_heads_with_groups(body, site, init)
             dropout_code, eager_code = self._eager_function(site)
         except NotUnderstood as exc:
             self.refuse(exc.node or forward, str(exc), name)
@@ -248,7 +250,8 @@ class RouteAttention(Transform):
             if assigned_names(body[i]) & {math.key, math.value}
             and any(h in last_part(call_name(c) or "").lower() for c in walk(body[i]) for h in REPEAT_HINTS)
         ]
-        stmts = [body[i] for i in repeats] + body[math.score_index : end + 1]
+        tiled = _tiled_groups([body[i] for i in repeats])
+        stmts = [_interleaved(body[i]) if tiled else body[i] for i in repeats] + body[math.score_index : end + 1]
         known = {math.query, math.key, math.value, _mask_param(forward)} | self._module_names
         stmts, unsupported = _split_config_branches(stmts, known)
         local_math = find_math(stmts, head_attr)
@@ -277,7 +280,8 @@ class RouteAttention(Transform):
             replace=replace,
             renames=renames,
             extras=extras,
-            repeat_stmts=[body[i] for i in repeats],
+            repeat_stmts=[_interleaved(body[i]) if tiled else body[i] for i in repeats],
+            tiled_groups=tiled,
             unsupported_branches=unsupported,
             position_bias=bias,
         )
@@ -412,6 +416,10 @@ class RouteAttention(Transform):
             extras += f"    position_bias={site.position_bias},\n"
         if site.softcap:
             extras += f"    softcap={site.softcap},\n"
+        plain = self._plain_call_site(site, eager_name, dropout_code, kwargs_name, window, extras)
+        return _with_blank_line_before(_reordered_heads(plain, site)) if site.tiled_groups else plain
+
+    def _plain_call_site(self, site, eager_name, dropout_code, kwargs_name, window, extras):
         output, weights = site.targets
         inputs = site.inputs
         return _with_blank_line_before(
@@ -578,6 +586,65 @@ def _softcap_code(stmts) -> str | None:
 def _mask_param(forward: cst.FunctionDef) -> str:
     params = [p.name.value for p in forward.params.params]
     return next((p for p in params if "mask" in p and "head" not in p and "encoder" not in p), "attention_mask")
+
+
+def _tiles_heads(stmt: cst.CSTNode) -> bool:
+    """`key = key.repeat(1, n, 1, 1)`: a tensor's own `repeat` tiles the heads (query head h
+    reads key head h % kv_heads), where kernels repeat each head in place (h // groups), as
+    `repeat_kv` and `repeat_interleave` do."""
+    return _tiling_call(stmt) is not None
+
+
+def _tiling_call(stmt: cst.CSTNode) -> cst.Call | None:
+    return next((c for c in walk(stmt) if isinstance(c, cst.Call) and isinstance(c.func, cst.Attribute)
+                 and c.func.attr.value == "repeat"), None)
+
+
+def _tiled_groups(repeat_stmts) -> str | None:
+    """The head factor of tiling repeats, `x.repeat(1, n, 1, 1)` on [batch, heads, seq, dim]."""
+    tiling = [_tiling_call(s) for s in repeat_stmts if _tiles_heads(s)]
+    if not tiling:
+        return None
+    for stmt, call in zip([s for s in repeat_stmts if _tiles_heads(s)], tiling, strict=True):
+        if len(call.args) != 4 or [code_of(a.value) for i, a in enumerate(call.args) if i != 1] != ["1", "1", "1"]:
+            raise NotUnderstood(stmt, "key/value heads repeated with `.repeat` on an axis other than the heads; "
+                                "expected `x.repeat(1, groups, 1, 1)` on [batch, heads, seq, head_dim]")
+    return code_of(tiling[0].args[1].value)
+
+
+def _interleaved(stmt: cst.BaseStatement) -> cst.BaseStatement:
+    """`k = k.repeat(1, n, 1, 1)` -> `k = torch.repeat_interleave(k, n, dim=1)`: in the eager
+    function the heads are grouped as kernels group them; the call site reorders the query
+    heads to match (see `_reordered_heads`)."""
+    call = _tiling_call(stmt)
+    if call is None:
+        return stmt
+    tensor = code_of(call.func.value)
+    [target] = assigned_names(stmt)
+    return cst.parse_statement(f"{target} = torch.repeat_interleave({tensor}, {code_of(call.args[1].value)}, dim=1)\n")
+
+
+def _reordered_heads(call_site: list[cst.BaseStatement], site: Site) -> list[cst.BaseStatement]:
+    """Query heads tiled over the key heads ([groups, kv_heads]) are put in the kernels'
+    order ([kv_heads, groups]) before the call, and the output (and weights) heads back after it."""
+    n, query = site.tiled_groups, site.inputs["query"]
+    output, weights = site.targets
+    before = f"{query} = {query}.unflatten(1, ({n}, -1)).transpose(1, 2).flatten(1, 2)\n"
+    after = f"{output} = {output}.unflatten(2, (-1, {n})).transpose(2, 3).flatten(2, 3)\n"
+    if weights and weights != "_":
+        after += f"if {weights} is not None:\n    {weights} = {weights}.unflatten(1, (-1, {n})).transpose(1, 2).flatten(1, 2)\n"
+    return [*parse_stmts(before), *call_site, *parse_stmts(after)]
+
+
+def _refuse_tiled_heads_with_groups(body, site: Site, init: cst.FunctionDef) -> None:
+    """Tiled heads stay in forward and kernels must repeat nothing more, which a class that
+    sets `num_key_value_groups` itself (and may read it) cannot promise."""
+    tiled = [s for s in body if _tiles_heads(s) and assigned_names(s) & {site.inputs["key"], site.inputs["value"]}]
+    sets_groups = any(isinstance(n, cst.Attribute) and is_self_attr(n) and n.attr.value == "num_key_value_groups"
+                      for n in walk(init))
+    if tiled and sets_groups:
+        raise NotUnderstood(tiled[0], "key/value heads tiled with `.repeat` while the class sets num_key_value_groups, "
+                            "which kernels would repeat again; expected no such attribute")
 
 
 def _groups_code(repeat_stmts) -> str:

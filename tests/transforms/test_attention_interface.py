@@ -516,3 +516,51 @@ def test_a_query_head_size_named_q_head_dim_becomes_head_dim():
 def test_head_dim_assigned_by_the_code_is_kept():
     output, _ = transformed(LEGACY, RouteAttention)
     assert "self.head_dim = self.q_head_dim" not in output and output.count("self.head_dim = ") == 1
+
+
+# -- key/value heads tiled with a tensor's own `.repeat` (head h reads key head h % kv_heads) ------
+TILED = LEGACY.replace(
+    "        self.num_key_value_groups = self.num_heads // self.num_key_value_heads\n",
+    "        self.top_k = self.num_heads // self.num_key_value_heads\n",
+).replace(
+    "        key_states = repeat_kv(key_states, self.num_key_value_groups)\n"
+    "        value_states = repeat_kv(value_states, self.num_key_value_groups)\n",
+    "        key_states = key_states.repeat(1, self.top_k, 1, 1)\n"
+    "        value_states = value_states.repeat(1, self.top_k, 1, 1)\n",
+)
+
+
+def test_tiled_heads_become_kernel_groups_with_the_query_heads_reordered():
+    output, _ = transformed(TILED, RouteAttention)
+    forward = output[output.index("def forward"):]
+    assert ".repeat(" not in output
+    assert "torch.repeat_interleave(key, module.top_k, dim=1)" in _function_source(output, "eager_attention_forward")
+    assert "self.num_key_value_groups = self.top_k" in output
+    reorder = "query_states = query_states.unflatten(1, (self.top_k, -1)).transpose(1, 2).flatten(1, 2)"
+    restore = "attn_output = attn_output.unflatten(2, (-1, self.top_k)).transpose(2, 3).flatten(2, 3)"
+    assert forward.index(reorder) < forward.index("attention_interface(") < forward.index(restore)
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_tiled_heads_match_the_legacy_module(implementation):
+    output, _ = transformed(TILED, RouteAttention)
+    expected, actual = _legacy_and_ported_outputs(TILED, output, implementation)
+    assert torch.allclose(actual, expected, atol=1e-5)
+
+
+def test_tiled_heads_on_another_axis_are_refused():
+    legacy = TILED.replace("key_states.repeat(1, self.top_k, 1, 1)", "key_states.repeat(1, 1, self.top_k, 1)")
+    state = check_noop(legacy, RouteAttention, diagnostics=True)
+    assert "other than the heads" in state.diagnostics[0].message
+
+
+def test_tiled_heads_with_a_groups_attribute_are_refused():
+    legacy = TILED.replace("        self.top_k = ", "        self.num_key_value_groups = self.top_k = ")
+    state = check_noop(legacy, RouteAttention, diagnostics=True)
+    [diagnostic] = state.diagnostics
+    assert diagnostic.symbol == "FooAttention" and "tiled with `.repeat`" in diagnostic.message
+
+
+def test_interleaved_repeat_is_still_moved_into_the_eager_function():
+    output, _ = transformed(LEGACY, RouteAttention)
+    assert "repeat_kv(key, module.num_key_value_groups)" in _function_source(output, "eager_attention_forward")
