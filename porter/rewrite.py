@@ -51,7 +51,7 @@ def rewrite(modules: dict[str, cst.Module], analysis: RepoAnalysis, settings: di
         original_trees=dict(modules),
         facts=dict(settings or {}),
     )
-    trees = dict(modules)
+    trees = state.trees = dict(modules)
     # One context per file: transforms queue the imports they need, added once at the end.
     contexts = {filename: CodemodContext(filename=filename) for filename in trees}
     with children_cached():

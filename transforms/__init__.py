@@ -38,6 +38,7 @@ from transforms.rope_positions import RopePositions
 from transforms.split_fused import SplitFusedProjections
 from transforms.tied_weights import TiedWeightsDict
 from transforms.tuple_cache import CacheObjects
+from transforms.window_layers import FullAttentionLayers
 
 REGISTRY: tuple[type[Transform], ...] = (
     CollapseBackendClasses,
@@ -73,6 +74,7 @@ REGISTRY: tuple[type[Transform], ...] = (
     AttentionSelection,
     BiasPerQueryRow,  # reads the masks' builder call and attention-interface's facts
     KeyValueHeadsInConfig,  # reads attention-interface's facts
+    FullAttentionLayers,  # reads the ported code of every file
 )
 
 __all__ = ["REGISTRY", "Change", "PortState", "Transform"]

@@ -42,6 +42,7 @@ class PortState:
     facts: dict = field(default_factory=dict)
     original_code: dict[str, str] = field(default_factory=dict)  # file -> source as read
     original_trees: dict[str, cst.Module] = field(default_factory=dict)  # file -> tree as parsed
+    trees: dict[str, cst.Module] = field(default_factory=dict)  # file -> tree as the transforms so far left it
     _lines: dict[str, FileLines] = field(default_factory=dict, repr=False)
 
     def lines(self, filename: str) -> FileLines:

@@ -37,7 +37,7 @@ def run_transforms(
     files = _as_files(sources)
     classes = [transform] if isinstance(transform, type) else list(transform)
     trees = {name: cst.parse_module(text) for name, text in files.items()}
-    state = PortState(analysis=analyse(dict(trees)), facts=dict(facts or {}))
+    state = PortState(analysis=analyse(dict(trees)), facts=dict(facts or {}), trees=trees)
     contexts = {name: CodemodContext(filename=name) for name in trees}
     for transform_cls in classes:
         for name, tree in trees.items():
