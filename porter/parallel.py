@@ -824,18 +824,34 @@ def _assign_styles(plans: ParallelPlans, projections: dict[str, Projection], edg
 
 def _keep_heads_whole(plans: ParallelPlans, projections: dict[str, Projection], analysis: RepoAnalysis) -> None:
     """An attention module that owns an embedding table (T5-style relative position buckets,
-    one column per head) builds a bias over every head; splitting its projections by heads
-    would leave the bias whole, so they stay replicated."""
-    owners = {name for name in analysis.attention if any(_is_head_table(c) for c in walk(analysis.classes[name].node))}
-    held = {p for p, projection in projections.items() if projection.owner in owners}
+    one column per head) builds a bias over every head; one that owns weights shaped
+    `(heads, head_dim)` (a per-head qk-norm) normalises every head. Splitting its projections
+    by heads would leave those whole, so they stay replicated."""
+    reasons = {}
+    for name in analysis.attention:
+        nodes = list(walk(analysis.classes[name].node))
+        if any(_is_head_table(c) for c in nodes):
+            reasons[name] = "its attention module builds a per-head position bias from its own embedding table"
+        elif any(_is_per_head_shape(c) for c in nodes):
+            reasons[name] = "its attention module owns weights shaped (heads, head_dim), e.g. a per-head qk-norm"
+    held = {p: reasons[projection.owner] for p, projection in projections.items() if projection.owner in reasons}
     if not held:
         return
-    why = "its attention module builds a per-head position bias from its own embedding table"
-    for path in sorted(held - set(plans.replicated)):
+    for path in sorted(set(held) - set(plans.replicated)):
+        why = held[path]
         plans.replicated[path] = why
         plans.tp_plan[path] = REPLICATE
         plans.notes.append(f"{path}: replicated ({why})")
     plans.pairs = [(group, consumer) for group, consumer in plans.pairs if consumer not in held]
+
+
+def _is_per_head_shape(node: cst.CSTNode) -> bool:
+    """`(self.num_heads, self.head_dim)`: a size whose rows are heads and columns head dimensions."""
+    if not isinstance(node, cst.Tuple) or len(node.elements) != 2:
+        return False
+    rows, columns = (last_part(dotted(e.value) or "").lower() for e in node.elements)
+    is_dim = any(word in columns for word in ("size", "dim"))
+    return "head" in rows and not any(word in rows for word in ("size", "dim")) and "head" in columns and is_dim
 
 
 def _is_head_table(node: cst.CSTNode) -> bool:
