@@ -8,7 +8,8 @@ models of transformers declare the head's projection column-parallel with its ou
 gathered (`_tp_plan = {"lm_head": "colwise_gather_output"}`): the same split of the same
 tensor, so the tie holds. This transform writes that plan on each head class of the repo
 whose `_tied_weights_keys` ties a projection to `<base>.embed_tokens.weight`, when the base
-model's plan is written and the head declares no `_tp_plan` of its own.
+model's plan is written, config.json does not turn the tie off (`tie_word_embeddings: false`),
+and the head declares no `_tp_plan` of its own.
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ class TiedHeadPlan(Transform):
     leaves_interface_code = True
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
-        if not plans_for(self.state).tp_plan:
-            return tree
+        config_json = self.state.facts.get("config_json") or {}
+        if not plans_for(self.state).tp_plan or config_json.get("tie_word_embeddings") is False:
+            return tree  # transformers ties nothing when config.json says so: the head keeps its own weight
         heads = self.state.analysis.heads
         here = {
             s.name.value for s in tree.body

@@ -54,6 +54,15 @@ def test_heads_left_alone():
         assert "tied-head-plan" not in {c.transform for c in state.changes}
 
 
+def test_a_tie_config_json_turns_off_is_left_alone():
+    files, state = run_transforms(
+        {"configuration_odd.py": textwrap.dedent(CONFIG), "modeling_odd.py": MODELING_TIED},
+        (WriteParallelPlans, TiedHeadPlan),
+        facts={"config_json": {"tie_word_embeddings": False}},
+    )
+    assert files["modeling_odd.py"] == MODELING_TIED and "tied-head-plan" not in {c.transform for c in state.changes}
+
+
 def test_no_base_plan_no_head_plan():
     """Blocks without projections: no base plan, so transformers shards no embedding."""
     no_projections = MODELING_TIED.replace("[OddBlock(config) for _ in range(2)]", "[OddNorm(config.hidden_size) for _ in range(2)]")
