@@ -45,8 +45,9 @@ _GEMMA = {**DECODER, "num_key_value_heads": 2, "head_dim": 16, "hidden_activatio
 # Causal language models, second family (rotary variants, qk-norm, softcapping, ...).
 DECODERS_B: list[LegacyModel] = [
     LegacyModel("4.44.2", "phi", "PhiConfig", "PhiModel", "PhiForCausalLM", _PHI),
+    # 4.44.2's qk-layernorm normalises over head_dim before the heads are split: it runs with one head only.
     ConfigVariant("qkln", "4.44.2", "phi", "PhiConfig", "PhiModel", "PhiForCausalLM",
-                  {**_PHI, "qk_layernorm": True, "num_key_value_heads": 2}),
+                  {**_PHI, "qk_layernorm": True, "num_attention_heads": 1, "num_key_value_heads": 1}),
     LegacyModel("4.36.2", "phi", "PhiConfig", "PhiModel", "PhiForCausalLM", {**_PHI, "qk_layernorm": True}),
     LegacyModel("4.44.2", "phi3", "Phi3Config", "Phi3Model", "Phi3ForCausalLM",
                 {**DECODER, "num_key_value_heads": 2, "sliding_window": 8}),
