@@ -830,9 +830,10 @@ def _keep_heads_whole(plans: ParallelPlans, projections: dict[str, Projection], 
     reasons = {}
     for name in analysis.attention:
         nodes = list(walk(analysis.classes[name].node))
+        init = analysis.classes[name].methods.get("__init__")  # weights, not reshapes in forward
         if any(_is_head_table(c) for c in nodes):
             reasons[name] = "its attention module builds a per-head position bias from its own embedding table"
-        elif any(_is_per_head_shape(c) for c in nodes):
+        elif init is not None and any(_is_per_head_shape(c) for c in walk(init)):
             reasons[name] = "its attention module owns weights shaped (heads, head_dim), e.g. a per-head qk-norm"
     held = {p: reasons[projection.owner] for p, projection in projections.items() if projection.owner in reasons}
     if not held:

@@ -36,4 +36,11 @@ def test_attention_with_per_head_weights_stays_whole():
 
 
 def test_attention_without_them_is_split_by_heads():
-    assert _tp_plan(MODELING)["stack.*.mixer.omega"] == "rowwise"
+    """A `(heads, head_dim)` tuple in forward is a reshape (GPT-2's `_split_heads`), not a weight."""
+    reshaped_by_tuple = MODELING.replace(
+        "        q = self.alpha(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)\n",
+        "        q = self.alpha(x).view(x.size()[:-1] + (self.num_heads, self.head_dim)).transpose(1, 2)\n",
+    )
+    assert reshaped_by_tuple != MODELING
+    for modeling in (MODELING, reshaped_by_tuple):
+        assert _tp_plan(modeling)["stack.*.mixer.omega"] == "rowwise"
