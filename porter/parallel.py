@@ -833,8 +833,8 @@ def _keep_heads_whole(plans: ParallelPlans, projections: dict[str, Projection], 
         init = analysis.classes[name].methods.get("__init__")  # weights, not reshapes in forward
         if any(_is_head_table(c) for c in nodes):
             reasons[name] = "its attention module builds a per-head position bias from its own embedding table"
-        elif init is not None and any(_is_per_head_shape(c) for c in walk(init)):
-            reasons[name] = "its attention module owns weights shaped (heads, head_dim), e.g. a per-head qk-norm"
+        elif init is not None and any(_is_per_head_shape(c) or _is_built_per_head(c) for c in walk(init)):
+            reasons[name] = "its attention module owns weights built per head, e.g. a per-head qk-norm"
     held = {p: reasons[projection.owner] for p, projection in projections.items() if projection.owner in reasons}
     if not held:
         return
@@ -853,6 +853,25 @@ def _is_per_head_shape(node: cst.CSTNode) -> bool:
     rows, columns = (last_part(dotted(e.value) or "").lower() for e in node.elements)
     is_dim = any(word in columns for word in ("size", "dim"))
     return "head" in rows and not any(word in rows for word in ("size", "dim")) and "head" in columns and is_dim
+
+
+# Calls that read a head count without building anything per head.
+NOT_BUILDERS = {"getattr", "hasattr", "setattr", "isinstance", "int", "float", "max", "min", "round", "divmod", "print"}
+
+
+def _is_head_count(node: cst.BaseExpression) -> bool:
+    name = last_part(dotted(node) or "").lower()
+    return "head" in name and not any(word in name for word in ("size", "dim", "group"))
+
+
+def _is_built_per_head(node: cst.CSTNode) -> bool:
+    """`PerHeadNorm(self.head_dim, self.num_heads)`, `range(self.num_heads)`: a head count handed
+    to what builds the module's weights (one norm per head)."""
+    if not isinstance(node, cst.Call) or last_part(call_name(node)) in NOT_BUILDERS:
+        return False
+    if last_part(call_name(node)).startswith(("warn", "info", "debug", "error")) or "Error" in last_part(call_name(node)):
+        return False
+    return any(_is_head_count(a.value) for a in node.args)
 
 
 def _is_head_table(node: cst.CSTNode) -> bool:

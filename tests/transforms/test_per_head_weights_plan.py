@@ -35,6 +35,21 @@ def test_attention_with_per_head_weights_stays_whole():
     assert plan["stack.*.ff.back"] == "rowwise"  # the MLP is still split
 
 
+PER_HEAD_NORMS = PER_HEAD_NORM.replace(
+    "        self.q_norm = OddNorm((self.num_heads, self.head_dim))\n",
+    "        self.q_norm = nn.ModuleList([OddNorm(self.head_dim) for _ in range(self.num_heads)])\n",
+).replace(
+    "self.q_norm(self.alpha(x).view(b, t, self.num_heads, self.head_dim))",
+    "torch.stack([n(h) for n, h in zip(self.q_norm, self.alpha(x).view(b, t, self.num_heads, self.head_dim).unbind(2))], 2)",
+)
+
+
+def test_attention_with_one_norm_per_head_stays_whole():
+    assert PER_HEAD_NORMS != PER_HEAD_NORM
+    plan = _tp_plan(PER_HEAD_NORMS)
+    assert plan["stack.*.mixer.omega"] == "replicate" and plan["stack.*.ff.back"] == "rowwise"
+
+
 def test_attention_without_them_is_split_by_heads():
     """A `(heads, head_dim)` tuple in forward is a reshape (GPT-2's `_split_heads`), not a weight."""
     reshaped_by_tuple = MODELING.replace(
