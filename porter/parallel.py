@@ -691,6 +691,7 @@ def infer_plans(analysis: RepoAnalysis, styles: set[str] | None = None, conv1d_a
     plans.conv1d = {p: projection.owner for p, projection in projections.items() if projection.kind == CONV1D}
     _assign_styles(plans, projections, edges, styles, conv1d_as_linear)
     _keep_heads_whole(plans, projections, analysis)
+    _keep_per_head_weights_whole(plans, projections, analysis)
     _find_experts(plans, analysis, tree, base, flow.edges if flow else set())
     plans.pp_plan = _pp_plan(plans, analysis, tree, base) if not plans.towers else {}
     for tower in plans.towers:
@@ -824,22 +825,32 @@ def _assign_styles(plans: ParallelPlans, projections: dict[str, Projection], edg
 
 def _keep_heads_whole(plans: ParallelPlans, projections: dict[str, Projection], analysis: RepoAnalysis) -> None:
     """An attention module that owns an embedding table (T5-style relative position buckets,
-    one column per head) builds a bias over every head; one that owns weights shaped
-    `(heads, head_dim)` (a per-head qk-norm) normalises every head. Splitting its projections
-    by heads would leave those whole, so they stay replicated."""
-    reasons = {}
-    for name in analysis.attention:
-        nodes = list(walk(analysis.classes[name].node))
-        init = analysis.classes[name].methods.get("__init__")  # weights, not reshapes in forward
-        if any(_is_head_table(c) for c in nodes):
-            reasons[name] = "its attention module builds a per-head position bias from its own embedding table"
-        elif init is not None and any(_is_per_head_shape(c) or _is_built_per_head(c) for c in walk(init)):
-            reasons[name] = "its attention module owns weights built per head, e.g. a per-head qk-norm"
-    held = {p: reasons[projection.owner] for p, projection in projections.items() if projection.owner in reasons}
+    one column per head) builds a bias over every head; splitting its projections by heads
+    would leave the bias whole, so they stay replicated."""
+    owners = {name for name in analysis.attention if any(_is_head_table(c) for c in walk(analysis.classes[name].node))}
+    held = {p for p, projection in projections.items() if projection.owner in owners}
     if not held:
         return
-    for path in sorted(set(held) - set(plans.replicated)):
-        why = held[path]
+    why = "its attention module builds a per-head position bias from its own embedding table"
+    for path in sorted(held - set(plans.replicated)):
+        plans.replicated[path] = why
+        plans.tp_plan[path] = REPLICATE
+        plans.notes.append(f"{path}: replicated ({why})")
+    plans.pairs = [(group, consumer) for group, consumer in plans.pairs if consumer not in held]
+
+
+def _keep_per_head_weights_whole(plans: ParallelPlans, projections: dict[str, Projection], analysis: RepoAnalysis) -> None:
+    """An attention module whose `__init__` builds weights per head (a per-head qk-norm shaped
+    `(heads, head_dim)`, or one norm per head) normalises every head with its own weights; a
+    rank holding half of the heads would use the wrong ones, so its projections stay replicated."""
+    owners = set()
+    for name in analysis.attention:
+        init = analysis.classes[name].methods.get("__init__")  # weights, not reshapes in forward
+        if init is not None and any(_is_per_head_shape(c) or _is_built_per_head(c) for c in walk(init)):
+            owners.add(name)
+    held = {p for p, projection in projections.items() if projection.owner in owners}
+    why = "its attention module owns weights built per head, e.g. a per-head qk-norm"
+    for path in sorted(held - set(plans.replicated)):
         plans.replicated[path] = why
         plans.tp_plan[path] = REPLICATE
         plans.notes.append(f"{path}: replicated ({why})")
