@@ -38,6 +38,8 @@ class ClassInfo:
     bases: list[str]
     children: dict[str, str] = field(default_factory=dict)  # attribute -> class it holds
     layer_lists: dict[str, str] = field(default_factory=dict)  # ModuleList attribute -> element class
+    # attribute -> the other classes a config switch may build there (`A(c) if x else B(c)`)
+    alternatives: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def methods(self) -> dict[str, cst.FunctionDef]:
@@ -124,6 +126,33 @@ def _held_class(
     return name if name in known else None
 
 
+def _held_classes(
+    value: cst.BaseExpression, known: set[str], dicts: dict[str, dict[str, str]], aliases: dict, choices: dict
+) -> list[str]:
+    """Every repo class an `__init__` value may build: one for `Cls(...)`, each branch's for
+    `A(...) if flag else B(...)`, each class a local alias was bound to under `if`/`elif`."""
+    if isinstance(value, cst.IfExp):
+        found = _held_classes(value.body, known, dicts, aliases, choices)
+        return found + [c for c in _held_classes(value.orelse, known, dicts, aliases, choices) if c not in found]
+    held = _held_class(value, known, dicts, aliases)
+    if not held:
+        return []
+    name = value.func.value if isinstance(value.func, cst.Name) else None
+    return [held, *(c for c in choices.get(name, ()) if c != held)]
+
+
+def _alias_choices(init: cst.FunctionDef, known: set[str]) -> dict[str, list[str]]:
+    """Local names bound to more than one repo class (`block = A` / `block = B` in branches)."""
+    bound: dict[str, list[str]] = {}
+    for stmt in walk(init):
+        assign = single_assign(stmt) if isinstance(stmt, cst.SimpleStatementLine) else None
+        if assign and isinstance(assign[0][0], cst.Name) and dotted(assign[1]) in known:
+            classes = bound.setdefault(assign[0][0].value, [])
+            if dotted(assign[1]) not in classes:
+                classes.append(dotted(assign[1]))
+    return {name: classes for name, classes in bound.items() if len(classes) > 1}
+
+
 def _local_class_aliases(init: cst.FunctionDef, known: set[str], dicts: dict) -> dict[str, str]:
     aliases = {}
     for stmt in walk(init):
@@ -181,6 +210,7 @@ def analyse(modules: dict[str, cst.Module], entry_points: set[str] | None = None
         if init is None:
             continue
         aliases = _local_class_aliases(init, known, result.attention_dicts)
+        choices = _alias_choices(init, known)
         for stmt in walk(init):
             assign = single_assign(stmt) if isinstance(stmt, cst.SimpleStatementLine) else None
             if not assign or not is_self_attr(assign[0][0]):
@@ -190,9 +220,11 @@ def analyse(modules: dict[str, cst.Module], entry_points: set[str] | None = None
             if element:
                 info.layer_lists[attr] = element
                 continue
-            held = _held_class(assign[1], known, result.attention_dicts, aliases)
+            held = _held_classes(assign[1], known, result.attention_dicts, aliases, choices)
             if held:
-                info.children[attr] = held
+                info.children[attr] = held[0]
+            if len(held) > 1:
+                info.alternatives[attr] = held[1:]
 
     attention_like = {n for n, i in result.classes.items() if _looks_like_attention(i.node)}
     for name in attention_like:

@@ -20,7 +20,16 @@ from typing import TYPE_CHECKING
 
 import libcst as cst
 
-from transforms.cst_utils import call_name, dotted, is_self_attr, last_part, param_names, single_assign, walk
+from transforms.cst_utils import (
+    call_name,
+    dotted,
+    is_self_attr,
+    last_part,
+    names_read,
+    param_names,
+    single_assign,
+    walk,
+)
 
 LINEAR = "linear"
 CONV1D = "conv1d"  # transformers' Conv1D: an affine map whose weight is stored [in, out]
@@ -264,7 +273,10 @@ class ModuleTree:
         info = self.analysis.classes[cls]
         maybe = self.conditional[cls]
         for attr, child in info.children.items():
-            yield from self.walk_paths(child, f"{prefix}{attr}.", depth + 1, conditional or attr in maybe)
+            # A class chosen by a config switch is one of several that may be built there.
+            switched = attr in info.alternatives
+            for held in [child, *info.alternatives.get(attr, ())]:
+                yield from self.walk_paths(held, f"{prefix}{attr}.", depth + 1, conditional or switched or attr in maybe)
         for attr, element in info.layer_lists.items():
             yield from self.walk_paths(element, f"{prefix}{attr}.*.", depth + 1, conditional or attr in maybe)
 
@@ -447,7 +459,12 @@ class _FunctionFlow:
                     self.edges.add((source, path))
                 return frozenset({path})
             if attr in self.info.children:
-                return self.child(self.info.children[attr], f"{self.prefix}{attr}.", node)
+                # Either of the classes a config switch may build there.
+                held = [self.info.children[attr], *self.info.alternatives.get(attr, ())]
+                value = self.child(held[0], f"{self.prefix}{attr}.", node)
+                for other in held[1:]:
+                    value = join(value, self.child(other, f"{self.prefix}{attr}.", node))
+                return value
             if attr in self.tree.norms[self.cls]:
                 self.args(node)
                 return EMPTY
@@ -679,10 +696,15 @@ def infer_plans(analysis: RepoAnalysis, styles: set[str] | None = None, conv1d_a
     inference = FlowInference(analysis, tree)
     flow = inference.summary(base, "", "forward")
     plans.towers = _towers(analysis, tree, base)
+    between = {(s, d) for s, d in (flow.edges if flow else ()) if s in projections and d in projections and s != d}
+    # A projection after the layers that reads their output (a pooler, also reached from a
+    # projection made before the layers through the collected hidden states) takes a
+    # full-width input: no pair.
+    across_layers = {d for s, d in between if _layer_scope(s).count("*") > _layer_scope(d).count("*")}
     edges = {
         (s, d)
-        for s, d in (flow.edges if flow else ())
-        if s in projections and d in projections and s != d and _layer_scope(s) == _layer_scope(d)
+        for s, d in between
+        if _layer_scope(s) == _layer_scope(d) and d not in across_layers
         and _tower_of(plans.towers, s) == _tower_of(plans.towers, d)  # a pair never spans towers
     }
     plans.fused = {p: layout for p, layout in inference.fused.items() if p in projections}
@@ -826,17 +848,36 @@ def _assign_styles(plans: ParallelPlans, projections: dict[str, Projection], edg
 def _keep_heads_whole(plans: ParallelPlans, projections: dict[str, Projection], analysis: RepoAnalysis) -> None:
     """An attention module that owns an embedding table (T5-style relative position buckets,
     one column per head) builds a bias over every head; splitting its projections by heads
-    would leave the bias whole, so they stay replicated."""
-    owners = {name for name in analysis.attention if any(_is_head_table(c) for c in walk(analysis.classes[name].node))}
+    would leave the bias whole, so they stay replicated. So do the attention modules below a
+    module that owns such a table (an encoder that builds the bias once for every layer,
+    MPNet style)."""
+    tables = {name for name, info in analysis.classes.items() if any(_is_head_table(c) for c in walk(info.node))}
+    owners = {name for name in analysis.attention if name in tables or _held_below(analysis, tables - {name}, name)}
     held = {p for p, projection in projections.items() if projection.owner in owners}
     if not held:
         return
-    why = "its attention module builds a per-head position bias from its own embedding table"
+    why = "its attention adds a per-head position bias built from an embedding table, one column per head"
     for path in sorted(held - set(plans.replicated)):
         plans.replicated[path] = why
         plans.tp_plan[path] = REPLICATE
         plans.notes.append(f"{path}: replicated ({why})")
     plans.pairs = [(group, consumer) for group, consumer in plans.pairs if consumer not in held]
+
+
+def _held_below(analysis: RepoAnalysis, holders: set[str], name: str) -> bool:
+    """Whether one of `holders` holds class `name`, through modules and layer lists."""
+    pending, seen = list(holders), set()
+    while pending:
+        current = pending.pop()
+        if current in seen or current not in analysis.classes:
+            continue
+        seen.add(current)
+        info = analysis.classes[current]
+        held = {*info.children.values(), *info.layer_lists.values()}
+        if name in held:
+            return True
+        pending += held
+    return False
 
 
 def _keep_per_head_weights_whole(plans: ParallelPlans, projections: dict[str, Projection], analysis: RepoAnalysis) -> None:
@@ -903,20 +944,59 @@ def _find_experts(plans: ParallelPlans, analysis: RepoAnalysis, tree: ModuleTree
         if prefix.count("*") == 0:
             continue
         for attr in info.layer_lists:
+            if _runs_in_sequence(_method(analysis, cls, "forward"), attr):
+                continue  # a stack of layers inside a layer (ALBERT's shared groups), not experts
             experts = f"{prefix}{attr}"
+            if experts in plans.experts:  # another class a config switch may build at the same place
+                continue
             plans.experts.append(experts)
             own = [f"{prefix}{name}" for name in tree.projections[cls]]
             routing = [p for p in own if any(s == p and d.startswith(f"{experts}.*.") for s, d in edges)]
+            forward = _method(analysis, cls, "forward")
+            text = cst.Module(body=[]).code_for_node(forward) if forward else ""
             if not routing:
-                forward = _method(analysis, cls, "forward")
-                text = cst.Module(body=[]).code_for_node(forward) if forward else ""
                 routing = [p for p in own if f"self.{p[len(prefix):]}(" in text and ("topk" in text or "softmax" in text)]
-            plans.routers += routing
+            if not routing:  # a gate module of its own (a weight Parameter and `topk` in its forward)
+                routing = [f"{prefix}{name}" for name, child in info.children.items()
+                           if f"self.{name}(" in text and _selects_top_k(analysis, child)]
+            plans.routers += [r for r in routing if r not in plans.routers]
     if plans.experts:
         plans.notes.append(
             f"mixture of experts: experts {', '.join(plans.experts)}, router {', '.join(plans.routers) or 'not found'}; "
             "each expert's projections follow the pairs found like any MLP's (tensor-parallel experts, see D4)"
         )
+
+
+def _selects_top_k(analysis: RepoAnalysis, cls: str) -> bool:
+    forward = _method(analysis, cls, "forward")
+    return forward is not None and any(last_part(call_name(n)).lstrip(".") == "topk" for n in walk(forward))
+
+
+def _runs_in_sequence(forward: cst.FunctionDef | None, attr: str) -> bool:
+    """Whether `forward` loops over `self.<attr>` feeding each element what the previous one
+    returned (`out = layer(hidden); hidden = out[0]`): a stack of layers. Experts each get
+    their own tokens and their outputs are summed, never fed to the next expert."""
+    if forward is None:
+        return False
+    for loop in walk(forward):
+        if not isinstance(loop, cst.For) or not any(is_self_attr(n, attr) for n in walk(loop.iter)):
+            continue
+        elements = {n.value for n in walk(loop.target) if isinstance(n, cst.Name)}
+        calls = [c for c in walk(loop.body) if isinstance(c, cst.Call) and isinstance(c.func, cst.Name)
+                 and c.func.value in elements and c.args and isinstance(c.args[0].value, cst.Name)]
+        for call in calls:
+            fed = call.args[0].value.value
+            derived = set()
+            for stmt in walk(loop.body):
+                assign = single_assign(stmt) if isinstance(stmt, cst.SimpleStatementLine) else None
+                if not assign:
+                    continue
+                value = assign[1]
+                if any(n is call for n in walk(value)) or names_read(value) & derived:
+                    derived |= {n.value for t in assign[0] for n in walk(t) if isinstance(n, cst.Name)}
+            if fed in derived:
+                return True
+    return False
 
 
 # -- pipeline plan ----------------------------------------------------------------------------------

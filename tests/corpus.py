@@ -47,7 +47,7 @@ def _absolute_imports(text: str, package: str) -> str:
 def _guard_optional_imports(text: str) -> str:
     """Remote code of that era wrapped optional kernels in try/except, which the Hub's
     import check skips; in-library code used availability checks instead."""
-    pattern = re.compile(r"^(\s+)((?:from|import) (?:flash_attn|einops|xformers)\S*.*)$", re.MULTILINE)
+    pattern = re.compile(r"^(\s+)((?:from|import) (?:flash_attn|einops|xformers|deepspeed)\S*.*)$", re.MULTILINE)
     return pattern.sub(lambda m: f"{m[1]}try:\n{m[1]}    {m[2]}\n{m[1]}except ImportError:\n{m[1]}    pass", text)
 
 

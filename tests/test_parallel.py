@@ -505,3 +505,69 @@ def test_text_tower_built_by_name_gets_its_plan_in_its_own_config(cache_dir):
     plans = infer_plans(analysis)
     assert (plans.base_model, plans.config_class) == ("LlamaModel", "LlamaConfig")
     assert plans.tp_plan["layers.*.self_attn.o_proj"] == "rowwise"
+
+
+# A second feed-forward class and a mixture of experts whose router is a gate module of its
+# own (a weight Parameter, `topk` in its forward), as DeepSeek-style remote code has them.
+SWITCHED_CLASSES = '''class Gate(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, config.hidden_size))
+
+    def forward(self, x):
+        return torch.nn.functional.linear(x, self.weight).softmax(-1).topk(2, dim=-1)
+
+
+class Expert(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.up = nn.Linear(config.hidden_size, 8)
+        self.down = nn.Linear(8, config.hidden_size)
+
+    def forward(self, x):
+        return self.down(self.up(x))
+
+
+class Experts(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.gate = Gate(config)
+        self.experts = nn.ModuleList([Expert(config) for _ in range(4)])
+
+    def forward(self, x):
+        weights, chosen = self.gate(x)
+        return sum(w[..., None] * self.experts[0](x) for w in weights.unbind(-1))
+
+
+class Widen('''
+
+
+def _switched(choice: str) -> str:
+    return MODELING.replace("class Widen(", SWITCHED_CLASSES).replace("        self.ff = Widen(config)\n", choice)
+
+
+@pytest.mark.parametrize(
+    "choice",
+    [
+        "        self.ff = Experts(config) if config.num_hidden_layers > 1 else Widen(config)\n",
+        "        if config.num_hidden_layers > 1:\n            block = Widen\n        else:\n            block = Experts\n"
+        "        self.ff = block(config)\n",
+    ],
+    ids=["conditional-expression", "local-name-bound-in-branches"],
+)
+def test_every_class_a_config_switch_may_build_is_planned(choice):
+    plans = _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": _switched(choice)})
+    assert plans.tp_plan["blocks.*.ff.widen"] == "colwise" and plans.tp_plan["blocks.*.ff.narrow"] == "rowwise"
+    assert plans.tp_plan["blocks.*.ff.experts.*.up"] == "colwise"
+    assert plans.tp_plan["blocks.*.ff.experts.*.down"] == "rowwise"
+    assert plans.experts == ["blocks.*.ff.experts"] and plans.routers == ["blocks.*.ff.gate"]
+    report = Report(source="x")
+    from porter.verify.sharded import static_checks
+
+    static_checks(plans.as_dict(), report)
+    assert [(c.item, c.status) for c in report.checks] == [("D1", PASS), ("D4", PASS)]
+
+
+def test_one_class_per_place_plans_as_before():
+    assert _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": _switched("        self.ff = Widen(config)\n")}) \
+        .tp_plan == _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": MODELING}).tp_plan

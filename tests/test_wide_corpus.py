@@ -23,6 +23,26 @@ pytestmark = [
 
 # id -> a phrase the refusal's text must contain.
 EXPECTED_REFUSALS: dict[str, str] = {
+    "remote-chatglm2-colossalai": "softmax is not a plain",
+    "remote-mpt-alibi-llava": "uses _expand_mask from transformers.models.opt.modeling_opt",
+    "remote-mpt-qkln-llava": "uses _expand_mask from transformers.models.opt.modeling_opt",
+    # Causal language models: fused projections, ALiBi, multi-query (docs/architectures.md).
+    **{
+        f"falcon-{shape}{version}": "the attention math is inside `if alibi is None:`"
+        for shape in ("", "new-arch-", "alibi-")
+        for version in ("4.44.2", "4.36.2")
+    },
+    **{f"bloom-{v}": "attn_weights is computed from `matmul_result`" for v in ("4.44.2", "4.36.2", "4.30.2")},
+    **{
+        f"gpt_bigcode-{v}": "the attention math is inside `if upcast:`"
+        for v in ("4.44.2", "mha-4.44.2", "4.36.2", "4.30.2")
+    },
+    # Encoders and encoder-decoder models
+    "distilbert-4.44.2": "expected `context = context.transpose(1, 2)` after the attention math",
+    "deberta_v2-4.44.2": "normalises its attention scores with `XSoftmax.apply`",
+    "t5-4.44.2": "T5Attention is a cross-attention: it projects keys and values from `key_value_states`",
+    "bart-4.44.2": "BartAttention is a cross-attention: it projects keys and values from `key_value_states`",
+    "marian-4.44.2": "MarianAttention is a cross-attention: it projects keys and values from `key_value_states`",
 }
 
 

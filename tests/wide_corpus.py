@@ -9,18 +9,12 @@ so that each can grow on its own.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from tests.corpus import DECODER, TOKENS, LegacyModel, legacy_model_repo  # noqa: F401  (tiny configs to build on)
 
-# Causal language models, first family (fused projections, ALiBi, parallel blocks, ...).
-DECODERS_A: list[LegacyModel] = [
-]
 
-
-class ConfigVariant(LegacyModel):
-    """One architecture built a second time with other config switches: its own id and
-    its own repo folder, so the two checkpoints never share a cache entry."""
+class LegacyVariant(LegacyModel):
+    """A second entry of one architecture and release with other config switches: its own id
+    and its own repo folder, so that both are built and cached side by side."""
 
     def __init__(self, variant: str, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -30,12 +24,52 @@ class ConfigVariant(LegacyModel):
     def id(self) -> str:
         return f"{self.arch}-{self.variant}-{self.version}"
 
-    def build(self, cache_dir: Path) -> Path:
+    def build(self, cache_dir):
         folder = cache_dir / "repos" / f"{self.arch}_{self.variant}_{self.version.replace('.', '_')}"
         return legacy_model_repo(
             self.version, self.arch, self.config_class, self.head_class, self.base_class,
             self.config, folder, cache_dir, head_auto=self.head_auto,
         )
+
+
+# Causal language models, first family (fused projections, ALiBi, parallel blocks, ...).
+_FALCON = {
+    "vocab_size": 128, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "initializer_range": 0.2, "bos_token_id": 1, "eos_token_id": 2,
+}
+# Falcon-7b's shape: rotary, one key/value head, attention and MLP in parallel.
+_FALCON_7B = {**_FALCON, "multi_query": True, "parallel_attn": True, "alibi": False}
+# Falcon-40b's shape: grouped key/value heads interleaved in one fused projection, two norms.
+_FALCON_40B = {**_FALCON, "new_decoder_architecture": True, "num_kv_heads": 2, "alibi": False}
+# Falcon-rw's shape: ALiBi, full multi-head attention, sequential blocks, biases.
+_FALCON_RW = {**_FALCON, "multi_query": False, "parallel_attn": False, "alibi": True, "bias": True}
+_BLOOM = {"vocab_size": 128, "hidden_size": 64, "n_layer": 2, "n_head": 4, "initializer_range": 0.2, **TOKENS}
+_MPT = {
+    "vocab_size": 128, "d_model": 64, "n_layers": 2, "n_heads": 4, "max_seq_len": 128, "expansion_ratio": 2,
+    "initializer_range": 0.2, "attn_config": {"alibi": True}, **TOKENS,
+}
+_BIGCODE = {"vocab_size": 128, "n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 128, "initializer_range": 0.2, **TOKENS}
+
+DECODERS_A: list[LegacyModel] = [
+    LegacyModel("4.44.2", "falcon", "FalconConfig", "FalconModel", "FalconForCausalLM", _FALCON_7B),
+    LegacyVariant("new-arch", "4.44.2", "falcon", "FalconConfig", "FalconModel", "FalconForCausalLM", _FALCON_40B),
+    LegacyVariant("alibi", "4.44.2", "falcon", "FalconConfig", "FalconModel", "FalconForCausalLM", _FALCON_RW),
+    LegacyModel("4.36.2", "falcon", "FalconConfig", "FalconModel", "FalconForCausalLM", _FALCON_7B),
+    LegacyVariant("new-arch", "4.36.2", "falcon", "FalconConfig", "FalconModel", "FalconForCausalLM", _FALCON_40B),
+    LegacyVariant("alibi", "4.36.2", "falcon", "FalconConfig", "FalconModel", "FalconForCausalLM", _FALCON_RW),
+    LegacyModel("4.44.2", "bloom", "BloomConfig", "BloomModel", "BloomForCausalLM", _BLOOM),
+    LegacyModel("4.36.2", "bloom", "BloomConfig", "BloomModel", "BloomForCausalLM", _BLOOM),
+    LegacyModel("4.30.2", "bloom", "BloomConfig", "BloomModel", "BloomForCausalLM", _BLOOM),
+    LegacyModel("4.44.2", "mpt", "MptConfig", "MptModel", "MptForCausalLM", _MPT),
+    LegacyModel("4.36.2", "mpt", "MptConfig", "MptModel", "MptForCausalLM", _MPT),
+    LegacyModel("4.44.2", "gpt_bigcode", "GPTBigCodeConfig", "GPTBigCodeModel", "GPTBigCodeForCausalLM", _BIGCODE),
+    LegacyVariant(
+        "mha", "4.44.2", "gpt_bigcode", "GPTBigCodeConfig", "GPTBigCodeModel", "GPTBigCodeForCausalLM",
+        {**_BIGCODE, "multi_query": False},
+    ),
+    LegacyModel("4.36.2", "gpt_bigcode", "GPTBigCodeConfig", "GPTBigCodeModel", "GPTBigCodeForCausalLM", _BIGCODE),
+    LegacyModel("4.30.2", "gpt_bigcode", "GPTBigCodeConfig", "GPTBigCodeModel", "GPTBigCodeForCausalLM", _BIGCODE),
+]
 
 
 _PHI = {**DECODER, "partial_rotary_factor": 0.5, "hidden_act": "gelu_new"}
@@ -46,7 +80,7 @@ _GEMMA = {**DECODER, "num_key_value_heads": 2, "head_dim": 16, "hidden_activatio
 DECODERS_B: list[LegacyModel] = [
     LegacyModel("4.44.2", "phi", "PhiConfig", "PhiModel", "PhiForCausalLM", _PHI),
     # 4.44.2's qk-layernorm normalises over head_dim before the heads are split: it runs with one head only.
-    ConfigVariant("qkln", "4.44.2", "phi", "PhiConfig", "PhiModel", "PhiForCausalLM",
+    LegacyVariant("qkln", "4.44.2", "phi", "PhiConfig", "PhiModel", "PhiForCausalLM",
                   {**_PHI, "qk_layernorm": True, "num_attention_heads": 1, "num_key_value_heads": 1}),
     LegacyModel("4.36.2", "phi", "PhiConfig", "PhiModel", "PhiForCausalLM", {**_PHI, "qk_layernorm": True}),
     LegacyModel("4.44.2", "phi3", "Phi3Config", "Phi3Model", "Phi3ForCausalLM",
@@ -56,7 +90,7 @@ DECODERS_B: list[LegacyModel] = [
                  "max_window_layers": 1}),
     LegacyModel("4.44.2", "stablelm", "StableLmConfig", "StableLmModel", "StableLmForCausalLM",
                 {**_STABLELM, "qk_layernorm": True, "use_parallel_residual": True, "use_qkv_bias": True}),
-    ConfigVariant("sequential", "4.44.2", "stablelm", "StableLmConfig", "StableLmModel", "StableLmForCausalLM",
+    LegacyVariant("sequential", "4.44.2", "stablelm", "StableLmConfig", "StableLmModel", "StableLmForCausalLM",
                   _STABLELM),
     LegacyModel("4.44.2", "persimmon", "PersimmonConfig", "PersimmonModel", "PersimmonForCausalLM",
                 {**DECODER, "partial_rotary_factor": 0.5, "qk_layernorm": True}),
@@ -82,7 +116,59 @@ OLDER_RELEASES: list[LegacyModel] = [
 
 
 # Bidirectional encoders and encoder-decoder models (ported, or refused with a diagnostic).
+TINY_ENCODER = {**DECODER, "type_vocab_size": 2}
+TINY_SEQ2SEQ = {
+    "vocab_size": 128, "d_model": 64, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
+    "decoder_attention_heads": 4, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128, "max_position_embeddings": 128,
+    "init_std": 0.2, "decoder_start_token_id": 2, **TOKENS,
+}
 ENCODERS: list[LegacyModel] = [
+    LegacyModel("4.44.2", "roberta", "RobertaConfig", "RobertaModel", "RobertaModel", TINY_ENCODER, head_auto="AutoModel"),
+    LegacyModel("4.30.2", "roberta", "RobertaConfig", "RobertaModel", "RobertaModel", TINY_ENCODER, head_auto="AutoModel"),
+    # a masked-LM head over the encoder (tied decoder, a bias of its own)
+    LegacyModel("4.36.2", "roberta", "RobertaConfig", "RobertaModel", "RobertaForMaskedLM", TINY_ENCODER,
+                head_auto="AutoModelForMaskedLM"),
+    LegacyModel("4.44.2", "xlm_roberta", "XLMRobertaConfig", "XLMRobertaModel", "XLMRobertaModel", TINY_ENCODER,
+                head_auto="AutoModel"),
+    # embeddings narrower than the hidden size, projected up
+    LegacyModel("4.44.2", "electra", "ElectraConfig", "ElectraModel", "ElectraModel", {**TINY_ENCODER, "embedding_size": 32},
+                head_auto="AutoModel"),
+    LegacyModel("4.36.2", "electra", "ElectraConfig", "ElectraModel", "ElectraForMaskedLM",
+                {**TINY_ENCODER, "embedding_size": 32}, head_auto="AutoModelForMaskedLM"),
+    # q_lin/k_lin/v_lin/out_lin, a Flash subclass, a mask of ones and zeros turned into -inf
+    LegacyModel("4.44.2", "distilbert", "DistilBertConfig", "DistilBertModel", "DistilBertModel",
+                {"vocab_size": 128, "dim": 64, "hidden_dim": 128, "n_layers": 2, "n_heads": 4,
+                 "max_position_embeddings": 128, "initializer_range": 0.2, "pad_token_id": 0},
+                head_auto="AutoModel"),
+    # one layer group shared by every layer
+    LegacyModel("4.44.2", "albert", "AlbertConfig", "AlbertModel", "AlbertModel",
+                {**TINY_ENCODER, "embedding_size": 32, "num_hidden_groups": 1, "inner_group_num": 1},
+                head_auto="AutoModel"),
+    LegacyModel("4.44.2", "camembert", "CamembertConfig", "CamembertModel", "CamembertModel", TINY_ENCODER,
+                head_auto="AutoModel"),
+    # rotary positions in a bidirectional encoder, applied to the values too
+    LegacyModel("4.44.2", "roformer", "RoFormerConfig", "RoFormerModel", "RoFormerModel",
+                {**TINY_ENCODER, "embedding_size": 64, "rotary_value": True}, head_auto="AutoModel"),
+    LegacyModel("4.44.2", "megatron_bert", "MegatronBertConfig", "MegatronBertModel", "MegatronBertModel", TINY_ENCODER,
+                head_auto="AutoModel"),
+    # a relative position bias computed once in the encoder and added to every layer's scores
+    LegacyModel("4.44.2", "mpnet", "MPNetConfig", "MPNetModel", "MPNetModel",
+                {**DECODER, "relative_attention_num_buckets": 32}, head_auto="AutoModel"),
+    LegacyModel("4.44.2", "ernie", "ErnieConfig", "ErnieModel", "ErnieModel",
+                {**TINY_ENCODER, "task_type_vocab_size": 3, "use_task_id": True}, head_auto="AutoModel"),
+    # disentangled (content-to-position, position-to-content) attention
+    LegacyModel("4.44.2", "deberta_v2", "DebertaV2Config", "DebertaV2Model", "DebertaV2Model",
+                {**TINY_ENCODER, "relative_attention": True, "pos_att_type": ["p2c", "c2p"], "position_buckets": 16,
+                 "max_relative_positions": -1}, head_auto="AutoModel"),
+    # encoder-decoder models: cross-attention
+    LegacyModel("4.44.2", "t5", "T5Config", "T5Model", "T5ForConditionalGeneration",
+                {"vocab_size": 128, "d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 2, "num_heads": 4,
+                 "relative_attention_num_buckets": 8, "decoder_start_token_id": 0, "pad_token_id": 0, "eos_token_id": 1},
+                head_auto="AutoModelForSeq2SeqLM"),
+    LegacyModel("4.44.2", "bart", "BartConfig", "BartModel", "BartForConditionalGeneration", TINY_SEQ2SEQ,
+                head_auto="AutoModelForSeq2SeqLM"),
+    LegacyModel("4.44.2", "marian", "MarianConfig", "MarianModel", "MarianMTModel", TINY_SEQ2SEQ,
+                head_auto="AutoModelForSeq2SeqLM"),
 ]
 
 
@@ -92,3 +178,8 @@ MIXTURE_OF_EXPERTS: list[LegacyModel] = [
 
 
 WIDE_CORPUS: list[LegacyModel] = DECODERS_A + DECODERS_B + OLDER_RELEASES + ENCODERS + MIXTURE_OF_EXPERTS
+
+# Remote code vendored in registry packages (tests/remote_corpus.py).
+from tests.remote_corpus import REMOTE_CODE  # noqa: E402
+
+WIDE_CORPUS = WIDE_CORPUS + REMOTE_CODE

@@ -16,6 +16,7 @@ from transforms.buffer_init import RebuildBuffers
 from transforms.cache_api import ModernCacheAPI
 from transforms.config_defaults import LegacyConfigDefaults
 from transforms.conv1d_linear import Conv1DToLinear
+from transforms.custom_normalisation import RefuseCustomSoftmax
 from transforms.generation import GenerationSupport
 from transforms.head_shapes import HeadAgnosticShapes
 from transforms.kv_heads_config import KeyValueHeadsInConfig
@@ -76,6 +77,7 @@ REGISTRY: tuple[type[Transform], ...] = (
     AttentionSelection,
     BiasPerQueryRow,  # reads the masks' builder call and attention-interface's facts
     KeyValueHeadsInConfig,  # reads attention-interface's facts
+    RefuseCustomSoftmax,  # reads only the analysis: its place does not matter
     FullAttentionLayers,  # reads the ported code of every file
 )
 

@@ -31,17 +31,12 @@ def hoist_position_bias(stmts: list[cst.BaseStatement], head_attr: str | None) -
     except NotUnderstood:
         return stmts
     scores = assigned_names(stmts[math.score_index])
-    computed = set(scores)  # names the math assigns up to the statement being looked at
-    hoisted: list[int] = []
-    for index in range(math.score_index + 1, math.softmax_index):
-        stmt = stmts[index]
-        written = bound_names(stmt)
-        reads = names_read(_without_metadata(stmt, scores))
-        if written and not written & (scores | {math.query, math.key, math.value}) and not reads & computed:
-            if _feeds_scores(written, stmts[index + 1 : math.softmax_index], scores):
-                hoisted.append(index)
-                continue
-        computed |= written
+    split = _split_bias_blocks(stmts, math.score_index, math.softmax_index, scores)
+    if split is not stmts:
+        hoisted_split = hoist_position_bias(split, head_attr)
+        # Splitting only helps when the bias-building half then moves; otherwise keep the block whole.
+        return hoisted_split if hoisted_split is not split else stmts
+    hoisted = _hoistable(stmts, math, scores)
     if not hoisted:
         return stmts
     query = math.query
@@ -51,6 +46,80 @@ def hoist_position_bias(stmts: list[cst.BaseStatement], head_attr: str | None) -
     moved[0] = moved[0].with_changes(leading_lines=stmts[at].leading_lines)
     kept[at] = kept[at].with_changes(leading_lines=[])
     return [*kept[:at], *moved, *kept[at:]]
+
+
+def _hoistable(stmts: list[cst.BaseStatement], math, scores: set[str]) -> list[int]:
+    """Indices between the scores and the softmax that build what is added to the scores, with
+    the statements that compute what they read (`k_len = ...` before a slice of the bias)."""
+    region = range(math.score_index + 1, math.softmax_index)
+    kept_out = scores | {math.query, math.key, math.value}
+    written = {i: bound_names(stmts[i]) for i in region}
+    hoisted: set[int] = set()
+    changed = True
+    while changed:  # grow: what feeds the scores, then what feeds a statement already taken
+        changed = False
+        for i in region:
+            if i in hoisted or not written[i] or written[i] & kept_out:
+                continue
+            later = [stmts[j] for j in region if j > i]
+            if _feeds_scores(written[i], later, scores) or any(written[i] & names_read(stmts[j]) for j in hoisted if j > i):
+                hoisted.add(i)
+                changed = True
+    changed = True
+    while changed:  # shrink: a moved statement may read nothing the math computes in place
+        changed = False
+        computed = set(scores)
+        for i in region:
+            if i not in hoisted:
+                computed |= written[i]
+            elif names_read(_without_metadata(stmts[i], scores)) & computed:
+                hoisted.discard(i)
+                changed = True
+                break
+    return sorted(hoisted)
+
+
+def _split_bias_blocks(stmts: list[cst.BaseStatement], start: int, end: int, scores: set[str]) -> list[cst.BaseStatement]:
+    """`if bias is not None: <slice bias>; scores = scores + bias` between the scores and the
+    softmax becomes two blocks under the same test, `if ...: <slice bias>` and
+    `if ...: scores = scores + bias`, so that the first can move. The test must stay true
+    across the first half: it is `name is not None` and the half rebinds `name` only to
+    subscripts of itself (a slice of a tensor is never None)."""
+    out = list(stmts)
+    for index in range(start + 1, end):
+        stmt = stmts[index]
+        if not (isinstance(stmt, cst.If) and stmt.orelse is None and isinstance(stmt.body, cst.IndentedBlock)):
+            continue
+        *build, add = stmt.body.body
+        if not build or not assigned_names(add) & scores or any(bound_names(s) & scores for s in build):
+            continue
+        if not _stays_not_none(stmt.test, build):
+            continue
+        out[index : index + 1] = [
+            stmt.with_changes(body=stmt.body.with_changes(body=build)),
+            stmt.with_changes(body=stmt.body.with_changes(body=[add.with_changes(leading_lines=[])]), leading_lines=[]),
+        ]
+        return out
+    return stmts
+
+
+def _stays_not_none(test: cst.BaseExpression, build: list[cst.BaseStatement]) -> bool:
+    if not (
+        isinstance(test, cst.Comparison)
+        and len(test.comparisons) == 1
+        and isinstance(test.comparisons[0].operator, cst.IsNot)
+        and isinstance(test.comparisons[0].comparator, cst.Name)
+        and test.comparisons[0].comparator.value == "None"
+        and isinstance(test.left, cst.Name)
+    ):
+        return False
+    name = test.left.value
+    for node in (n for s in build for n in walk(s) if isinstance(n, cst.Assign)):
+        if name in assigned_names(cst.SimpleStatementLine(body=[node])):
+            value = node.value
+            if not (isinstance(value, cst.Subscript) and dotted(value.value) == name):
+                return False
+    return True
 
 
 def bound_names(stmt: cst.CSTNode) -> set[str]:

@@ -611,19 +611,28 @@ def _bind_arguments(helper: cst.FunctionDef, call: cst.Call) -> dict[str, str]:
     return bound
 
 
+# The calls that swap the heads and sequence axes of a `[batch, heads, seq, head_dim]` output,
+# as (method, arguments without spaces): the two axes in either order, counted from either end.
+HEAD_SWAPS = {
+    ("transpose", args) for args in ("(1,2)", "(2,1)", "(-3,-2)", "(-2,-3)")
+} | {("permute", "(0,2,1,3)")}
+
+
 def _restores_heads(stmt: cst.CSTNode, output: str) -> bool:
-    """`out = out.transpose(1, 2)[.contiguous()]` or `out = out.permute(0, 2, 1, 3)[.contiguous()]`."""
+    """`out = out.transpose(1, 2)[.contiguous()]` (or `transpose(2, 1)`, or
+    `permute(0, 2, 1, 3)`)."""
     assign = single_assign(stmt)
     if not assign or dotted(assign[0][0]) != output:
         return False
     text = code_of(assign[1]).replace(" ", "")
-    forms = (f"{output}.transpose(1,2)", f"{output}.permute(0,2,1,3)")
+    forms = {f"{output}.{method}{args}" for method, args in HEAD_SWAPS}
     return text in forms or text in {f + ".contiguous()" for f in forms}
 
 
 def _without_head_restore(stmt: cst.CSTNode, output: str) -> cst.CSTNode | None:
-    """`out = out.transpose(1, 2)[.contiguous()].reshape(...)` in one statement: the same
-    statement without the transpose, since the interface already returns heads second."""
+    """`out = out.transpose(1, 2)[.contiguous()].reshape(...)` (or `.flatten(2)`, any swap of
+    HEAD_SWAPS) in one statement: the same statement without the transpose, since the
+    interface already returns heads second."""
     assign = single_assign(stmt)
     if not assign or dotted(assign[0][0]) != output:
         return None
@@ -631,7 +640,7 @@ def _without_head_restore(stmt: cst.CSTNode, output: str) -> cst.CSTNode | None:
         if node is assign[1] or not isinstance(node, cst.Call) or not isinstance(node.func, cst.Attribute):
             continue
         args = code_of(cst.Call(func=cst.Name("f"), args=node.args)).replace(" ", "")
-        is_restore = (node.func.attr.value, args) in {("transpose", "f(1,2)"), ("permute", "f(0,2,1,3)")}
+        is_restore = (node.func.attr.value, args.removeprefix("f")) in HEAD_SWAPS
         if is_restore and dotted(node.func.value) == output:
             return stmt.deep_replace(node, cst.Name(output))
     return None

@@ -43,7 +43,8 @@ OUTPUT_PRODUCTS = {"matmul", ".matmul", "bmm", "einsum"}
 # Calls on the softmax input that only change its dtype: they stay in the softmax statement.
 SOFTMAX_OWNERS = {"torch", "F", "functional", "nn", "special"}  # `F.softmax(x)`, not the method `x.softmax()`
 DTYPE_CASTS = {"float", "double", "half", "to", "type", "type_as"}
-HEAD_SIZE_ATTRIBUTES = ("head_dim", "head_size", "attention_head_size", "attn_head_size")
+# the size of a query head; `q_head_dim` where value heads have another size (latent attention)
+HEAD_SIZE_ATTRIBUTES = ("head_dim", "head_size", "attention_head_size", "attn_head_size", "q_head_dim", "qk_head_dim")
 
 
 class NotUnderstood(Exception):
@@ -89,11 +90,52 @@ def _unwrap(node: cst.BaseExpression) -> cst.BaseExpression:
     return node.with_changes(lpar=[], rpar=[]) if getattr(node, "lpar", None) else node
 
 
+def _refuse_branched_math(stmt: cst.BaseStatement) -> None:
+    """Math inside `if`/`for`/`with`/`try` is chosen or repeated at run time: which branch is
+    the model's eager path depends on its inputs, so it cannot be moved into one function."""
+    if not isinstance(stmt, (cst.If, cst.For, cst.While, cst.With, cst.Try)):
+        return
+    softmaxes = sum(1 for c in walk(stmt) if isinstance(c, cst.Call) and last_part(call_name(c)) in SOFTMAX)
+    head = f"if {code_of(stmt.test)}:" if isinstance(stmt, cst.If) else type(stmt).__name__.lower()
+    raise NotUnderstood(
+        stmt,
+        f"the attention math is inside `{head}` ({softmaxes} softmax call(s) in its branches, each chosen at run "
+        "time); expected one eager path among the top-level statements of forward",
+    )
+
+
+def _refuse_indirect_scores(stmts: list[cst.BaseStatement], softmax_index: int, scores: str) -> None:
+    """Scores that reach the softmax through other names from a product that assigned another
+    one (`r = product`, `s = r.view(...)`, `s = masked_fill(s, ...)`): name the product and
+    the statement that reads its result, so the diagnostic shows what lies between."""
+    readers = {scores: softmax_index}  # name -> index of the statement on the way that reads it
+    for i in range(softmax_index - 1, -1, -1):
+        written = assigned_names(stmts[i]) & set(readers)
+        if not written:
+            continue
+        if has_product(stmts[i], SCORE_PRODUCTS) and readers[min(written)] != softmax_index:
+            product = next(
+                (c for c in walk(stmts[i]) if isinstance(c, cst.Call) and last_part(call_name(c)) in SCORE_PRODUCTS), None
+            )
+            keywords = sorted(a.keyword.value for a in product.args if a.keyword) if product is not None else []
+            raise NotUnderstood(
+                stmts[readers[min(written)]],
+                f"{scores} is computed from `{min(written)}`, which a product assigned "
+                f"(`{code_of(stmts[i].with_changes(leading_lines=[])).strip().splitlines()[0][:100]}`"
+                + (f", operands given as keywords {keywords}" if keywords else "")
+                + "); expected the q @ k^T product (matmul, bmm, baddbmm, einsum or `@`) to assign "
+                f"{scores} itself",
+            )
+        for name in names_read(stmts[i]):
+            readers.setdefault(name, i)
+
+
 def find_math(stmts: list[cst.BaseStatement], head_size_attr: str | None) -> Math:
     """Locate softmax(q k^T * s) v in `stmts`; raise NotUnderstood with the place if absent."""
     softmax_index = next((i for i, s in enumerate(stmts) if has_call(s, SOFTMAX)), None)
     if softmax_index is None:
         raise NotUnderstood(None, "no softmax in the attention code")
+    _refuse_branched_math(stmts[softmax_index])
     assign = single_assign(stmts[softmax_index])
     softmax_call = next(c for c in walk(stmts[softmax_index]) if isinstance(c, cst.Call) and last_part(call_name(c)) in SOFTMAX)
     scores = _softmax_input(softmax_call)
@@ -106,6 +148,7 @@ def find_math(stmts: list[cst.BaseStatement], head_size_attr: str | None) -> Mat
         None,
     )
     if score_index is None:
+        _refuse_indirect_scores(stmts, softmax_index, scores)
         raise NotUnderstood(stmts[softmax_index], f"could not find the q @ k^T product that computes {scores}")
     product, base_scale = _score_product(single_assign(stmts[score_index]), stmts[score_index])
     query, key = _query_and_key(product, stmts[score_index])

@@ -41,6 +41,9 @@ LEGACY_DEFAULTS = {
 }
 
 
+# Facts key: config attributes that code written by earlier transforms reads.
+CONFIG_READS = "config_reads"
+
 # Read by transformers itself, not only by modeling code: weight tying.
 FRAMEWORK_READS = {"tie_word_embeddings"}
 
@@ -66,7 +69,7 @@ class LegacyConfigDefaults(Transform):
         if not configs:
             return tree
         base = PretrainedConfig()
-        reads = _config_reads(self.state.analysis.modules)
+        reads = _config_reads(self.state.analysis.modules) | self.state.facts.get(CONFIG_READS, set())
         wanted = {a: v for a, v in LEGACY_DEFAULTS.items() if a in reads and not hasattr(base, a)}
         if not wanted:
             return tree

@@ -70,6 +70,21 @@ class GenerationSupport(Transform):
         return cls
 
 
+def _passed_through(fn: cst.FunctionDef) -> set[str]:
+    """Keyword parameters with a default that the override only passes on under their own
+    name (`"output_router_logits": output_router_logits`) and reads nowhere else:
+    GenerationMixin's version forwards every keyword given to `generate` the same way."""
+    own = {p.name.value for p in [*fn.params.params, *fn.params.kwonly_params] if p.default is not None}
+    passed = {
+        node.value.value
+        for node in walk(fn)
+        if isinstance(node, cst.DictElement) and isinstance(node.key, cst.SimpleString)
+        and isinstance(node.value, cst.Name) and node.value.value == node.key.evaluated_value
+    }
+    # Such a name occurs twice: as the parameter and as the value.
+    return {n for n in passed & own if sum(isinstance(x, cst.Name) and x.value == n for x in walk(fn)) == 2}
+
+
 def _extra_inputs(fn: cst.FunctionDef) -> set[str]:
     """Keys the override puts into the model inputs beyond the standard ones."""
     keys: set[str] = set()
@@ -87,5 +102,5 @@ def _extra_inputs(fn: cst.FunctionDef) -> set[str]:
     )
     # An override that calls GenerationMixin's own adds behaviour around it, not a copy of it.
     wraps_mixin = any(isinstance(n, cst.Call) and code_of(n.func).startswith("super()") for n in walk(fn))
-    extra = keys - STANDARD_GENERATION_INPUTS
+    extra = keys - STANDARD_GENERATION_INPUTS - _passed_through(fn)
     return extra | ({"**kwargs"} if kwargs_passthrough else set()) | ({"super()"} if wraps_mixin else set())

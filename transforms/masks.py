@@ -19,13 +19,16 @@ import libcst as cst
 from libcst.codemod.visitors import AddImportsVisitor
 
 from transforms.base import Transform
+from transforms.config_defaults import CONFIG_READS
 from transforms.cst_utils import (
     call_name,
     code_of,
     function_defs,
     last_part,
+    names_read,
     param_names,
     parse_stmts,
+    single_assign,
     walk,
 )
 
@@ -41,10 +44,14 @@ CAUSAL_HELPERS = {
 ENCODER_HELPERS = {"get_extended_attention_mask", "_prepare_4d_attention_mask_for_sdpa", "_prepare_4d_attention_mask"}
 
 
-def _replace_once_embedded(body: list, index: int, new_stmt: cst.BaseStatement, embeds_var: str) -> None:
+def _replace_once_embedded(body: list, index: int, new_stmt: cst.BaseStatement, embeds_var: str, target: str) -> None:
     """Replace `body[index]` with `new_stmt`, moved after the statement that computes the
-    embeddings when the legacy mask code ran before them."""
-    place = max([i for i in range(index, len(body)) if _binds(body[i], embeds_var)], default=index)
+    embeddings when the legacy mask code ran before them, but before the first statement
+    that reads the mask: the embeddings' name may be bound again by the layers' own call
+    (`hidden_states = self.encoder(hidden_states, attention_mask=mask)`)."""
+    first_read = next((i for i in range(index + 1, len(body)) if target in names_read(body[i])), len(body))
+    binds = [i for i in range(index, len(body)) if _binds(body[i], embeds_var)]
+    place = max([i for i in binds if i < first_read] or binds, default=index)
     body.insert(place + 1, new_stmt)
     del body[index]
 
@@ -65,6 +72,44 @@ def _extended_mask_var(stmt: cst.CSTNode) -> str | None:
                 if isinstance(left.operator, cst.Subtract) and code_of(left.left) in ("1.0", "1"):
                     return code_of(node.targets[0].target)
     return None
+
+
+# Steps that turn a `[batch, seq]` padding mask into the `[batch, 1, 1, seq]` float one.
+MASK_CHAIN_METHODS = {"unsqueeze", "to", "float", "view", "reshape", "type", "type_as"}
+
+
+def _padding_mask_chain(body: list, index: int, var: str) -> tuple[str, list[int]]:
+    """The 2D padding mask that statements before `body[index]` turned into `var` one step
+    at a time (`var = mask.unsqueeze(1).unsqueeze(2)`, `var = var.to(dtype)`), and the
+    indices of those statements; `(var, [])` where `body[index]` starts from `var` itself."""
+    chain, source = [], var
+    for i in range(index - 1, -1, -1):
+        assign = single_assign(body[i]) if isinstance(body[i], cst.SimpleStatementLine) else None
+        if not assign or len(assign[0]) != 1 or code_of(assign[0][0]) != var:
+            break
+        root = _chain_root(assign[1])
+        if root is None:
+            break
+        chain.insert(0, i)
+        if root != var:
+            source = root
+            break
+    return (source, chain) if source != var else (var, [])
+
+
+def _chain_root(value: cst.BaseExpression) -> str | None:
+    """`mask` for `mask.unsqueeze(1).unsqueeze(2).to(dtype=...)` or `mask[:, None, None, :]`."""
+    while True:
+        if isinstance(value, cst.Name):
+            return value.value
+        if isinstance(value, cst.Call) and isinstance(value.func, cst.Attribute):
+            if value.func.attr.value not in MASK_CHAIN_METHODS:
+                return None
+            value = value.func.value
+        elif isinstance(value, cst.Subscript):
+            value = value.value
+        else:
+            return None
 
 
 def _assigned_from(stmt: cst.CSTNode, call: cst.Call) -> str | None:
@@ -203,8 +248,12 @@ class UseMaskingUtils(Transform):
                 mask_var, embeds_var = self._mask_and_embeds(helper_calls[0])
                 target = _assigned_from(stmt, helper_calls[0]) or mask_var
             else:
-                has_embeds = "inputs_embeds" in params or any(_binds(b, "inputs_embeds") for b in body)
-                mask_var, embeds_var, target = extended, "inputs_embeds" if has_embeds else None, extended
+                embeds_var = self._embeddings_tensor(owner, body, params)
+                target = extended
+                mask_var, chain = _padding_mask_chain(body, index, extended)
+                for i in reversed(chain):  # the legacy reshape and cast of the padding mask go with it
+                    del body[i]
+                index -= len(chain)
             if mask_var is None or embeds_var is None:
                 self.refuse(stmt, "mask built from arguments that name no mask or no embeddings", owner)
                 return forward
@@ -213,10 +262,20 @@ class UseMaskingUtils(Transform):
                 builder = "create_sliding_window_causal_mask" if sliding else "create_causal_mask"
             else:  # a padding mask alone, and no causal structure: every position sees every other
                 builder = "create_bidirectional_mask"
-            new_stmt = parse_stmts(f"{target} = {self._builder_call(builder, mask_var, embeds_var, params)}\n")[0]
-            _replace_once_embedded(body, index, new_stmt, embeds_var)
+            built = self._builder_call(builder, mask_var, embeds_var, params)
+            builders = [builder]
+            if builder == "create_sliding_window_causal_mask":
+                # Legacy helpers take `sliding_window=None` as "no window"; the window builder
+                # refuses a config without one, so the plain causal mask stands in for it.
+                causal = self._builder_call("create_causal_mask", mask_var, embeds_var, params)
+                built = f'(\n    {built}\n    if getattr(self.config, "sliding_window", None) is not None\n    else {causal}\n)'
+                builders.append("create_causal_mask")
+            new_stmt = parse_stmts(f"{target} = {built}\n")[0]
+            _replace_once_embedded(body, index, new_stmt, embeds_var, target)
             self._guard_reshapes(owner, body, body.index(new_stmt), mask_var)
-            AddImportsVisitor.add_needed_import(self.context, "transformers.masking_utils", builder)
+            self._guard_bool_casts(owner, body, body.index(new_stmt), target)
+            for name in builders:
+                AddImportsVisitor.add_needed_import(self.context, "transformers.masking_utils", name)
             self.record(stmt, f"{owner}.forward: mask built with masking_utils.{builder}")
             return forward.with_changes(body=forward.body.with_changes(body=body))
         return forward
@@ -236,6 +295,20 @@ class UseMaskingUtils(Transform):
             body[i] = parse_stmts(guarded)[0].with_changes(leading_lines=body[i].leading_lines)
             self.record(reshape, f"{owner}.forward: the padding-mask reshape skips prepared 4D masks")
 
+    def _guard_bool_casts(self, owner: str, body: list, start: int, mask_var: str) -> None:
+        """`mask = mask.bool()` after the helper turned its additive mask into "True where
+        masked" for `masked_fill`. masking_utils gives that additive float mask to eager only;
+        sdpa's boolean mask (True where attended), its `None` and flex's block mask are already
+        what their kernels read, so the cast applies to a floating mask alone."""
+        cast = f"{mask_var} = {mask_var}.bool()"
+        for i in range(start + 1, len(body)):
+            if isinstance(body[i], cst.SimpleStatementLine) and code_of(body[i].with_changes(leading_lines=[])).strip() == cast:
+                guarded = (
+                    f"{cast} if isinstance({mask_var}, torch.Tensor) and {mask_var}.is_floating_point() else {mask_var}\n"
+                )
+                original, body[i] = body[i], parse_stmts(guarded)[0].with_changes(leading_lines=body[i].leading_lines)
+                self.record(original, f"{owner}.forward: the mask's cast to bool applies to an additive mask only")
+
     def _encoder_mask(self, owner, forward, body, index, stmt, calls, params) -> cst.FunctionDef:
         """`m = self.get_extended_attention_mask(mask, shape)` (and sdpa variants in the same
         statement) -> the bidirectional mask, or the causal one when the config is a decoder."""
@@ -251,11 +324,21 @@ class UseMaskingUtils(Transform):
         new_stmt = parse_stmts(
             f"{target} = (\n    {causal}\n    if self.config.is_decoder\n    else {bidirectional}\n)\n"
         )[0]
-        _replace_once_embedded(body, index, new_stmt, embeds_var)
+        _replace_once_embedded(body, index, new_stmt, embeds_var, target)
+        # The choice reads `config.is_decoder`, which transformers 5 configs no longer default.
+        self.state.facts.setdefault(CONFIG_READS, set()).add("is_decoder")
         for builder in ("create_bidirectional_mask", "create_causal_mask"):
             AddImportsVisitor.add_needed_import(self.context, "transformers.masking_utils", builder)
         self.record(stmt, f"{owner}.forward: encoder mask built with masking_utils.create_bidirectional_mask")
         return forward.with_changes(body=forward.body.with_changes(body=body))
+
+    def _embeddings_tensor(self, owner: str, body, params: set[str]) -> str | None:
+        """A name that holds the embeddings where the mask is built: `inputs_embeds` where the
+        forward computes it, else the output of the model's embeddings module (a parameter
+        `inputs_embeds` is None whenever `input_ids` are given)."""
+        if any(_binds(b, "inputs_embeds") for b in body):
+            return "inputs_embeds"
+        return self._embeddings_var(owner, body) or ("inputs_embeds" if "inputs_embeds" in params else None)
 
     def _embeddings_var(self, owner: str, body) -> str | None:
         """The variable holding the output of the model's own embeddings module, if any."""

@@ -16,6 +16,7 @@ In base models (the parameter `past_key_values`):
 - `past_key_values[i]`  -> `past_key_values` (every layer shares the one cache)
 - `zip(self.layers, past_key_values)`  -> `zip(self.layers, [past_key_values] * len(self.layers))`
 - `past_key_values = tuple([None] * n)`  -> `past_key_values = None`
+- `past_key_values[0] is not None` (a past was given)  -> `(past_key_values is not None and past_key_values.get_seq_length() > 0)`
 - the tuple that gathers each layer's present  -> the cache itself.
 """
 
@@ -245,6 +246,25 @@ class _SharedCache(cst.CSTTransformer):
         if dotted(updated.func) == "zip" and len(updated.args) == 2 and code_of(updated.args[1].value) == self.cache:
             layers = code_of(updated.args[0].value)
             return updated.with_changes(args=[updated.args[0], cst.Arg(parse_expr(f"[{self.cache}] * len({layers})"))])
+        return updated
+
+    def leave_Comparison(self, original, updated):
+        """`cache[0] is not None` asked whether a past was given (layers held `None` without one)."""
+        if len(updated.comparisons) != 1 or code_of(updated.comparisons[0].comparator) != "None":
+            return updated
+        left, operator = updated.left, updated.comparisons[0].operator
+        if not (
+            isinstance(left, cst.Subscript)
+            and code_of(left.value) == self.cache
+            and len(left.slice) == 1
+            and isinstance(left.slice[0].slice, cst.Index)
+            and isinstance(left.slice[0].slice.value, cst.Integer)
+        ):
+            return updated
+        if isinstance(operator, cst.IsNot):
+            return parse_expr(f"({self.cache} is not None and {self.cache}.get_seq_length() > 0)")
+        if isinstance(operator, cst.Is):
+            return parse_expr(f"({self.cache} is None or {self.cache}.get_seq_length() == 0)")
         return updated
 
     def leave_Assign(self, original, updated):

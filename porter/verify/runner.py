@@ -15,7 +15,9 @@ import traceback
 
 import image_runs  # the sibling module: this file runs as a script from its own folder
 
-AUTO_CLASSES = ("AutoModelForCausalLM", "AutoModelForImageTextToText", "AutoModelForVision2Seq", "AutoModel")
+AUTO_CLASSES = (
+    "AutoModelForCausalLM", "AutoModelForImageTextToText", "AutoModelForVision2Seq", "AutoModelForMaskedLM", "AutoModel",
+)
 
 
 def _load_model(spec, attn_implementation):
@@ -116,8 +118,10 @@ def _run_forward(model, inputs, prefix, tensors, with_positions):
         kwargs["attention_mask"] = inputs[mask_key]
     if with_positions and _accepts(model, "position_ids") and f"{prefix}.position_ids" in inputs:
         kwargs["position_ids"] = inputs[f"{prefix}.position_ids"]
+    if _accepts(model, "use_cache"):  # encoders without a cache take no such keyword
+        kwargs["use_cache"] = False
     with torch.no_grad():
-        out = model(**kwargs, use_cache=False, return_dict=True)
+        out = model(**kwargs, return_dict=True)
     value = out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
     tensors[f"{prefix}.output"] = value.detach().float().contiguous()
 
@@ -186,8 +190,11 @@ def _run_probe(spec, inputs, tensors):
         # A model that declares no sdpa support is probed with its own eager function.
         kernel = getattr(sys.modules[type(model).__module__], "eager_attention_forward", kernel)
     ids = inputs["single.input_ids"]
+    # The positions of the reference run: a model whose default positions are not 0..T-1
+    # (offset past a padding index, say) is compared on the same ones.
+    kwargs = {"position_ids": inputs["single.position_ids"]} if _accepts(model, "position_ids") else {}
     with torch.no_grad():
-        out = model(input_ids=ids, use_cache=False, return_dict=True, **{SENTINEL: 1234})
+        out = model(input_ids=ids, use_cache=False, return_dict=True, **kwargs, **{SENTINEL: 1234})
     value = out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
     tensors["probe.single.output"] = value.detach().float().contiguous()
     text_calls = list(calls)

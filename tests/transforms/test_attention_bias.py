@@ -4,6 +4,7 @@ which sdpa adds too; no flash kernel is claimed for a model that needs one (CONT
 
 from __future__ import annotations
 
+import functools
 import textwrap
 from types import SimpleNamespace
 
@@ -235,3 +236,123 @@ def test_a_per_head_bias_table_keeps_its_attention_projections_whole():
     assert {with_table[f"layers.*.self_attn.{p}_proj"] for p in "qkvo"} == {"replicate"}
     assert with_table["layers.*.mlp.down_proj"] == "rowwise"
     assert without["layers.*.self_attn.q_proj"] == "colwise" and without["layers.*.self_attn.o_proj"] == "rowwise"
+
+
+# A bias input sliced to the key length inside `if bias is not None:`, between the score
+# product and the softmax, from lengths the forward computes there (ALiBi tables of MPT's shape).
+SLICED = textwrap.dedent("""\
+    import torch
+    from torch import nn
+
+
+    class SlicedBiasAttention(nn.Module):
+        def __init__(self, config):
+            super().__init__()
+            self.config = config
+            self.n_heads = config.num_attention_heads
+            self.head_dim = config.hidden_size // self.n_heads
+            self.Wqkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=False)
+            self.softmax_scale = self.head_dim ** -0.5
+
+        def forward(self, hidden_states, position_bias, attention_mask=None):
+            batch_size, seq_length = hidden_states.shape[:2]
+            query_states, key_states, value_states = self.Wqkv(hidden_states).chunk(3, dim=2)
+            query_states = query_states.reshape(batch_size, seq_length, self.n_heads, self.head_dim).transpose(1, 2)
+            key_states = key_states.reshape(batch_size, seq_length, self.n_heads, self.head_dim).transpose(1, 2)
+            value_states = value_states.reshape(batch_size, seq_length, self.n_heads, self.head_dim).transpose(1, 2)
+
+            attention_scores = torch.matmul(query_states, key_states.transpose(-1, -2)) * self.softmax_scale
+
+            query_length = seq_length
+
+            if position_bias is not None:
+                key_length = key_states.shape[-2]
+                position_bias_query_index = max(0, position_bias.size(1) - query_length)
+                position_bias_key_index = max(0, position_bias.size(2) - key_length)
+                position_bias = position_bias[:, position_bias_query_index:, position_bias_key_index:]
+
+                attention_scores = attention_scores + position_bias
+
+            if attention_mask is not None:
+                attention_scores = attention_scores + attention_mask
+
+            attn_weights = nn.functional.softmax(attention_scores.float(), dim=-1).to(value_states.dtype)
+            context_states = torch.matmul(attn_weights, value_states)
+            context_states = context_states.permute(0, 2, 1, 3).contiguous().view(batch_size, seq_length, -1)
+            return context_states, attn_weights
+""")
+
+SLICED_FORWARD = """\
+        attention_scores = torch.matmul(query_states, key_states.transpose(-1, -2)) * self.softmax_scale
+"""
+
+SLICED_PORTED_FORWARD = """\
+        query_length = seq_length
+
+        if position_bias is not None:
+            key_length = key_states.shape[-2]
+            position_bias_query_index = max(0, position_bias.size(1) - query_length)
+            position_bias_key_index = max(0, position_bias.size(2) - key_length)
+            position_bias = position_bias[:, position_bias_query_index:, position_bias_key_index:]
+
+        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+"""
+
+SLICED_PORTED_MATH = """\
+    attention_scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if position_bias is not None:
+        attention_scores = attention_scores + position_bias
+
+    if attention_mask is not None:
+        attention_scores = attention_scores + attention_mask
+"""
+
+
+@functools.cache
+def _sliced_port():
+    return transformed(SLICED, (RouteAttention,))
+
+
+def test_a_bias_sliced_inside_its_none_test_moves_before_the_call_without_the_addition():
+    output, state = _sliced_port()
+    assert not state.diagnostics
+    assert state.facts["additive_bias"] is True
+    assert SLICED_FORWARD not in output  # the product went into the eager function
+    assert SLICED_PORTED_FORWARD in output
+    assert SLICED_PORTED_MATH in output
+    assert "            position_bias=position_bias,\n" in output
+
+
+def test_a_sliced_bias_port_is_unchanged_by_a_second_run():
+    output, _ = _sliced_port()
+    check_noop(output, RouteAttention)
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_ported_module_adds_the_same_sliced_bias(implementation):
+    config = SimpleNamespace(hidden_size=32, num_attention_heads=4, _attn_implementation=implementation)
+    output, _ = _sliced_port()
+    torch.manual_seed(0)
+    legacy = _exec(SLICED)["SlicedBiasAttention"](config).eval()
+    ported = _exec(output)["SlicedBiasAttention"](config).eval()
+    ported.load_state_dict(legacy.state_dict())
+    bias = torch.randn(4, 1, 10)  # longer than the sequence: sliced to the last 6 keys
+    blocked = torch.triu(torch.ones(6, 6, dtype=torch.bool), diagonal=1)
+    mask = torch.zeros(6, 6).masked_fill(blocked, torch.finfo(torch.float32).min)[None, None].expand(2, 1, 6, 6)
+    hidden = torch.randn(2, 6, 32)
+    with torch.no_grad():
+        expected, actual = legacy(hidden, bias, mask)[0], ported(hidden, bias, mask)[0]
+    assert torch.allclose(actual, expected, atol=1e-5 if implementation == "sdpa" else 1e-6)
+
+
+def test_a_bias_block_whose_test_may_turn_false_stays_whole_and_is_refused():
+    # `bias = self.rescale(bias)` may be None: splitting the block would change which branch runs.
+    legacy = SLICED.replace(
+        "position_bias = position_bias[:, position_bias_query_index:, position_bias_key_index:]",
+        "position_bias = self.rescale(position_bias[:, position_bias_query_index:, position_bias_key_index:])",
+    )
+    state = check_noop(legacy, RouteAttention, diagnostics=True)
+    [diagnostic] = state.diagnostics
+    assert "which the interface cannot pass" in diagnostic.message

@@ -236,6 +236,57 @@ def test_diagnostic_without_head_transpose_after_the_math():
     assert diagnostic.line is not None
 
 
+
+def test_diagnostic_for_math_in_branches_chosen_at_run_time():
+    # Two eager paths behind a run-time test of an input (a bias given or not): which one is
+    # the model's eager path depends on the call, so neither is moved.
+    start = LEGACY.index("        attn_weights = torch.matmul(")
+    end = LEGACY.index("        attn_output = attn_output.transpose(1, 2)")
+    math_lines = LEGACY[start:end]
+    branched = "".join("    " + line if line.strip() else line for line in math_lines.splitlines(keepends=True))
+    legacy = LEGACY[:start] + "        if bias is None:\n" + branched + "        else:\n" + branched.replace(
+        "attn_weights = attn_weights + attention_mask", "attn_weights = attn_weights + attention_mask + bias"
+    ) + LEGACY[end:]
+    legacy = legacy.replace("attention_mask=None, output_attentions=False)", "attention_mask=None, output_attentions=False, bias=None)")
+    cst.parse_module(legacy)
+    state = check_noop(legacy, RouteAttention, diagnostics=True)
+    [diagnostic] = state.diagnostics
+    assert diagnostic.symbol == "FooAttention"
+    assert "inside `if bias is None:` (2 softmax call(s)" in diagnostic.message
+    assert diagnostic.line == legacy[: legacy.index("if bias is None")].count("\n") + 1
+
+
+
+def test_diagnostic_for_scores_reshaped_from_a_product_on_another_name():
+    # The product assigns an intermediate name, which a view turns into the scores (heads
+    # folded into the batch, operands given as keywords): both statements are named.
+    legacy = LEGACY.replace(
+        "        attn_weights = torch.matmul(query_states, key_states.transpose(2, 3)) / math.sqrt(self.head_dim)\n",
+        "        # [batch * heads, q, kv]\n"
+        "        matmul_result = torch.baddbmm(attention_mask, batch1=query_states, batch2=key_states, alpha=0.5)\n"
+        "        attn_weights = matmul_result.view(bsz, self.num_heads, q_len, q_len)\n",
+    )
+    cst.parse_module(legacy)
+    state = check_noop(legacy, RouteAttention, diagnostics=True)
+    [diagnostic] = state.diagnostics
+    assert "attn_weights is computed from `matmul_result`, which a product assigned (`matmul_result = torch.baddbmm(" in diagnostic.message
+    assert "operands given as keywords ['alpha', 'batch1', 'batch2']" in diagnostic.message
+    assert diagnostic.line == legacy[: legacy.index("attn_weights = matmul_result.view")].count("\n") + 1
+
+
+def test_diagnostic_for_scores_reached_through_several_statements_names_the_first_reader():
+    legacy = LEGACY.replace(
+        "        attn_weights = torch.matmul(query_states, key_states.transpose(2, 3)) / math.sqrt(self.head_dim)\n",
+        "        matmul_result = torch.baddbmm(attention_mask, batch1=query_states, batch2=key_states, alpha=0.5)\n"
+        "        attn_weights = matmul_result.view(bsz, self.num_heads, q_len, q_len)\n"
+        "        attn_weights = attn_weights.float()\n",
+    )
+    state = check_noop(legacy, RouteAttention, diagnostics=True)
+    [diagnostic] = state.diagnostics
+    assert "attn_weights is computed from `matmul_result`" in diagnostic.message
+    assert diagnostic.line == legacy[: legacy.index("attn_weights = matmul_result.view")].count("\n") + 1
+
+
 HELPER_LEGACY = '''\
 import math
 
@@ -447,3 +498,21 @@ def test_extra_local_diagnostic_names_its_line():
     )
     _, state = transformed(legacy, RouteAttention)
     assert state.diagnostics[0].line is not None
+
+
+def test_a_query_head_size_named_q_head_dim_becomes_head_dim():
+    """Latent-attention code names the query/key head size `q_head_dim` (its value heads have
+    another size) and has no `head_dim`: the interface's `head_dim` is the query's."""
+    legacy = LEGACY.replace("self.head_dim", "self.q_head_dim")
+    output, state = transformed(legacy, RouteAttention)
+    assert "        self.head_dim = self.q_head_dim\n" in output and not state.diagnostics
+    namespace: dict = {}
+    exec(compile(output, FILENAME, "exec"), namespace)
+    config = SimpleNamespace(hidden_size=16, num_attention_heads=4, num_key_value_heads=2, attention_dropout=0.0,
+                             _attn_implementation="eager")
+    assert namespace["FooAttention"](config).head_dim == 4
+
+
+def test_head_dim_assigned_by_the_code_is_kept():
+    output, _ = transformed(LEGACY, RouteAttention)
+    assert "self.head_dim = self.q_head_dim" not in output and output.count("self.head_dim = ") == 1

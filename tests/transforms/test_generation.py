@@ -126,3 +126,33 @@ def test_noop_for_a_head_that_does_not_generate():
         model().replace("CausalLMOutputWithPast", "SequenceClassifierOutput"),
         GenerationSupport,
     )
+
+
+ROUTER_PREPARE = '''\
+
+    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, output_router_logits=False, **kwargs):
+        model_inputs = {"input_ids": input_ids}
+        model_inputs.update({"past_key_values": past_key_values, "output_router_logits": output_router_logits})
+        return model_inputs
+'''
+
+
+def test_override_passing_its_own_keyword_through_is_removed():
+    """A keyword parameter passed on under its own name is what GenerationMixin does with
+    every keyword of `generate`."""
+    state = check_transformed(
+        model(extra=ROUTER_PREPARE),
+        model(bases="FooPreTrainedModel, GenerationMixin", imports="from transformers.generation import GenerationMixin\n"),
+        GenerationSupport,
+    )
+    assert "FooForCausalLM.prepare_inputs_for_generation removed: GenerationMixin's does the same" in [
+        c.message for c in state.changes
+    ]
+
+
+def test_override_that_also_reads_its_keyword_is_kept():
+    reading = ROUTER_PREPARE.replace(
+        "        model_inputs = {", "        input_ids = input_ids[:, -1:] if output_router_logits else input_ids\n        model_inputs = {"
+    )
+    output, _ = transformed(model(extra=reading), GenerationSupport)
+    assert "def prepare_inputs_for_generation" in output

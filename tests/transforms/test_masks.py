@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import textwrap
 
+import torch
+
 from tests.transforms.helpers import FILENAME, check_noop, check_transformed, transformed
 from transforms.masks import UseMaskingUtils
 
@@ -106,14 +108,44 @@ def test_sliding_window_helper_call_becomes_sliding_window_mask():
         sliding_window=self.config.sliding_window,
     )
     '''
-    check_transformed(
-        module(legacy),
-        module(
-            CREATE_CAUSAL_MASK.replace("create_causal_mask", "create_sliding_window_causal_mask"),
-            added="from transformers.masking_utils import create_sliding_window_causal_mask\n",
-        ),
-        UseMaskingUtils,
-    )
+    check_transformed(module(legacy), SLIDING_OR_CAUSAL, UseMaskingUtils)
+
+
+SLIDING_OR_CAUSAL = module(
+    "attention_mask = (\n"
+    f"    {CREATE_CAUSAL_MASK.split(' = ', 1)[1].replace('create_causal_mask', 'create_sliding_window_causal_mask')}\n"
+    '    if getattr(self.config, "sliding_window", None) is not None\n'
+    f"    else {CREATE_CAUSAL_MASK.split(' = ', 1)[1]}\n"
+    ")",
+    added="from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask\n",
+)
+
+
+def test_sliding_window_mask_falls_back_to_causal_without_a_window():
+    """Legacy helpers read `sliding_window=None` as no window; so does the ported mask."""
+    from transformers import PretrainedConfig
+
+    namespace: dict = {}
+    exec(compile(textwrap.dedent(SLIDING_OR_CAUSAL), FILENAME, "exec"), namespace)
+    captured = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, hidden_states, attention_mask=None):
+            captured.append(attention_mask)
+            return hidden_states
+
+    def masks(window):
+        config = PretrainedConfig(vocab_size=8, hidden_size=4, num_hidden_layers=1, sliding_window=window)
+        config._attn_implementation = "eager"
+        model = namespace["FooModel"](config)
+        model.layers = torch.nn.ModuleList([Recorder()])
+        captured.clear()
+        model(torch.tensor([[1, 2, 3, 4, 5]]), attention_mask=torch.ones(1, 5, dtype=torch.long))
+        return captured[0][0, 0] == 0  # allowed positions
+
+    causal = torch.ones(5, 5, dtype=torch.bool).tril()
+    assert torch.equal(masks(None), causal)
+    assert torch.equal(masks(2), causal & torch.ones(5, 5, dtype=torch.bool).triu(-1))
 
 
 def test_cache_argument_is_none_when_forward_has_no_cache():
@@ -293,3 +325,30 @@ def test_guarded_reshape_keeps_2d_masks_and_passes_4d_masks():
 def test_noop_for_reshapes_of_other_tensors():
     output, _ = transformed(module("token_type_ids = token_type_ids.view(batch_size, -1)\n" + textwrap.dedent(LEGACY_CHAIN)), UseMaskingUtils)
     assert "token_type_ids = token_type_ids.view(batch_size, -1)\n" in output and "ndim < 4" not in output
+
+
+def test_cast_to_bool_after_the_helper_applies_to_additive_masks_only():
+    """MPT's shape: the helper's additive mask becomes "True where masked" for `masked_fill`.
+    masking_utils gives eager an additive mask, sdpa a boolean one (True where attended) or None."""
+    import torch
+
+    legacy = module(textwrap.dedent(LEGACY_CHAIN) + "attention_mask = attention_mask.bool()\n")
+    output, state = transformed(legacy, UseMaskingUtils)
+    guarded = (
+        "attention_mask = attention_mask.bool() if isinstance(attention_mask, torch.Tensor) and "
+        "attention_mask.is_floating_point() else attention_mask"
+    )
+    assert "        " + guarded + "\n" in output
+    assert "FooModel.forward: the mask's cast to bool applies to an additive mask only" in [c.message for c in state.changes]
+    additive = torch.tensor([[0.0, torch.finfo(torch.float32).min]])
+    attended = torch.tensor([[True, False]])
+    for mask, expected in ((additive, torch.tensor([[False, True]])), (attended, attended), (None, None)):
+        scope = {"attention_mask": mask, "torch": torch}
+        exec(guarded, scope)
+        assert scope["attention_mask"] is None if expected is None else torch.equal(scope["attention_mask"], expected)
+    check_noop(output, UseMaskingUtils)
+
+
+def test_noop_for_casts_of_other_tensors_to_bool():
+    output, _ = transformed(module(textwrap.dedent(LEGACY_CHAIN) + "token_type_ids = token_type_ids.bool()\n"), UseMaskingUtils)
+    assert "        token_type_ids = token_type_ids.bool()\n" in output

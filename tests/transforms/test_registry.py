@@ -49,6 +49,7 @@ def test_first_run_ports_without_diagnostics_and_compiles(first_run):
     not_needed.add("bias-rows")  # it has no position bias built from the padding mask
     not_needed.add("attention-config")  # its attention modules take the config already
     not_needed.add("window-layers")  # its config has no sliding window
+    not_needed.add("custom-softmax")  # a refusal, never a change: its softmax is a plain one
     assert {c.transform for c in state.changes} == {t.name for t in REGISTRY} - not_needed
 
 
