@@ -715,6 +715,7 @@ def infer_plans(analysis: RepoAnalysis, styles: set[str] | None = None, conv1d_a
     plans.conv1d = {p: projection.owner for p, projection in projections.items() if projection.kind == CONV1D}
     _assign_styles(plans, projections, edges, styles, conv1d_as_linear)
     _keep_heads_whole(plans, projections, analysis)
+    _keep_per_head_weights_whole(plans, projections, analysis)
     _find_experts(plans, analysis, tree, base, flow.edges if flow else set())
     plans.pp_plan = _pp_plan(plans, analysis, tree, base) if not plans.towers else {}
     for tower in plans.towers:
@@ -903,6 +904,52 @@ def _held_below(analysis: RepoAnalysis, holders: set[str], name: str) -> bool:
             return True
         pending += held
     return False
+
+
+def _keep_per_head_weights_whole(plans: ParallelPlans, projections: dict[str, Projection], analysis: RepoAnalysis) -> None:
+    """An attention module whose `__init__` builds weights per head (a per-head qk-norm shaped
+    `(heads, head_dim)`, or one norm per head) normalises every head with its own weights; a
+    rank holding half of the heads would use the wrong ones, so its projections stay replicated."""
+    owners = set()
+    for name in analysis.attention:
+        init = analysis.classes[name].methods.get("__init__")  # weights, not reshapes in forward
+        if init is not None and any(_is_per_head_shape(c) or _is_built_per_head(c) for c in walk(init)):
+            owners.add(name)
+    held = {p for p, projection in projections.items() if projection.owner in owners}
+    why = "its attention module owns weights built per head, e.g. a per-head qk-norm"
+    for path in sorted(held - set(plans.replicated)):
+        plans.replicated[path] = why
+        plans.tp_plan[path] = REPLICATE
+        plans.notes.append(f"{path}: replicated ({why})")
+    plans.pairs = [(group, consumer) for group, consumer in plans.pairs if consumer not in held]
+
+
+def _is_per_head_shape(node: cst.CSTNode) -> bool:
+    """`(self.num_heads, self.head_dim)`: a size whose rows are heads and columns head dimensions."""
+    if not isinstance(node, cst.Tuple) or len(node.elements) != 2:
+        return False
+    rows, columns = (last_part(dotted(e.value) or "").lower() for e in node.elements)
+    is_dim = any(word in columns for word in ("size", "dim"))
+    return "head" in rows and not any(word in rows for word in ("size", "dim")) and "head" in columns and is_dim
+
+
+# Calls that read a head count without building anything per head.
+NOT_BUILDERS = {"getattr", "hasattr", "setattr", "isinstance", "int", "float", "max", "min", "round", "divmod", "print"}
+
+
+def _is_head_count(node: cst.BaseExpression) -> bool:
+    name = last_part(dotted(node) or "").lower()
+    return "head" in name and not any(word in name for word in ("size", "dim", "group"))
+
+
+def _is_built_per_head(node: cst.CSTNode) -> bool:
+    """`PerHeadNorm(self.head_dim, self.num_heads)`, `range(self.num_heads)`: a head count handed
+    to what builds the module's weights (one norm per head)."""
+    if not isinstance(node, cst.Call) or last_part(call_name(node)) in NOT_BUILDERS:
+        return False
+    if last_part(call_name(node)).startswith(("warn", "info", "debug", "error")) or "Error" in last_part(call_name(node)):
+        return False
+    return any(_is_head_count(a.value) for a in node.args)
 
 
 def _is_head_table(node: cst.CSTNode) -> bool:

@@ -72,8 +72,41 @@ DECODERS_A: list[LegacyModel] = [
 ]
 
 
+_PHI = {**DECODER, "partial_rotary_factor": 0.5, "hidden_act": "gelu_new"}
+_STABLELM = {**DECODER, "num_key_value_heads": 2, "partial_rotary_factor": 0.25}
+_GEMMA = {**DECODER, "num_key_value_heads": 2, "head_dim": 16, "hidden_activation": "gelu_pytorch_tanh"}
+
 # Causal language models, second family (rotary variants, qk-norm, softcapping, ...).
 DECODERS_B: list[LegacyModel] = [
+    LegacyModel("4.44.2", "phi", "PhiConfig", "PhiModel", "PhiForCausalLM", _PHI),
+    # 4.44.2's qk-layernorm normalises over head_dim before the heads are split: it runs with one head only.
+    LegacyVariant("qkln", "4.44.2", "phi", "PhiConfig", "PhiModel", "PhiForCausalLM",
+                  {**_PHI, "qk_layernorm": True, "num_attention_heads": 1, "num_key_value_heads": 1}),
+    LegacyModel("4.36.2", "phi", "PhiConfig", "PhiModel", "PhiForCausalLM", {**_PHI, "qk_layernorm": True}),
+    LegacyModel("4.44.2", "phi3", "Phi3Config", "Phi3Model", "Phi3ForCausalLM",
+                {**DECODER, "num_key_value_heads": 2, "sliding_window": 8}),
+    LegacyModel("4.44.2", "qwen2", "Qwen2Config", "Qwen2Model", "Qwen2ForCausalLM",
+                {**DECODER, "num_key_value_heads": 2, "use_sliding_window": True, "sliding_window": 8,
+                 "max_window_layers": 1}),
+    LegacyModel("4.44.2", "stablelm", "StableLmConfig", "StableLmModel", "StableLmForCausalLM",
+                {**_STABLELM, "qk_layernorm": True, "use_parallel_residual": True, "use_qkv_bias": True}),
+    LegacyVariant("sequential", "4.44.2", "stablelm", "StableLmConfig", "StableLmModel", "StableLmForCausalLM",
+                  _STABLELM),
+    LegacyModel("4.44.2", "persimmon", "PersimmonConfig", "PersimmonModel", "PersimmonForCausalLM",
+                {**DECODER, "partial_rotary_factor": 0.5, "qk_layernorm": True}),
+    LegacyModel("4.36.2", "persimmon", "PersimmonConfig", "PersimmonModel", "PersimmonForCausalLM",
+                {**DECODER, "partial_rotary_factor": 0.5, "qk_layernorm": True}),
+    LegacyModel("4.44.2", "starcoder2", "Starcoder2Config", "Starcoder2Model", "Starcoder2ForCausalLM",
+                {**DECODER, "num_key_value_heads": 2, "sliding_window": 8, "use_bias": True}),
+    LegacyModel("4.44.2", "gemma", "GemmaConfig", "GemmaModel", "GemmaForCausalLM", _GEMMA),
+    LegacyModel("4.44.2", "gemma2", "Gemma2Config", "Gemma2Model", "Gemma2ForCausalLM",
+                {**_GEMMA, "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0,
+                 "query_pre_attn_scalar": 16, "sliding_window": 8}),
+    LegacyModel("4.44.2", "olmo", "OlmoConfig", "OlmoModel", "OlmoForCausalLM", {**DECODER, "clip_qkv": 0.5}),
+    LegacyModel("4.44.2", "cohere", "CohereConfig", "CohereModel", "CohereForCausalLM",
+                {**DECODER, "num_key_value_heads": 2, "use_qk_norm": True, "logit_scale": 0.5}),
+    LegacyModel("4.44.2", "nemotron", "NemotronConfig", "NemotronModel", "NemotronForCausalLM",
+                {**DECODER, "num_key_value_heads": 2, "partial_rotary_factor": 0.5}),
 ]
 
 

@@ -38,6 +38,7 @@ from transforms.removed_methods import RemovedModelMethods
 from transforms.rope_config import RopeConfigAccess
 from transforms.rope_positions import RopePositions
 from transforms.split_fused import SplitFusedProjections
+from transforms.tied_head_plan import TiedHeadPlan
 from transforms.tied_weights import TiedWeightsDict
 from transforms.tuple_cache import CacheObjects
 from transforms.window_layers import FullAttentionLayers
@@ -70,6 +71,7 @@ REGISTRY: tuple[type[Transform], ...] = (
     Conv1DToLinear,
     SplitFusedProjections,
     WriteParallelPlans,
+    TiedHeadPlan,  # reads the tie tied-weights wrote and the plan parallel-plans wrote
     HeadAgnosticShapes,
     RemovedImports,
     RopePositions,  # adds no import: its place after the import clean-up is safe

@@ -457,10 +457,12 @@ def _query_and_key(product: cst.BaseExpression, stmt) -> tuple[str, str]:
         positional = positional[1:]
     if len(positional) < 2:
         raise NotUnderstood(stmt, "the q @ k^T product has fewer than two operands")
-    query = dotted(positional[0])
-    key_arg = positional[1]
+    # A dtype cast of q or k (`q.to(torch.float32)`, upcast against overflow) stays in the
+    # product, which moves into the eager function unchanged: only the names are read here.
+    query = dotted(_without_casts(positional[0]))
+    key_arg = _without_casts(positional[1])
     is_transpose = isinstance(key_arg, cst.Call) and isinstance(key_arg.func, cst.Attribute)
-    key = dotted(key_arg.func.value) if is_transpose and key_arg.func.attr.value in ("transpose", "mT") else None
+    key = dotted(_without_casts(key_arg.func.value)) if is_transpose and key_arg.func.attr.value in ("transpose", "mT") else None
     if not query or not key or "." in query or "." in key:
         raise NotUnderstood(stmt, "q and k^T in the score product are not plain variables")
     return query, key

@@ -48,6 +48,7 @@ def test_first_run_ports_without_diagnostics_and_compiles(first_run):
     not_needed.add("kv-heads-config")  # its attention reads num_key_value_heads
     not_needed.add("bias-rows")  # it has no position bias built from the padding mask
     not_needed.add("attention-config")  # its attention modules take the config already
+    not_needed.add("window-layers")  # its config has no sliding window
     not_needed.add("custom-softmax")  # a refusal, never a change: its softmax is a plain one
     not_needed.add("window-layers")  # its config has no sliding window
     not_needed.add("base-model-prefix")  # its prefix names the attribute its heads use
