@@ -24,16 +24,20 @@ from transforms.cst_utils import SharingTransformer, assigned_names, dotted, nam
 SCORE_METADATA = ("device", "dtype")
 
 
-def hoist_position_bias(stmts: list[cst.BaseStatement], head_attr: str | None) -> list[cst.BaseStatement]:
-    """`stmts` with bias-building statements between the scores and the softmax moved before the scores."""
+def hoist_position_bias(
+    stmts: list[cst.BaseStatement], head_attr: str | None, mask: str | None = None
+) -> list[cst.BaseStatement]:
+    """`stmts` with bias-building statements between the scores and the softmax moved before the
+    scores. `mask` names the attention mask parameter: the interface passes it to the math as it
+    is, so a block that slices it stays in the math whole."""
     try:
         math = find_math(stmts, head_attr)
     except NotUnderstood:
         return stmts
     scores = assigned_names(stmts[math.score_index])
-    split = _split_bias_blocks(stmts, math.score_index, math.softmax_index, scores)
+    split = _split_bias_blocks(stmts, math.score_index, math.softmax_index, scores, mask)
     if split is not stmts:
-        hoisted_split = hoist_position_bias(split, head_attr)
+        hoisted_split = hoist_position_bias(split, head_attr, mask)
         # Splitting only helps when the bias-building half then moves; otherwise keep the block whole.
         return hoisted_split if hoisted_split is not split else stmts
     hoisted = _hoistable(stmts, math, scores)
@@ -79,7 +83,9 @@ def _hoistable(stmts: list[cst.BaseStatement], math, scores: set[str]) -> list[i
     return sorted(hoisted)
 
 
-def _split_bias_blocks(stmts: list[cst.BaseStatement], start: int, end: int, scores: set[str]) -> list[cst.BaseStatement]:
+def _split_bias_blocks(
+    stmts: list[cst.BaseStatement], start: int, end: int, scores: set[str], mask: str | None
+) -> list[cst.BaseStatement]:
     """`if bias is not None: <slice bias>; scores = scores + bias` between the scores and the
     softmax becomes two blocks under the same test, `if ...: <slice bias>` and
     `if ...: scores = scores + bias`, so that the first can move. The test must stay true
@@ -93,7 +99,7 @@ def _split_bias_blocks(stmts: list[cst.BaseStatement], start: int, end: int, sco
         *build, add = stmt.body.body
         if not build or not assigned_names(add) & scores or any(bound_names(s) & scores for s in build):
             continue
-        if not _stays_not_none(stmt.test, build):
+        if not _stays_not_none(stmt.test, build) or dotted(stmt.test.left) == mask:
             continue
         out[index : index + 1] = [
             stmt.with_changes(body=stmt.body.with_changes(body=build)),

@@ -128,7 +128,7 @@ class RouteAttention(Transform):
         try:
             body = softmax_modules_as_calls(list(forward.body.body), init)
             body = split_output_product(split_softmax_argument(body))
-            body = hoist_position_bias(body, _head_size_attribute(init))
+            body = hoist_position_bias(body, _head_size_attribute(init), _mask_param(forward))
             site = self._locate(body, forward, methods, init)
             for buffer in sorted(buffers_read_by_where(site.math_stmts)):
                 narrowed = narrowed_buffer_call(init, buffer)

@@ -356,3 +356,22 @@ def test_a_bias_block_whose_test_may_turn_false_stays_whole_and_is_refused():
     state = check_noop(legacy, RouteAttention, diagnostics=True)
     [diagnostic] = state.diagnostics
     assert "which the interface cannot pass" in diagnostic.message
+
+
+def test_the_attention_mask_sliced_in_its_none_test_stays_whole_in_the_math():
+    # `if attention_mask is not None: causal_mask = attention_mask[..., :k]; scores = scores + causal_mask`
+    # (llama-style eager math): the interface passes the mask itself, so nothing is split off.
+    legacy = SLICED.replace(
+        "        if attention_mask is not None:\n"
+        "            attention_scores = attention_scores + attention_mask\n",
+        "        if attention_mask is not None:\n"
+        "            causal_mask = attention_mask[:, :, :, : key_states.shape[-2]]\n"
+        "            attention_scores = attention_scores + causal_mask\n",
+    )
+    assert legacy != SLICED
+    output, state = transformed(legacy, (RouteAttention,))
+    assert not state.diagnostics
+    math = output[output.index("def eager_attention_forward") : output.index("class SlicedBiasAttention")]
+    assert "causal_mask = attention_mask[:, :, :, : key.shape[-2]]" in math
+    forward = output[output.index("    def forward") :]
+    assert "causal_mask" not in forward
