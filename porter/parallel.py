@@ -879,10 +879,14 @@ def _keep_heads_whole(plans: ParallelPlans, projections: dict[str, Projection], 
     MPNet style)."""
     tables = {name for name, info in analysis.classes.items() if any(_is_head_table(c) for c in walk(info.node))}
     owners = {name for name in analysis.attention if name in tables or _held_below(analysis, tables - {name}, name)}
-    held = {p for p, projection in projections.items() if projection.owner in owners}
-    if not held:
-        return
     why = "its attention adds a per-head position bias built from an embedding table, one column per head"
+    _replicate_owned(plans, projections, owners, why)
+
+
+def _replicate_owned(plans: ParallelPlans, projections: dict[str, Projection], owners: set[str], why: str) -> None:
+    """Replicate every projection of the `owners` classes, with `why` as the note, and drop the
+    pairs they consume."""
+    held = {p for p, projection in projections.items() if projection.owner in owners}
     for path in sorted(held - set(plans.replicated)):
         plans.replicated[path] = why
         plans.tp_plan[path] = REPLICATE
@@ -915,13 +919,7 @@ def _keep_per_head_weights_whole(plans: ParallelPlans, projections: dict[str, Pr
         init = analysis.classes[name].methods.get("__init__")  # weights, not reshapes in forward
         if init is not None and any(_is_per_head_shape(c) or _is_built_per_head(c) for c in walk(init)):
             owners.add(name)
-    held = {p for p, projection in projections.items() if projection.owner in owners}
-    why = "its attention module owns weights built per head, e.g. a per-head qk-norm"
-    for path in sorted(held - set(plans.replicated)):
-        plans.replicated[path] = why
-        plans.tp_plan[path] = REPLICATE
-        plans.notes.append(f"{path}: replicated ({why})")
-    plans.pairs = [(group, consumer) for group, consumer in plans.pairs if consumer not in held]
+    _replicate_owned(plans, projections, owners, "its attention module owns weights built per head, e.g. a per-head qk-norm")
 
 
 def _is_per_head_shape(node: cst.CSTNode) -> bool:
