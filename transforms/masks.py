@@ -263,19 +263,17 @@ class UseMaskingUtils(Transform):
             else:  # a padding mask alone, and no causal structure: every position sees every other
                 builder = "create_bidirectional_mask"
             built = self._builder_call(builder, mask_var, embeds_var, params)
-            builders = [builder]
             if builder == "create_sliding_window_causal_mask":
                 # Legacy helpers take `sliding_window=None` as "no window"; the window builder
                 # refuses a config without one, so the plain causal mask stands in for it.
                 causal = self._builder_call("create_causal_mask", mask_var, embeds_var, params)
                 built = f'(\n    {built}\n    if getattr(self.config, "sliding_window", None) is not None\n    else {causal}\n)'
-                builders.append("create_causal_mask")
+                AddImportsVisitor.add_needed_import(self.context, "transformers.masking_utils", "create_causal_mask")
             new_stmt = parse_stmts(f"{target} = {built}\n")[0]
             _replace_once_embedded(body, index, new_stmt, embeds_var, target)
             self._guard_reshapes(owner, body, body.index(new_stmt), mask_var)
             self._guard_bool_casts(owner, body, body.index(new_stmt), target)
-            for name in builders:
-                AddImportsVisitor.add_needed_import(self.context, "transformers.masking_utils", name)
+            AddImportsVisitor.add_needed_import(self.context, "transformers.masking_utils", builder)
             self.record(stmt, f"{owner}.forward: mask built with masking_utils.{builder}")
             return forward.with_changes(body=forward.body.with_changes(body=body))
         return forward
