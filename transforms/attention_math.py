@@ -623,13 +623,25 @@ def _scaled_product(stmt: cst.SimpleStatementLine) -> cst.SimpleStatementLine:
 
 
 # -- guards, buffers, dead code -------------------------------------------------------------
+LOG_CALLS = {"logger.debug", "logger.info", "logger.warning", "logger.warning_once", "logger.warn", "logger.error",
+             "logger.critical", "logging.warning", "logging.error", "warnings.warn"}
+
+
+def _reports_only(stmt: cst.BaseSmallStatement) -> bool:
+    """`raise ...`, or a log line: a shape check that only logs (`logger.error(...)`) leaves the
+    values as they are, like one that raises."""
+    if isinstance(stmt, cst.Raise):
+        return True
+    return isinstance(stmt, cst.Expr) and isinstance(stmt.value, cst.Call) and dotted(stmt.value.func) in LOG_CALLS
+
+
 def is_guard(stmt: cst.CSTNode) -> bool:
-    """`if <shape check>: raise ...` with nothing else in it."""
+    """`if <shape check>: raise ...` (or a log line) with nothing else in it."""
     if not isinstance(stmt, cst.If) or stmt.orelse is not None:
         return False
     inner = stmt.body.body if isinstance(stmt.body, cst.IndentedBlock) else []
     return bool(inner) and all(
-        isinstance(s, cst.SimpleStatementLine) and all(isinstance(x, cst.Raise) for x in s.body) for s in inner
+        isinstance(s, cst.SimpleStatementLine) and all(_reports_only(x) for x in s.body) for s in inner
     )
 
 
