@@ -118,8 +118,8 @@ def load_repo(src: Path) -> LegacyRepo:
 
     repo = LegacyRepo(src, config, code, weight_files=[], other_files=others)
     _check_auto_map(repo)
-    if not any(name.startswith("modeling_") for name in code):
-        raise BadInput.at(src, "no modeling_*.py file: nothing to port")
+    if not any(name.startswith("modeling_") for name in code) and not _auto_map_names_a_model(repo):
+        raise BadInput.at(src, "no modeling_*.py file and no model class in auto_map: nothing to port")
     repo.weight_files = find_weight_files(src)
     weight_set = {p.resolve() for p in repo.weight_files}
     repo.other_files = [p for p in others if p.resolve() not in weight_set and not _is_weight_index(p)]
@@ -132,6 +132,12 @@ WEIGHT_NAME = re.compile(r"^(pytorch_model|model|tf_model|flax_model)(-\d+-of-\d
 def _is_weight_index(path: Path) -> bool:
     """Checkpoint files the port replaces, including a second format of the same weights."""
     return bool(WEIGHT_NAME.match(path.name))
+
+
+def _auto_map_names_a_model(repo: LegacyRepo) -> bool:
+    """Some Hub repos keep the model in a file of another name (`<name>_hf_model.py`,
+    `<name>_model.py`); their auto_map names it (checked to exist by `_check_auto_map`)."""
+    return any(auto_class.startswith("AutoModel") for auto_class in repo.auto_map)
 
 
 def _check_auto_map(repo: LegacyRepo) -> None:
