@@ -20,6 +20,7 @@ from transforms.conv1d_linear import Conv1DToLinear
 from transforms.custom_normalisation import RefuseCustomSoftmax
 from transforms.generation import GenerationSupport
 from transforms.head_shapes import HeadAgnosticShapes
+from transforms.in_library_layers import RefuseInLibraryLayers
 from transforms.kv_heads_config import KeyValueHeadsInConfig
 from transforms.kwargs_threading import ThreadKwargs
 from transforms.layer_index import ThreadLayerIndex
@@ -81,6 +82,7 @@ REGISTRY: tuple[type[Transform], ...] = (
     RefuseCustomSoftmax,  # reads only the analysis: its place does not matter
     FullAttentionLayers,  # reads the ported code of every file
     BaseModelPrefix,
+    RefuseInLibraryLayers,  # reads only the imports and their uses: its place does not matter
 )
 
 __all__ = ["REGISTRY", "Change", "PortState", "Transform"]
