@@ -251,3 +251,81 @@ REMOTE_CODE: list[RemoteCodeRepo] = [
         TINY_DEEPSEEK_V2, ["DeepseekV2ForCausalLM"], vendor_imports=("xtuner",), guard_kernels=True,
     ),
 ]
+
+# Hub remote code that more packages vendor unchanged.
+IPEX_LLM = ("ipex-llm", "2.1.0")
+FLAGAI = ("flagai", "1.8.2")
+FLAG_EMBEDDING_LAYERWISE = ("FlagEmbedding", "1.2.11")
+FLAG_EMBEDDING_GEMMA = ("FlagEmbedding", "1.3.4")
+IPEX_LLM_MODELS = "ipex_llm/transformers/gguf/models/model_implement"
+
+TINY_LLAMA_LIKE = dict(
+    vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+    max_position_embeddings=128, rms_norm_eps=1e-6, tie_word_embeddings=False, **TOKENS,
+)
+# Yuan 2.0: switches as the Hub repo's config.json has them, position/mask resets on
+# end-of-document tokens off (they re-derive positions from the token ids).
+TINY_YUAN2 = dict(
+    {**TINY_LLAMA_LIKE, "tie_word_embeddings": True}, model_type="yuan", causal_mask=True,
+    use_flash_attention=False, reset_attention_mask=False, reset_position_ids=False, use_loss_mask=False,
+    eod_token=2, sep_token=3, dropout=0.0,
+)
+TINY_MINICPM = dict(
+    {**TINY_LLAMA_LIKE, "tie_word_embeddings": True}, num_key_value_heads=2, model_type="minicpm",
+    rope_theta=10000.0, scale_emb=12, dim_model_base=32, scale_depth=1.4, start_layer=1, head_multi=True,
+    head_type="simple",
+)
+TINY_COST_WISE_GEMMA = dict(
+    vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, head_dim=16, max_position_embeddings=128, sliding_window=64,
+    query_pre_attn_scalar=16, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+    model_type="cost_wise_gemma", start_layer=1, layer_sep=1, layer_wise=False, **TOKENS,
+)
+
+REMOTE_CODE += [
+    RemoteCodeRepo(
+        "baichuan-ipex-llm", *IPEX_LLM, f"{IPEX_LLM_MODELS}/baichuan",
+        ("configuration_baichuan.py", "modeling_baichuan.py"), "4.30.2",
+        {"AutoConfig": "configuration_baichuan.BaiChuanConfig",
+         "AutoModelForCausalLM": "modeling_baichuan.BaiChuanForCausalLM"},
+        {**TINY_LLAMA_LIKE, "model_type": "baichuan"}, ["BaiChuanForCausalLM"],
+    ),
+    RemoteCodeRepo(
+        "yuan2-ipex-llm", *IPEX_LLM, f"{IPEX_LLM_MODELS}/yuan2", ("configuration_yuan.py", "yuan_hf_model.py"),
+        "4.30.2",
+        {"AutoConfig": "configuration_yuan.YuanConfig", "AutoModelForCausalLM": "yuan_hf_model.YuanForCausalLM"},
+        TINY_YUAN2, ["YuanForCausalLM"],
+    ),
+    RemoteCodeRepo(
+        "aquila2-flagai", *FLAGAI, "flagai/model/aquila2", ("configuration_aquila.py", "modeling_aquila.py", "utils.py"),
+        "4.30.2",
+        {"AutoConfig": "configuration_aquila.AquilaConfig", "AutoModelForCausalLM": "modeling_aquila.AquilaForCausalLM"},
+        {**TINY_LLAMA_LIKE, "num_key_value_heads": 2, "model_type": "aquila"}, ["AquilaForCausalLM"],
+        vendor_imports=("flagai",),
+    ),
+    RemoteCodeRepo(
+        "minicpm-layerwise-flagembedding", *FLAG_EMBEDDING_LAYERWISE,
+        "FlagEmbedding/llm_reranker/finetune_for_layerwise",
+        ("configuration_minicpm_reranker.py", "modeling_minicpm_reranker.py"), "4.36.2",
+        {"AutoConfig": "configuration_minicpm_reranker.LayerWiseMiniCPMConfig",
+         "AutoModel": "modeling_minicpm_reranker.LayerWiseMiniCPMModel",
+         "AutoModelForCausalLM": "modeling_minicpm_reranker.LayerWiseMiniCPMForCausalLM"},
+        TINY_MINICPM, ["LayerWiseMiniCPMForCausalLM"],
+    ),
+    # The same code with only its base model mapped: the MiniCPM decoder without the per-layer heads.
+    RemoteCodeRepo(
+        "minicpm-layerwise-base-flagembedding", *FLAG_EMBEDDING_LAYERWISE,
+        "FlagEmbedding/llm_reranker/finetune_for_layerwise",
+        ("configuration_minicpm_reranker.py", "modeling_minicpm_reranker.py"), "4.36.2",
+        {"AutoConfig": "configuration_minicpm_reranker.LayerWiseMiniCPMConfig",
+         "AutoModel": "modeling_minicpm_reranker.LayerWiseMiniCPMModel"},
+        TINY_MINICPM, ["LayerWiseMiniCPMModel"], head_auto="AutoModel",
+    ),
+    RemoteCodeRepo(
+        "gemma2-costwise-flagembedding", *FLAG_EMBEDDING_GEMMA, "FlagEmbedding/inference/reranker/decoder_only/models",
+        ("gemma_config.py", "gemma_model.py"), "4.44.2",
+        {"AutoConfig": "gemma_config.CostWiseGemmaConfig", "AutoModel": "gemma_model.CostWiseGemmaModel",
+         "AutoModelForCausalLM": "gemma_model.CostWiseGemmaForCausalLM"},
+        TINY_COST_WISE_GEMMA, ["CostWiseGemmaModel"], head_auto="AutoModel", guard_kernels=True,
+    ),
+]

@@ -26,6 +26,8 @@ EXPECTED_REFUSALS: dict[str, str] = {
     "remote-chatglm2-colossalai": "softmax is not a plain",
     "remote-mpt-alibi-llava": "uses _expand_mask from transformers.models.opt.modeling_opt",
     "remote-mpt-qkln-llava": "uses _expand_mask from transformers.models.opt.modeling_opt",
+    "remote-yuan2-ipex-llm": "the attention math is inside `if self.use_flash_attention:`",
+    "remote-gemma2-costwise-flagembedding": "builds `Gemma2DecoderLayer` from transformers.models.gemma2",
     # Causal language models: fused projections, ALiBi, multi-query (docs/architectures.md).
     **{
         f"falcon-{shape}{version}": "the attention math is inside `if alibi is None:`"
