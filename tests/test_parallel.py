@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from porter.analysis import analyse
 from porter.parallel import infer_plans
 from porter.report import FAIL, PASS, SKIP, Report
-from porter.verify.sharded import prove_sharded
+from porter.verify.sharded import choose_launch, launch_environment, prove_sharded
 from tests.corpus import _absolute_imports, fetch_wheel
 from tests.transforms.helpers import _apply, run_transforms
 from transforms.base import PortState
@@ -380,6 +380,37 @@ def test_team_sample_port_proves_its_plan(sample_repo, tmp_path):
     assert [c.status for c in report.checks] == [PASS] * 5, report.summary_table()
     d2 = _d(report, "D2")[0]
     assert d2.figures["single_max_abs_diff"] <= 1e-5 and d2.figures["tp_size"] == 2
+    assert (d2.figures["backend"], d2.figures["device"]) == ("gloo", "cpu") and d2.detail == "ran with gloo on cpu"
+
+
+@pytest.mark.parametrize("device, gpus, launch", [
+    ("cuda", 2, ("nccl", "cuda")),
+    ("cuda", 8, ("nccl", "cuda")),
+    ("cuda", 1, ("gloo", "cpu")),  # one GPU cannot hold two nccl ranks
+    ("cpu", 4, ("gloo", "cpu")),  # the port runs on the CPU: so does its proof
+    ("cuda", 0, ("gloo", "cpu")),
+])
+def test_sharded_run_uses_nccl_only_with_a_gpu_per_rank(device, gpus, launch):
+    chosen = choose_launch(device, gpus)
+    assert (chosen.backend, chosen.device) == launch
+    env = launch_environment(chosen, {"PATH": "/bin"})
+    # transformers picks nccl wherever CUDA is visible: the CPU run must hide the GPUs.
+    assert env.get("CUDA_VISIBLE_DEVICES") == ("" if launch[1] == "cpu" else None)
+    assert chosen.check_name.endswith("2 GPUs" if launch[0] == "nccl" else "2 CPU processes")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="the nccl run needs two CUDA devices")
+def test_sample_port_proves_its_plan_with_nccl_on_two_gpus(sample_repo, tmp_path):
+    import porter
+
+    result = porter.port(sample_repo, tmp_path / "out", verify=False)
+    plans = porter.rewrite_code(porter.load(sample_repo)).facts["parallel"]
+    report = Report(source=str(sample_repo))
+    prove_sharded(result.output, json.loads((result.output / "config.json").read_text()), plans, report, device="cuda")
+    d2 = _d(report, "D2")
+    assert [c.status for c in d2] == [PASS, PASS], report.summary_table()
+    assert d2[0].name == "sharded logits vs unsharded, 2 GPUs" and d2[0].figures["backend"] == "nccl"
 
 
 def _declared(source: str, name: str) -> dict:
