@@ -512,8 +512,17 @@ def test_composite_text_tower_plan_goes_to_its_own_config_and_pairs_stay_in_thei
 
     config = json.loads((tmp_path / "config.json").read_text())
     code = Code.read(config, {name: cst.parse_module(text) for name, text in written_files.items()})
-    assert tensor_parallel_plan(code).status == PASS
+    d1 = tensor_parallel_plan(code)
+    assert d1.status == PASS and d1.detail == "declared in TinyLegacyVLMConfig, TinyLegacyLMConfig", d1.detail
     assert pipeline_plan(code).status == PASS, pipeline_plan(code).detail
+    # Each tower's plan is judged, not only the one of the config class auto_map names.
+    tower_file = "configuration_tiny_legacy_lm.py"
+    broken = {**written_files, tower_file: written_files[tower_file].replace('"blocks.*.attn.wo"', '"blocks.*.attn.nowhere"')
+              .replace('"blocks.*.mlp.w_down": "rowwise"', '"blocks.*.mlp.w_down": "sideways"')}
+    code = Code.read(config, {name: cst.parse_module(text) for name, text in broken.items()})
+    d1 = tensor_parallel_plan(code)
+    assert d1.status == FAIL and d1.file == tower_file and d1.line, d1
+    assert "blocks.*.attn.nowhere: no module attribute nowhere" in d1.detail and "style 'sideways'" in d1.detail
 
 
 def test_a_sharded_run_that_split_nothing_fails_d2():
