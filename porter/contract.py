@@ -40,6 +40,9 @@ MASK_FUNCTIONS = {
 # Styles engines accept; every transformers 5 release registers them (importing its registry
 # would pull in torch.distributed, seconds for a check that only reads code).
 ENGINE_STYLES = {"colwise", "rowwise", "colwise_rep", "rowwise_rep", "replicate"}
+# transformers' styles for experts, judged by D4; engines that do not apply them keep those experts whole.
+EXPERT_STYLES = {"local_params", "packed_colwise", "packed_rowwise", "moe_tp_experts", "moe_identity_expert",
+                 "grouped_gemm", "ep_dispatch_experts"}
 SOFTMAX = {"softmax", ".softmax", "log_softmax"}
 Place = tuple[str | None, int | None, str]  # file, line, reason
 
@@ -455,12 +458,15 @@ def tensor_parallel_plan(code: Code) -> Check:
         for key, value in plan.items():
             style = value.evaluated_value if isinstance(value, cst.SimpleString) else value
             where = code.place(name, value, "")[:2] if name else ("config.json", None)
-            if style not in ENGINE_STYLES:
+            if style not in ENGINE_STYLES and style not in EXPERT_STYLES:  # experts' styles: judged by D4
                 failures.append((*where, f"{key}: style {style!r} is not one engines accept"))
             unknown = [part for part in key.split(".") if part != "*" and not part.isdigit() and part not in attributes]
             if unknown:
                 failures.append((*where, f"{key}: no module attribute {', '.join(unknown)}"))
-    return _result("D1", "base_model_tp_plan", failures, f"declared in {', '.join(n or 'config.json' for n in plans)}")
+    experts = sum(1 for plan in plans.values() for v in plan.values()
+                  if (v.evaluated_value if isinstance(v, cst.SimpleString) else v) in EXPERT_STYLES)
+    note = f"; {experts} entries in transformers' expert styles (D4), left whole by engines that do not apply them" if experts else ""
+    return _result("D1", "base_model_tp_plan", failures, f"declared in {', '.join(n or 'config.json' for n in plans)}{note}")
 
 
 def pipeline_plan(code: Code) -> Check:
@@ -482,22 +488,26 @@ def pipeline_plan(code: Code) -> Check:
 
 
 def experts_plan(code: Code) -> Check:
-    holders = sorted(n for n in code.analysis.classes if "experts" in code.class_attributes(n))
-    if not holders:
-        return Check("D4", "mixture-of-experts plan", SKIP, "does not apply: no experts module")
-    file, line, _ = code.place(holders[0], None, "")
-    # The experts and router come from the data flow; the plan judged is the one declared.
-    from porter.parallel import infer_plans
-    from porter.verify.sharded import experts_check
+    from porter.parallel import _packed_experts_weight, infer_plans
+    from porter.verify.sharded import experts_check, packed_experts_check
 
+    holders = sorted(n for n in code.analysis.classes if "experts" in code.class_attributes(n))
+    packed = sorted(n for n in code.analysis.classes if _packed_experts_weight(code.analysis, n))
+    if not holders and not packed:
+        return Check("D4", "mixture-of-experts plan", SKIP, "does not apply: no experts module")
+    file, line, _ = code.place((holders or packed)[0], None, "")
+    # The experts and router come from the data flow; the plan judged is the one declared.
     inferred = infer_plans(code.analysis)
     name = _config_class(code)
     declared = _dict_entries(code.class_attributes(name).get("base_model_tp_plan")) if name else None
     styles = {k: v.evaluated_value for k, v in (declared or {}).items() if isinstance(v, cst.SimpleString)}
-    if not inferred.experts or not styles:
-        why = "no base_model_tp_plan" if inferred.experts else "the experts' router and projections were not recognised"
-        return Check("D4", "mixture-of-experts plan", SKIP, f"{holders[0]} holds experts; {why}", file=file, line=line)
-    check = experts_check({**inferred.as_dict(), "tp_plan": styles})
+    found = inferred.experts or inferred.packed_experts
+    if not found or not styles:
+        why = "no base_model_tp_plan" if found else "the experts' router and projections were not recognised"
+        return Check("D4", "mixture-of-experts plan", SKIP, f"{(holders or packed)[0]} holds experts; {why}",
+                     file=file, line=line)
+    judge = experts_check if inferred.experts else packed_experts_check
+    check = judge({**inferred.as_dict(), "tp_plan": styles})
     return Check("D4", check.name, check.status, check.detail, check.figures, file=file, line=line)
 
 

@@ -99,6 +99,8 @@ def static_checks(plans: dict | None, report: Report) -> None:
     report.add(Check("D1", "tensor-parallel plan inferred from the data flow", status, detail, figures))
     if plans.get("experts"):
         report.add(experts_check(plans))
+    if plans.get("packed_experts"):
+        report.add(packed_experts_check(plans))
 
 
 # Why a list of expert modules gets no expert-parallel plan: transformers' expert styles act on
@@ -133,6 +135,28 @@ def experts_check(plans: dict) -> Check:
     return Check("D4", name, PASS, f"each expert column- then row-parallel ({len(paired)} pair(s) per expert), "
                  f"router {', '.join(routers)} replicated; proven with the whole plan by D2; " + NO_EXPERT_PARALLEL,
                  figures)
+
+
+def packed_experts_check(plans: dict) -> Check:
+    """D4 for packed experts (one 3-D weight `[experts, out, in]` per module): each pair split
+    within every expert in transformers' MoE styles, the router replicated; D2 proves the numbers."""
+    tp, packed = plans.get("tp_plan") or {}, plans["packed_experts"]
+    routers = plans.get("routers") or []
+    name = "mixture-of-experts plan (packed experts)"
+    split = {p: tp[f"{p}.{w}"] for p, w in packed.items() if tp.get(f"{p}.{w}") in SHARDING_STYLES}
+    figures = {"packed_experts": sorted(packed), "routers": routers,
+               "expert_plan": {k: v for k, v in tp.items() if any(k == p or k.startswith(f"{p}.") for p in packed)}}
+    split_routers = {r: tp[r] for r in routers if tp.get(r) in SHARDING_STYLES}
+    kept = [f"{p} ({(plans.get('replicated') or {}).get(p, 'not paired')})" for p in packed if p not in split]
+    if split_routers:
+        return Check("D4", name, FAIL, f"router split {split_routers}: ranks would route differently", figures)
+    if not split:
+        return Check("D4", name, SKIP, "no pair of packed experts is split: " + "; ".join(kept), figures)
+    if not routers:
+        return Check("D4", name, FAIL, f"packed experts {sorted(split)} split but no router found", figures)
+    detail = (f"weights split within each expert ({', '.join(f'{p}: {v}' for p, v in split.items())}), "
+              f"router {', '.join(routers)} replicated; proven with the whole plan by D2")
+    return Check("D4", name, PASS, detail + (f"; replicated: {'; '.join(kept)}" if kept else ""), figures)
 
 
 def prove_sharded(

@@ -100,7 +100,8 @@ def _module_tree(auto_cls, config):
         model = auto_cls.from_config(config, trust_remote_code=True)
     # The plan transformers applies: the config's, keyed from the base model, combined with
     # every sub-model's (a composite's towers), keyed from the whole model.
-    names = [name for name, _ in model.named_modules() if name]
+    # A key may name a parameter (packed experts' weights are sharded by their own entry).
+    names = [name for name, _ in model.named_modules() if name] + [name for name, _ in model.named_parameters()]
     tp_plan = dict(getattr(model, "_tp_plan", None) or {})
     pipeline = _pipeline_plans(model)
     projections = sorted(
