@@ -294,6 +294,80 @@ class Widen(''')
     assert plans.experts == ["blocks.*.ff.experts"] and plans.routers == ["blocks.*.ff.pick"]
 
 
+# Experts packed into one 3-D weight `[experts, out, in]` per module, each expert applied to
+# its rows (JetMoE style), a router whose output only says which rows go to which expert.
+PACKED_EXPERTS = '''class Bank(nn.Module):
+    def __init__(self, count, size_in, size_out):
+        super().__init__()
+        self.table = nn.Parameter(torch.empty(count, size_out, size_in))
+        self.count = count
+
+    def forward(self, rows, sizes):
+        pieces = rows.split(sizes, dim=0)
+        return torch.cat([torch.nn.functional.linear(pieces[i], self.table[i]) for i in range(self.count)], dim=0)
+
+
+class Widen(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.pick = nn.Linear(config.hidden_size, 4)
+        self.inward = Bank(4, config.hidden_size, 16)
+        self.outward = Bank(4, 8, config.hidden_size)
+
+    def forward(self, x):
+        flat = x.reshape(-1, x.shape[-1])
+        order = self.pick(flat).argmax(-1).argsort()
+        sizes = torch.bincount(self.pick(flat).argmax(-1), minlength=4).tolist()
+        a, b = self.inward(flat[order], sizes).chunk(2, dim=-1)
+        out = self.outward(torch.nn.functional.silu(a) * b, sizes)
+        return torch.zeros_like(flat).index_copy(0, order, out).view_as(x)
+'''
+
+
+def _packed_moe(forward_lines: str | None = None) -> str:
+    text = PACKED_EXPERTS
+    if forward_lines is not None:
+        text = text.replace("        a, b = self.inward(flat[order], sizes).chunk(2, dim=-1)\n"
+                            "        out = self.outward(torch.nn.functional.silu(a) * b, sizes)\n", forward_lines)
+    start, end = MODELING.index("class Widen("), MODELING.index("class Block(")
+    return MODELING[:start] + text + "\n\n" + MODELING[end:]
+
+
+def test_packed_experts_are_split_within_each_expert_in_transformers_moe_styles():
+    plans = _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": _packed_moe()})
+    assert plans.packed_experts == {"blocks.*.ff.inward": "table", "blocks.*.ff.outward": "table"}
+    assert plans.routers == ["blocks.*.ff.pick"] and plans.tp_plan["blocks.*.ff.pick"] == "replicate"
+    assert {k: v for k, v in plans.tp_plan.items() if ".ff.inward" in k or ".ff.outward" in k} == {
+        "blocks.*.ff.inward": "local_params", "blocks.*.ff.inward.table": "packed_colwise",  # [gate|up], chunk(2)
+        "blocks.*.ff.outward": "moe_tp_experts", "blocks.*.ff.outward.table": "rowwise",
+    }
+    from porter.verify.sharded import packed_experts_check
+
+    d4 = packed_experts_check(plans.as_dict())
+    assert d4.status == PASS and "router blocks.*.ff.pick replicated" in d4.detail, d4
+    assert packed_experts_check({**plans.as_dict(), "tp_plan": {**plans.tp_plan, "blocks.*.ff.pick": "colwise"}}).status == FAIL
+    # An output not cut in two: the producer's weight is split plainly by its output rows.
+    plain = _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": _packed_moe(
+        "        out = self.outward(torch.nn.functional.silu(self.inward(flat[order], sizes)), sizes)\n")})
+    assert plain.tp_plan["blocks.*.ff.inward.table"] == "colwise" and plain.tp_plan["blocks.*.ff.inward"] == "local_params"
+    # Cut in three: no packed style fits, so both stay whole, with the reason.
+    three = _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": _packed_moe(
+        "        a, b, c = self.inward(flat[order], sizes).chunk(3, dim=-1)\n"
+        "        out = self.outward(a * b * c, sizes)\n")})
+    assert three.tp_plan["blocks.*.ff.inward"] == three.tp_plan["blocks.*.ff.outward"] == "replicate"
+    assert "chunk(2, dim=-1)" in three.replicated["blocks.*.ff.inward"]
+    assert packed_experts_check(three.as_dict()).status == SKIP
+
+
+def test_a_three_dimensional_weight_not_applied_per_expert_is_no_packed_experts():
+    einsum = PACKED_EXPERTS.replace(
+        "return torch.cat([torch.nn.functional.linear(pieces[i], self.table[i]) for i in range(self.count)], dim=0)",
+        "return torch.einsum(\"ti,eoi->to\", rows, self.table)")
+    start, end = MODELING.index("class Widen("), MODELING.index("class Block(")
+    plans = _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": MODELING[:start] + einsum + "\n\n" + MODELING[end:]})
+    assert plans.packed_experts == {} and not any(".ff.inward" in k for k in plans.tp_plan)
+
+
 @pytest.mark.parametrize("config, uneven", [
     ({"num_attention_heads": 4, "num_key_value_heads": 1}, "num_key_value_heads"),
     ({"num_attention_heads": 6, "num_key_value_heads": 3}, "num_key_value_heads"),
