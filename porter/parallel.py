@@ -42,6 +42,8 @@ NORM_REDUCTIONS = {"mean", "var", "rsqrt", "std", "layer_norm", "rms_norm", "gro
 SPLITS = {"split", "chunk", "tensor_split", "unbind"}
 RESHAPES = {"view", "reshape", "unflatten"}
 MAX_DEPTH = 12
+ELEMENTWISE = {"clamp", "clamp_", "clip", "to", "float", "half", "bfloat16", "contiguous", "type_as", "dropout"}
+METADATA = {"dtype", "device", "shape", "ndim", "is_cuda"}  # a tensor's attributes that carry none of its values
 CONFIG_BASES = {"PretrainedConfig", "PreTrainedConfig"}
 
 if TYPE_CHECKING:  # the analysis imports the transforms package, which imports this module
@@ -358,8 +360,11 @@ class _FunctionFlow:
 
     def assign(self, target: cst.BaseExpression, value, source: cst.BaseExpression | None) -> None:
         if isinstance(target, cst.Name):
+            kept = self._raw_kept(source)
             self.env[target.value] = value
             self.raw.pop(target.value, None)
+            if kept:
+                self.raw[target.value] = kept
             self.sources.pop(target.value, None)
             if source is not None:
                 self.sources[target.value] = source
@@ -375,6 +380,17 @@ class _FunctionFlow:
             else:
                 for item in items:
                     self.assign(item.value if isinstance(item, cst.StarredElement) else item, flat(value), None)
+
+    def _raw_kept(self, source: cst.BaseExpression | None) -> str | None:
+        """The projection whose raw output `source` still holds in its layout: an elementwise
+        op on it (`qkv.clamp(...)`, `F.dropout(qkv, ...)`, `qkv.to(dtype)`) moves no feature."""
+        if not isinstance(source, cst.Call) or not isinstance(source.func, cst.Attribute):
+            return None
+        if source.func.attr.value not in ELEMENTWISE:
+            return None
+        # x.clamp(...), or torch.clamp(x, ...) / F.dropout(x, ...)
+        subjects = [source.func.value, *(source.args[0].value for _ in [0] if source.args)]
+        return next((self.raw[s.value] for s in subjects if isinstance(s, cst.Name) and s.value in self.raw), None)
 
     def _bind_layers(self, target: cst.BaseExpression, iterable: cst.BaseExpression) -> None:
         """`for layer in self.layers`, `enumerate(...)`, `zip(self.h, ...)`, `self.layers[:n]`."""
@@ -412,6 +428,9 @@ class _FunctionFlow:
         if isinstance(node, cst.Name):
             return self.env.get(node.value, EMPTY)
         if isinstance(node, cst.Attribute):
+            if node.attr.value in METADATA:  # `x.to(residual.dtype)` casts x; it takes no features from residual
+                self.expr(node.value)
+                return EMPTY
             return EMPTY if dotted(node) and dotted(node).startswith("self.") else flat(self.expr(node.value))
         if isinstance(node, cst.Call):
             return self.call(node)

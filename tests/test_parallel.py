@@ -237,6 +237,22 @@ def test_fused_layout_is_read_from_where_the_part_axis_sits(lines, layout):
         assert "cannot be read" in plans.replicated["blocks.*.attn.mix"]
 
 
+def test_elementwise_ops_keep_a_fused_layout_and_a_cast_to_anothers_dtype_carries_nothing():
+    """DBRX's shapes: `qkv = qkv.clamp(...)` before the split is still the fused output, and
+    `norm(h).to(h.dtype)` takes no features from `h` (else the attention output would feed the
+    next projection past the norm and every pair would be dropped)."""
+    clamped = _reshaped_mix("qkv = self.mix(x)\nqkv = qkv.clamp(min=-8.0, max=8.0)\nq, k, v = qkv.chunk(3, dim=-1)\n"
+                            "q, k, v = (y.view(b, t, -1, self.head_dim).transpose(1, 2) for y in (q, k, v))")
+    plans = _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": clamped})
+    assert plans.fused["blocks.*.attn.mix"] == "concatenated" and plans.tp_plan["blocks.*.attn.mix"] == "colwise_rep"
+    cast = MODELING.replace("return x + self.ff(self.norm2(x))", "return x + self.ff(self.norm2(x).to(x.dtype))")
+    assert cast != MODELING
+    assert _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": cast}).tp_plan == _plans(
+        {"configuration_fused.py": CONFIG, "modeling_fused.py": MODELING}).tp_plan
+    leaked = MODELING.replace("return x + self.ff(self.norm2(x))", "return x + self.ff(self.norm2(x) + x)")
+    assert _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": leaked}).tp_plan["blocks.*.ff.widen"] == "replicate"
+
+
 def test_experts_and_router_are_recognised():
     moe = MODELING.replace(
         '''        self.widen = nn.Linear(config.hidden_size, 4 * config.hidden_size)
