@@ -40,6 +40,9 @@ MASK_FUNCTIONS = {
 # Styles engines accept; every transformers 5 release registers them (importing its registry
 # would pull in torch.distributed, seconds for a check that only reads code).
 ENGINE_STYLES = {"colwise", "rowwise", "colwise_rep", "rowwise_rep", "replicate"}
+# transformers' styles for experts, judged by D4; engines that do not apply them keep those experts whole.
+EXPERT_STYLES = {"local_params", "packed_colwise", "packed_rowwise", "moe_tp_experts", "moe_identity_expert",
+                 "grouped_gemm", "ep_dispatch_experts"}
 SOFTMAX = {"softmax", ".softmax", "log_softmax"}
 Place = tuple[str | None, int | None, str]  # file, line, reason
 
@@ -421,14 +424,13 @@ def _all_self_attributes(code: Code) -> set[str]:
     return {name for cls in code.analysis.classes for name in code.class_attributes(cls)}
 
 
-def _plan_config(code: Code, attr: str) -> str | None:
-    """The config class holding the plan: the one `auto_map` names, else a sub-config that
-    declares it (a composite's text tower, where transformers reads the tower's plan)."""
+def _plan_configs(code: Code, attr: str) -> list[str]:
+    """Every config class that declares a non-empty plan, the one `auto_map` names first: a
+    composite's towers each carry their own (transformers reads each base model's plan from its
+    own config and prefixes it), so each is judged. Empty when none declares one."""
     top = _config_class(code)
-    if top is None or code.class_attributes(top).get(attr) is not None:
-        return top
-    declaring = sorted(n for n in code.analysis.classes if n != top and code.class_attributes(n).get(attr) is not None)
-    return declaring[0] if declaring else top
+    declaring = [n for n in code.analysis.classes if _dict_entries(code.class_attributes(n).get(attr))]
+    return sorted(declaring, key=lambda n: (n != top, n))
 
 
 def _configured_by(code: Code, config: str) -> list[str]:
@@ -439,60 +441,73 @@ def _configured_by(code: Code, config: str) -> list[str]:
     return own or sorted(code.analysis.base_models)
 
 
+def _no_plan_place(code: Code) -> tuple[str, int | None]:
+    top = _config_class(code)
+    return code.place(top, None, "")[:2] if top else ("config.json", None)
+
+
 def tensor_parallel_plan(code: Code) -> Check:
-    name = _plan_config(code, "base_model_tp_plan")
-    plan = _dict_entries(code.class_attributes(name).get("base_model_tp_plan")) if name else None
-    if plan is None:
-        plan = code.config.get("base_model_tp_plan")
-    if not plan:
-        where = code.place(name, None, "")[:2] if name else ("config.json", None)
-        return _result("D1", "base_model_tp_plan", [(*where, "no base_model_tp_plan: engines cannot shard the model")])
+    names = _plan_configs(code, "base_model_tp_plan")
+    plans = {n: _dict_entries(code.class_attributes(n)["base_model_tp_plan"]) for n in names}
+    if not plans and code.config.get("base_model_tp_plan"):
+        plans = {None: code.config["base_model_tp_plan"]}
+    if not plans:
+        return _result("D1", "base_model_tp_plan", [(*_no_plan_place(code), "no base_model_tp_plan: engines cannot shard the model")])
     failures, attributes = [], _all_self_attributes(code)
-    for key, value in plan.items():
-        style = value.evaluated_value if isinstance(value, cst.SimpleString) else value
-        if style not in ENGINE_STYLES:
-            failures.append((*code.place(name, value, "")[:2], f"{key}: style {style!r} is not one engines accept"))
-        unknown = [part for part in key.split(".") if part != "*" and not part.isdigit() and part not in attributes]
-        if unknown:
-            failures.append((*code.place(name, value, "")[:2], f"{key}: no module attribute {', '.join(unknown)}"))
-    return _result("D1", "base_model_tp_plan", failures)
+    for name, plan in plans.items():
+        for key, value in plan.items():
+            style = value.evaluated_value if isinstance(value, cst.SimpleString) else value
+            where = code.place(name, value, "")[:2] if name else ("config.json", None)
+            if style not in ENGINE_STYLES and style not in EXPERT_STYLES:  # experts' styles: judged by D4
+                failures.append((*where, f"{key}: style {style!r} is not one engines accept"))
+            unknown = [part for part in key.split(".") if part != "*" and not part.isdigit() and part not in attributes]
+            if unknown:
+                failures.append((*where, f"{key}: no module attribute {', '.join(unknown)}"))
+    experts = sum(1 for plan in plans.values() for v in plan.values()
+                  if (v.evaluated_value if isinstance(v, cst.SimpleString) else v) in EXPERT_STYLES)
+    note = f"; {experts} entries in transformers' expert styles (D4), left whole by engines that do not apply them" if experts else ""
+    return _result("D1", "base_model_tp_plan", failures, f"declared in {', '.join(n or 'config.json' for n in plans)}{note}")
 
 
 def pipeline_plan(code: Code) -> Check:
-    name = _plan_config(code, "base_model_pp_plan")
-    plan = _dict_entries(code.class_attributes(name).get("base_model_pp_plan")) if name else None
-    if not plan:
-        where = code.place(name, None, "")[:2] if name else ("config.json", None)
-        return _result("D3", "base_model_pp_plan", [(*where, "no base_model_pp_plan")])
+    names = _plan_configs(code, "base_model_pp_plan")
+    if not names:
+        return _result("D3", "base_model_pp_plan", [(*_no_plan_place(code), "no base_model_pp_plan")])
     failures = []
-    for base in _configured_by(code, name):
-        children = code.class_attributes(base)
-        layer_lists = {a for owner in code.lineage(base) for a in code.analysis.classes[owner].layer_lists}
-        unknown = [k for k in plan if k not in children]
-        if unknown:
-            failures.append(code.place(base, None, f"{base} has no child {', '.join(unknown)} named in the plan"))
-        if len(set(plan) & layer_lists) != 1:
-            failures.append(code.place(base, None, "the plan must name exactly one ModuleList of layers"))
-    return _result("D3", "base_model_pp_plan", failures)
+    for name in names:
+        plan = _dict_entries(code.class_attributes(name)["base_model_pp_plan"])
+        for base in _configured_by(code, name):
+            children = code.class_attributes(base)
+            layer_lists = {a for owner in code.lineage(base) for a in code.analysis.classes[owner].layer_lists}
+            unknown = [k for k in plan if k not in children]
+            if unknown:
+                failures.append(code.place(base, None, f"{base} has no child {', '.join(unknown)} named in the plan of {name}"))
+            if len(set(plan) & layer_lists) != 1:
+                failures.append(code.place(base, None, f"the plan of {name} must name exactly one ModuleList of layers of {base}"))
+    return _result("D3", "base_model_pp_plan", failures, f"declared in {', '.join(names)}")
 
 
 def experts_plan(code: Code) -> Check:
-    holders = sorted(n for n in code.analysis.classes if "experts" in code.class_attributes(n))
-    if not holders:
-        return Check("D4", "mixture-of-experts plan", SKIP, "does not apply: no experts module")
-    file, line, _ = code.place(holders[0], None, "")
-    # The experts and router come from the data flow; the plan judged is the one declared.
-    from porter.parallel import infer_plans
-    from porter.verify.sharded import experts_check
+    from porter.parallel import _packed_experts_weight, infer_plans
+    from porter.verify.sharded import experts_check, packed_experts_check
 
+    holders = sorted(n for n in code.analysis.classes if "experts" in code.class_attributes(n))
+    packed = sorted(n for n in code.analysis.classes if _packed_experts_weight(code.analysis, n))
+    if not holders and not packed:
+        return Check("D4", "mixture-of-experts plan", SKIP, "does not apply: no experts module")
+    file, line, _ = code.place((holders or packed)[0], None, "")
+    # The experts and router come from the data flow; the plan judged is the one declared.
     inferred = infer_plans(code.analysis)
     name = _config_class(code)
     declared = _dict_entries(code.class_attributes(name).get("base_model_tp_plan")) if name else None
     styles = {k: v.evaluated_value for k, v in (declared or {}).items() if isinstance(v, cst.SimpleString)}
-    if not inferred.experts or not styles:
-        why = "no base_model_tp_plan" if inferred.experts else "the experts' router and projections were not recognised"
-        return Check("D4", "mixture-of-experts plan", SKIP, f"{holders[0]} holds experts; {why}", file=file, line=line)
-    check = experts_check({**inferred.as_dict(), "tp_plan": styles})
+    found = inferred.experts or inferred.packed_experts
+    if not found or not styles:
+        why = "no base_model_tp_plan" if found else "the experts' router and projections were not recognised"
+        return Check("D4", "mixture-of-experts plan", SKIP, f"{(holders or packed)[0]} holds experts; {why}",
+                     file=file, line=line)
+    judge = experts_check if inferred.experts else packed_experts_check
+    check = judge({**inferred.as_dict(), "tp_plan": styles})
     return Check("D4", check.name, check.status, check.detail, check.figures, file=file, line=line)
 
 

@@ -33,11 +33,17 @@ from transforms.cst_utils import (
 
 LINEAR = "linear"
 CONV1D = "conv1d"  # transformers' Conv1D: an affine map whose weight is stored [in, out]
+# A module holding one 3-D weight `[experts, out, in]` and applying one slice per expert
+# (`F.linear(x, self.weight[i])`): every expert's projection, packed (JetMoE's ParallelExperts).
+PACKED_EXPERTS = "packed_experts"
+ROUTED = "#routed"  # marks an edge into a packed-experts call's routing arguments (expert sizes, indices)
 PROJECTION_CLASSES = {"Linear": LINEAR, "Conv1D": CONV1D}
 NORM_REDUCTIONS = {"mean", "var", "rsqrt", "std", "layer_norm", "rms_norm", "group_norm", "normalize"}
 SPLITS = {"split", "chunk", "tensor_split", "unbind"}
 RESHAPES = {"view", "reshape", "unflatten"}
 MAX_DEPTH = 12
+ELEMENTWISE = {"clamp", "clamp_", "clip", "to", "float", "half", "bfloat16", "contiguous", "type_as", "dropout"}
+METADATA = {"dtype", "device", "shape", "ndim", "is_cuda"}  # a tensor's attributes that carry none of its values
 CONFIG_BASES = {"PretrainedConfig", "PreTrainedConfig"}
 
 if TYPE_CHECKING:  # the analysis imports the transforms package, which imports this module
@@ -46,6 +52,10 @@ if TYPE_CHECKING:  # the analysis imports the transforms package, which imports 
 COLWISE, ROWWISE = "colwise", "rowwise"
 COLWISE_GATHER, ROWWISE_SPLIT = "colwise_rep", "rowwise_rep"
 REPLICATE = "replicate"
+# transformers' styles for packed experts: the weights are sharded by a plan entry on the
+# parameter, the module runs on its local shard (`local_params`), and the consumer's partial
+# outputs are summed over the ranks (`moe_tp_experts`).
+LOCAL_PARAMS, PACKED_COLWISE, MOE_TP_EXPERTS = "local_params", "packed_colwise", "moe_tp_experts"
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,7 @@ class ParallelPlans:
     conv1d: dict[str, str] = field(default_factory=dict)  # Conv1D projection path -> class that builds it
     owners: dict[str, str] = field(default_factory=dict)  # projection path -> class that builds it
     experts: list[str] = field(default_factory=list)  # paths of expert lists (mixture of experts)
+    packed_experts: dict[str, str] = field(default_factory=dict)  # packed-experts module path -> its 3-D weight
     routers: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # why a plan could not be written
@@ -149,6 +160,7 @@ class ParallelPlans:
             "fused": dict(self.fused),
             "conditional": list(self.conditional),
             "experts": list(self.experts),
+            "packed_experts": dict(self.packed_experts),
             "routers": list(self.routers),
             "notes": list(self.notes),
             "problems": list(self.problems),
@@ -248,12 +260,12 @@ class ModuleTree:
         self.norms: dict[str, set[str]] = {}
         self.modules: dict[str, list[str]] = {}  # class -> attributes holding any module, in __init__ order
         self.conditional: dict[str, set[str]] = {}
+        self.packed = {name: weight for name in analysis.classes if (weight := _packed_experts_weight(analysis, name))}
+        kinds = {**PROJECTION_CLASSES, **dict.fromkeys(self.packed, PACKED_EXPERTS)}
         for name, info in analysis.classes.items():
             calls, self.conditional[name] = _init_calls(analysis, info)
             self.projections[name] = {
-                a: (PROJECTION_CLASSES[last_part(dotted(c.func))], c)
-                for a, c in calls.items()
-                if last_part(dotted(c.func)) in PROJECTION_CLASSES
+                a: (kinds[last_part(dotted(c.func))], c) for a, c in calls.items() if last_part(dotted(c.func)) in kinds
             }
             self.norms[name] = {a for a, c in calls.items() if "Norm" in last_part(dotted(c.func))}
             self.modules[name] = [a for a, c in calls.items() if last_part(dotted(c.func))[:1].isupper()]
@@ -348,8 +360,11 @@ class _FunctionFlow:
 
     def assign(self, target: cst.BaseExpression, value, source: cst.BaseExpression | None) -> None:
         if isinstance(target, cst.Name):
+            kept = self._raw_kept(source)
             self.env[target.value] = value
             self.raw.pop(target.value, None)
+            if kept:
+                self.raw[target.value] = kept
             self.sources.pop(target.value, None)
             if source is not None:
                 self.sources[target.value] = source
@@ -365,6 +380,17 @@ class _FunctionFlow:
             else:
                 for item in items:
                     self.assign(item.value if isinstance(item, cst.StarredElement) else item, flat(value), None)
+
+    def _raw_kept(self, source: cst.BaseExpression | None) -> str | None:
+        """The projection whose raw output `source` still holds in its layout: an elementwise
+        op on it (`qkv.clamp(...)`, `F.dropout(qkv, ...)`, `qkv.to(dtype)`) moves no feature."""
+        if not isinstance(source, cst.Call) or not isinstance(source.func, cst.Attribute):
+            return None
+        if source.func.attr.value not in ELEMENTWISE:
+            return None
+        # x.clamp(...), or torch.clamp(x, ...) / F.dropout(x, ...)
+        subjects = [source.func.value, *(source.args[0].value for _ in [0] if source.args)]
+        return next((self.raw[s.value] for s in subjects if isinstance(s, cst.Name) and s.value in self.raw), None)
 
     def _bind_layers(self, target: cst.BaseExpression, iterable: cst.BaseExpression) -> None:
         """`for layer in self.layers`, `enumerate(...)`, `zip(self.h, ...)`, `self.layers[:n]`."""
@@ -402,6 +428,9 @@ class _FunctionFlow:
         if isinstance(node, cst.Name):
             return self.env.get(node.value, EMPTY)
         if isinstance(node, cst.Attribute):
+            if node.attr.value in METADATA:  # `x.to(residual.dtype)` casts x; it takes no features from residual
+                self.expr(node.value)
+                return EMPTY
             return EMPTY if dotted(node) and dotted(node).startswith("self.") else flat(self.expr(node.value))
         if isinstance(node, cst.Call):
             return self.call(node)
@@ -455,8 +484,14 @@ class _FunctionFlow:
             projections = self.tree.projections[self.cls]
             if attr in projections:
                 path = self.prefix + attr
-                for source in set().union(*map(flat, self.args(node))) if node.args else ():
+                values = self.args(node)
+                # A packed-experts module's features come in its first argument; the others
+                # (tokens per expert) say which expert gets which rows: routing, not data.
+                data = values[:1] if projections[attr][0] == PACKED_EXPERTS else values
+                for source in _union(data):
                     self.edges.add((source, path))
+                for source in _union(values[len(data):]):
+                    self.edges.add((source, path + ROUTED))
                 return frozenset({path})
             if attr in self.info.children:
                 # Either of the classes a config switch may build there.
@@ -492,6 +527,7 @@ class _FunctionFlow:
                 )
                 if fused:
                     self.inference.mark_fused(fused, "concatenated")
+                    self.inference.parts.setdefault(fused, set()).add(_chunks_of_features(node))
         if last_part(name).lstrip(".") in RESHAPES and receiver is not None:
             reshaped = self._projection_called(receiver) or (
                 self.raw.get(receiver.value) if isinstance(receiver, cst.Name) else None
@@ -656,6 +692,7 @@ class FlowInference:
         self.analysis, self.tree = analysis, tree
         self._summaries: dict[tuple[str, str, str], Flow | None] = {}
         self.fused: dict[str, str] = {}
+        self.parts: dict[str, set[int | None]] = {}  # fused path -> parts of each split (None: not `chunk(n, dim=-1)`)
 
     def mark_fused(self, path: str, layout: str) -> None:
         # The most constraining use wins: one `.split` on the raw output makes it concatenated.
@@ -698,7 +735,12 @@ def infer_plans(analysis: RepoAnalysis, styles: set[str] | None = None, conv1d_a
     inference = FlowInference(analysis, tree)
     flow = inference.summary(base, "", "forward")
     plans.towers = _towers(analysis, tree, base)
-    between = {(s, d) for s, d in (flow.edges if flow else ()) if s in projections and d in projections and s != d}
+    # What decides which rows a packed-experts module gets is routing: its source is a router
+    # and feeds no pair (the same holds for a ModuleList's experts, which sit a layer scope below).
+    routed = {(s, d[: -len(ROUTED)]) for s, d in (flow.edges if flow else ()) if d.endswith(ROUTED)}
+    routers = {s for s, d in routed if s in projections and s != d}
+    between = {(s, d) for s, d in (flow.edges if flow else ()) if s in projections and d in projections and s != d
+               and not (s in routers and projections[d].kind == PACKED_EXPERTS)}
     # A projection after the layers that reads their output (a pooler, also reached from a
     # projection made before the layers through the collected hidden states) takes a
     # full-width input: no pair.
@@ -713,10 +755,18 @@ def infer_plans(analysis: RepoAnalysis, styles: set[str] | None = None, conv1d_a
     plans.conditional = sorted(p for p, projection in projections.items() if projection.conditional)
     plans.owners = {p: projection.owner for p, projection in projections.items()}
     plans.conv1d = {p: projection.owner for p, projection in projections.items() if projection.kind == CONV1D}
-    _assign_styles(plans, projections, edges, styles, conv1d_as_linear)
+    plans.packed_experts = {p: tree.packed[_class_built(tree, projection)] for p, projection in projections.items()
+                            if projection.kind == PACKED_EXPERTS}
+    _assign_styles(plans, projections, edges, styles, conv1d_as_linear, inference.parts)
     _keep_heads_whole(plans, projections, analysis)
     _keep_per_head_weights_whole(plans, projections, analysis)
     _find_experts(plans, analysis, tree, base, flow.edges if flow else set())
+    if plans.packed_experts:
+        plans.routers += sorted(r for r in routers if r not in plans.routers)
+        plans.notes.append(
+            f"packed experts: {', '.join(plans.packed_experts)}, router {', '.join(sorted(routers)) or 'not found'}; "
+            "a pair of them is split within each expert (see D4)"
+        )
     plans.pp_plan = _pp_plan(plans, analysis, tree, base) if not plans.towers else {}
     for tower in plans.towers:
         plans.tower_pp_plans[tower.config_class] = _pp_plan(plans, analysis, tree, tower.base)
@@ -818,7 +868,8 @@ def _projections(analysis: RepoAnalysis, tree: ModuleTree, base: str) -> dict[st
     return found
 
 
-def _assign_styles(plans: ParallelPlans, projections: dict[str, Projection], edges, styles, conv1d_as_linear) -> None:
+def _assign_styles(plans: ParallelPlans, projections: dict[str, Projection], edges, styles, conv1d_as_linear,
+                   parts: dict[str, set[int | None]] | None = None) -> None:
     feeds: dict[str, set[str]] = {p: set() for p in projections}
     fed_by: dict[str, set[str]] = {p: set() for p in projections}
     for source, consumer in edges:
@@ -842,6 +893,11 @@ def _assign_styles(plans: ParallelPlans, projections: dict[str, Projection], edg
                    "whether its parts are concatenated or per-head interleaved cannot be read")
         elif not conv1d_as_linear and any(projections[p].kind == CONV1D for p in [*group, consumer]):
             why = "Conv1D stores its weight as [in, out]; transformers' colwise/rowwise split nn.Linear's [out, in]"
+        elif any(projections[p].kind == PACKED_EXPERTS for p in [*group, consumer]):
+            why = _packed_experts_pair(plans, projections, group, consumer, styles, parts or {})
+            if why is None:
+                paired |= {*group, consumer}
+                continue
         if why:
             for path in [*group, consumer]:
                 plans.replicated.setdefault(path, why)
@@ -867,8 +923,81 @@ def _assign_styles(plans: ParallelPlans, projections: dict[str, Projection], edg
     unknown = sorted(set(plans.tp_plan.values()) - styles) if styles is not None else []
     if unknown:
         plans.problems.append(f"styles {unknown} are not registered by the installed transformers")
-    order = list(projections)  # module-tree order reads best in the config
-    plans.tp_plan = dict(sorted(plans.tp_plan.items(), key=lambda item: order.index(item[0])))
+    order = list(projections)  # module-tree order reads best in the config; a weight's entry follows its module's
+    plans.tp_plan = dict(sorted(plans.tp_plan.items(), key=lambda item: (
+        order.index(item[0]) if item[0] in order else order.index(item[0].rsplit(".", 1)[0]), item[0] not in order)))
+
+
+def _packed_experts_pair(plans: ParallelPlans, projections: dict[str, Projection], group: list[str], consumer: str,
+                         styles: set[str] | None, parts: dict[str, set[int | None]]) -> str | None:
+    """Split a pair of packed-experts modules within each expert, in transformers' MoE styles:
+    the producer's weight `[experts, out, in]` by its output rows (`packed_colwise` when the
+    forward cuts the output into `[gate|up]` with `chunk(2, dim=-1)`, as that style's two
+    parts; `colwise` when it is not cut), the consumer's by its input columns (`rowwise`); the
+    producer runs on its shard (`local_params`), the consumer's partial outputs are summed
+    (`moe_tp_experts`). The reason it stays replicated, else."""
+    if not all(projections[p].kind == PACKED_EXPERTS for p in [*group, consumer]):
+        return "packed experts pair only with packed experts (a plain projection beside them splits other features)"
+    if len(group) != 1:
+        return f"{', '.join(group)} all feed {consumer}"
+    producer = group[0]
+    cuts = parts.get(producer, set())
+    if plans.fused.get(producer) == "concatenated" and cuts != {2}:
+        return f"{producer}: output cut other than into two halves with chunk(2, dim=-1): no packed style fits"
+    weight_style = PACKED_COLWISE if cuts == {2} else COLWISE
+    wanted = {LOCAL_PARAMS, MOE_TP_EXPERTS, weight_style, ROWWISE}
+    if styles is not None and not wanted <= styles:
+        return f"the installed transformers does not register {sorted(wanted - styles)}"
+    plans.tp_plan[producer] = LOCAL_PARAMS
+    plans.tp_plan[f"{producer}.{plans.packed_experts[producer]}"] = weight_style
+    plans.tp_plan[consumer] = MOE_TP_EXPERTS
+    plans.tp_plan[f"{consumer}.{plans.packed_experts[consumer]}"] = ROWWISE
+    plans.pairs.append((group, consumer))
+    return None
+
+
+def _class_built(tree: ModuleTree, projection: Projection) -> str:
+    attr = projection.path.rsplit(".", 1)[-1]
+    return last_part(dotted(tree.projections[projection.owner][attr][1].func))
+
+
+def _packed_experts_weight(analysis: RepoAnalysis, cls: str) -> str | None:
+    """The weight of a packed-experts module: its only parameter, built 3-D (`[experts, out,
+    in]`, three positional sizes), of which the forward applies one slice per expert with
+    `F.linear(x, self.weight[i])`. None for any other class."""
+    info = analysis.classes[cls]
+    init, forward = _method(analysis, cls, "__init__"), _method(analysis, cls, "forward")
+    if info.children or info.layer_lists or init is None or forward is None:
+        return None
+    built = {}
+    for node in walk(init):
+        if isinstance(node, cst.Assign) and isinstance(node.value, cst.Call) and is_self_attr(node.targets[0].target) \
+                and last_part(call_name(node.value)) == "Parameter":
+            built[node.targets[0].target.attr.value] = node.value
+    if len(built) != 1:
+        return None
+    [(name, call)] = built.items()
+    shape = call.args[0].value if call.args else None
+    if not isinstance(shape, cst.Call) or sum(1 for a in shape.args if a.keyword is None and a.star == "") != 3:
+        return None
+    for node in walk(forward):
+        if isinstance(node, cst.Call) and last_part(call_name(node)) == "linear" and len(node.args) >= 2:
+            weight = node.args[1].value
+            if isinstance(weight, cst.Subscript) and is_self_attr(weight.value, name):
+                return name
+    return None
+
+
+def _chunks_of_features(call: cst.Call) -> int | None:
+    """n for `x.chunk(n, dim=-1)` (or `torch.chunk(x, n, -1)`): n equal parts of the features."""
+    if last_part(call_name(call)).lstrip(".") != "chunk":
+        return None
+    positional = [a.value for a in call.args if a.keyword is None]
+    if dotted(call.func) == "torch.chunk":
+        positional = positional[1:]
+    dim = next((a.value for a in call.args if a.keyword is not None and a.keyword.value == "dim"), None)
+    dim = dim if dim is not None else (positional[1] if len(positional) > 1 else None)
+    return _integer(positional[0]) if positional and dim is not None and _integer(dim) == -1 else None
 
 
 def _keep_heads_whole(plans: ParallelPlans, projections: dict[str, Projection], analysis: RepoAnalysis) -> None:

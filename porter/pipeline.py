@@ -173,7 +173,8 @@ def run_port(src: Path | str, options: PortOptions, progress: Progress = lambda 
             )
             if options.sharded_proof:
                 plans = result.facts.get("parallel")
-                prove_sharded(staging, repo.config, plans, report, options.timeout, progress=progress)
+                prove_sharded(staging, repo.config, plans, report, options.timeout, progress=progress,
+                              device=report.device)
         elif options.verify:
             report.add(Check("F2", "equivalence with the legacy model", SKIP, "no weights to run"))
         else:

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from porter.analysis import analyse
 from porter.parallel import infer_plans
 from porter.report import FAIL, PASS, SKIP, Report
-from porter.verify.sharded import prove_sharded
+from porter.verify.sharded import choose_launch, launch_environment, prove_sharded
 from tests.corpus import _absolute_imports, fetch_wheel
 from tests.transforms.helpers import _apply, run_transforms
 from transforms.base import PortState
@@ -237,6 +237,22 @@ def test_fused_layout_is_read_from_where_the_part_axis_sits(lines, layout):
         assert "cannot be read" in plans.replicated["blocks.*.attn.mix"]
 
 
+def test_elementwise_ops_keep_a_fused_layout_and_a_cast_to_anothers_dtype_carries_nothing():
+    """DBRX's shapes: `qkv = qkv.clamp(...)` before the split is still the fused output, and
+    `norm(h).to(h.dtype)` takes no features from `h` (else the attention output would feed the
+    next projection past the norm and every pair would be dropped)."""
+    clamped = _reshaped_mix("qkv = self.mix(x)\nqkv = qkv.clamp(min=-8.0, max=8.0)\nq, k, v = qkv.chunk(3, dim=-1)\n"
+                            "q, k, v = (y.view(b, t, -1, self.head_dim).transpose(1, 2) for y in (q, k, v))")
+    plans = _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": clamped})
+    assert plans.fused["blocks.*.attn.mix"] == "concatenated" and plans.tp_plan["blocks.*.attn.mix"] == "colwise_rep"
+    cast = MODELING.replace("return x + self.ff(self.norm2(x))", "return x + self.ff(self.norm2(x).to(x.dtype))")
+    assert cast != MODELING
+    assert _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": cast}).tp_plan == _plans(
+        {"configuration_fused.py": CONFIG, "modeling_fused.py": MODELING}).tp_plan
+    leaked = MODELING.replace("return x + self.ff(self.norm2(x))", "return x + self.ff(self.norm2(x) + x)")
+    assert _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": leaked}).tp_plan["blocks.*.ff.widen"] == "replicate"
+
+
 def test_experts_and_router_are_recognised():
     moe = MODELING.replace(
         '''        self.widen = nn.Linear(config.hidden_size, 4 * config.hidden_size)
@@ -292,6 +308,80 @@ class Widen(''')
     assert "self.pick(x).argmax" in hard
     plans = _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": hard})
     assert plans.experts == ["blocks.*.ff.experts"] and plans.routers == ["blocks.*.ff.pick"]
+
+
+# Experts packed into one 3-D weight `[experts, out, in]` per module, each expert applied to
+# its rows (JetMoE style), a router whose output only says which rows go to which expert.
+PACKED_EXPERTS = '''class Bank(nn.Module):
+    def __init__(self, count, size_in, size_out):
+        super().__init__()
+        self.table = nn.Parameter(torch.empty(count, size_out, size_in))
+        self.count = count
+
+    def forward(self, rows, sizes):
+        pieces = rows.split(sizes, dim=0)
+        return torch.cat([torch.nn.functional.linear(pieces[i], self.table[i]) for i in range(self.count)], dim=0)
+
+
+class Widen(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.pick = nn.Linear(config.hidden_size, 4)
+        self.inward = Bank(4, config.hidden_size, 16)
+        self.outward = Bank(4, 8, config.hidden_size)
+
+    def forward(self, x):
+        flat = x.reshape(-1, x.shape[-1])
+        order = self.pick(flat).argmax(-1).argsort()
+        sizes = torch.bincount(self.pick(flat).argmax(-1), minlength=4).tolist()
+        a, b = self.inward(flat[order], sizes).chunk(2, dim=-1)
+        out = self.outward(torch.nn.functional.silu(a) * b, sizes)
+        return torch.zeros_like(flat).index_copy(0, order, out).view_as(x)
+'''
+
+
+def _packed_moe(forward_lines: str | None = None) -> str:
+    text = PACKED_EXPERTS
+    if forward_lines is not None:
+        text = text.replace("        a, b = self.inward(flat[order], sizes).chunk(2, dim=-1)\n"
+                            "        out = self.outward(torch.nn.functional.silu(a) * b, sizes)\n", forward_lines)
+    start, end = MODELING.index("class Widen("), MODELING.index("class Block(")
+    return MODELING[:start] + text + "\n\n" + MODELING[end:]
+
+
+def test_packed_experts_are_split_within_each_expert_in_transformers_moe_styles():
+    plans = _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": _packed_moe()})
+    assert plans.packed_experts == {"blocks.*.ff.inward": "table", "blocks.*.ff.outward": "table"}
+    assert plans.routers == ["blocks.*.ff.pick"] and plans.tp_plan["blocks.*.ff.pick"] == "replicate"
+    assert {k: v for k, v in plans.tp_plan.items() if ".ff.inward" in k or ".ff.outward" in k} == {
+        "blocks.*.ff.inward": "local_params", "blocks.*.ff.inward.table": "packed_colwise",  # [gate|up], chunk(2)
+        "blocks.*.ff.outward": "moe_tp_experts", "blocks.*.ff.outward.table": "rowwise",
+    }
+    from porter.verify.sharded import packed_experts_check
+
+    d4 = packed_experts_check(plans.as_dict())
+    assert d4.status == PASS and "router blocks.*.ff.pick replicated" in d4.detail, d4
+    assert packed_experts_check({**plans.as_dict(), "tp_plan": {**plans.tp_plan, "blocks.*.ff.pick": "colwise"}}).status == FAIL
+    # An output not cut in two: the producer's weight is split plainly by its output rows.
+    plain = _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": _packed_moe(
+        "        out = self.outward(torch.nn.functional.silu(self.inward(flat[order], sizes)), sizes)\n")})
+    assert plain.tp_plan["blocks.*.ff.inward.table"] == "colwise" and plain.tp_plan["blocks.*.ff.inward"] == "local_params"
+    # Cut in three: no packed style fits, so both stay whole, with the reason.
+    three = _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": _packed_moe(
+        "        a, b, c = self.inward(flat[order], sizes).chunk(3, dim=-1)\n"
+        "        out = self.outward(a * b * c, sizes)\n")})
+    assert three.tp_plan["blocks.*.ff.inward"] == three.tp_plan["blocks.*.ff.outward"] == "replicate"
+    assert "chunk(2, dim=-1)" in three.replicated["blocks.*.ff.inward"]
+    assert packed_experts_check(three.as_dict()).status == SKIP
+
+
+def test_a_three_dimensional_weight_not_applied_per_expert_is_no_packed_experts():
+    einsum = PACKED_EXPERTS.replace(
+        "return torch.cat([torch.nn.functional.linear(pieces[i], self.table[i]) for i in range(self.count)], dim=0)",
+        "return torch.einsum(\"ti,eoi->to\", rows, self.table)")
+    start, end = MODELING.index("class Widen("), MODELING.index("class Block(")
+    plans = _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": MODELING[:start] + einsum + "\n\n" + MODELING[end:]})
+    assert plans.packed_experts == {} and not any(".ff.inward" in k for k in plans.tp_plan)
 
 
 @pytest.mark.parametrize("config, uneven", [
@@ -380,6 +470,37 @@ def test_team_sample_port_proves_its_plan(sample_repo, tmp_path):
     assert [c.status for c in report.checks] == [PASS] * 5, report.summary_table()
     d2 = _d(report, "D2")[0]
     assert d2.figures["single_max_abs_diff"] <= 1e-5 and d2.figures["tp_size"] == 2
+    assert (d2.figures["backend"], d2.figures["device"]) == ("gloo", "cpu") and d2.detail == "ran with gloo on cpu"
+
+
+@pytest.mark.parametrize("device, gpus, launch", [
+    ("cuda", 2, ("nccl", "cuda")),
+    ("cuda", 8, ("nccl", "cuda")),
+    ("cuda", 1, ("gloo", "cpu")),  # one GPU cannot hold two nccl ranks
+    ("cpu", 4, ("gloo", "cpu")),  # the port runs on the CPU: so does its proof
+    ("cuda", 0, ("gloo", "cpu")),
+])
+def test_sharded_run_uses_nccl_only_with_a_gpu_per_rank(device, gpus, launch):
+    chosen = choose_launch(device, gpus)
+    assert (chosen.backend, chosen.device) == launch
+    env = launch_environment(chosen, {"PATH": "/bin"})
+    # transformers picks nccl wherever CUDA is visible: the CPU run must hide the GPUs.
+    assert env.get("CUDA_VISIBLE_DEVICES") == ("" if launch[1] == "cpu" else None)
+    assert chosen.check_name.endswith("2 GPUs" if launch[0] == "nccl" else "2 CPU processes")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="the nccl run needs two CUDA devices")
+def test_sample_port_proves_its_plan_with_nccl_on_two_gpus(sample_repo, tmp_path):
+    import porter
+
+    result = porter.port(sample_repo, tmp_path / "out", verify=False)
+    plans = porter.rewrite_code(porter.load(sample_repo)).facts["parallel"]
+    report = Report(source=str(sample_repo))
+    prove_sharded(result.output, json.loads((result.output / "config.json").read_text()), plans, report, device="cuda")
+    d2 = _d(report, "D2")
+    assert [c.status for c in d2] == [PASS, PASS], report.summary_table()
+    assert d2[0].name == "sharded logits vs unsharded, 2 GPUs" and d2[0].figures["backend"] == "nccl"
 
 
 def _declared(source: str, name: str) -> dict:
@@ -481,8 +602,17 @@ def test_composite_text_tower_plan_goes_to_its_own_config_and_pairs_stay_in_thei
 
     config = json.loads((tmp_path / "config.json").read_text())
     code = Code.read(config, {name: cst.parse_module(text) for name, text in written_files.items()})
-    assert tensor_parallel_plan(code).status == PASS
+    d1 = tensor_parallel_plan(code)
+    assert d1.status == PASS and d1.detail == "declared in TinyLegacyVLMConfig, TinyLegacyLMConfig", d1.detail
     assert pipeline_plan(code).status == PASS, pipeline_plan(code).detail
+    # Each tower's plan is judged, not only the one of the config class auto_map names.
+    tower_file = "configuration_tiny_legacy_lm.py"
+    broken = {**written_files, tower_file: written_files[tower_file].replace('"blocks.*.attn.wo"', '"blocks.*.attn.nowhere"')
+              .replace('"blocks.*.mlp.w_down": "rowwise"', '"blocks.*.mlp.w_down": "sideways"')}
+    code = Code.read(config, {name: cst.parse_module(text) for name, text in broken.items()})
+    d1 = tensor_parallel_plan(code)
+    assert d1.status == FAIL and d1.file == tower_file and d1.line, d1
+    assert "blocks.*.attn.nowhere: no module attribute nowhere" in d1.detail and "style 'sideways'" in d1.detail
 
 
 def test_a_sharded_run_that_split_nothing_fails_d2():

@@ -86,6 +86,8 @@ class SplitFusedProjections(Transform):
         wanted: dict[str, set[str]] = {}  # owner class in this file -> fused attributes
         for path, layout in plans.fused.items():
             owner = plans.owners.get(path)
+            if path in plans.packed_experts:  # its [gate|up] is sharded in place by packed_colwise
+                continue
             if layout == "concatenated" and owner in analysis.classes and analysis.classes[owner].file == self.filename:
                 wanted.setdefault(owner, set()).add(path.rsplit(".", 1)[-1])
         if not wanted:

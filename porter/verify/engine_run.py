@@ -34,19 +34,29 @@ def _base_model(repo, auto_map, kernel, dtype, device):
     return _load(repo, head, kernel, dtype, device).base_model, f"{head}.base_model"
 
 
-def gpu_kernels():
-    """Attention kernels to try on a GPU: sdpa, and each flash and flex kernel that transformers
-    finds installed and usable here (its own availability checks, which also need CUDA for flash)."""
+GPU_KERNELS = ("flash_attention_2", "flash_attention_3", "flex_attention")  # besides sdpa, in this order
+
+
+def installed_kernels():
+    """The kernels of GPU_KERNELS that transformers finds installed and usable here (its own
+    availability checks, which also need CUDA for flash)."""
     from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available, is_torch_flex_attn_available
 
-    kernels = ["sdpa"]
-    if is_flash_attn_2_available():
-        kernels.append("flash_attention_2")
-    if is_flash_attn_3_available():
-        kernels.append("flash_attention_3")
-    if is_torch_flex_attn_available():
-        kernels.append("flex_attention")
-    return kernels
+    checks = (is_flash_attn_2_available, is_flash_attn_3_available, is_torch_flex_attn_available)
+    return [kernel for kernel, available in zip(GPU_KERNELS, checks, strict=True) if available()]
+
+
+def gpu_kernels(installed=None):
+    """Attention kernels to try on a GPU: sdpa, and each kernel of `installed` (default: what
+    `installed_kernels` finds) that the engines' Transformers backends use."""
+    installed = installed_kernels() if installed is None else installed
+    return ["sdpa", *(kernel for kernel in GPU_KERNELS if kernel in installed)]
+
+
+def gpu_variants(kernels):
+    """(kernel, continuous-batching kernels) per bfloat16 GPU run: continuous batching takes
+    sdpa, paged|eager and the flash kernels (not flex), so a flash run also batches on its own."""
+    return [(kernel, batching.BATCHING_KERNELS + ((kernel,) if kernel.startswith("flash") else ())) for kernel in kernels]
 
 
 def _declined(exc):
@@ -94,7 +104,6 @@ def run(spec):
         eager_kernels = tuple(k for k in batching.BATCHING_KERNELS if k != "sdpa")
         variants = [variants[0], _variant(spec, auto_map, vocab, "eager", torch.float32, "cpu", generative, eager_kernels)]
     if spec.get("device") == "cuda" and torch.cuda.is_available():
-        for kernel in gpu_kernels():
-            kernels = batching.BATCHING_KERNELS + ((kernel,) if kernel.startswith("flash") else ())
+        for kernel, kernels in gpu_variants(gpu_kernels()):
             variants.append(_variant(spec, auto_map, vocab, kernel, torch.bfloat16, "cuda", generative, kernels))
     return variants

@@ -1,8 +1,9 @@
 """Prove the parallel plans on the ported repo (CONTRACT D1-D4).
 
 The plans were inferred from the code (porter.parallel) and written into the config class.
-Here the ported model is run by transformers' own tensor-parallel loading over two CPU
-processes (`torchrun`, gloo) and compared with the unsharded model: a wrong plan does not
+Here the ported model is run by transformers' own tensor-parallel loading over two
+processes (`torchrun`: gloo on the CPU, or nccl with one GPU per process where the port runs on
+CUDA and two GPUs are visible) and compared with the unsharded model: a wrong plan does not
 crash, it computes something else, and only this comparison shows it. The child also builds
 the module tree from the config on the meta device, so the plan's keys are checked against
 what the model really holds.
@@ -15,6 +16,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,6 +34,37 @@ TP_SIZE = 2
 TOLERANCE = 1e-5
 SHARDING_STYLES = {"colwise", "rowwise", "colwise_rep", "rowwise_rep", "colwise_gather_output", "rowwise_split_input",
                    "packed_colwise", "packed_rowwise", "moe_tp_experts"}
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How the sharded run is started: the process group's backend and where each rank runs."""
+
+    backend: str  # "gloo" or "nccl"
+    device: str  # "cpu" or "cuda" (one GPU per rank)
+
+    @property
+    def check_name(self) -> str:
+        where = "GPUs" if self.device == "cuda" else "CPU processes"
+        return f"sharded logits vs unsharded, {TP_SIZE} {where}"
+
+
+def choose_launch(device: str, cuda_devices: int) -> Launch:
+    """nccl with one GPU per rank when the port runs on CUDA (`device` as resolved: `cuda`) and
+    enough GPUs are visible; else gloo on the CPU, which every machine has."""
+    if device == "cuda" and cuda_devices >= TP_SIZE:
+        return Launch("nccl", "cuda")
+    return Launch("gloo", "cpu")
+
+
+def launch_environment(launch: Launch, env: dict[str, str]) -> dict[str, str]:
+    """The child's environment for `launch`. transformers picks the backend from the machine's
+    accelerator (nccl wherever CUDA is visible), so the CPU run hides the GPUs: on a machine with
+    one GPU, both ranks would otherwise try to bind it."""
+    env = {**env, "OMP_NUM_THREADS": "1"}
+    if launch.device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
 
 
 def head_counts(config: dict) -> dict[str, int]:
@@ -66,6 +99,8 @@ def static_checks(plans: dict | None, report: Report) -> None:
     report.add(Check("D1", "tensor-parallel plan inferred from the data flow", status, detail, figures))
     if plans.get("experts"):
         report.add(experts_check(plans))
+    if plans.get("packed_experts"):
+        report.add(packed_experts_check(plans))
 
 
 # Why a list of expert modules gets no expert-parallel plan: transformers' expert styles act on
@@ -102,6 +137,28 @@ def experts_check(plans: dict) -> Check:
                  figures)
 
 
+def packed_experts_check(plans: dict) -> Check:
+    """D4 for packed experts (one 3-D weight `[experts, out, in]` per module): each pair split
+    within every expert in transformers' MoE styles, the router replicated; D2 proves the numbers."""
+    tp, packed = plans.get("tp_plan") or {}, plans["packed_experts"]
+    routers = plans.get("routers") or []
+    name = "mixture-of-experts plan (packed experts)"
+    split = {p: tp[f"{p}.{w}"] for p, w in packed.items() if tp.get(f"{p}.{w}") in SHARDING_STYLES}
+    figures = {"packed_experts": sorted(packed), "routers": routers,
+               "expert_plan": {k: v for k, v in tp.items() if any(k == p or k.startswith(f"{p}.") for p in packed)}}
+    split_routers = {r: tp[r] for r in routers if tp.get(r) in SHARDING_STYLES}
+    kept = [f"{p} ({(plans.get('replicated') or {}).get(p, 'not paired')})" for p in packed if p not in split]
+    if split_routers:
+        return Check("D4", name, FAIL, f"router split {split_routers}: ranks would route differently", figures)
+    if not split:
+        return Check("D4", name, SKIP, "no pair of packed experts is split: " + "; ".join(kept), figures)
+    if not routers:
+        return Check("D4", name, FAIL, f"packed experts {sorted(split)} split but no router found", figures)
+    detail = (f"weights split within each expert ({', '.join(f'{p}: {v}' for p, v in split.items())}), "
+              f"router {', '.join(routers)} replicated; proven with the whole plan by D2")
+    return Check("D4", name, PASS, detail + (f"; replicated: {'; '.join(kept)}" if kept else ""), figures)
+
+
 def prove_sharded(
     ported_repo: Path,
     config: dict,
@@ -110,30 +167,32 @@ def prove_sharded(
     timeout: float = 900.0,
     max_new_tokens: int = 8,
     progress=lambda message: None,
+    device: str = "cpu",
 ) -> None:
     """Add the D1-D4 checks, with figures, for the ported repo at `ported_repo`; `plans` is
-    what inference found (`porter.parallel.ParallelPlans.as_dict()`)."""
+    what inference found (`porter.parallel.ParallelPlans.as_dict()`); `device` is the port's
+    resolved device (`cpu` or `cuda`), which with two visible GPUs makes the run nccl's."""
     static_checks(plans, report)
+    launch = choose_launch(device, torch.cuda.device_count() if device == "cuda" else 0)
     declared = (plans or {}).get("tp_plan") or {}
     if declared and not set(declared.values()) & SHARDING_STYLES:
-        report.add(Check("D2", "sharded logits vs unsharded, 2 CPU processes", SKIP,
-                         "the plan splits no projection (every one replicated, see D1)"))
+        report.add(Check("D2", launch.check_name, SKIP, "the plan splits no projection (every one replicated, see D1)"))
         return
     uneven = {k: v for k, v in head_counts(config).items() if v % TP_SIZE}
     if uneven:
-        report.add(Check("D2", "sharded logits vs unsharded, 2 CPU processes", SKIP,
+        report.add(Check("D2", launch.check_name, SKIP,
                          f"head counts {uneven} do not divide by the tensor-parallel size {TP_SIZE}: the plan holds "
                          "only for sizes that divide every head count"))
         return
     work = Path(tempfile.mkdtemp(prefix="port-model-sharded-"))
     try:
-        progress(f"running the ported model sharded over {TP_SIZE} processes (torchrun, gloo)")
-        _prove_in(work, ported_repo, config, plans, report, timeout, max_new_tokens)
+        progress(f"running the ported model sharded over {TP_SIZE} processes (torchrun, {launch.backend})")
+        _prove_in(work, ported_repo, config, plans, report, timeout, max_new_tokens, launch)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _prove_in(work, ported_repo, config, plans, report, timeout, max_new_tokens) -> None:
+def _prove_in(work, ported_repo, config, plans, report, timeout, max_new_tokens, launch=Launch("gloo", "cpu")) -> None:
     # A vision-language model also runs on images, so every tower's sharding is exercised; its
     # processor says how many placeholders one image takes, as for the verification's runs.
     placeholders = 1
@@ -152,12 +211,13 @@ def _prove_in(work, ported_repo, config, plans, report, timeout, max_new_tokens)
         "generate": "AutoModelForCausalLM" in (config.get("auto_map") or {}),
         "max_new_tokens": max_new_tokens,
         "pad_token_id": pad_id(config),
+        "device": launch.device,
     }
     (work / "spec.json").write_text(json.dumps(spec))
-    env = {**child_environment(work / "hf_home"), "OMP_NUM_THREADS": "1"}
+    env = launch_environment(launch, child_environment(work / "hf_home"))
     command = [current_python(), "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={TP_SIZE}",
                str(RUNNER), str(work / "spec.json")]
-    name = "sharded logits vs unsharded, 2 CPU processes"
+    name = launch.check_name
     try:
         with open(work / "child.log", "w") as log:
             subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout, cwd=work,
@@ -224,6 +284,8 @@ def _compare(report: Report, outputs: dict, inputs: dict, result: dict, name: st
         "padded_batch_max_abs_diff": _max_diff(outputs["full.batch.output"], outputs["sharded.batch.output"], mask),
         "tolerance": TOLERANCE,
         "tp_size": result.get("tp_size"),
+        "backend": result.get("backend"),
+        "device": result.get("device"),
     }
     if "full.image.output" in outputs:
         figures["image_max_abs_diff"] = _max_diff(outputs["full.image.output"], outputs["sharded.image.output"])
@@ -240,7 +302,8 @@ def _compare(report: Report, outputs: dict, inputs: dict, result: dict, name: st
         report.add(Check("D2", name, FAIL, "no parameter was sharded: the plan's keys match no module of the loaded "
                          "model (see D1), so every rank ran the whole model", figures))
         return
-    report.add(Check("D2", name, PASS if worst <= TOLERANCE else FAIL, "", figures))
+    ran = f"ran with {figures['backend']} on {figures['device']}" if figures["backend"] else ""
+    report.add(Check("D2", name, PASS if worst <= TOLERANCE else FAIL, ran, figures))
     if "full.single.generated" in outputs:
         same = torch.equal(outputs["full.single.generated"], outputs["sharded.single.generated"])
         report.add(Check("D2", "sharded greedy tokens vs unsharded", PASS if same else FAIL, "",

@@ -1,7 +1,8 @@
 """Run a ported repo sharded with transformers' own tensor-parallel loading (CONTRACT D1-D3).
 
-Executed by path under `torchrun` (one process per rank, gloo on CPU) with the current
-transformers, so it imports nothing from port-model. Usage:
+Executed by path under `torchrun` (one process per rank: gloo on the CPU, or, with the spec's
+`device` `cuda`, nccl with one GPU per rank; transformers picks the backend from the visible
+accelerator) with the current transformers, so it imports nothing from port-model. Usage:
 `python -m torch.distributed.run --standalone --nproc_per_node 2 sharded_runner.py SPEC.json`.
 
 Every rank loads the model twice, unsharded and with `tp_plan="auto"`, and runs the same
@@ -28,7 +29,16 @@ def _auto_class(spec, config):
     raise LookupError(f"config.json's auto_map maps {sorted(auto_map) or 'nothing'}: no AutoModelForCausalLM or AutoModel")
 
 
-def _load(auto_cls, repo, sharded):
+def _device(spec):
+    """This rank's device: its own GPU (`LOCAL_RANK`) for an nccl run, else the CPU."""
+    import torch
+
+    if spec.get("device") == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def _load(auto_cls, repo, sharded, device):
     import torch
 
     kwargs = {"trust_remote_code": True, "dtype": torch.float32, "attn_implementation": "eager"}
@@ -39,20 +49,22 @@ def _load(auto_cls, repo, sharded):
             kwargs["distributed_config"] = DistributedConfig(tp_plan="auto")
         except ImportError:  # releases before DistributedConfig take the plan directly
             kwargs["tp_plan"] = "auto"
-    return auto_cls.from_pretrained(repo, **kwargs).eval()
+        return auto_cls.from_pretrained(repo, **kwargs).eval()  # transformers places each rank's shard
+    return auto_cls.from_pretrained(repo, **kwargs).to(device).eval()
 
 
 def _local(tensor):
-    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+    return (tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor).cpu()
 
 
 def _local_shard(tensor):
     return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
-def _run(model, inputs, spec, tag, tensors):
+def _run(model, inputs, spec, tag, tensors, device):
     import torch
 
+    inputs = {name: tensor.to(device) for name, tensor in inputs.items()}
     prefixes = ("single", "batch", "image") if "image.pixel_values" in inputs else ("single", "batch")
     for prefix in prefixes:  # "image": text with images, through every tower of a composite
         kwargs = {"input_ids": inputs[f"{prefix}.input_ids"], "use_cache": False, "return_dict": True}
@@ -88,7 +100,8 @@ def _module_tree(auto_cls, config):
         model = auto_cls.from_config(config, trust_remote_code=True)
     # The plan transformers applies: the config's, keyed from the base model, combined with
     # every sub-model's (a composite's towers), keyed from the whole model.
-    names = [name for name, _ in model.named_modules() if name]
+    # A key may name a parameter (packed experts' weights are sharded by their own entry).
+    names = [name for name, _ in model.named_modules() if name] + [name for name, _ in model.named_parameters()]
     tp_plan = dict(getattr(model, "_tp_plan", None) or {})
     pipeline = _pipeline_plans(model)
     projections = sorted(
@@ -135,25 +148,29 @@ def main(spec_path):
         from safetensors.torch import load_file, save_file
 
         torch.manual_seed(0)
+        torch.backends.cuda.matmul.allow_tf32 = False  # float32 on a GPU as on the CPU: 1e-5 is the bound
+        device = _device(spec)
         result["transformers_version"] = transformers.__version__
         inputs = load_file(spec["inputs"])
         config = transformers.AutoConfig.from_pretrained(spec["repo"], trust_remote_code=True)
         auto_cls = _auto_class(spec, config)
         if rank == 0:
             result["tree"] = _module_tree(auto_cls, config)
-        full = _load(auto_cls, spec["repo"], sharded=False)
-        _run(full, inputs, spec, "full", tensors)
+        full = _load(auto_cls, spec["repo"], False, device)
+        _run(full, inputs, spec, "full", tensors, device)
         full_shapes = {name: tuple(p.shape) for name, p in full.named_parameters()}
         del full
-        sharded = _load(auto_cls, spec["repo"], sharded=True)
+        sharded = _load(auto_cls, spec["repo"], True, device)
         result["tp_size"] = getattr(sharded, "tp_size", None)
+        result["backend"] = torch.distributed.get_backend() if torch.distributed.is_initialized() else None
+        result["device"] = str(next(sharded.parameters()).device.type)
         result["applied_plan"] = dict(getattr(sharded, "tp_plan", None) or {})
         # A plan whose keys match no module shards nothing and still loads: count what was split.
         result["sharded_parameters"] = sorted(
             name for name, p in sharded.named_parameters()
             if name in full_shapes and tuple(_local_shard(p).shape) != full_shapes[name]
         )
-        _run(sharded, inputs, spec, "sharded", tensors)
+        _run(sharded, inputs, spec, "sharded", tensors, device)
         if rank == 0:
             save_file(tensors, os.path.join(spec["out_dir"], "outputs.safetensors"))
         result["ok"] = True
