@@ -37,6 +37,7 @@ PROJECTION_CLASSES = {"Linear": LINEAR, "Conv1D": CONV1D}
 NORM_REDUCTIONS = {"mean", "var", "rsqrt", "std", "layer_norm", "rms_norm", "group_norm", "normalize"}
 SPLITS = {"split", "chunk", "tensor_split", "unbind"}
 RESHAPES = {"view", "reshape", "unflatten"}
+ELEMENTWISE = {"clamp", "clip", "contiguous", "float", "half", "bfloat16", "to", "type_as"}  # keep the layout
 MAX_DEPTH = 12
 CONFIG_BASES = {"PretrainedConfig", "PreTrainedConfig"}
 
@@ -348,12 +349,13 @@ class _FunctionFlow:
 
     def assign(self, target: cst.BaseExpression, value, source: cst.BaseExpression | None) -> None:
         if isinstance(target, cst.Name):
+            projection = self._projection_called(source) or self._raw_kept_by(source) if source is not None else None
             self.env[target.value] = value
             self.raw.pop(target.value, None)
             self.sources.pop(target.value, None)
             if source is not None:
                 self.sources[target.value] = source
-            if source is not None and (projection := self._projection_called(source)):
+            if projection:
                 self.raw[target.value] = projection
             if isinstance(source, cst.Subscript) and (layer := self._layer_of(source.value)):
                 self.modules[target.value] = layer
@@ -388,6 +390,16 @@ class _FunctionFlow:
         if is_self_attr(node) and node.attr.value in self.info.layer_lists:
             attr = node.attr.value
             return self.info.layer_lists[attr], f"{self.prefix}{attr}.*."
+        return None
+
+    def _raw_kept_by(self, node: cst.BaseExpression) -> str | None:
+        """`t = t.clamp(min=-c, max=c)`: an elementwise op leaves a raw output's feature layout
+        as it was, so a split after it is still a split of the projection's output."""
+        if not (isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute)):
+            return None
+        receiver = node.func.value
+        if node.func.attr.value in ELEMENTWISE and isinstance(receiver, cst.Name):
+            return self.raw.get(receiver.value)
         return None
 
     def _projection_called(self, node: cst.BaseExpression) -> str | None:
