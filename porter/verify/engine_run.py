@@ -31,7 +31,7 @@ def _base_model(repo, auto_map, kernel, dtype, device):
     A repo whose `AutoModel` is itself a head (a reward model's scoring head) gives its base."""
     if "AutoModel" in auto_map:
         model = _load(repo, "AutoModel", kernel, dtype, device)
-        if model.base_model is not model:
+        if model.base_model is not model and not hasattr(model, "get_image_features"):  # a fusing base stays whole
             return model.base_model, "AutoModel.base_model"
         return model, "AutoModel"
     head = next(name for name in auto_map if name.startswith("AutoModelFor"))
