@@ -29,6 +29,7 @@ class LatentConfig(PretrainedConfig):
 # Already routed through the interface, as attention-interface leaves latent attention.
 MODELING = '''\
 import torch
+from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 
