@@ -59,6 +59,10 @@ class RepoAnalysis:
     heads: dict[str, str] = field(default_factory=dict)  # head class -> attribute holding the base model
     decoder_layers: set[str] = field(default_factory=set)
     entry_points: set[str] = field(default_factory=set)  # classes config.json's auto_map names
+    # module-level function computing softmax(q k^T) v -> file; class -> the one it calls (directly
+    # or through an attribute set to it in __init__)
+    attention_functions: dict[str, str] = field(default_factory=dict)
+    calls_attention_function: dict[str, str] = field(default_factory=dict)
 
     def ancestors(self, name: str) -> list[str]:
         """Repo classes `name` inherits from, nearest first."""
@@ -93,16 +97,39 @@ def _calls(node: cst.CSTNode) -> set[str]:
     return {last_part(n) if not n.startswith(".") else n for n in (call_name(c) for c in walk(node)) if n}
 
 
-def _looks_like_attention(cls: cst.ClassDef) -> bool:
+def _has_attention_math(functions: list[cst.FunctionDef]) -> bool:
     calls = set()
     matmul_operator = False
-    for fn in function_defs(cls).values():
+    for fn in functions:
         calls |= _calls(fn)
         matmul_operator |= any(
             isinstance(n, cst.BinaryOperation) and isinstance(n.operator, cst.MatrixMultiply) for n in walk(fn)
         )
-    has_math = bool(calls & SOFTMAX_CALLS) and (bool(calls & MATMUL_CALLS) or matmul_operator)
-    return has_math or bool(calls & KERNEL_CALLS)
+    return bool(calls & SOFTMAX_CALLS) and (bool(calls & MATMUL_CALLS) or matmul_operator)
+
+
+def _looks_like_attention(cls: cst.ClassDef) -> bool:
+    methods = list(function_defs(cls).values())
+    return _has_attention_math(methods) or any(_calls(fn) & KERNEL_CALLS for fn in methods)
+
+
+def _attention_function_called(cls: cst.ClassDef, functions: dict[str, str]) -> str | None:
+    """The module-level attention function a class calls by name, or holds in an attribute
+    set in `__init__` (`self.attn_fn = fn`, chosen by a setting) and calls through it."""
+    methods = function_defs(cls)
+    held = {}
+    if "__init__" in methods:
+        for node in walk(methods["__init__"]):
+            if isinstance(node, cst.Assign) and len(node.targets) == 1 and is_self_attr(node.targets[0].target):
+                if isinstance(node.value, cst.Name) and node.value.value in functions:
+                    held.setdefault(f"self.{node.targets[0].target.attr.value}", node.value.value)
+    for name, fn in methods.items():
+        for called in (call_name(c) for c in walk(fn) if isinstance(c, cst.Call)):
+            if called in functions and name != "__init__":
+                return called
+            if called in held:
+                return held[called]
+    return None
 
 
 def _held_class(
@@ -231,7 +258,16 @@ def analyse(modules: dict[str, cst.Module], entry_points: set[str] | None = None
             if not others:
                 del info.alternatives[attr]
 
+    for filename, module in modules.items():
+        for stmt in module.body:
+            if isinstance(stmt, cst.FunctionDef) and _has_attention_math([stmt]):
+                result.attention_functions[stmt.name.value] = filename
     attention_like = {n for n, i in result.classes.items() if _looks_like_attention(i.node)}
+    for name, info in result.classes.items():
+        called = _attention_function_called(info.node, result.attention_functions)
+        if called and name not in attention_like:
+            result.calls_attention_function[name] = called
+            attention_like.add(name)
     for name in attention_like:
         parents = [a for a in result.ancestors(name) if a in attention_like]
         if parents:

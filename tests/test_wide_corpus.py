@@ -24,8 +24,8 @@ pytestmark = [
 # id -> a phrase the refusal's text must contain.
 EXPECTED_REFUSALS: dict[str, str] = {
     "remote-chatglm2-colossalai": "softmax is not a plain",
-    "remote-mpt-alibi-llava": "uses _expand_mask from transformers.models.opt.modeling_opt",
-    "remote-mpt-qkln-llava": "uses _expand_mask from transformers.models.opt.modeling_opt",
+    "remote-mpt-alibi-llava": "the math is in the module-level function `scaled_multihead_dot_product_attention`",
+    "remote-mpt-qkln-llava": "the math is in the module-level function `scaled_multihead_dot_product_attention`",
     "remote-yuan2-ipex-llm": "the attention math is inside `if self.use_flash_attention:`",
     "remote-gemma2-costwise-flagembedding": "builds `Gemma2DecoderLayer` from transformers.models.gemma2",
     # Causal language models: fused projections, ALiBi, multi-query (docs/architectures.md).

@@ -42,6 +42,7 @@ from transforms.split_fused import SplitFusedProjections
 from transforms.tied_head_plan import TiedHeadPlan
 from transforms.tied_weights import TiedWeightsDict
 from transforms.tuple_cache import CacheObjects
+from transforms.value_head_padding import PadValueHeads
 from transforms.window_layers import FullAttentionLayers
 
 REGISTRY: tuple[type[Transform], ...] = (
@@ -82,6 +83,7 @@ REGISTRY: tuple[type[Transform], ...] = (
     RefuseCustomSoftmax,  # reads only the analysis: its place does not matter
     FullAttentionLayers,  # reads the ported code of every file
     BaseModelPrefix,
+    PadValueHeads,  # reads the routed attention code of every file
     RefuseInLibraryLayers,  # reads only the imports and their uses: its place does not matter
 )
 

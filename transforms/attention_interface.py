@@ -121,6 +121,14 @@ class RouteAttention(Transform):
         if cross is not None:
             self.refuse(cross.call, cross.message(name), name)
             return cls, None
+        function = self.state.analysis.calls_attention_function.get(name)
+        if function is not None:
+            where = self.state.analysis.attention_functions[function]
+            self.refuse(forward, f"no softmax in forward or in a helper method it calls: the math is in the "
+                        f"module-level function `{function}` ({where}), which forward calls (directly or through an "
+                        "attribute set in __init__); folding a module-level function into the interface is not "
+                        "supported", name)
+            return cls, None
         init = methods.get("__init__")
         if init is None or not ("config" in param_names(init) or "self.config" in code_of(init)):
             self.refuse(cls, "attention module has no `config` to read the selected kernel from", name)

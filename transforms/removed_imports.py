@@ -15,7 +15,8 @@ import re
 import libcst as cst
 
 from transforms.base import Transform
-from transforms.cst_utils import SharingTransformer, call_name, code_of, dotted, names_read, walk
+from transforms.cst_utils import SharingTransformer, call_name, code_of, dotted, names_read, parse_stmts, spaced, walk
+from transforms.legacy_helpers import legacy_definition
 
 # Probes whose answer is fixed on every release port-model targets.
 CONSTANT_PROBES = {
@@ -44,9 +45,8 @@ class RemovedImports(Transform):
     summary = "Drop or replace imports of names the installed transformers removed."
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
-        missing: dict[str, str] = {}
+        missing: dict[str, tuple[str, str]] = {}  # name the code uses -> (module, imported name)
         where: dict[str, cst.ImportFrom] = {}
-        bound_as: dict[str, str] = {}  # imported name -> the name the code uses
         for node in walk(tree):
             if isinstance(node, cst.ImportFrom) and node.relative == [] or (
                 isinstance(node, cst.ImportFrom) and not node.relative
@@ -59,21 +59,41 @@ class RemovedImports(Transform):
                 for alias in node.names:
                     name = dotted(alias.name)
                     if name and not installed_has(module, name):
-                        missing[name] = module
-                        where[name] = node
-                        bound_as[name] = alias.asname.name.value if alias.asname else name
+                        bound = alias.asname.name.value if alias.asname else name
+                        missing[bound] = (module, name)
+                        where[bound] = node
         if not missing:
             return tree
-        probes = {n: CONSTANT_PROBES[n] for n in missing if n in CONSTANT_PROBES}
+        probes = {b: CONSTANT_PROBES[n] for b, (_, n) in missing.items() if n in CONSTANT_PROBES}
         tree = tree.visit(_ReplaceProbes(self, probes))
-        removed = {bound_as[n] for n in missing if n not in probes}
+        removed = {b for b in missing if b not in probes}
         tree = self._drop_dependent_code(tree, removed)
         used = _names_used_outside_imports(tree)
-        still_used = {name for name in missing if bound_as[name] in used and name not in probes}
-        for name in sorted(still_used):
-            self.refuse(where[name], f"uses {name} from {missing[name]}, which the installed transformers no longer has", name)
+        still_used = {b for b in removed if b in used}
+        tree, defined = self._define_legacy_helpers(tree, {b: missing[b] for b in still_used})
+        still_used -= defined
+        for bound in sorted(still_used):
+            module, name = missing[bound]
+            self.refuse(where[bound], f"uses {name} from {module}, which the installed transformers no longer has", name)
         # A name still in use keeps its import: the failure stays visible where it is.
         return tree.visit(_DropImports(set(missing) - still_used, self))
+
+    def _define_legacy_helpers(self, tree: cst.Module, used: dict[str, tuple[str, str]]) -> tuple[cst.Module, set[str]]:
+        """A removed helper whose old behaviour is known (`legacy_helpers`) and that a
+        module-level import brought in gets a local definition right after that import."""
+        body = list(tree.body)
+        defined: set[str] = set()
+        for bound, (module, name) in sorted(used.items()):
+            source = legacy_definition(module, name, bound)
+            index = _top_level_import_index(body, module, bound)
+            if source is None or index is None:
+                continue
+            if not _imports_torch(body):
+                source = "import torch\n\n\n" + source
+            body[index + 1:index + 1] = [spaced(stmt) for stmt in parse_stmts(source)]
+            defined.add(bound)
+            self.record(body[index], f"{bound}: {name} from {module} is gone from transformers; defined locally as transformers 4.30.2 had it")
+        return tree.with_changes(body=body), defined
 
     def _drop_dependent_code(self, tree: cst.Module, removed: set[str]) -> cst.Module:
         """Code that only exists to use a removed API goes with it: a class no entry point
@@ -130,6 +150,29 @@ def _dead_methods(tree: cst.Module, removed: set[str]) -> set[tuple[str, str]]:
         for s in cls.body.body if not (isinstance(s, cst.FunctionDef) and (cls.name.value, s.name.value) in dead)
     )
     return {key for key in dead if f".{key[1]}(" not in living}
+
+
+def _bound_names(node: cst.ImportFrom) -> set[str]:
+    if isinstance(node.names, cst.ImportStar):
+        return set()
+    return {_bound_name(a) for a in node.names}
+
+
+def _top_level_import_index(body: list[cst.BaseStatement], module: str, bound: str) -> int | None:
+    """Index of the module-level statement `from module import ... as bound`, if there is one."""
+    for index, stmt in enumerate(body):
+        if isinstance(stmt, cst.SimpleStatementLine):
+            for small in stmt.body:
+                if isinstance(small, cst.ImportFrom) and small.module and dotted(small.module) == module and bound in _bound_names(small):
+                    return index
+    return None
+
+
+def _imports_torch(body: list[cst.BaseStatement]) -> bool:
+    return any(
+        isinstance(small, cst.Import) and any(dotted(a.name) == "torch" and a.asname is None for a in small.names)
+        for stmt in body if isinstance(stmt, cst.SimpleStatementLine) for small in stmt.body
+    )
 
 
 def _mentions(text: str, name: str) -> bool:
@@ -202,6 +245,10 @@ class _ReplaceProbes(SharingTransformer):
         return updated
 
 
+def _bound_name(alias: cst.ImportAlias) -> str | None:
+    return alias.asname.name.value if alias.asname else dotted(alias.name)
+
+
 class _DropImports(SharingTransformer):
     def __init__(self, names: set[str], transform: Transform):
         self.names = names
@@ -210,7 +257,7 @@ class _DropImports(SharingTransformer):
     def leave_ImportFrom(self, original: cst.ImportFrom, updated: cst.ImportFrom):
         if isinstance(updated.names, cst.ImportStar):
             return updated
-        kept = [a for a in updated.names if dotted(a.name) not in self.names]
+        kept = [a for a in updated.names if _bound_name(a) not in self.names]
         if len(kept) == len(updated.names):
             return updated
         dropped = sorted({dotted(a.name) for a in updated.names} - {dotted(a.name) for a in kept})

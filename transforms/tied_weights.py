@@ -54,6 +54,8 @@ class TiedWeightsDict(Transform):
         if source is None:
             return cls
         target = code_of(returned)[len("self.") :] + ".weight"
+        if target == f"{source}.weight":
+            return cls  # the output layer is the input embedding module itself: one weight, no tie
         entry = f'"{target}": "{source}.weight"'
         declaration = parse_stmts(f"_tied_weights_keys = {{{entry}}}\n")
         self.record(cls, f"{cls.name.value} declares the tie transformers 4 made implicitly: {{{entry}}}")

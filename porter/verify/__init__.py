@@ -198,7 +198,9 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None
     if a.shape != b.shape:
         return float("inf")
     diff = (a - b).abs()
-    if mask is not None:
+    # Padded positions are left out of per-position outputs; a head with one output per
+    # sequence (a reward or pooled score, `[batch, n]`) is compared whole.
+    if mask is not None and diff.shape[: mask.dim()] == mask.shape:
         diff = diff[mask.bool()]
     return float(diff.max()) if diff.numel() else 0.0
 

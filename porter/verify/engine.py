@@ -57,8 +57,9 @@ def _bias_cause(kernel: str) -> str:
     if "eager" in kernel:
         return " (the model passes an additive position_bias, which transformers' paged|eager kernel never adds)"
     return (
-        " (the model builds its additive position_bias, e.g. ALiBi, from the 2D padding mask; continuous batching"
-        " hands the model a prepared 4D mask over every packed request instead)"
+        " (the model builds its additive position_bias, e.g. ALiBi, from what one call of it sees: the 2D padding"
+        " mask, or the key states it computed itself; continuous batching hands the model a prepared 4D mask over"
+        " every packed request and reads the cached keys inside the kernel, so the bias does not span them)"
     )
 
 

@@ -27,9 +27,13 @@ def _load(repo, auto_name, kernel, dtype, device):
 
 
 def _base_model(repo, auto_map, kernel, dtype, device):
-    """The base model as engines build it (`AutoModel`); else the base inside the head class."""
+    """The base model as engines build it (`AutoModel`); else the base inside the head class.
+    A repo whose `AutoModel` is itself a head (a reward model's scoring head) gives its base."""
     if "AutoModel" in auto_map:
-        return _load(repo, "AutoModel", kernel, dtype, device), "AutoModel"
+        model = _load(repo, "AutoModel", kernel, dtype, device)
+        if model.base_model is not model and not hasattr(model, "get_image_features"):  # a fusing base stays whole
+            return model.base_model, "AutoModel.base_model"
+        return model, "AutoModel"
     head = next(name for name in auto_map if name.startswith("AutoModelFor"))
     return _load(repo, head, kernel, dtype, device).base_model, f"{head}.base_model"
 

@@ -13,7 +13,8 @@ import os
 import sys
 import traceback
 
-import image_runs  # the sibling module: this file runs as a script from its own folder
+import image_runs  # the sibling modules: this file runs as a script from its own folder
+from required_mask import mask_for
 
 AUTO_CLASSES = (
     "AutoModelForCausalLM", "AutoModelForImageTextToText", "AutoModelForVision2Seq", "AutoModelForMaskedLM", "AutoModel",
@@ -113,9 +114,9 @@ def _run_forward(model, inputs, prefix, tensors, with_positions):
 
     ids = inputs[f"{prefix}.input_ids"]
     kwargs = {"input_ids": ids}
-    mask_key = f"{prefix}.attention_mask"
-    if mask_key in inputs:
-        kwargs["attention_mask"] = inputs[mask_key]
+    mask = mask_for(model, inputs, prefix)
+    if mask is not None:
+        kwargs["attention_mask"] = mask
     if with_positions and _accepts(model, "position_ids") and f"{prefix}.position_ids" in inputs:
         kwargs["position_ids"] = inputs[f"{prefix}.position_ids"]
     if _accepts(model, "use_cache"):  # encoders without a cache take no such keyword
@@ -132,8 +133,9 @@ def _run_generate(model, inputs, prefix, tensors, max_new_tokens, pad_token_id):
     ids = inputs[f"{prefix}.input_ids"]
     kwargs = {"input_ids": ids, "max_new_tokens": max_new_tokens, "do_sample": False, "use_cache": True}
     kwargs["pad_token_id"] = pad_token_id
-    if f"{prefix}.attention_mask" in inputs:
-        kwargs["attention_mask"] = inputs[f"{prefix}.attention_mask"]
+    mask = mask_for(model, inputs, prefix)
+    if mask is not None:
+        kwargs["attention_mask"] = mask
     with torch.no_grad():
         generated = model.generate(**kwargs)
     tensors[f"{prefix}.generated"] = generated[:, ids.shape[1] :].contiguous()
@@ -193,6 +195,9 @@ def _run_probe(spec, inputs, tensors):
     # The positions of the reference run: a model whose default positions are not 0..T-1
     # (offset past a padding index, say) is compared on the same ones.
     kwargs = {"position_ids": inputs["single.position_ids"]} if _accepts(model, "position_ids") else {}
+    mask = mask_for(model, inputs, "single")  # None unless the head cannot run without one
+    if mask is not None:
+        kwargs["attention_mask"] = mask
     with torch.no_grad():
         out = model(input_ids=ids, use_cache=False, return_dict=True, **kwargs, **{SENTINEL: 1234})
     value = out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state

@@ -17,6 +17,8 @@ import re
 import sys
 import traceback
 
+from required_mask import mask_for  # a sibling module: this file runs as a script from its own folder
+
 
 def _auto_class(spec, config):
     import transformers
@@ -68,8 +70,9 @@ def _run(model, inputs, spec, tag, tensors, device):
     prefixes = ("single", "batch", "image") if "image.pixel_values" in inputs else ("single", "batch")
     for prefix in prefixes:  # "image": text with images, through every tower of a composite
         kwargs = {"input_ids": inputs[f"{prefix}.input_ids"], "use_cache": False, "return_dict": True}
-        if f"{prefix}.attention_mask" in inputs:
-            kwargs["attention_mask"] = inputs[f"{prefix}.attention_mask"]
+        mask = mask_for(model, inputs, prefix)
+        if mask is not None:
+            kwargs["attention_mask"] = mask
         if f"{prefix}.pixel_values" in inputs:
             kwargs["pixel_values"] = inputs[f"{prefix}.pixel_values"]
         with torch.no_grad():
@@ -78,9 +81,11 @@ def _run(model, inputs, spec, tag, tensors, device):
         tensors[f"{tag}.{prefix}.output"] = _local(value).detach().float().contiguous()
     if spec.get("generate") and hasattr(model, "generate"):
         ids = inputs["single.input_ids"]
+        mask = mask_for(model, inputs, "single")
         with torch.no_grad():
             generated = model.generate(
                 input_ids=ids,
+                **({"attention_mask": mask} if mask is not None else {}),
                 max_new_tokens=spec["max_new_tokens"],
                 do_sample=False,
                 pad_token_id=spec.get("pad_token_id", 0),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from tests.transforms.helpers import check_noop, check_transformed, transformed
 from transforms.removed_imports import RemovedImports
 
@@ -167,3 +169,106 @@ def test_probe_in_an_elif():
         RemovedImports,
     )
     compile(output, "modeling_test.py", "exec")
+
+
+# Removed mask helpers of in-library modeling modules, still used: defined locally.
+
+HELPERS_BEFORE = '''\
+import torch
+from transformers.models.bloom.modeling_bloom import _expand_mask as _expand_mask_bloom
+from transformers.models.opt.modeling_opt import OPTForCausalLM
+from transformers.models.opt.modeling_opt import _expand_mask as _expand_mask_opt
+from transformers.models.opt.modeling_opt import _make_causal_mask as _make_causal_mask_opt
+
+
+def opt_mask(attention_mask, shape, dtype):
+    causal = _make_causal_mask_opt(shape, dtype, attention_mask.device, past_key_values_length=1)
+    return causal + _expand_mask_opt(attention_mask, dtype, tgt_len=shape[-1])
+
+
+def bloom_mask(attention_mask, tgt_length):
+    return _expand_mask_bloom(attention_mask, tgt_length)
+'''
+
+
+def test_removed_mask_helpers_still_used_are_defined_locally():
+    output, state = transformed(HELPERS_BEFORE, RemovedImports)
+    assert not state.diagnostics, [d.render() for d in state.diagnostics]
+    assert "from transformers.models.opt.modeling_opt import OPTForCausalLM" in output
+    assert "import _expand_mask" not in output and "import _make_causal_mask" not in output
+    for bound in ("_expand_mask_bloom", "_expand_mask_opt", "_make_causal_mask_opt"):
+        assert f"\ndef {bound}(" in output
+    assert any("defined locally as transformers 4.30.2 had it" in c.message for c in state.changes)
+    namespace: dict = {}
+    exec(compile(output, "modeling_test.py", "exec"), namespace)
+    # additive: the padded key and the future keys (one cached position in front) get the minimum
+    combined = namespace["opt_mask"](torch.tensor([[0, 1, 1, 1]]), (1, 3), torch.float32)
+    assert combined.shape == (1, 1, 3, 4)
+    keys, queries = torch.arange(4)[None, :], torch.arange(3)[:, None]
+    allowed = (keys <= queries + 1) & (keys != 0)
+    assert torch.equal(combined[0, 0] == 0, allowed)
+    assert (combined[0, 0][~allowed] <= torch.finfo(torch.float32).min).all()
+    # boolean, True where masked
+    expanded = namespace["bloom_mask"](torch.tensor([[0, 1, 1]]), 2)
+    assert torch.equal(expanded, torch.tensor([[[[True, False, False]] * 2]]))
+    again, state = transformed(output, RemovedImports)
+    assert again == output and not state.changes and not state.diagnostics
+
+
+def test_removed_helper_without_known_behaviour_is_still_a_diagnostic():
+    _, state = transformed(
+        '''\
+    from transformers.models.foo.modeling_foo import _expand_mask
+
+
+    def build(mask, dtype):
+        return _expand_mask(mask, dtype)
+    ''',
+        RemovedImports,
+    )
+    [diagnostic] = state.diagnostics
+    assert diagnostic.symbol == "_expand_mask"
+
+
+def test_removed_helper_imported_under_a_condition_is_still_a_diagnostic():
+    # only a module-level import gets the definition: a guarded one keeps its fallback logic
+    _, state = transformed(
+        '''\
+    try:
+        from transformers.models.opt.modeling_opt import _expand_mask
+    except ImportError:
+        _expand_mask = None
+
+
+    def build(mask, dtype):
+        return _expand_mask(mask, dtype)
+    ''',
+        RemovedImports,
+    )
+    [diagnostic] = state.diagnostics
+    assert diagnostic.symbol == "_expand_mask"
+
+
+def test_local_definitions_have_the_bodies_of_the_4_30_2_release(cache_dir):
+    import ast
+    import zipfile
+
+    from tests.corpus import fetch_wheel
+    from transforms.legacy_helpers import LEGACY_DEFINITIONS
+
+    def body_without_docstring(fn: ast.FunctionDef) -> str:
+        body = fn.body[1:] if isinstance(fn.body[0], ast.Expr) and isinstance(fn.body[0].value, ast.Constant) else fn.body
+        return ast.dump(ast.Module(body=body, type_ignores=[]))
+
+    def params(fn: ast.FunctionDef) -> list[str]:
+        return [a.arg for a in fn.args.args]
+
+    # one module per definition (the others were checked to hold the same body when listed)
+    checked = {template: key for key, template in LEGACY_DEFINITIONS.items()}
+    with zipfile.ZipFile(fetch_wheel("transformers", "4.30.2", cache_dir)) as wheel:
+        for template, (module, name) in checked.items():
+            released = ast.parse(wheel.read(module.replace(".", "/") + ".py").decode())
+            [original] = [n for n in released.body if isinstance(n, ast.FunctionDef) and n.name == name]
+            [ours] = ast.parse(template.format(name=name)).body
+            assert params(ours) == params(original), module
+            assert body_without_docstring(ours) == body_without_docstring(original), module

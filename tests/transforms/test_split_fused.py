@@ -250,3 +250,14 @@ def test_cli_option_replicates_instead_of_splitting(tmp_path):
     assert kept.exit_code == 0, kept.output
     assert "query_proj" not in kept.output and '"layers.*.self_attn.qkv_proj": "replicate"' in kept.output
     assert '"layers.*.self_attn.o_proj": "rowwise_rep"' in kept.output
+
+
+def test_an_elementwise_op_between_projection_and_split_keeps_it_concatenated():
+    # `fused = fused.clamp(...)` (a clipped qkv) leaves the features where they were: the split
+    # after it still cuts [q|k|v], so the projection must not be column-split
+    clipped = MODELING.replace("        fused = self.mix(x)\n",
+                               "        fused = self.mix(x)\n        if self.n_head:\n"
+                               "            fused = fused.clamp(min=-8.0, max=8.0)\n")
+    _, state = _split(clipped)
+    assert state.facts["parallel"]["tp_plan"]["blocks.*.attn.mix"] == "colwise_rep"
+    assert not state.weight_ops  # the split itself reads a rebound name: kept fused, gathered

@@ -75,3 +75,20 @@ def test_diagnostic_when_no_getter_names_the_embedding():
 
 def test_noop_when_already_a_dict():
     check_noop(model('{"lm_head.weight": "transformer.wte.weight"}'), TiedWeightsDict)
+
+
+IMPLICIT = model("[]").replace("    _tied_weights_keys = []\n\n", "") + textwrap.indent(
+    "\ndef get_output_embeddings(self):\n    return self.{output}\n", "    "
+)
+
+
+def test_implicit_tie_of_an_output_layer_is_declared():
+    output, state = transformed(IMPLICIT.replace("{output}", "lm_head"), TiedWeightsDict)
+    assert '_tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}' in output
+    assert state.facts["tied"] == {"lm_head.weight": "transformer.wte.weight"}
+
+
+def test_noop_when_the_output_layer_is_the_input_embedding_itself():
+    # an embedding that also unembeds (`F.linear(h, self.weight)`): one weight, nothing to tie
+    state = check_noop(IMPLICIT.replace("{output}", "transformer.wte"), TiedWeightsDict)
+    assert "tied" not in state.facts
