@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import libcst as cst
 from libcst.codemod.visitors import AddImportsVisitor
 
+from porter.parallel import BIAS_CLASSES
 from transforms.attention_bias import added_operands, bound_names, hoist_position_bias
 from transforms.attention_math import (
     HEAD_SIZE_ATTRIBUTES,
@@ -30,6 +31,7 @@ from transforms.attention_math import (
     find_math,
     has_call,
     is_guard,
+    mask_scores_in_place,
     rescale_factor,
     softmax_modules_as_calls,
     split_output_product,
@@ -127,7 +129,7 @@ class RouteAttention(Transform):
             return cls, None
         try:
             body = softmax_modules_as_calls(list(forward.body.body), init)
-            body = split_output_product(split_softmax_argument(body))
+            body = split_output_product(split_softmax_argument(mask_scores_in_place(body)))
             body = hoist_position_bias(body, _head_size_attribute(init), _mask_param(forward))
             site = self._locate(body, forward, methods, init)
             for buffer in sorted(buffers_read_by_where(site.math_stmts)):
@@ -150,6 +152,7 @@ class RouteAttention(Transform):
         if site.position_bias:
             # An additive bias reaches sdpa and flex as `position_bias`; flash kernels drop it (B4).
             self.state.facts["additive_bias"] = True
+            self.state.facts.setdefault(BIAS_CLASSES, set()).add(name)  # read by the parallel plans
             if _rescaled_after_bias(site):
                 # Kernels add the bias after `scaling`; here the legacy math scales it too (B4).
                 self.state.facts["bias_rescaled"] = True
