@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # the analysis imports the transforms package, which imports 
 COLWISE, ROWWISE = "colwise", "rowwise"
 COLWISE_GATHER, ROWWISE_SPLIT = "colwise_rep", "rowwise_rep"
 REPLICATE = "replicate"
+BIAS_CLASSES = "position_bias_classes"  # fact: attention classes whose interface call passes a position bias
 
 
 @dataclass(frozen=True)
@@ -683,11 +684,14 @@ def _layer_scope(path: str) -> str:
     return path[: path.rfind("*") + 1] if "*" in path else ""
 
 
-def infer_plans(analysis: RepoAnalysis, styles: set[str] | None = None, conv1d_as_linear: bool = True) -> ParallelPlans:
+def infer_plans(
+    analysis: RepoAnalysis, styles: set[str] | None = None, conv1d_as_linear: bool = True, bias_classes: set[str] = frozenset()
+) -> ParallelPlans:
     """The plans for the repo's base model, with the reasons for whatever is not split.
 
     `conv1d_as_linear`: the port turns Conv1D projections into nn.Linear (transforms/
-    conv1d_linear.py), so they pair like any linear; without it they stay replicated."""
+    conv1d_linear.py), so they pair like any linear; without it they stay replicated.
+    `bias_classes`: attention classes whose routed call passes a `position_bias`."""
     base = _pick_base_model(analysis)
     plans = ParallelPlans(base_model=base, config_class=_plan_config(analysis, base))
     if base is None:
@@ -716,6 +720,8 @@ def infer_plans(analysis: RepoAnalysis, styles: set[str] | None = None, conv1d_a
     _assign_styles(plans, projections, edges, styles, conv1d_as_linear)
     _keep_heads_whole(plans, projections, analysis)
     _keep_per_head_weights_whole(plans, projections, analysis)
+    # A position bias (ALiBi) handed to attention covers every head, while a rank holds some.
+    _replicate_owned(plans, projections, set(bias_classes), "its attention adds a position bias that covers every head")
     _find_experts(plans, analysis, tree, base, flow.edges if flow else set())
     plans.pp_plan = _pp_plan(plans, analysis, tree, base) if not plans.towers else {}
     for tower in plans.towers:
