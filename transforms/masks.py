@@ -297,12 +297,15 @@ class UseMaskingUtils(Transform):
         """`mask = mask.bool()` after the helper turned its additive mask into "True where
         masked" for `masked_fill`. masking_utils gives that additive float mask to eager only;
         sdpa's boolean mask (True where attended), its `None` and flex's block mask are already
-        what their kernels read, so the cast applies to a floating mask alone."""
+        what their kernels read, so the cast applies to a floating mask alone, and only for the
+        eager function: a prepared additive mask (continuous batching hands one to every
+        kernel) is what sdpa and the paged kernels add as it is."""
         cast = f"{mask_var} = {mask_var}.bool()"
         for i in range(start + 1, len(body)):
             if isinstance(body[i], cst.SimpleStatementLine) and code_of(body[i].with_changes(leading_lines=[])).strip() == cast:
                 guarded = (
-                    f"{cast} if isinstance({mask_var}, torch.Tensor) and {mask_var}.is_floating_point() else {mask_var}\n"
+                    f"{cast} if isinstance({mask_var}, torch.Tensor) and {mask_var}.is_floating_point() "
+                    f'and self.config._attn_implementation == "eager" else {mask_var}\n'
                 )
                 original, body[i] = body[i], parse_stmts(guarded)[0].with_changes(leading_lines=body[i].leading_lines)
                 self.record(original, f"{owner}.forward: the mask's cast to bool applies to an additive mask only")
