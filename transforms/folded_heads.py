@@ -18,7 +18,7 @@ Rewritten, q, k and v stay `[batch, heads, seq, head_dim]` (the interface's layo
 the folding reshapes go (a swap of axes before them, `x.transpose(1, 2).reshape(...)` from
 `[batch, seq, heads, dim]`, stays); the scores become `torch.matmul(q, k.transpose(2, 3))`
 times `alpha`; a bias given to `baddbmm` (`beta * bias + alpha * q k^T`, an ALiBi table in
-`(batch * heads, rows, kv)`) is unfolded to `[batch, heads, rows, kv]` before the product
+`(batch * heads, rows, kv)`) is reshaped to `[batch, heads, rows, kv]` before the product
 and added to the scores after it, so the interface can pass it as `position_bias`; a key
 length named in the views becomes the key's own length; the views back and forth go, and a
 merge of `(batch * heads, seq, dim)` into `(batch, seq, hidden)` becomes one of
@@ -101,7 +101,9 @@ def unfold_reshaped_heads(body: list[cst.BaseStatement], methods: dict[str, cst.
         if index == score_index:
             if bias is not None:
                 scaled = "" if beta in ONE else f"{beta} * "
-                new_body += _with_lines(parse_stmts(f"{bias} = {scaled}{bias}.unflatten(0, (-1, {heads}))\n"), stmt)
+                # `(batch * heads, rows, kv)` or, built per query row, `[batch, heads, q, kv]` already
+                unfolded = f"{bias}.reshape({batch}, {heads}, -1, {bias}.shape[-1])"
+                new_body += _with_lines(parse_stmts(f"{bias} = {scaled}{unfolded}\n"), stmt)
                 stmt = stmt.with_changes(leading_lines=[])
             product = f"torch.matmul({query}, {key}.transpose(2, 3))" + ("" if alpha in ONE else f" * {alpha}")
             line = f"{scores} = {product}\n" + (f"{scores} = {scores} + {bias}\n" if bias is not None else "")
