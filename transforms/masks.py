@@ -166,7 +166,7 @@ def _own_causal_builders(analysis, owner: str) -> dict[str, cst.FunctionDef]:
     return {
         name: fn
         for name, fn in methods.items()
-        if name != "forward"
+        if name != "forward" and name not in CAUSAL_HELPERS and not name.startswith("__")  # __init__: buffers
         and any(isinstance(c, cst.Call) and last_part(call_name(c)) in CAUSAL_MARKERS for c in walk(fn))
     }
 
