@@ -420,6 +420,8 @@ class RouteAttention(Transform):
         if site.softcap:
             extras += f"    softcap={site.softcap},\n"
         plain = self._plain_call_site(site, eager_name, dropout_code, kwargs_name, window, extras)
+        if site.position_bias and site.inputs["attention_mask"] != "None":
+            plain = _bias_into_paged_eager_mask(site) + plain
         return _with_blank_line_before(_reordered_heads(plain, site)) if site.tiled_groups else plain
 
     def _plain_call_site(self, site, eager_name, dropout_code, kwargs_name, window, extras):
@@ -558,6 +560,19 @@ def _additive_bias(stmts, math: Math, candidates: set[str]) -> str | None:
                 if found:
                     return found.pop()
     return None
+
+
+PAGED_EAGER = "paged|eager"  # continuous batching's eager kernel: it adds the mask, takes no position_bias
+
+
+def _bias_into_paged_eager_mask(site: Site) -> list[cst.BaseStatement]:
+    """Continuous batching's eager kernel adds the (additive) mask it is given and drops
+    `position_bias`: for it, the bias goes into the mask, where it adds the same."""
+    mask, bias = site.inputs["attention_mask"], site.position_bias
+    return _with_blank_line_before(parse_stmts(
+        f'if self.config._attn_implementation == "{PAGED_EAGER}" and {mask} is not None:\n'
+        f"    {mask} = {mask} + {bias}  # that kernel adds the mask but never a position bias\n"
+    ))
 
 
 def _rescaled_after_bias(site: Site) -> bool:

@@ -225,3 +225,17 @@ def test_attention_given_a_position_bias_keeps_its_heads_whole():
     assert {k: v for k, v in plan.items() if ".mixer." in k} == {f"stack.*.mixer.{p}": "replicate" for p in ("alpha", "beta", "gamma", "omega")}
     assert plan["stack.*.ff.back"] == "rowwise"
     assert _tp_plan({})["stack.*.mixer.omega"] == "rowwise"
+
+
+def test_the_bias_goes_into_the_mask_for_the_paged_eager_kernel_only():
+    """Continuous batching's `paged|eager` kernel adds its additive mask and drops `position_bias`."""
+    ported, _ = transformed(_legacy(), [UnflattenHeads, RouteAttention])
+    forward = ported.split("def forward")[1]
+    block = forward[forward.index("        if self.config._attn_implementation"):forward.index("        attention_interface =")]
+    hidden, alibi, mask = _inputs()
+    bias = alibi.reshape(2, 2, 1, 5)
+    for implementation, expected in (("paged|eager", mask + bias), ("sdpa", mask), ("eager", mask)):
+        scope = {"self": SimpleNamespace(config=SimpleNamespace(_attn_implementation=implementation)),
+                 "attention_mask": mask, "alibi": bias}
+        exec(textwrap.dedent(block), scope)
+        torch.testing.assert_close(scope["attention_mask"], expected, rtol=0, atol=0)
