@@ -44,6 +44,7 @@ from transforms.cst_utils import (
     names_read,
     parse_stmts,
     single_assign,
+    walk,
 )
 
 RESHAPES = ("view", "reshape")
@@ -71,11 +72,13 @@ def unfold_reshaped_heads(body: list[cst.BaseStatement], methods: dict[str, cst.
     score = _score_product(body, folds)
     if score is None:
         return None
-    score_index, call, query, key, bias, beta, alpha = score
+    score_index, query, key, bias, beta, alpha = score
+    if not _folded_only_cached_or_measured(body, folds, score_index):
+        return None
     view_index, scores, batch, heads, kv_len = _four_dim_view(body, score_index)
     if view_index is None:
         return None
-    probs_index, probs, folded_probs = _folded_probs(body, view_index, batch, heads)
+    probs_index, probs, folded_probs = _folded_probs(body, view_index)
     if probs_index is None:
         return None
     output_index, output, value = _output_product(body, probs_index, folded_probs, folds)
@@ -155,6 +158,25 @@ def _folds(body) -> dict[str, Folded]:
     return found
 
 
+def _folded_only_cached_or_measured(body, folds: dict[str, Folded], score_index: int) -> bool:
+    """Between its fold and the scores, a folded tensor may only go through the Cache API
+    (`k, v = cache.update(k, v, ...)`, unchanged by the layout) or have its shape read
+    (`_, _, kv_len = k.shape`): anything else (a concatenation along a folded axis) would
+    mean something else once the heads are apart."""
+    fold_indices = {f.index for f in folds.values()}
+    for name, fold in folds.items():
+        for index in range(fold.index + 1, score_index):
+            stmt = body[index]
+            if name not in names_read(stmt) or index in fold_indices:
+                continue
+            updates = any(isinstance(c, cst.Call) and last_part(call_name(c)) == "update" for c in walk(stmt))
+            assign = single_assign(stmt)
+            measured = assign is not None and dotted(assign[1]) == f"{name}.shape"
+            if not (updates or measured):
+                return False
+    return True
+
+
 def _is_call(node, method: str | None = None) -> bool:
     return isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute) and (method is None or node.func.attr.value == method)
 
@@ -173,7 +195,7 @@ def _keyword(call: cst.Call, name: str):
 
 
 def _score_product(body, folds: dict[str, Folded]):
-    """(index, call, query, key, bias or None, beta, alpha) of `bmm`/`baddbmm` on folded q and k."""
+    """(index, query, key, bias or None, beta, alpha) of `bmm`/`baddbmm` on folded q and k."""
     for index, stmt in enumerate(body):
         assign = single_assign(stmt)
         if not assign or len(assign[0]) != 1 or not isinstance(assign[0][0], cst.Name):
@@ -204,7 +226,7 @@ def _score_product(body, folds: dict[str, Folded]):
             bias = None
         if bias is not None and not isinstance(bias, cst.Name):
             return None
-        return index, call, query, key, bias.value if bias is not None else None, beta, alpha
+        return index, query, key, bias.value if bias is not None else None, beta, alpha
     return None
 
 
@@ -223,7 +245,7 @@ def _four_dim_view(body, score_index: int):
     return None, None, None, None, None
 
 
-def _folded_probs(body, after: int, batch: str, heads: str):
+def _folded_probs(body, after: int):
     """(index, probs, folded name) of `p2 = p.view(batch * heads, q_len, kv_len)` after the softmax."""
     for index in range(after + 1, len(body)):
         assign = single_assign(body[index])

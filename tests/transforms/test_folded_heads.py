@@ -239,3 +239,13 @@ def test_the_bias_goes_into_the_mask_for_the_paged_eager_kernel_only():
                  "attention_mask": mask, "alibi": bias}
         exec(textwrap.dedent(block), scope)
         torch.testing.assert_close(scope["attention_mask"], expected, rtol=0, atol=0)
+
+
+def test_folded_tensors_concatenated_by_hand_are_left_alone():
+    """A cache concatenated along a folded axis would mean another axis once heads are apart."""
+    source = _legacy().replace(
+        "        _, _, kv_length = key_layer.shape\n",
+        "        key_layer = torch.cat((key_layer, key_layer), dim=2)\n        _, _, kv_length = key_layer.shape\n",
+    )
+    assert source != _legacy()
+    check_noop(source, UnflattenHeads)
