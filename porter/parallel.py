@@ -56,6 +56,7 @@ REPLICATE = "replicate"
 # parameter, the module runs on its local shard (`local_params`), and the consumer's partial
 # outputs are summed over the ranks (`moe_tp_experts`).
 LOCAL_PARAMS, PACKED_COLWISE, MOE_TP_EXPERTS = "local_params", "packed_colwise", "moe_tp_experts"
+BIAS_CLASSES = "position_bias_classes"  # fact: attention classes whose interface call passes a position bias
 
 
 @dataclass(frozen=True)
@@ -720,11 +721,14 @@ def _layer_scope(path: str) -> str:
     return path[: path.rfind("*") + 1] if "*" in path else ""
 
 
-def infer_plans(analysis: RepoAnalysis, styles: set[str] | None = None, conv1d_as_linear: bool = True) -> ParallelPlans:
+def infer_plans(
+    analysis: RepoAnalysis, styles: set[str] | None = None, conv1d_as_linear: bool = True, bias_classes: set[str] = frozenset()
+) -> ParallelPlans:
     """The plans for the repo's base model, with the reasons for whatever is not split.
 
     `conv1d_as_linear`: the port turns Conv1D projections into nn.Linear (transforms/
-    conv1d_linear.py), so they pair like any linear; without it they stay replicated."""
+    conv1d_linear.py), so they pair like any linear; without it they stay replicated.
+    `bias_classes`: attention classes whose routed call passes a `position_bias`."""
     base = _pick_base_model(analysis)
     plans = ParallelPlans(base_model=base, config_class=_plan_config(analysis, base))
     if base is None:
@@ -760,6 +764,8 @@ def infer_plans(analysis: RepoAnalysis, styles: set[str] | None = None, conv1d_a
     _assign_styles(plans, projections, edges, styles, conv1d_as_linear, inference.parts)
     _keep_heads_whole(plans, projections, analysis)
     _keep_per_head_weights_whole(plans, projections, analysis)
+    # A position bias (ALiBi) handed to attention covers every head, while a rank holds some.
+    _replicate_owned(plans, projections, set(bias_classes), "its attention adds a position bias that covers every head")
     _find_experts(plans, analysis, tree, base, flow.edges if flow else set())
     if plans.packed_experts:
         plans.routers += sorted(r for r in routers if r not in plans.routers)

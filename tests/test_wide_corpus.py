@@ -34,7 +34,6 @@ EXPECTED_REFUSALS: dict[str, str] = {
         for shape in ("", "new-arch-", "alibi-")
         for version in ("4.44.2", "4.36.2")
     },
-    **{f"bloom-{v}": "attn_weights is computed from `matmul_result`" for v in ("4.44.2", "4.36.2", "4.30.2")},
     **{
         f"gpt_bigcode-{v}": "the attention math is inside `if upcast:`"
         for v in ("4.44.2", "mha-4.44.2", "4.36.2", "4.30.2")

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import libcst as cst
 from libcst.codemod.visitors import AddImportsVisitor
 
+from porter.parallel import BIAS_CLASSES
 from transforms.attention_bias import added_operands, bound_names, hoist_position_bias
 from transforms.attention_math import (
     HEAD_SIZE_ATTRIBUTES,
@@ -30,6 +31,7 @@ from transforms.attention_math import (
     find_math,
     has_call,
     is_guard,
+    mask_scores_in_place,
     rescale_factor,
     softmax_modules_as_calls,
     split_output_product,
@@ -135,7 +137,7 @@ class RouteAttention(Transform):
             return cls, None
         try:
             body = softmax_modules_as_calls(list(forward.body.body), init)
-            body = split_output_product(split_softmax_argument(body))
+            body = split_output_product(split_softmax_argument(mask_scores_in_place(body)))
             body = hoist_position_bias(body, _head_size_attribute(init), _mask_param(forward))
             site = self._locate(body, forward, methods, init)
             for buffer in sorted(buffers_read_by_where(site.math_stmts)):
@@ -158,6 +160,7 @@ class RouteAttention(Transform):
         if site.position_bias:
             # An additive bias reaches sdpa and flex as `position_bias`; flash kernels drop it (B4).
             self.state.facts["additive_bias"] = True
+            self.state.facts.setdefault(BIAS_CLASSES, set()).add(name)  # read by the parallel plans
             if _rescaled_after_bias(site):
                 # Kernels add the bias after `scaling`; here the legacy math scales it too (B4).
                 self.state.facts["bias_rescaled"] = True
@@ -425,6 +428,8 @@ class RouteAttention(Transform):
         if site.softcap:
             extras += f"    softcap={site.softcap},\n"
         plain = self._plain_call_site(site, eager_name, dropout_code, kwargs_name, window, extras)
+        if site.position_bias and site.inputs["attention_mask"] != "None":
+            plain = _bias_into_paged_eager_mask(site) + plain
         return _with_blank_line_before(_reordered_heads(plain, site)) if site.tiled_groups else plain
 
     def _plain_call_site(self, site, eager_name, dropout_code, kwargs_name, window, extras):
@@ -563,6 +568,19 @@ def _additive_bias(stmts, math: Math, candidates: set[str]) -> str | None:
                 if found:
                     return found.pop()
     return None
+
+
+PAGED_EAGER = "paged|eager"  # continuous batching's eager kernel: it adds the mask, takes no position_bias
+
+
+def _bias_into_paged_eager_mask(site: Site) -> list[cst.BaseStatement]:
+    """Continuous batching's eager kernel adds the (additive) mask it is given and drops
+    `position_bias`: for it, the bias goes into the mask, where it adds the same."""
+    mask, bias = site.inputs["attention_mask"], site.position_bias
+    return _with_blank_line_before(parse_stmts(
+        f'if self.config._attn_implementation == "{PAGED_EAGER}" and {mask} is not None:\n'
+        f"    {mask} = {mask} + {bias}  # that kernel adds the mask but never a position bias\n"
+    ))
 
 
 def _rescaled_after_bias(site: Site) -> bool:

@@ -44,6 +44,7 @@ from transforms.cst_utils import (
     single_assign,
     walk,
 )
+from transforms.folded_heads import unfold_reshaped_heads
 
 RESHAPES = {"view", "reshape"}
 
@@ -65,8 +66,9 @@ class UnflattenHeads(Transform):
         body = list(forward.body.body)
         shape_index, shape_name = _folded_shape(body)
         if shape_index is None:
-            return cls
-        body = _unfold(body, shape_index, shape_name)
+            body = unfold_reshaped_heads(body, function_defs(cls))  # one reshape per tensor
+        else:
+            body = _unfold(body, shape_index, shape_name)
         if body is None:
             return cls
         combined = _combine_masks(body, forward)

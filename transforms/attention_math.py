@@ -318,6 +318,59 @@ def split_softmax_argument(stmts: list[cst.BaseStatement]) -> list[cst.BaseState
     return [*stmts[:index], *split, rest.with_changes(leading_lines=[]), *stmts[index + 1 :]]
 
 
+def mask_scores_in_place(stmts: list[cst.BaseStatement]) -> list[cst.BaseStatement]:
+    """`w = torch.masked_fill(s, mask, fill)` (or `s.masked_fill(mask, fill)`, `s + mask`) and
+    then `softmax(w)`: the masked scores get the scores' own name, `s = masked_fill(s, ...)`,
+    `softmax(s)`, the form in which the math is found. Only when nothing else reads `w`, and
+    nothing reads `s` after the mask: then the renaming changes no value."""
+    index = next((i for i, s in enumerate(stmts) if has_call(s, SOFTMAX)), None)
+    if index is None:
+        return stmts
+    call = next(c for c in walk(stmts[index]) if isinstance(c, cst.Call) and last_part(call_name(c)) in SOFTMAX)
+    masked = _softmax_input(call)
+    at = next((i for i in range(index - 1, -1, -1) if masked in assigned_names(stmts[i])), None)
+    assign = single_assign(stmts[at]) if at is not None else None
+    scores = _masked_operand(assign[1]) if assign and len(assign[0]) == 1 else None
+    if scores is None or scores == masked or not any(scores in assigned_names(s) for s in stmts[:at]):
+        return stmts
+    if any(masked in names_read(s) for i, s in enumerate(stmts) if i not in (at, index)):
+        return stmts
+    if any(scores in names_read(s) for s in stmts[at + 1 :]):
+        return stmts
+    renamed = [_RenameName(masked, scores).visit_stmt(stmts[i]) for i in (at, index)]
+    return [*stmts[:at], renamed[0], *stmts[at + 1 : index], renamed[1], *stmts[index + 1 :]]
+
+
+def _masked_operand(value: cst.BaseExpression) -> str | None:
+    """`s` in `torch.masked_fill(s, m, v)`, `s.masked_fill(m, v)` and `s + mask` / `mask + s`."""
+    if isinstance(value, cst.Call) and last_part(call_name(value)) == "masked_fill":
+        if isinstance(value.func, cst.Attribute) and dotted(value.func.value) not in ("torch", None):
+            return dotted(value.func.value)
+        return dotted(value.args[0].value) if len(value.args) == 3 else None
+    if isinstance(value, cst.BinaryOperation) and isinstance(value.operator, cst.Add):
+        left, right = dotted(value.left), dotted(value.right)
+        if left and right and ("mask" in left) != ("mask" in right):
+            return right if "mask" in left else left
+    return None
+
+
+class _RenameName(SharingTransformer):
+    def __init__(self, old: str, new: str):
+        self.old, self.new = old, new
+
+    def visit_stmt(self, stmt: cst.BaseStatement) -> cst.BaseStatement:
+        return stmt.visit(self)
+
+    def leave_Attribute(self, original, updated):
+        return updated.with_changes(attr=original.attr)
+
+    def leave_Arg(self, original, updated):
+        return updated.with_changes(keyword=original.keyword)
+
+    def leave_Name(self, original, updated):
+        return updated.with_changes(value=self.new) if updated.value == self.old else updated
+
+
 def split_output_product(stmts: list[cst.BaseStatement]) -> list[cst.BaseStatement]:
     """`o = torch.matmul(p, v).transpose(1, 2).reshape(...)` -> `o = torch.matmul(p, v)` and
     `o = o.transpose(1, 2).reshape(...)`: the product of the probabilities with the values

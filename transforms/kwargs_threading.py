@@ -12,7 +12,15 @@ import libcst as cst
 from libcst.codemod.visitors import AddImportsVisitor
 
 from transforms.base import Transform
-from transforms.cst_utils import SharingTransformer, dotted, function_defs, is_self_attr, parse_expr, star_kwargs_name
+from transforms.cst_utils import (
+    SharingTransformer,
+    dotted,
+    function_defs,
+    is_self_attr,
+    names_read,
+    parse_expr,
+    star_kwargs_name,
+)
 
 ANNOTATION = "Unpack[TransformersKwargs]"
 
@@ -48,6 +56,12 @@ class ThreadKwargs(Transform):
             AddImportsVisitor.add_needed_import(self.context, "transformers.utils", "TransformersKwargs")
             self.record(forward, f"{cls.name.value}.forward accepts **{name}: {ANNOTATION}")
 
+        refusals = _refusals_of_extra_keywords(new_forward, name)
+        if refusals:
+            body = [s for s in new_forward.body.body if s not in refusals]
+            new_forward = new_forward.with_changes(body=new_forward.body.with_changes(body=body))
+            self.record(forward, f"{cls.name.value}.forward: no longer raises on extra keywords in **{name}: they are passed on")
+
         child_attrs = {a for a, c in info.children.items() if c in on_path}
         list_attrs = {a for a, c in info.layer_lists.items() if c in on_path}
         threader = _PassKwargs(name, child_attrs, list_attrs)
@@ -57,6 +71,20 @@ class ThreadKwargs(Transform):
         if new_forward is forward:
             return cls
         return cls.deep_replace(forward, new_forward)
+
+
+def _refusals_of_extra_keywords(forward: cst.FunctionDef, name: str) -> list[cst.If]:
+    """`if len(kwargs) > 0: raise ...` / `if kwargs: raise ...`: a forward that took `**kwargs`
+    only to refuse what it did not know (deprecated arguments). Engines pass their metadata
+    there, so the refusal goes once the keywords are passed on."""
+    found = []
+    for stmt in forward.body.body:
+        if not isinstance(stmt, cst.If) or stmt.orelse is not None or names_read(stmt.test) - {"len"} != {name}:
+            continue
+        inner = stmt.body.body
+        if inner and all(isinstance(s, cst.SimpleStatementLine) and all(isinstance(x, cst.Raise) for x in s.body) for s in inner):
+            found.append(stmt)
+    return found
 
 
 class _PassKwargs(SharingTransformer):

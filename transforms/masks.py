@@ -158,6 +158,35 @@ def uses_bidirectional_mask(analysis) -> bool:
 CAUSAL_MARKERS = {"tril", "triu", "_make_causal_mask"} | CAUSAL_HELPERS
 
 
+def _own_causal_builders(analysis, owner: str) -> dict[str, cst.FunctionDef]:
+    """Methods of the base model, other than forward, that build a causal mask themselves
+    (`self._prepare_attn_mask(...)` calling `_make_causal_mask`, or a `tril`): the model's
+    own form of the legacy helpers."""
+    methods = function_defs(analysis.classes[owner].node)
+    return {
+        name: fn
+        for name, fn in methods.items()
+        if name != "forward" and name not in CAUSAL_HELPERS and not name.startswith("__")  # __init__: buffers
+        and any(isinstance(c, cst.Call) and last_part(call_name(c)) in CAUSAL_MARKERS for c in walk(fn))
+    }
+
+
+def _returns_bool(fn: cst.FunctionDef) -> bool:
+    """Annotated to return a boolean tensor (`-> torch.BoolTensor`)."""
+    return fn.returns is not None and "Bool" in code_of(fn.returns.annotation)
+
+
+def _masked_fill_reads_mask(analysis) -> bool:
+    """Whether an attention module reads its mask with `masked_fill(scores, mask, value)`."""
+    for name in analysis.attention:
+        for node in walk(analysis.classes[name].node):
+            if isinstance(node, cst.Call) and last_part(call_name(node)) == "masked_fill":
+                args = [code_of(a.value) for a in node.args]
+                if any("mask" in a for a in args[:2]):
+                    return True
+    return False
+
+
 def _held_by(analysis, owner: str) -> set[str]:
     """`owner` and the repo classes it holds, through modules and layer lists, with their bases."""
     found, pending = set(), [owner]
@@ -240,12 +269,16 @@ class UseMaskingUtils(Transform):
             encoder_calls = [c for c in _helper_calls(stmt, ENCODER_HELPERS) if "encoder" not in code_of(c)]
             if any(last_part(call_name(c)) == "get_extended_attention_mask" for c in encoder_calls):
                 return self._encoder_mask(owner, forward, body, index, stmt, encoder_calls, params)
-            helper_calls = _helper_calls(stmt)
+            own = _own_causal_builders(self.state.analysis, owner)
+            helper_calls = _helper_calls(stmt, CAUSAL_HELPERS | set(own))
             extended = _extended_mask_var(stmt)
             if not helper_calls and not extended:
                 continue
             if helper_calls:
                 mask_var, embeds_var = self._mask_and_embeds(helper_calls[0])
+                own_builder = own.get(last_part(call_name(helper_calls[0])))
+                if own_builder is not None and embeds_var is None:
+                    embeds_var = self._embeddings_tensor(owner, body, params)
                 target = _assigned_from(stmt, helper_calls[0]) or mask_var
             else:
                 embeds_var = self._embeddings_tensor(owner, body, params)
@@ -271,6 +304,14 @@ class UseMaskingUtils(Transform):
                 AddImportsVisitor.add_needed_import(self.context, "transformers.masking_utils", "create_causal_mask")
             new_stmt = parse_stmts(f"{target} = {built}\n")[0]
             _replace_once_embedded(body, index, new_stmt, embeds_var, target)
+            if helper_calls and own_builder is not None and _returns_bool(own_builder):
+                if not _masked_fill_reads_mask(self.state.analysis):
+                    self.refuse(stmt, f"`{code_of(helper_calls[0].func)}` builds a boolean mask, and no attention "
+                                "module reads it with `masked_fill(scores, mask, value)` (True where masked); "
+                                "expected that use, or an additive mask", owner)
+                    return forward
+                # The legacy attention reads "True where masked": the eager mask is cast so.
+                body.insert(body.index(new_stmt) + 1, parse_stmts(f"{target} = {target}.bool()\n")[0])
             self._guard_reshapes(owner, body, body.index(new_stmt), mask_var)
             self._guard_bool_casts(owner, body, body.index(new_stmt), target)
             AddImportsVisitor.add_needed_import(self.context, "transformers.masking_utils", builder)
@@ -297,12 +338,15 @@ class UseMaskingUtils(Transform):
         """`mask = mask.bool()` after the helper turned its additive mask into "True where
         masked" for `masked_fill`. masking_utils gives that additive float mask to eager only;
         sdpa's boolean mask (True where attended), its `None` and flex's block mask are already
-        what their kernels read, so the cast applies to a floating mask alone."""
+        what their kernels read, so the cast applies to a floating mask alone, and only for the
+        eager function: a prepared additive mask (continuous batching hands one to every
+        kernel) is what sdpa and the paged kernels add as it is."""
         cast = f"{mask_var} = {mask_var}.bool()"
         for i in range(start + 1, len(body)):
             if isinstance(body[i], cst.SimpleStatementLine) and code_of(body[i].with_changes(leading_lines=[])).strip() == cast:
                 guarded = (
-                    f"{cast} if isinstance({mask_var}, torch.Tensor) and {mask_var}.is_floating_point() else {mask_var}\n"
+                    f"{cast} if isinstance({mask_var}, torch.Tensor) and {mask_var}.is_floating_point() "
+                    f'and self.config._attn_implementation == "eager" else {mask_var}\n'
                 )
                 original, body[i] = body[i], parse_stmts(guarded)[0].with_changes(leading_lines=body[i].leading_lines)
                 self.record(original, f"{owner}.forward: the mask's cast to bool applies to an additive mask only")

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 import libcst as cst
 
-from porter.parallel import COLWISE, COLWISE_GATHER, REPLICATE, ROWWISE, ROWWISE_SPLIT, ParallelPlans, infer_plans
+from porter.parallel import (
+    BIAS_CLASSES,
+    COLWISE,
+    COLWISE_GATHER,
+    REPLICATE,
+    ROWWISE,
+    ROWWISE_SPLIT,
+    ParallelPlans,
+    infer_plans,
+)
 from transforms.base import PortState, Transform
 from transforms.cst_utils import dotted, parse_stmts, single_assign
 
@@ -34,7 +43,7 @@ def plans_for(state: PortState) -> ParallelPlans:
     """Inferred once per port and shared by the transforms that need it."""
     plans = state.facts.get("_parallel_plans")
     if plans is None:
-        plans = infer_plans(state.analysis, registered_styles())
+        plans = infer_plans(state.analysis, registered_styles(), bias_classes=state.facts.get(BIAS_CLASSES, set()))
         state.facts["_parallel_plans"] = plans
         state.facts["parallel"] = plans.as_dict()
     return plans

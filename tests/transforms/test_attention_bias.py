@@ -131,6 +131,9 @@ PORTED = textwrap.dedent("""\
                 else:
                     position_bias = self.compute_bias(seq_length, seq_length, device=query_states.device)
 
+            if self.config._attn_implementation == "paged|eager" and mask is not None:
+                mask = mask + position_bias  # that kernel adds the mask but never a position bias
+
             attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
                 self.config._attn_implementation, eager_attention_forward
             )
@@ -294,6 +297,9 @@ SLICED_PORTED_FORWARD = """\
             position_bias_query_index = max(0, position_bias.size(1) - query_length)
             position_bias_key_index = max(0, position_bias.size(2) - key_length)
             position_bias = position_bias[:, position_bias_query_index:, position_bias_key_index:]
+
+        if self.config._attn_implementation == "paged|eager" and attention_mask is not None:
+            attention_mask = attention_mask + position_bias  # that kernel adds the mask but never a position bias
 
         attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward

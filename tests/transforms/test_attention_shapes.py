@@ -96,6 +96,9 @@ ALIBI_PORTED = textwrap.dedent("""\
             key = key.view(bsz, q_len, self.num_heads, self.head_dim).transpose(1, 2)
             value = value.view(bsz, q_len, self.num_heads, self.head_dim).transpose(1, 2)
 
+            if self.config._attn_implementation == "paged|eager" and attention_mask is not None:
+                attention_mask = attention_mask + alibi  # that kernel adds the mask but never a position bias
+
             attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
                 self.config._attn_implementation, eager_attention_forward
             )

@@ -336,14 +336,17 @@ def test_cast_to_bool_after_the_helper_applies_to_additive_masks_only():
     output, state = transformed(legacy, UseMaskingUtils)
     guarded = (
         "attention_mask = attention_mask.bool() if isinstance(attention_mask, torch.Tensor) and "
-        "attention_mask.is_floating_point() else attention_mask"
+        'attention_mask.is_floating_point() and self.config._attn_implementation == "eager" else attention_mask'
     )
     assert "        " + guarded + "\n" in output
     assert "FooModel.forward: the mask's cast to bool applies to an additive mask only" in [c.message for c in state.changes]
     additive = torch.tensor([[0.0, torch.finfo(torch.float32).min]])
     attended = torch.tensor([[True, False]])
-    for mask, expected in ((additive, torch.tensor([[False, True]])), (attended, attended), (None, None)):
-        scope = {"attention_mask": mask, "torch": torch}
+    cases = [("eager", additive, torch.tensor([[False, True]])), ("sdpa", attended, attended), ("sdpa", None, None),
+             ("sdpa", additive, additive)]  # a prepared additive mask (continuous batching) is what sdpa adds
+    for implementation, mask, expected in cases:
+        config = type("Config", (), {"_attn_implementation": implementation})
+        scope = {"attention_mask": mask, "torch": torch, "self": type("Model", (), {"config": config})}
         exec(guarded, scope)
         assert scope["attention_mask"] is None if expected is None else torch.equal(scope["attention_mask"], expected)
     check_noop(output, UseMaskingUtils)
