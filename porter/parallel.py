@@ -322,7 +322,7 @@ class _FunctionFlow:
                 self.stmt(stmt.orelse) if isinstance(stmt.orelse, cst.If) else self.block(stmt.orelse.body.body)
             for name in set(taken) | set(self.env):
                 self.env[name] = join(taken.get(name, EMPTY), self.env.get(name, EMPTY))
-            self.raw = {name: path for name, path in raw_taken.items() if self.raw.get(name) == path}
+            self.raw = {**raw_taken, **self.raw}  # a raw output of either arm may be reshaped after the `if`
         elif isinstance(stmt, (cst.For, cst.While)):
             if isinstance(stmt, cst.For):
                 self._bind_layers(stmt.target, stmt.iter)

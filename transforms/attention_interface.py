@@ -224,7 +224,8 @@ class RouteAttention(Transform):
         config = self.state.facts.get("config_json") or {}
         test = switch.test("config" if "config" in param_names(init) else "self.config")
         if bool(config.get(switch.attribute)) == switch.value:
-            raise NotUnderstood(exc.node, f"{exc} (this repo's config selects that branch: `{test}`)")
+            raise NotUnderstood(exc.node, f"the attention math of the branch arm that `{test}` selects (this repo's "
+                                f"config) is not understood: {exc}")
         kept = routes[0]
         kept.path = _Path(kept.path.body, 0, len(kept.path.body))
         kept.site.unsupported_branches.append(test)

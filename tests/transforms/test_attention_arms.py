@@ -198,7 +198,7 @@ def test_a_repo_whose_config_selects_the_unrouted_arm_is_refused_with_its_line()
     (diagnostic,) = state.diagnostics
     assert diagnostic.line == LEGACY.splitlines().index(
         "            probs = F.softmax(logits + attention_mask, dim=-1)") + 1
-    assert "this repo's config selects that branch: `config.alibi`" in diagnostic.render()
+    assert "the branch arm that `config.alibi` selects (this repo's config) is not understood" in diagnostic.render()
 
 
 def test_an_input_branch_not_tied_to_a_config_switch_is_refused():
