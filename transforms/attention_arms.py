@@ -3,8 +3,8 @@
 Two shapes of legacy forward hold more than one copy of the attention math:
 
 - a fused-kernel branch beside the eager math, `if <flag>: out = scaled_dot_product_attention(
-  q, k, v, ...) else: <softmax math>`. The interface chooses the kernel now, so only the
-  eager arm stays (`eager_arm_of_kernel_branches`);
+  q, k, v, ...) else: <softmax math>` (either arm first). The interface chooses the kernel
+  now, so only the eager arm stays (`eager_arm_of_kernel_branches`);
 - math chosen by an input, `if bias is None: <math, return> else: <other math, return>`:
   each arm is a path of its own, routed on its own (`math_branch` finds the arms). Only
   one arm runs per forward, so each forward still calls the interface once.
@@ -40,19 +40,23 @@ def _calls_kernel(node: cst.CSTNode) -> bool:
 
 
 def _kernel_arm_dropped(stmt: cst.If, later: list[cst.BaseStatement]) -> list[cst.BaseStatement] | None:
-    """The `else` body of `if ...: <fused kernel> else: <softmax math>`, when the kernel arm
-    binds nothing read in `later` that the eager arm does not bind too."""
+    """The eager arm of `if ...: <fused kernel> else: <softmax math>` (or the other way round),
+    when the kernel arm binds nothing read in `later` that the eager arm does not bind too."""
     if not isinstance(stmt.orelse, cst.Else) or not isinstance(stmt.body, cst.IndentedBlock):
         return None
     kernel, eager = stmt.body.body, stmt.orelse.body.body
-    if not any(_calls_kernel(s) for s in kernel) or any(has_call(s, SOFTMAX) for s in kernel):
-        return None
-    if not any(has_call(s, SOFTMAX) for s in eager):
+    if not _is_kernel_arm(kernel):  # `if output_attentions: <math> else: <kernel>`
+        kernel, eager = eager, kernel
+    if not _is_kernel_arm(kernel) or not any(has_call(s, SOFTMAX) for s in eager):
         return None
     bound_eager = set().union(set(), *(_bound(s) for s in eager))
     kernel_only = set().union(set(), *(_bound(s) for s in kernel)) - bound_eager
     read_later = set().union(set(), *(names_read(s) for s in later))
     return None if kernel_only & read_later else list(eager)
+
+
+def _is_kernel_arm(stmts) -> bool:
+    return any(_calls_kernel(s) for s in stmts) and not any(has_call(s, SOFTMAX) for s in stmts)
 
 
 def _bound(stmt: cst.CSTNode) -> set[str]:

@@ -275,14 +275,39 @@ KERNEL_BRANCH = textwrap.dedent("""\
 """)
 
 
-def test_a_fused_kernel_arm_gives_way_to_the_eager_math():
-    output, state = _port(KERNEL_BRANCH, {})
+MATH_FIRST = KERNEL_BRANCH.replace("""\
+        if self.use_sdpa:
+            is_causal = attention_mask is None
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, is_causal=is_causal)
+        else:
+            scores = torch.matmul(q, k.transpose(-1, -2)) * self.head_dim**-0.5
+            if attention_mask is not None:
+                scores = scores + attention_mask
+            probs = scores.softmax(dim=-1)
+            out = torch.matmul(probs, v)
+""", """\
+        if not self.use_sdpa:
+            scores = torch.matmul(q, k.transpose(-1, -2)) * self.head_dim**-0.5
+            if attention_mask is not None:
+                scores = scores + attention_mask
+            probs = scores.softmax(dim=-1)
+            out = torch.matmul(probs, v)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, is_causal=attention_mask is None)
+""")
+assert MATH_FIRST != KERNEL_BRANCH
+
+
+@pytest.mark.parametrize("legacy_code", [KERNEL_BRANCH, MATH_FIRST], ids=["kernel-first", "math-first"])
+def test_a_fused_kernel_arm_gives_way_to_the_eager_math(legacy_code):
+    assert "scaled_dot_product_attention" in legacy_code and legacy_code.count("softmax") == 1
+    output, state = _port(legacy_code, {})
     assert not state.diagnostics
     assert "scaled_dot_product_attention" not in output and "self.use_sdpa" not in output.split("def forward")[1]
     assert "probs = scores.softmax(dim=-1)" in output.split("class KernelAttention")[0]  # in the eager function
     config = SimpleNamespace(hidden_size=32, num_attention_heads=4, _attn_implementation="eager")
     torch.manual_seed(0)
-    legacy = _exec(KERNEL_BRANCH)["KernelAttention"](config).eval()
+    legacy = _exec(legacy_code)["KernelAttention"](config).eval()
     ported = _exec(output)["KernelAttention"](config).eval()
     ported.load_state_dict(legacy.state_dict())
     hidden = torch.randn(2, 5, 32)
