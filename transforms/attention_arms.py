@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import libcst as cst
 
-from transforms.attention_math import SOFTMAX, has_call
+from transforms.attention_math import SCORE_PRODUCTS, SOFTMAX, has_call, has_product
 from transforms.cst_utils import (
     SharingTransformer,
     assigned_names,
@@ -94,7 +94,7 @@ class MathBranch:
 
 
 def math_branch(body: list[cst.BaseStatement]) -> MathBranch | None:
-    """The top-level `if` whose every arm (an `else` included) computes a softmax."""
+    """The top-level `if` whose every arm (an `else` included) computes scores and a softmax."""
     for index, stmt in enumerate(body):
         if not isinstance(stmt, cst.If) or not has_call(stmt, SOFTMAX):
             continue
@@ -106,7 +106,9 @@ def math_branch(body: list[cst.BaseStatement]) -> MathBranch | None:
         if node is None or len(arms) < 1:
             return None
         arms.append(list(node.body.body))
-        if all(any(has_call(s, SOFTMAX) for s in arm) for arm in arms):
+        # Every arm holds the whole math, the q @ k^T product too: a softmax alone chosen by a
+        # dtype (`if s.dtype == torch.float16: w = softmax(...) else: ...`) is no such branch.
+        if all(any(has_call(s, SOFTMAX) for s in arm) and any(has_product(s, SCORE_PRODUCTS) for s in arm) for arm in arms):
             return MathBranch(index, stmt, arms)
         return None
     return None
