@@ -80,6 +80,7 @@ class Site:
     folded_helpers: set[str] = field(default_factory=set)
     repeat_stmts: list[cst.BaseStatement] = field(default_factory=list)
     unsupported_branches: list[str] = field(default_factory=list)  # config tests refused at __init__
+    refused_switches: list[str] = field(default_factory=list)  # config tests selecting a math arm not routed
     position_bias: str | None = None  # call-site expression of an additive score bias (ALiBi)
     softcap: str | None = None  # call-site expression of the logit cap, for kernels that apply one
     tiled_groups: str | None = None  # the legacy tiled its key/value heads `groups` times (`.repeat`)
@@ -228,7 +229,7 @@ class RouteAttention(Transform):
                                 f"config) is not understood: {exc}")
         kept = routes[0]
         kept.path = _Path(kept.path.body, 0, len(kept.path.body))
-        kept.site.unsupported_branches.append(test)
+        kept.site.refused_switches.append(test)
         self.record(exc.node, f"{name}: the branch arm that `{test}` selects is not ported ({exc}); "
                     "that configuration is refused when the module is built")
         return routes
@@ -552,10 +553,11 @@ class RouteAttention(Transform):
         head = _head_size_attribute(init)
         if "head_dim" not in assigned and head is not None:
             additions.append(f"self.head_dim = self.{head}")
-        for test in site.unsupported_branches:
+        for test in [*site.unsupported_branches, *site.refused_switches]:
             message = f"{cls.name.value}: the configuration selects `{test}`, which port-model did not port"
             additions.append(f"if {test}:\n    raise NotImplementedError({message!r})")
-            self.record(init, f"{cls.name.value}: `{test}` refused at load time: its math reads forward's locals")
+            why = "its math reads forward's locals" if test in site.unsupported_branches else "its attention arm is not routed"
+            self.record(init, f"{cls.name.value}: `{test}` refused at load time: {why}")
         if not additions:
             return init
         added = [a.split(" =")[0] for a in additions if not a.startswith("if ")]
