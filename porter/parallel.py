@@ -209,6 +209,7 @@ def substitute(value, bound: dict[str, object]):
 class Flow:
     edges: set[tuple[str, str]]  # (source projection or "@param", consumer projection)
     returned: object
+    layouts: dict[str, str] = field(default_factory=dict)  # parameter -> layout its reshapes give it
 
 
 # -- the module tree ------------------------------------------------------------------------------
@@ -263,6 +264,11 @@ class ModuleTree:
         self.conditional: dict[str, set[str]] = {}
         self.packed = {name: weight for name in analysis.classes if (weight := _packed_experts_weight(analysis, name))}
         kinds = {**PROJECTION_CLASSES, **dict.fromkeys(self.packed, PACKED_EXPERTS)}
+        # A repo subclass of nn.Linear that keeps its parameters (no __init__ of its own) is
+        # an affine map on the same [out, in] weight, split the same way.
+        for name, info in analysis.classes.items():
+            if "__init__" not in info.methods and any(last_part(b) == "Linear" for b in info.bases):
+                kinds[name] = LINEAR
         for name, info in analysis.classes.items():
             calls, self.conditional[name] = _init_calls(analysis, info)
             self.projections[name] = {
@@ -308,6 +314,7 @@ class _FunctionFlow:
         self.modules: dict[str, tuple[str, str]] = {}  # local name -> (class, path prefix) of a layer
         self.edges: set[tuple[str, str]] = set()
         self.returned = None
+        self.param_layouts: dict[str, str] = {}
 
     # statements
     def block(self, body) -> None:
@@ -319,14 +326,17 @@ class _FunctionFlow:
             for small in stmt.body:
                 self.small(small)
         elif isinstance(stmt, cst.If):
-            before = dict(self.env)
+            before, raw_before = dict(self.env), dict(self.raw)
             self.block(stmt.body.body)
-            taken = self.env
-            self.env = before
+            taken, raw_taken = self.env, self.raw
+            # Each arm starts from what came before it: a reshape in one arm does not hide
+            # the raw output from the other.
+            self.env, self.raw = before, dict(raw_before)
             if stmt.orelse is not None:
                 self.stmt(stmt.orelse) if isinstance(stmt.orelse, cst.If) else self.block(stmt.orelse.body.body)
             for name in set(taken) | set(self.env):
                 self.env[name] = join(taken.get(name, EMPTY), self.env.get(name, EMPTY))
+            self.raw = {**raw_taken, **self.raw}  # a raw output of either arm may be reshaped after the `if`
         elif isinstance(stmt, (cst.For, cst.While)):
             if isinstance(stmt, cst.For):
                 self._bind_layers(stmt.target, stmt.iter)
@@ -527,14 +537,15 @@ class _FunctionFlow:
                     self.raw.get(subject.value) if isinstance(subject, cst.Name) else None
                 )
                 if fused:
-                    self.inference.mark_fused(fused, "concatenated")
-                    self.inference.parts.setdefault(fused, set()).add(_chunks_of_features(node))
+                    self._mark(fused, "concatenated")
+                    if not fused.startswith("@"):
+                        self.inference.parts.setdefault(fused, set()).add(_chunks_of_features(node))
         if last_part(name).lstrip(".") in RESHAPES and receiver is not None:
             reshaped = self._projection_called(receiver) or (
                 self.raw.get(receiver.value) if isinstance(receiver, cst.Name) else None
             )
             if reshaped:
-                self.inference.mark_fused(reshaped, reshape_layout(node, self.sources))
+                self._mark(reshaped, reshape_layout(node, self.sources))
         out = _union(self.args(node))
         return out | flat(self.expr(func))
 
@@ -549,10 +560,28 @@ class _FunctionFlow:
         flow = self.inference.summary(cls, prefix, "forward")
         return self._instantiate(flow, bound)
 
+    def _mark(self, path: str, layout: str) -> None:
+        """A projection's output reshaped here; in a method given it as a parameter ("@p"),
+        the layout is the parameter's, marked where a caller passes it a projection's output."""
+        if path.startswith("@"):
+            if LAYOUT_RANK[layout] >= LAYOUT_RANK.get(self.param_layouts.get(path[1:], ""), -1):
+                self.param_layouts[path[1:]] = layout
+        else:
+            self.inference.mark_fused(path, layout)
+
     def inline(self, method: str, args) -> object:
         fn = _method(self.inference.analysis, self.cls, method)
         bound = _bind(fn, args, self)
-        flow = self.inference.summary(self.cls, self.prefix, method)
+        flow = self.inference.summary(self.cls, self.prefix, method, raw_params=True)
+        if flow is not None and flow.layouts:
+            names = _method_params(fn)
+            for position, arg in enumerate(args):
+                param = arg.keyword.value if arg.keyword is not None else names[position] if position < len(names) else None
+                raw = self._projection_called(arg.value) or (
+                    self.raw.get(arg.value.value) if isinstance(arg.value, cst.Name) else None
+                )
+                if raw and param in flow.layouts:
+                    self._mark(raw, flow.layouts[param])
         return self._instantiate(flow, bound)
 
     def _instantiate(self, flow: Flow | None, bound: dict[str, object]):
@@ -579,12 +608,29 @@ def reshape_layout(call: cst.Call, sources: dict[str, cst.BaseExpression]) -> st
     as it takes what the named axes leave; with neither: "undecided" (replicated)."""
     tokens = [t for element in _shape_elements(call, sources) for t in _factors(element)]
     kinds = [_axis_kind(t, sources) for t in tokens]
+    extra = next((i for i, t in enumerate(tokens) if _heads_plus_parts(t, sources)), None)
+    if extra is not None:
+        # `(heads + 2, d)`: key and value appended after every query head (multi-query), so
+        # column shards would mix them; `(-1, per_group + 2, d)`: each group of query heads
+        # holds its own key and value, and shards of whole groups keep them together.
+        return "interleaved" if "inferred" in kinds[:extra] else "concatenated"
     if "part" not in kinds:
         return "reshaped"
     heads = "heads" if "heads" in kinds else "inferred"
     if heads not in kinds:
         return "undecided"
     return "concatenated" if kinds.index("part") < kinds.index(heads) else "interleaved"
+
+
+def _heads_plus_parts(node: cst.BaseExpression, sources: dict[str, cst.BaseExpression]) -> bool:
+    """An axis `heads + n` (n a literal): n parts stored after the heads in the same axis."""
+    return (
+        isinstance(node, cst.BinaryOperation)
+        and isinstance(node.operator, cst.Add)
+        and (_integer(node.right) or 0) >= 1
+        and _axis_kind(node.left, sources) in ("heads", "other")
+        and any("head" in n.value.lower() for n in walk(node.left) if isinstance(n, cst.Name))
+    )
 
 
 def _shape_elements(call: cst.Call, sources: dict[str, cst.BaseExpression]) -> list[cst.BaseExpression]:
@@ -700,7 +746,9 @@ class FlowInference:
         if LAYOUT_RANK[layout] >= LAYOUT_RANK.get(self.fused.get(path, ""), -1):
             self.fused[path] = layout
 
-    def summary(self, cls: str, prefix: str, method: str) -> Flow | None:
+    def summary(self, cls: str, prefix: str, method: str, raw_params: bool = False) -> Flow | None:
+        """`raw_params`: a helper method of the class, whose parameters may hold a projection's
+        untouched output (`self._split_heads(fused_qkv)`): their reshapes are recorded."""
         key = (cls, prefix, method)
         if key in self._summaries:
             return self._summaries[key]
@@ -710,8 +758,10 @@ class FlowInference:
             return None
         params = {n: frozenset({"@" + n}) for n in _method_params(fn)}
         flow = _FunctionFlow(self, cls, prefix, params)
+        if raw_params:
+            flow.raw.update({n: "@" + n for n in _method_params(fn)})
         flow.block(fn.body.body if isinstance(fn.body, cst.IndentedBlock) else [])
-        result = Flow(flow.edges, flow.returned)
+        result = Flow(flow.edges, flow.returned, flow.param_layouts)
         self._summaries[key] = result
         return result
 

@@ -220,6 +220,12 @@ def _reshaped_mix(lines: str) -> str:
         ("qkv = self.mix(x).view(b, t, self.num_heads, 3, self.head_dim)\nq, k, v = qkv.transpose(1, 2).unbind(3)",
          "interleaved"),
         ("qkv = self.mix(x).view(b, t, -1, 3, self.head_dim)\nq, k, v = qkv.transpose(1, 2).unbind(3)", "interleaved"),
+        # Key and value appended after every query head in one axis (multi-query): concatenated.
+        ("qkv = self.mix(x).view(b, t, self.num_heads + 2, self.head_dim)\n"
+         "q, k, v = qkv[..., :-2, :], qkv[..., [-2], :], qkv[..., [-1], :]", "concatenated"),
+        # ... after each group of query heads, the groups inferred: each rank holds whole groups.
+        ("qkv = self.mix(x).view(b, t, -1, self.num_heads // 2 + 2, self.head_dim)\n"
+         "q, k, v = qkv[:, :, :, :-2], qkv[:, :, :, [-2]], qkv[:, :, :, [-1]]", "interleaved"),
         # No axis names the heads and none is inferred: which of n and 3 is outer cannot be read.
         ("n = x.shape[-1] // self.head_dim\nqkv = self.mix(x).view(b, t, n // 3, 3, self.head_dim)\n"
          "q, k, v = qkv.transpose(1, 2).unbind(3)", "undecided"),
@@ -251,6 +257,43 @@ def test_elementwise_ops_keep_a_fused_layout_and_a_cast_to_anothers_dtype_carrie
         {"configuration_fused.py": CONFIG, "modeling_fused.py": MODELING}).tp_plan
     leaked = MODELING.replace("return x + self.ff(self.norm2(x))", "return x + self.ff(self.norm2(x) + x)")
     assert _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": leaked}).tp_plan["blocks.*.ff.widen"] == "replicate"
+
+
+HELPER_SPLIT = '''
+    def _split(self, fused):
+        b, t, _ = fused.shape
+        if self.grouped:
+            fused = fused.view(b, t, -1, 3, self.head_dim)
+            return fused[..., 0, :], fused[..., 1, :], fused[..., 2, :]
+        else:
+            fused = fused.view(b, t, self.num_heads + 2, self.head_dim)
+            return fused[..., :-2, :], fused[..., [-2], :], fused[..., [-1], :]
+
+    def forward(self, x):'''
+
+
+def test_a_fused_output_reshaped_in_a_helper_under_config_branches_takes_its_most_constraining_layout():
+    """Falcon's `_split_heads(fused_qkv)`: one layout per config shape, read in the helper; a
+    repo subclass of nn.Linear with no __init__ of its own is a projection like nn.Linear."""
+    modeling = _reshaped_mix("q, k, v = self._split(self.mix(x))\nq, k, v = (y.transpose(1, 2) for y in (q, k, v))")
+    modeling = modeling.replace("\n    def forward(self, x):\n        b, t, _ = x.shape\n        q, k, v = self._split",
+                                HELPER_SPLIT + "\n        b, t, _ = x.shape\n        q, k, v = self._split", 1)
+    modeling = modeling.replace("        self.head_dim =", "        self.num_heads = config.num_attention_heads\n"
+                                "        self.grouped = False\n        self.head_dim =", 1)
+    modeling = modeling.replace("class Mixer(nn.Module):", "class BareLinear(nn.Linear):\n"
+                                "    def forward(self, x):\n        return x @ self.weight.T + self.bias\n\n\nclass Mixer(nn.Module):")
+    modeling = modeling.replace("self.widen = nn.Linear(", "self.widen = BareLinear(")
+    assert "def _split(self, fused)" in modeling and "self.widen = BareLinear(" in modeling
+    plans = _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": modeling})
+    assert plans.fused["blocks.*.attn.mix"] == "concatenated"
+    assert plans.tp_plan == {
+        "blocks.*.attn.mix": "colwise_rep",
+        "blocks.*.attn.merge": "rowwise_rep",
+        "blocks.*.ff.widen": "colwise",
+        "blocks.*.ff.narrow": "rowwise",
+    }
+    grouped_only = modeling.replace("fused.view(b, t, self.num_heads + 2, self.head_dim)", "fused.view(b, t, -1, 3, self.head_dim)")
+    assert _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": grouped_only}).fused["blocks.*.attn.mix"] == "interleaved"
 
 
 def test_experts_and_router_are_recognised():

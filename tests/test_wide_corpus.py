@@ -23,15 +23,14 @@ pytestmark = [
 
 # id -> a phrase the refusal's text must contain.
 EXPECTED_REFUSALS: dict[str, str] = {
-    "remote-chatglm2-colossalai": "softmax is not a plain",
+    "remote-chatglm2-colossalai": "attention_scores is computed from `matmul_result`",
     "remote-mpt-alibi-llava": "the math is in the module-level function `scaled_multihead_dot_product_attention`",
     "remote-mpt-qkln-llava": "the math is in the module-level function `scaled_multihead_dot_product_attention`",
     "remote-yuan2-ipex-llm": "the attention math is inside `if self.use_flash_attention:`",
     "remote-gemma2-costwise-flagembedding": "builds `Gemma2DecoderLayer` from transformers.models.gemma2",
     # Causal language models: fused projections, ALiBi, multi-query (docs/architectures.md).
     **{
-        f"falcon-{shape}{version}": "the attention math is inside `if alibi is None:`"
-        for shape in ("", "new-arch-", "alibi-")
+        f"falcon-alibi-{version}": "the branch arm that `config.alibi` selects (this repo's config) is not understood"
         for version in ("4.44.2", "4.36.2")
     },
     **{

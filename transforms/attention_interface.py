@@ -20,6 +20,7 @@ import libcst as cst
 from libcst.codemod.visitors import AddImportsVisitor
 
 from porter.parallel import BIAS_CLASSES
+from transforms.attention_arms import MathBranch, eager_arm_of_kernel_branches, math_branch, switch_of_arm, with_arms
 from transforms.attention_bias import added_operands, bound_names, hoist_position_bias
 from transforms.attention_math import (
     HEAD_SIZE_ATTRIBUTES,
@@ -81,9 +82,31 @@ class Site:
     folded_helpers: set[str] = field(default_factory=set)
     repeat_stmts: list[cst.BaseStatement] = field(default_factory=list)
     unsupported_branches: list[str] = field(default_factory=list)  # config tests refused at __init__
+    refused_switches: list[str] = field(default_factory=list)  # config tests selecting a math arm not routed
     position_bias: str | None = None  # call-site expression of an additive score bias (ALiBi)
     softcap: str | None = None  # call-site expression of the logit cap, for kernels that apply one
     tiled_groups: str | None = None  # the legacy tiled its key/value heads `groups` times (`.repeat`)
+
+
+@dataclass
+class _Path:
+    """One way through forward: its statements, the branch arm's among them at lo..hi."""
+
+    body: list[cst.BaseStatement]
+    lo: int
+    hi: int
+
+
+@dataclass
+class _Route:
+    """A path with its math found, its eager function and (once written) its call site."""
+
+    path: _Path
+    site: Site
+    dropout_code: str
+    eager_code: str
+    eager_name: str = ""
+    call_site: list[cst.BaseStatement] = field(default_factory=list)
 
 
 class RouteAttention(Transform):
@@ -101,9 +124,8 @@ class RouteAttention(Transform):
         emitted: dict[str, str] = {}  # eager function code -> its name
         for stmt in tree.body:
             if isinstance(stmt, cst.ClassDef) and stmt.name.value in targets:
-                rewritten, eager = self._rewrite_class(stmt, emitted, tree)
-                if eager is not None:
-                    new_body.append(eager)
+                rewritten, eager_functions = self._rewrite_class(stmt, emitted, tree)
+                new_body += eager_functions
                 new_body.append(rewritten)
             else:
                 new_body.append(stmt)
@@ -118,11 +140,11 @@ class RouteAttention(Transform):
         forward = methods.get("forward")
         if forward is None:
             self.refuse(cls, "attention class has no forward method", name)
-            return cls, None
+            return cls, []
         cross = find_cross_attention(self.state.analysis, name)
         if cross is not None:
             self.refuse(cross.call, cross.message(name), name)
-            return cls, None
+            return cls, []
         function = self.state.analysis.calls_attention_function.get(name)
         if function is not None:
             where = self.state.analysis.attention_functions[function]
@@ -130,37 +152,129 @@ class RouteAttention(Transform):
                         f"module-level function `{function}` ({where}), which forward calls (directly or through an "
                         "attribute set in __init__); folding a module-level function into the interface is not "
                         "supported", name)
-            return cls, None
+            return cls, []
         init = methods.get("__init__")
         if init is None or not ("config" in param_names(init) or "self.config" in code_of(init)):
             self.refuse(cls, "attention module has no `config` to read the selected kernel from", name)
-            return cls, None
+            return cls, []
         try:
-            body = softmax_modules_as_calls(list(forward.body.body), init)
-            body = split_output_product(split_softmax_argument(mask_scores_in_place(body)))
-            body = hoist_position_bias(body, _head_size_attribute(init), _mask_param(forward))
-            site = self._locate(body, forward, methods, init)
-            for buffer in sorted(buffers_read_by_where(site.math_stmts)):
-                narrowed = narrowed_buffer_call(init, buffer)
-                if narrowed is not None:
-                    raise NotUnderstood(
-                        narrowed,
-                        f"the causal buffer `self.{buffer}` is narrowed beyond a lower triangle by "
-                        f"`{code_of(narrowed.func)}(...)` (a per-layer window or band); the causal mask "
-                        "from masking_utils that replaces it would drop that",
-                    )
-            _refuse_tiled_heads_with_groups(body, site, init)
-            dropout_code, eager_code = self._eager_function(site)
+            body = eager_arm_of_kernel_branches(softmax_modules_as_calls(list(forward.body.body), init))
+            branch = math_branch(body)
+            if branch is None:
+                paths = [_Path(body, 0, len(body))]
+            else:
+                prefix, suffix = body[: branch.index], body[branch.index + 1 :]
+                arms = [split_output_product(split_softmax_argument(arm)) for arm in branch.arms]
+                paths = [_Path([*prefix, *arm, *suffix], len(prefix), len(prefix) + len(arm)) for arm in arms]
+            routes = self._prepare_routes(paths, branch, forward, methods, init, name)
+            if routes is None:
+                return cls, []
+            if len(routes) == 1:
+                branch = None  # the other arms are refused by their config switch
+            if len({route.site.math.scaling_code for route in routes}) > 1:
+                raise NotUnderstood(branch.branch, "the arms of the branch scale the scores differently: "
+                                    f"{sorted({route.site.math.scaling_code for route in routes})}; expected one scale")
         except NotUnderstood as exc:
             self.refuse(exc.node or forward, str(exc), name)
-            return cls, None
-        if not self._free_names_ok(site, tree, name):
-            return cls, None
+            return cls, []
+        kwargs_name = star_kwargs_name(forward) or "kwargs"
+        if not all(self._free_names_ok(route.site, tree, name) for route in routes):
+            return cls, []
+        eager_nodes = []
+        for route in routes:
+            eager_name, eager_node = self._emit_eager(route, emitted)
+            if route.site.position_bias:
+                self.state.facts.setdefault(BIAS_CLASSES, set()).add(name)  # read by the parallel plans
+            if eager_node is not None:
+                eager_nodes.append(eager_node)
+            route.call_site = self._call_site(route.site, eager_name, route.dropout_code, kwargs_name)
+        try:
+            new_body = _routed_body(routes, branch)
+        except NotUnderstood as exc:
+            self.refuse(exc.node or forward, str(exc), name)
+            return cls, []
+        site = routes[0].site
+        new_forward = forward.with_changes(body=forward.body.with_changes(body=new_body))
+        if star_kwargs_name(forward) is None:
+            new_forward = _add_star_kwargs(new_forward)
+        self.state.facts.setdefault("routed", set()).add(name)
+        eager_names = ", ".join(dict.fromkeys(route.eager_name for route in routes))
+        calls = "one interface call" if len(routes) == 1 else f"one interface call in each of {len(routes)} arms"
+        self.record(forward, f"{name}.forward: attention math moved to {eager_names}; {calls}")
+
+        new_init = self._complete_init(cls, init, site, forward)
+        members = []
+        for member in cls.body.body:
+            if member is forward:
+                members.append(new_forward)
+            elif member is init:
+                members.append(new_init)
+            else:
+                members.append(member)
+        members = self._drop_unused_helpers(cls, members, set().union(*(route.site.folded_helpers for route in routes)))
+        members = self._scaling_property(cls, members, site, init)
+        members = self._query_prescaled(cls, members, site, init, forward)
+        return cls.with_changes(body=cls.body.with_changes(body=members)), eager_nodes
+
+    def _prepare_routes(self, paths, branch, forward, methods, init, name) -> list[_Route] | None:
+        """A route per path. An arm of a branch whose math is not understood may be left out
+        when a config switch selects it (see attention_arms.switch_of_arm): such configs are
+        refused when the module is built, and the repo is refused if its config selects it."""
+        routes, failures = [], []
+        for arm, path in enumerate(paths):
+            try:
+                routes.append(self._prepare_route(path, forward, methods, init))
+            except NotUnderstood as exc:
+                if branch is None:
+                    raise
+                failures.append((arm, exc))
+        if not failures:
+            return routes
+        arm, exc = failures[0]
+        switch = switch_of_arm(self.state.analysis, name, branch.branch, arm) if len(routes) == 1 else None
+        if switch is None:
+            raise exc
+        config = self.state.facts.get("config_json") or {}
+        test = switch.test("config" if "config" in param_names(init) else "self.config")
+        if bool(config.get(switch.attribute)) == switch.value:
+            raise NotUnderstood(exc.node, f"the attention math of the branch arm that `{test}` selects (this repo's "
+                                f"config) is not understood: {exc}")
+        kept = routes[0]
+        kept.path = _Path(kept.path.body, 0, len(kept.path.body))
+        kept.site.refused_switches.append(test)
+        self.record(exc.node, f"{name}: the branch arm that `{test}` selects is not ported ({exc}); "
+                    "that configuration is refused when the module is built")
+        return routes
+
+    def _prepare_route(self, path: _Path, forward, methods, init) -> _Route:
+        """Find the math of one path through forward and write its eager function."""
+        body = split_output_product(split_softmax_argument(mask_scores_in_place(path.body)))
+        if len(body) != len(path.body):  # the arms were split already: only a single path grows
+            path = _Path(body, 0, len(body))
+        body = hoist_position_bias(body, _head_size_attribute(init), _mask_param(forward))
+        path = _Path(body, path.lo, path.hi)
+        site = self._locate(body, forward, methods, init)
+        for buffer in sorted(buffers_read_by_where(site.math_stmts)):
+            narrowed = narrowed_buffer_call(init, buffer)
+            if narrowed is not None:
+                raise NotUnderstood(
+                    narrowed,
+                    f"the causal buffer `self.{buffer}` is narrowed beyond a lower triangle by "
+                    f"`{code_of(narrowed.func)}(...)` (a per-layer window or band); the causal mask "
+                    "from masking_utils that replaces it would drop that",
+                )
+        _refuse_tiled_heads_with_groups(body, site, init)
+        dropout_code, eager_code = self._eager_function(site)
+        return _Route(path, site, dropout_code, eager_code)
+
+    def _emit_eager(self, route: _Route, emitted: dict[str, str]) -> tuple[str, cst.BaseStatement | None]:
+        """The name of the route's eager function, and its definition if it is new; the
+        facts the backend flags read (B4)."""
+        site = route.site
         between = site.math_stmts[site.math.score_index : site.math.softmax_index]
         if site.position_bias:
             # An additive bias reaches sdpa and flex as `position_bias`; flash kernels drop it (B4).
             self.state.facts["additive_bias"] = True
-            self.state.facts.setdefault(BIAS_CLASSES, set()).add(name)  # read by the parallel plans
             if _rescaled_after_bias(site):
                 # Kernels add the bias after `scaling`; here the legacy math scales it too (B4).
                 self.state.facts["bias_rescaled"] = True
@@ -174,42 +288,15 @@ class RouteAttention(Transform):
                 # No cap a kernel could apply the same way (e.g. its division folded into
                 # `scaling`): flex attention would drop it, so it is not claimed (B4).
                 self.state.facts["softcap_not_passed"] = True
-
-        eager_name = emitted.get(eager_code)
+        eager_name = emitted.get(route.eager_code)
         eager_node = None
         if eager_name is None:
             eager_name = "eager_attention_forward" if not emitted else f"eager_attention_forward_{len(emitted)}"
-            emitted[eager_code] = eager_name
-            eager_node = spaced(cst.parse_statement(eager_code.replace("def eager_attention_forward(", f"def {eager_name}(", 1)))
-
-        kwargs_name = star_kwargs_name(forward) or "kwargs"
-        call_site = self._call_site(site, eager_name, dropout_code, kwargs_name)
-        new_body: list[cst.BaseStatement] = []
-        for i, stmt in enumerate(body):
-            if i == site.start:
-                new_body += call_site
-            if site.start <= i <= site.end or i in site.drop:
-                continue
-            new_body.append(site.replace.get(i, stmt))
-        new_forward = forward.with_changes(body=forward.body.with_changes(body=new_body))
-        if star_kwargs_name(forward) is None:
-            new_forward = _add_star_kwargs(new_forward)
-        self.state.facts.setdefault("routed", set()).add(name)
-        self.record(forward, f"{name}.forward: attention math moved to {eager_name}; one interface call")
-
-        new_init = self._complete_init(cls, init, site, forward)
-        members = []
-        for member in cls.body.body:
-            if member is forward:
-                members.append(new_forward)
-            elif member is init:
-                members.append(new_init)
-            else:
-                members.append(member)
-        members = self._drop_unused_helpers(cls, members, site.folded_helpers)
-        members = self._scaling_property(cls, members, site, init)
-        members = self._query_prescaled(cls, members, site, init, forward)
-        return cls.with_changes(body=cls.body.with_changes(body=members)), eager_node
+            emitted[route.eager_code] = eager_name
+            code = route.eager_code.replace("def eager_attention_forward(", f"def {eager_name}(", 1)
+            eager_node = spaced(cst.parse_statement(code))
+        route.eager_name = eager_name
+        return eager_name, eager_node
 
     def _query_prescaled(self, cls, members, site: Site, init, forward):
         """BART-lineage code scales the query where it is projected with its own `self.scaling`
@@ -244,7 +331,10 @@ class RouteAttention(Transform):
         end = math.output_index
         while end + 1 < len(body) and is_guard(body[end + 1]):
             end += 1
-        transpose_index = end + 1
+        no_op_views = set()
+        while end + 1 + len(no_op_views) < len(body) and _views_as_query(body[end + 1 + len(no_op_views)], math, forward):
+            no_op_views.add(end + 1 + len(no_op_views))
+        transpose_index = end + 1 + len(no_op_views)
         replace = {}
         if transpose_index < len(body) and not _restores_heads(body[transpose_index], math.output):
             merged = _without_head_restore(body[transpose_index], math.output)
@@ -266,6 +356,7 @@ class RouteAttention(Transform):
         known = {math.query, math.key, math.value, _mask_param(forward)} | self._module_names
         stmts, unsupported = _split_config_branches(stmts, known)
         local_math = find_math(stmts, head_attr)
+        stmts = _softmax_dtype_of_query(stmts, local_math, set(param_names(forward)))
         mask = _mask_param(forward)
         reads = set().union(*(names_read(s) for s in stmts))
         inputs = {"query": math.query, "key": math.key, "value": math.value}
@@ -287,7 +378,7 @@ class RouteAttention(Transform):
             math=local_math,
             inputs=inputs,
             targets=(math.output, math.weights),
-            drop={*repeats} if replace else {transpose_index, *repeats},
+            drop={*repeats, *no_op_views} if replace else {transpose_index, *repeats, *no_op_views},
             replace=replace,
             renames=renames,
             extras=extras,
@@ -476,10 +567,11 @@ class RouteAttention(Transform):
         head = _head_size_attribute(init)
         if "head_dim" not in assigned and head is not None:
             additions.append(f"self.head_dim = self.{head}")
-        for test in site.unsupported_branches:
+        for test in [*site.unsupported_branches, *site.refused_switches]:
             message = f"{cls.name.value}: the configuration selects `{test}`, which port-model did not port"
             additions.append(f"if {test}:\n    raise NotImplementedError({message!r})")
-            self.record(init, f"{cls.name.value}: `{test}` refused at load time: its math reads forward's locals")
+            why = "its math reads forward's locals" if test in site.unsupported_branches else "its attention arm is not routed"
+            self.record(init, f"{cls.name.value}: `{test}` refused at load time: {why}")
         if not additions:
             return init
         added = [a.split(" =")[0] for a in additions if not a.startswith("if ")]
@@ -512,6 +604,33 @@ class RouteAttention(Transform):
 
 
 # -- helpers -------------------------------------------------------------------------------
+def _routed_body(routes: list[_Route], branch: MathBranch | None) -> list[cst.BaseStatement]:
+    """Forward's new statements: each path with its math replaced by its call site; the
+    paths of a branch put back together around their arms."""
+    parts = []
+    for route in routes:
+        site, path = route.site, route.path
+        if not path.lo <= site.start <= site.end < path.hi:
+            raise NotUnderstood(path.body[site.start], "the attention math reaches out of its branch arm")
+        prefix, arm, suffix = [], [], []
+        for i, stmt in enumerate(path.body):
+            part = prefix if i < path.lo else arm if i < path.hi else suffix
+            if i == site.start:
+                arm += route.call_site
+            if site.start <= i <= site.end or i in site.drop:
+                continue
+            part.append(site.replace.get(i, stmt))
+        parts.append((prefix, arm, suffix))
+    prefix, _, suffix = parts[0]
+    if branch is None:
+        return [*prefix, *parts[0][1], *suffix]
+    for other_prefix, _, other_suffix in parts[1:]:
+        if [code_of(s) for s in (*other_prefix, *other_suffix)] != [code_of(s) for s in (*prefix, *suffix)]:
+            raise NotUnderstood(branch.branch, "the arms need different changes outside the branch")
+    arms = [arm for _, arm, _ in parts]
+    return [*prefix, with_arms(branch.branch, arms), *suffix]
+
+
 def _head_size_attribute(init: cst.FunctionDef | None) -> str | None:
     if init is None:
         return None
@@ -536,6 +655,21 @@ def _reads_tensor(code: str, init: cst.FunctionDef) -> bool:
         if isinstance(target, cst.Attribute) and is_self_attr(target)
     }
     return "torch." in code or any(re.search(rf"\bself\.{a}\b", code) for a in buffers | tensors)
+
+
+def _softmax_dtype_of_query(stmts, math: Math, params: set[str]) -> list:
+    """`softmax(s, dim=-1, dtype=hidden_states.dtype)` with the layer's input, which the eager
+    function does not get: the query is projected from it, so it has that dtype."""
+    stmt = stmts[math.softmax_index]
+    call = next(c for c in walk(stmt) if isinstance(c, cst.Call) and last_part(call_name(c)) in SOFTMAX)
+    arg = next((a for a in call.args if a.keyword is not None and a.keyword.value == "dtype"), None)
+    if arg is None or not isinstance(arg.value, cst.Attribute) or arg.value.attr.value != "dtype":
+        return stmts
+    source = dotted(arg.value.value)
+    if source not in params or source in (math.query, math.key, math.value):
+        return stmts
+    new_arg = arg.with_changes(value=arg.value.with_changes(value=cst.Name(math.query)))
+    return [*stmts[: math.softmax_index], stmt.deep_replace(arg, new_arg), *stmts[math.softmax_index + 1 :]]
 
 
 def _split_config_branches(stmts, inputs: set[str]) -> tuple[list, list[str]]:
@@ -681,15 +815,53 @@ def _groups_code(repeat_stmts) -> str:
     return None
 
 
+def _view_args(node: cst.BaseExpression) -> str | None:
+    """`(a,b,c,d)` for a 4-argument `.view(...)` / `.reshape(...)` call, spaces removed."""
+    if isinstance(node, cst.Call) and last_part(call_name(node)) in ("view", "reshape") and len(node.args) == 4:
+        return code_of(cst.Call(func=cst.Name("f"), args=node.args)).replace(" ", "")
+    return None
+
+
+def _views_as_query(stmt: cst.CSTNode, math: Math, forward: cst.FunctionDef) -> bool:
+    """`out = out.view(b, heads, q_len, head_dim)` right after the math, with the very shape the
+    query was given: a no-op on the `[batch, heads, seq, head_dim]` product, dropped with it."""
+    assign = single_assign(stmt)
+    if not assign or dotted(assign[0][0]) != math.output or not isinstance(assign[1], cst.Call):
+        return False
+    if dotted(getattr(assign[1].func, "value", None)) != math.output:
+        return False
+    shape = _view_args(assign[1])
+    if shape is None:
+        return False
+    for node in walk(forward):
+        if isinstance(node, cst.Assign) and dotted(node.targets[0].target) == math.query:
+            if any(_view_args(call) == shape for call in walk(node.value)):
+                return True
+    return False
+
+
 def _heads_in_view(forward: cst.FunctionDef, name: str) -> str | None:
-    """The head count in `name = <x>.view(bsz, q_len, HEADS, head_dim)[.transpose(1, 2)]`."""
+    """The head count in `name = <x>.view(bsz, q_len, HEADS, head_dim)[.transpose(1, 2)]`, or in
+    `name = <x>.transpose(1, 2).reshape(bsz, HEADS, q_len, head_dim)` (heads swapped first). A
+    head count held in a local of forward assigned once from `self` alone is read as its value."""
     for node in walk(forward):
         if not (isinstance(node, cst.Assign) and dotted(node.targets[0].target) == name):
             continue
         for call in walk(node.value):
             if isinstance(call, cst.Call) and last_part(call_name(call)) in ("view", "reshape") and len(call.args) == 4:
-                return code_of(call.args[2].value)
+                swapped = isinstance(call.func, cst.Attribute) and any(
+                    last_part(call_name(c)) == "transpose" for c in walk(call.func.value) if isinstance(c, cst.Call)
+                )
+                return _local_from_self(forward, code_of(call.args[1 if swapped else 2].value))
     return None
+
+
+def _local_from_self(forward: cst.FunctionDef, code: str) -> str:
+    """`(self.a if self.b else self.c)` for a local `n` that forward assigns once so; else `code`."""
+    assigns = [n for n in walk(forward) if isinstance(n, cst.Assign) and dotted(n.targets[0].target) == code]
+    if len(assigns) == 1 and names_read(assigns[0].value) <= {"self"}:
+        return f"({code_of(assigns[0].value)})"
+    return code
 
 
 def _broadcast_groups_code(forward: cst.FunctionDef, site: Site) -> str | None:

@@ -238,8 +238,9 @@ def test_diagnostic_without_head_transpose_after_the_math():
 
 
 def test_diagnostic_for_math_in_branches_chosen_at_run_time():
-    # Two eager paths behind a run-time test of an input (a bias given or not): which one is
-    # the model's eager path depends on the call, so neither is moved.
+    # Two eager paths behind a run-time test of an input (a bias given or not): each arm is
+    # routed on its own (attention_arms), so the refusal names the arm that cannot be: the
+    # bias added in the mask's own expression is no position bias the interface passes.
     start = LEGACY.index("        attn_weights = torch.matmul(")
     end = LEGACY.index("        attn_output = attn_output.transpose(1, 2)")
     math_lines = LEGACY[start:end]
@@ -252,8 +253,9 @@ def test_diagnostic_for_math_in_branches_chosen_at_run_time():
     state = check_noop(legacy, RouteAttention, diagnostics=True)
     [diagnostic] = state.diagnostics
     assert diagnostic.symbol == "FooAttention"
-    assert "inside `if bias is None:` (2 softmax call(s)" in diagnostic.message
-    assert diagnostic.line == legacy[: legacy.index("if bias is None")].count("\n") + 1
+    assert "attention math reads ['bias'], which the interface cannot pass" in diagnostic.message
+    arm = legacy.index("        else:\n")  # the statement of the bias arm that adds it
+    assert diagnostic.line == legacy[: legacy.index("if attention_mask is not None:", arm)].count("\n") + 1
 
 
 

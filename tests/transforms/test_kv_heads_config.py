@@ -61,24 +61,56 @@ def test_noop_when_the_code_reads_num_key_value_heads():
     assert "config_json_drop" not in state.facts
 
 
-def test_noop_when_the_code_broadcasts_fewer_key_heads():
-    """Multi-query code keeps one key/value head without reading the config: no claim is made."""
-    multi_query = MHA_MODELING.replace(
+def _multi_query(modeling: str, kv_heads: str) -> str:
+    """`modeling` with one key/value projection of `kv_heads` heads, broadcast in the math."""
+    return modeling.replace(
         "self.k_proj = nn.Linear(self.hidden_size, self.num_heads * self.head_dim, bias=False)",
-        "self.k_proj = nn.Linear(self.hidden_size, self.head_dim, bias=False)",
+        f"self.k_proj = nn.Linear(self.hidden_size, {kv_heads} * self.head_dim, bias=False)",
     ).replace(
         "self.v_proj = nn.Linear(self.hidden_size, self.num_heads * self.head_dim, bias=False)",
-        "self.v_proj = nn.Linear(self.hidden_size, self.head_dim, bias=False)",
+        f"self.v_proj = nn.Linear(self.hidden_size, {kv_heads} * self.head_dim, bias=False)",
     ).replace(
         "key_states = self.k_proj(hidden_states).view(bsz, q_len, -1, self.head_dim)",
-        "key_states = self.k_proj(hidden_states).view(bsz, q_len, 1, self.head_dim)",
+        f"key_states = self.k_proj(hidden_states).view(bsz, q_len, {kv_heads}, self.head_dim)",
     ).replace(
         "value_states = self.v_proj(hidden_states).view(bsz, q_len, -1, self.head_dim)",
-        "value_states = self.v_proj(hidden_states).view(bsz, q_len, 1, self.head_dim)",
+        f"value_states = self.v_proj(hidden_states).view(bsz, q_len, {kv_heads}, self.head_dim)",
     ).replace(
         "query_states = self.q_proj(hidden_states).view(bsz, q_len, -1, self.head_dim)",
         "query_states = self.q_proj(hidden_states).view(bsz, q_len, self.num_heads, self.head_dim)",
     )
-    files, state = _port(multi_query)
-    assert files["configuration_foo.py"] == CONFIG, state.facts.get("kv_groups")
+
+
+def test_multi_query_code_states_its_one_key_head():
+    """Multi-query code keeps one key/value head without reading the config: the config says so,
+    since engines and continuous batching size the cache from it (CONTRACT C5)."""
+    files, state = _port(_multi_query(MHA_MODELING, "1"))
     assert state.facts["kv_groups"] == {"FooAttention": "self.num_heads // 1"}
+    assert files["configuration_foo.py"] == CONFIG.replace(
+        "        super().__init__(**kwargs)\n", "        super().__init__(**kwargs)\n        self.num_key_value_heads = 1\n"
+    )
+    assert state.facts["config_json_drop"] == ["num_key_value_heads"]
+
+
+def test_key_heads_chosen_by_a_config_switch_are_stated_in_config_terms():
+    """`self.num_kv_heads = 1 if self.multi_query else self.num_heads` in the attention: the
+    config computes the same from its own attributes."""
+    modeling = _multi_query(MHA_MODELING, "self.num_kv_heads").replace(
+        "        self.head_dim = ",
+        "        self.multi_query = config.multi_query\n"
+        "        self.num_kv_heads = 1 if self.multi_query else self.num_heads\n        self.head_dim = ",
+        1,
+    )
+    config = CONFIG.replace("num_attention_heads=4, **kwargs", "num_attention_heads=4, multi_query=True, **kwargs").replace(
+        "        super().__init__(**kwargs)\n", "        self.multi_query = multi_query\n        super().__init__(**kwargs)\n"
+    )
+    files, state = run_transforms({"modeling_foo.py": modeling, "configuration_foo.py": config}, TRANSFORMS)
+    assert "self.multi_query = config.multi_query" in modeling
+    stated = "        self.num_key_value_heads = (1 if self.multi_query else self.num_attention_heads)\n"
+    assert files["configuration_foo.py"] == config + stated
+    namespace = {}
+    exec(files["configuration_foo.py"], namespace)
+    assert namespace["FooConfig"](num_key_value_heads=4).num_key_value_heads == 1
+    assert namespace["FooConfig"](multi_query=False).num_key_value_heads == 4
+    again, state = run_transforms(files, KeyValueHeadsInConfig)
+    assert again == files and not state.changes
