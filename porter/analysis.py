@@ -269,4 +269,15 @@ def analyse(modules: dict[str, cst.Module], entry_points: set[str] | None = None
         for attr, held in result.classes[name].children.items():
             if held in result.base_models:
                 result.heads[name] = attr
+    # A head may hold the base model through a pretrained wrapper (`ForCausalLM.model` ->
+    # `Model.decoder` -> `Decoder` with the layers): a class holding a head is a head too.
+    wrappers = dict(result.heads)
+    while wrappers:
+        found = {}
+        for name in result.pretrained - result.base_models - set(result.heads):
+            attr = next((a for a, held in result.classes[name].children.items() if held in wrappers), None)
+            if attr is not None:
+                found[name] = attr
+        result.heads.update(found)
+        wrappers = found
     return result

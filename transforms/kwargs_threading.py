@@ -48,7 +48,7 @@ class ThreadKwargs(Transform):
             AddImportsVisitor.add_needed_import(self.context, "transformers.utils", "TransformersKwargs")
             self.record(forward, f"{cls.name.value}.forward accepts **{name}: {ANNOTATION}")
 
-        child_attrs = {a for a, c in info.children.items() if c in on_path}
+        child_attrs = set(_paths_on(info, on_path, self.state.analysis))
         list_attrs = {a for a, c in info.layer_lists.items() if c in on_path}
         threader = _PassKwargs(name, child_attrs, list_attrs)
         new_forward = new_forward.visit(threader)
@@ -57,6 +57,16 @@ class ThreadKwargs(Transform):
         if new_forward is forward:
             return cls
         return cls.deep_replace(forward, new_forward)
+
+
+def _paths_on(info, on_path: set[str], analysis, prefix: str = "", depth: int = 3):
+    """Dotted attribute paths from `info` to children on the path to attention: `model`, and
+    `model.decoder` where a head calls the module its base-model wrapper holds directly."""
+    for attr, held in info.children.items():
+        if held in on_path:
+            yield prefix + attr
+            if depth > 1 and held in analysis.classes:
+                yield from _paths_on(analysis.classes[held], on_path, analysis, f"{prefix}{attr}.", depth - 1)
 
 
 class _PassKwargs(SharingTransformer):
@@ -95,7 +105,7 @@ class _PassKwargs(SharingTransformer):
 
     def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.Call:
         func = updated.func
-        is_child = is_self_attr(func) and func.attr.value in self.child_attrs
+        is_child = (dotted(func) or "").removeprefix("self.") in self.child_attrs and (dotted(func) or "").startswith("self.")
         is_layer = isinstance(func, cst.Name) and func.value in self.loop_vars
         is_indexed = isinstance(func, cst.Subscript) and is_self_attr(func.value) and func.value.attr.value in self.list_attrs
         if not (is_child or is_layer or is_indexed):
