@@ -23,6 +23,7 @@ from transforms.head_shapes import HeadAgnosticShapes
 from transforms.kv_heads_config import KeyValueHeadsInConfig
 from transforms.kwargs_threading import ThreadKwargs
 from transforms.layer_index import ThreadLayerIndex
+from transforms.mask_positions import MaskCountedPositions
 from transforms.masks import UseMaskingUtils
 from transforms.multimodal_config import MultimodalConfigNames
 from transforms.multimodal_delegation import DropTowerDelegations
@@ -81,6 +82,7 @@ REGISTRY: tuple[type[Transform], ...] = (
     RefuseCustomSoftmax,  # reads only the analysis: its place does not matter
     FullAttentionLayers,  # reads the ported code of every file
     BaseModelPrefix,
+    MaskCountedPositions,  # after kwargs-threading: its new parameter sits before `**kwargs`
 )
 
 __all__ = ["REGISTRY", "Change", "PortState", "Transform"]

@@ -52,6 +52,7 @@ def test_first_run_ports_without_diagnostics_and_compiles(first_run):
     not_needed.add("custom-softmax")  # a refusal, never a change: its softmax is a plain one
     not_needed.add("window-layers")  # its config has no sliding window
     not_needed.add("base-model-prefix")  # its prefix names the attribute its heads use
+    not_needed.add("mask-positions")  # its positions are rotary, from position_ids
     assert {c.transform for c in state.changes} == {t.name for t in REGISTRY} - not_needed
 
 
