@@ -443,17 +443,9 @@ class RouteAttention(Transform):
         if "config" not in assigned and "config" in param_names(init):
             additions.append("self.config = config")
         if "is_causal" not in assigned:
-            if site.inputs["attention_mask"] == "None" and not any(has_call(s, {"where"}) for s in site.math_stmts):
-                # The legacy math takes no mask and keeps no causal buffer: it is bidirectional
-                # (a vision tower), and a kernel given no mask must not make it causal.
-                additions.append("self.is_causal = False")
-            elif builds_bidirectional_padding_mask(self.state.analysis):
-                additions.append("self.is_causal = False")  # a hand-built padding mask, nothing causal
-            elif uses_bidirectional_mask(self.state.analysis):
-                decoder = 'bool(getattr(config, "is_decoder", False))' if "config" in param_names(init) else "False"
-                additions.append(f"self.is_causal = {decoder}")
-            else:
-                additions.append("self.is_causal = True")
+            additions.append(f"self.is_causal = {self._causal_code(site, init)}")
+        elif self._causal_code(site, init) == "True":
+            init = self._causal_by_default(cls, init)
         if "sliding_window" not in assigned and uses_sliding_window(self.state.analysis):
             additions.append('self.sliding_window = getattr(self.config, "sliding_window", None)')
         if "num_key_value_groups" not in assigned:
@@ -473,6 +465,32 @@ class RouteAttention(Transform):
         self.record(init, f"{cls.name.value}.__init__: added " + ", ".join(added))
         stmts = parse_stmts("\n".join(additions) + "\n")
         return init.with_changes(body=init.body.with_changes(body=[*init.body.body, *stmts]))
+
+    def _causal_code(self, site: Site, init: cst.FunctionDef) -> str:
+        """What `self.is_causal` is, from how the model masks its attention."""
+        if site.inputs["attention_mask"] == "None" and not any(has_call(s, {"where"}) for s in site.math_stmts):
+            # The legacy math takes no mask and keeps no causal buffer: it is bidirectional
+            # (a vision tower), and a kernel given no mask must not make it causal.
+            return "False"
+        if builds_bidirectional_padding_mask(self.state.analysis):
+            return "False"  # a hand-built padding mask, nothing causal
+        if uses_bidirectional_mask(self.state.analysis):
+            return 'bool(getattr(config, "is_decoder", False))' if "config" in param_names(init) else "False"
+        return "True"
+
+    def _causal_by_default(self, cls, init: cst.FunctionDef) -> cst.FunctionDef:
+        """`self.is_causal = is_causal` from a parameter defaulting to False, in a model whose
+        mask is causal: the legacy layers built it without the argument (causality came in the
+        mask only), so a kernel given no mask attended both ways. The default becomes True;
+        a builder that passes False explicitly keeps it."""
+        stored = next((a for s in walk(init) if (a := single_assign(s)) and code_of(a[0][0]) == "self.is_causal"), None)
+        if stored is None or not isinstance(stored[1], cst.Name):
+            return init
+        param = next((p for p in init.params.params if p.name.value == stored[1].value), None)
+        if param is None or param.default is None or code_of(param.default) != "False":
+            return init
+        self.record(init, f"{cls.name.value}.__init__: `{param.name.value}` defaults to True: the model's mask is causal")
+        return init.deep_replace(param, param.with_changes(default=cst.Name("True")))
 
     def _scaling_property(self, cls, members, site: Site, init):
         """A scale computed from a buffer cannot be taken in __init__ (buffers are on the meta
