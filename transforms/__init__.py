@@ -4,6 +4,7 @@ every other rewrite has dropped the names it no longer needs. The parallel plans
 inferred from the routed code's structure, and the reshapes they shard made head-agnostic,
 after everything that changes attention."""
 
+from transforms.argument_updates import OutOfPlaceArgumentUpdates
 from transforms.attention_classes import CollapseBackendClasses
 from transforms.attention_config import ThreadAttentionConfig
 from transforms.attention_interface import RouteAttention
@@ -83,6 +84,7 @@ REGISTRY: tuple[type[Transform], ...] = (
     FullAttentionLayers,  # reads the ported code of every file
     BaseModelPrefix,
     MaskCountedPositions,  # after kwargs-threading: its new parameter sits before `**kwargs`
+    OutOfPlaceArgumentUpdates,
 )
 
 __all__ = ["REGISTRY", "Change", "PortState", "Transform"]
