@@ -37,9 +37,10 @@ from transforms.cst_utils import (
 POSITIONS = "position_ids"
 
 
-def counted_positions(forward: cst.FunctionDef) -> tuple[str, str] | None:
-    """(mask parameter, positions variable) when `forward` counts positions from its first
-    parameter with a cumsum and returns a lookup of them; else None."""
+def counted_positions(forward: cst.FunctionDef) -> tuple[str, str, str] | None:
+    """(first parameter, positions variable, how they are counted) when `forward` counts
+    positions and returns a lookup of them: "mask" for a cumsum of its first parameter (a
+    padding mask), "arange" for `torch.arange(past, past + seq)` shared by every row; else None."""
     params = param_names(forward)
     if len(params) < 2 or POSITIONS in params:
         return None
@@ -47,17 +48,29 @@ def counted_positions(forward: cst.FunctionDef) -> tuple[str, str] | None:
     body = [s for s in forward.body.body if not _is_docstring(s)]
     if not body or not isinstance(body[-1], cst.SimpleStatementLine) or not isinstance(body[-1].body[0], cst.Return):
         return None
-    counted = None
+    counted = kind = None
     for stmt in body[:-1]:
         assign = single_assign(stmt)
-        if not assign or not isinstance(assign[0][0], cst.Name):
+        if not assign:
             return None
+        if counted is not None or not isinstance(assign[0][0], cst.Name):
+            continue
         cumsums = [c for c in walk(assign[1]) if isinstance(c, cst.Call) and last_part(call_name(c) or "") == "cumsum"]
-        if counted is None and any(mask in names_read(c) for c in cumsums):
-            counted = assign[0][0].value
+        if any(mask in names_read(c) for c in cumsums):
+            counted, kind = assign[0][0].value, "mask"
+        elif isinstance(assign[1], cst.Call) and last_part(call_name(assign[1]) or "") == "arange":
+            counted, kind = assign[0][0].value, "arange"
     if counted is None or counted not in names_read(body[-1]):
         return None
-    return mask, counted
+    return mask, counted, kind
+
+
+# Positions from `arange` are one row, shared by the batch: given `position_ids`, that row.
+ONE_ROW = """\
+if {positions}.shape[0] > 1 and not torch.equal({positions}, {positions}[:1].expand_as({positions})):
+    raise ValueError("this model looks its positions up once for the whole batch: rows of position_ids must be equal")
+{counted} = {positions}[0]
+"""
 
 
 def _is_docstring(stmt: cst.BaseStatement) -> bool:
@@ -90,7 +103,7 @@ class MaskCountedPositions(Transform):
         if not counters:
             return tree
         callers = {
-            n: {a: c for a, c in i.children.items() if c in counters}
+            n: {a: counters[c][2] for a, c in i.children.items() if c in counters}
             for n, i in analysis.classes.items()
             if i.file == self.filename and any(c in counters for c in i.children.values())
         }
@@ -98,22 +111,23 @@ class MaskCountedPositions(Transform):
         tree = self.rewrite_classes(tree, mine, lambda cls: self._rewrite_counter(cls, counters[cls.name.value]))
         return self.rewrite_classes(tree, set(callers), lambda cls: self._rewrite_caller(cls, callers[cls.name.value]))
 
-    def _rewrite_counter(self, cls: cst.ClassDef, found: tuple[str, str]) -> cst.ClassDef:
+    def _rewrite_counter(self, cls: cst.ClassDef, found: tuple[str, str, str]) -> cst.ClassDef:
         forward = function_defs(cls)["forward"]
-        _, counted = found
+        _, counted, kind = found
+        given_code = f"{counted} = {POSITIONS}\n" if kind == "mask" else ONE_ROW.format(positions=POSITIONS, counted=counted)
         body = list(forward.body.body)
         head = [s for s in body[:1] if _is_docstring(s)]
         counting, returned = body[len(head):-1], body[-1]
         given = cst.If(
             test=parse_expr(f"{POSITIONS} is None"),
             body=cst.IndentedBlock(body=counting),
-            orelse=cst.Else(body=cst.IndentedBlock(body=parse_stmts(f"{counted} = {POSITIONS}\n"))),
+            orelse=cst.Else(body=cst.IndentedBlock(body=parse_stmts(given_code))),
             leading_lines=counting[0].leading_lines,
         )
         new_forward = _with_param(forward, POSITIONS).with_changes(
             body=forward.body.with_changes(body=[*head, given, returned])
         )
-        self.record(forward, f"{cls.name.value}.forward: positions counted from the mask unless `position_ids` are given")
+        self.record(forward, f"{cls.name.value}.forward: positions counted by {kind} unless `position_ids` are given")
         return cls.deep_replace(forward, new_forward)
 
     def _rewrite_caller(self, cls: cst.ClassDef, held: dict[str, str]) -> cst.ClassDef:
@@ -135,35 +149,39 @@ class MaskCountedPositions(Transform):
             index, call = calls[0]
             if any(a.keyword and a.keyword.value == POSITIONS for a in call.args):
                 continue
-            new_method = self._pass_positions(cls.name.value, method, body, index, call)
+            kind = held[dotted(call.func).removeprefix("self.")]
+            new_method = self._pass_positions(cls.name.value, method, body, index, call, kind)
             if new_method is None:
                 return cls
             cls = cls.deep_replace(method, new_method)
         return cls
 
-    def _pass_positions(self, owner, method, body, index, call) -> cst.FunctionDef | None:
-        mask = code_of(call.args[0].value)
-        past = code_of(call.args[1].value) if len(call.args) > 1 and call.args[1].keyword is None else "0"
-        embeds = "inputs_embeds"
-        if not any(embeds in _bound(s) for s in body[:index]):
-            self.refuse(body[index], f"no `{embeds}` before the positions are counted, to size them without a mask", owner)
-            return None
+    def _pass_positions(self, owner, method, body, index, call, kind) -> cst.FunctionDef | None:
         stmt = body[index]
-        body[index] = stmt.deep_replace(call, call.with_changes(args=[*call.args, cst.Arg(
+        passed = stmt.deep_replace(call, call.with_changes(args=[*call.args, cst.Arg(
             keyword=cst.Name(POSITIONS), value=cst.Name(POSITIONS),
             equal=cst.AssignEqual(cst.SimpleWhitespace(""), cst.SimpleWhitespace("")),
         )]))
-        default = parse_stmts(
-            f"if {POSITIONS} is None and {mask} is None:\n"
-            f"    {POSITIONS} = torch.arange({past}, {past} + {embeds}.shape[1], device={embeds}.device).unsqueeze(0)\n"
-        )[0]
-        body.insert(index, default.with_changes(leading_lines=stmt.leading_lines))
-        body[index + 1] = body[index + 1].with_changes(leading_lines=[])
-        self._guard_length_checks(owner, body, mask)
+        if kind == "mask":
+            # No mask and no positions: the positions an all-ones mask counts.
+            mask = code_of(call.args[0].value)
+            past = code_of(call.args[1].value) if len(call.args) > 1 and call.args[1].keyword is None else "0"
+            embeds = "inputs_embeds"
+            if not any(embeds in _bound(s) for s in body[:index]):
+                self.refuse(stmt, f"no `{embeds}` before the positions are counted, to size them without a mask", owner)
+                return None
+            default = parse_stmts(
+                f"if {POSITIONS} is None and {mask} is None:\n"
+                f"    {POSITIONS} = torch.arange({past}, {past} + {embeds}.shape[1], device={embeds}.device).unsqueeze(0)\n"
+            )[0]
+            body[index:index + 1] = [default.with_changes(leading_lines=stmt.leading_lines), passed.with_changes(leading_lines=[])]
+            self._guard_length_checks(owner, body, mask)
+        else:
+            body[index] = passed
         new_method = method.with_changes(body=method.body.with_changes(body=body))
         if POSITIONS not in param_names(method) and star_kwargs_name(method) != POSITIONS:
             new_method = _with_param(new_method, POSITIONS)
-        self.record(stmt, f"{owner}.{method.name.value}: `position_ids` passed to the positions counted from the mask")
+        self.record(stmt, f"{owner}.{method.name.value}: `position_ids` passed to the positions it counted by {kind}")
         return new_method
 
     def _guard_length_checks(self, owner: str, body: list, mask: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import textwrap
 
+import pytest
 import torch
 
 from porter.analysis import analyse
@@ -107,16 +108,59 @@ def test_positions_counted_from_the_mask_take_position_ids_and_keep_the_count():
     assert torch.equal(packed[0, 2], legacy(ids[:1, 2:], torch.ones(1, 2, dtype=torch.long))[0, 0])
 
 
-def test_positions_from_arange_are_left_alone():
+ARANGE = textwrap.dedent("""\
+    import torch
+    from torch import nn
+
+
+    class FooPositions(nn.Embedding):
+        def forward(self, shape, past_key_values_length: int = 0):
+            seq_len = shape[1]
+            positions = torch.arange(past_key_values_length, past_key_values_length + seq_len)
+            return super().forward(positions)
+
+
+    class FooEncoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed_positions = FooPositions(32, 4)
+
+        def forward(self, hidden_states, past_length=0):
+            table = self.embed_positions(hidden_states.shape[:-1], past_length)[None, None, :, :]
+            return hidden_states[:, None] * table
+""")
+
+
+def test_a_table_looked_up_by_arange_takes_one_row_of_position_ids():
+    output, state = run_transforms(ARANGE, MaskCountedPositions)
+    ported = output[FILENAME]
+    assert not state.diagnostics
+    assert "def forward(self, hidden_states, past_length=0, position_ids=None):" in ported
+    assert "self.embed_positions(hidden_states.shape[:-1], past_length, position_ids=position_ids)" in ported
+    modules = []
+    for source in (ARANGE, ported):
+        namespace = {}
+        exec(compile(source, FILENAME, "exec"), namespace)
+        torch.manual_seed(0)
+        modules.append(namespace["FooEncoder"]())
+    legacy, encoder = modules
+    hidden = torch.randn(2, 3, 4)
+    assert torch.equal(encoder(hidden), legacy(hidden))
+    assert torch.equal(encoder(hidden, position_ids=torch.tensor([[2, 3, 4]])), legacy(hidden, past_length=2))
+    with pytest.raises(ValueError, match="rows of position_ids must be equal"):
+        encoder(hidden, position_ids=torch.tensor([[0, 1, 2], [1, 2, 3]]))
+
+
+def test_positions_given_to_the_module_are_left_alone():
     check_noop('''\
         import torch
         from torch import nn
 
 
         class FooPositions(nn.Embedding):
-            def forward(self, input_ids, past_key_values_length: int = 0):
-                positions = torch.arange(past_key_values_length, past_key_values_length + input_ids.shape[1])
-                return super().forward(positions)
+            def forward(self, position_ids, past_key_values_length: int = 0):
+                shifted = position_ids + 2
+                return super().forward(shifted)
     ''', MaskCountedPositions)
 
 
