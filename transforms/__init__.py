@@ -44,6 +44,7 @@ from transforms.tied_head_plan import TiedHeadPlan
 from transforms.tied_weights import TiedWeightsDict
 from transforms.tuple_cache import CacheObjects
 from transforms.window_layers import FullAttentionLayers
+from transforms.window_switch_layers import WindowSwitchLayerTypes
 
 REGISTRY: tuple[type[Transform], ...] = (
     CollapseBackendClasses,
@@ -85,6 +86,7 @@ REGISTRY: tuple[type[Transform], ...] = (
     BaseModelPrefix,
     MaskCountedPositions,  # after kwargs-threading: its new parameter sits before `**kwargs`
     OutOfPlaceArgumentUpdates,
+    WindowSwitchLayerTypes,  # reads attention-interface's window switches
 )
 
 __all__ = ["REGISTRY", "Change", "PortState", "Transform"]

@@ -36,7 +36,7 @@ from transforms.attention_math import (
     split_softmax_argument,
 )
 from transforms.base import Transform
-from transforms.causal_buffer import buffers_read_by_where, narrowed_buffer_call
+from transforms.causal_buffer import WINDOW_SWITCHES, buffers_read_by_where, narrowed_buffer_call, window_narrowing
 from transforms.cross_attention import find_cross_attention
 from transforms.cst_utils import (
     SharingTransformer,
@@ -130,9 +130,11 @@ class RouteAttention(Transform):
             body = split_output_product(split_softmax_argument(body))
             body = hoist_position_bias(body, _head_size_attribute(init), _mask_param(forward))
             site = self._locate(body, forward, methods, init)
+            window = None
             for buffer in sorted(buffers_read_by_where(site.math_stmts)):
                 narrowed = narrowed_buffer_call(init, buffer)
-                if narrowed is not None:
+                window = window_narrowing(init, narrowed) if narrowed is not None else window
+                if narrowed is not None and window is None:
                     raise NotUnderstood(
                         narrowed,
                         f"the causal buffer `self.{buffer}` is narrowed beyond a lower triangle by "
@@ -187,6 +189,8 @@ class RouteAttention(Transform):
         self.record(forward, f"{name}.forward: attention math moved to {eager_name}; one interface call")
 
         new_init = self._complete_init(cls, init, site, forward)
+        if window is not None:
+            new_forward, new_init = self._window_per_layer(cls, new_forward, new_init, window)
         members = []
         for member in cls.body.body:
             if member is forward:
@@ -199,6 +203,29 @@ class RouteAttention(Transform):
         members = self._scaling_property(cls, members, site, init)
         members = self._query_prescaled(cls, members, site, init, forward)
         return cls.with_changes(body=cls.body.with_changes(body=members)), eager_node
+
+    def _window_per_layer(self, cls, forward, init, window: tuple[str, str]):
+        """A causal buffer narrowed to a band when `__init__`'s switch says so (GPT-Neo's local
+        layers): the module keeps the window as `self.sliding_window` (None for the others),
+        and takes its own mask from the base model's `{"full_attention": ..., "sliding_attention": ...}`
+        (see masks and [window_layers](window_layers.md))."""
+        test, size = window
+        name = cls.name.value
+        self.state.facts.setdefault(WINDOW_SWITCHES, {})[name] = window
+        mask = _mask_param(forward)
+        pick = parse_stmts(
+            f"if isinstance({mask}, dict):  # one mask per layer type, from the base model\n"
+            f'    {mask} = {mask}["sliding_attention" if self.sliding_window is not None else "full_attention"]\n'
+        )
+        body = list(forward.body.body)
+        docstring = 1 if body and _is_docstring_stmt(body[0]) else 0
+        forward = forward.with_changes(body=forward.body.with_changes(body=[*body[:docstring], *pick, *body[docstring:]]))
+        init = init.with_changes(body=init.body.with_changes(
+            body=[*init.body.body, *parse_stmts(f"self.sliding_window = ({size}) if {test} else None\n")]
+        ))
+        self.record(init, f"{name}: the causal buffer's band (window {size} where {test}) becomes self.sliding_window "
+                    "and a sliding-window mask")
+        return forward, init
 
     def _query_prescaled(self, cls, members, site: Site, init, forward):
         """BART-lineage code scales the query where it is projected with its own `self.scaling`
@@ -599,6 +626,11 @@ def _softcap_code(stmts) -> str | None:
                 factors |= {code_of(node.left), code_of(node.right)}
     caps = sorted(c for c in divisors & factors if c.startswith("self.") and c.count("(") == 0)
     return caps[0] if len(caps) == 1 else None
+
+
+def _is_docstring_stmt(stmt: cst.BaseStatement) -> bool:
+    return (isinstance(stmt, cst.SimpleStatementLine) and isinstance(stmt.body[0], cst.Expr)
+            and isinstance(stmt.body[0].value, (cst.SimpleString, cst.ConcatenatedString)))
 
 
 def _mask_param(forward: cst.FunctionDef) -> str:
