@@ -271,7 +271,11 @@ def analyse(modules: dict[str, cst.Module], entry_points: set[str] | None = None
                 result.heads[name] = attr
     # A head may hold the base model through a pretrained wrapper (`ForCausalLM.model` ->
     # `Model.decoder` -> `Decoder` with the layers): a class holding a head is a head too.
-    wrappers = dict(result.heads)
+    # A class holding two base models (an encoder and a decoder) is a model, not a wrapper.
+    wrappers = {
+        h: a for h, a in result.heads.items()
+        if sum(held in result.base_models for held in result.classes[h].children.values()) == 1
+    }
     while wrappers:
         found = {}
         for name in result.pretrained - result.base_models - set(result.heads):

@@ -229,3 +229,14 @@ def test_kwargs_follow_a_call_through_the_wrapper():
     assert "return self.model.decoder(x, **kwargs)" in files[FILENAME]
     assert "return self.decoder(x, **kwargs)" in files[FILENAME]
     compile(files[FILENAME], FILENAME, "exec")
+
+
+def test_a_model_holding_an_encoder_and_a_decoder_is_not_a_wrapper():
+    import libcst as cst
+
+    source = WRAPPED.replace(
+        "            self.decoder = FooDecoder(config)\n",
+        "            self.encoder = FooDecoder(config)\n            self.decoder = FooDecoder(config)\n",
+    )
+    analysis = analyse({FILENAME: cst.parse_module(source)})
+    assert analysis.heads == {"FooModel": "encoder"}  # as before: its holder is no head
