@@ -305,4 +305,19 @@ def analyse(modules: dict[str, cst.Module], entry_points: set[str] | None = None
         for attr, held in result.classes[name].children.items():
             if held in result.base_models:
                 result.heads[name] = attr
+    # A head may hold the base model through a pretrained wrapper (`ForCausalLM.model` ->
+    # `Model.decoder` -> `Decoder` with the layers): a class holding a head is a head too.
+    # A class holding two base models (an encoder and a decoder) is a model, not a wrapper.
+    wrappers = {
+        h: a for h, a in result.heads.items()
+        if sum(held in result.base_models for held in result.classes[h].children.values()) == 1
+    }
+    while wrappers:
+        found = {}
+        for name in result.pretrained - result.base_models - set(result.heads):
+            attr = next((a for a, held in result.classes[name].children.items() if held in wrappers), None)
+            if attr is not None:
+                found[name] = attr
+        result.heads.update(found)
+        wrappers = found
     return result

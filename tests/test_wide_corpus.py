@@ -44,8 +44,6 @@ EXPECTED_REFUSALS: dict[str, str] = {
     "bart-4.44.2": "BartAttention is a cross-attention: it projects keys and values from `key_value_states`",
     "marian-4.44.2": "MarianAttention is a cross-attention: it projects keys and values from `key_value_states`",
     # older GPT families
-    "gpt_neo-4.44.2": "causal buffer `self.bias` is narrowed",
-    "gpt_neo-4.30.2": "causal buffer `self.bias` is narrowed",
     "ctrl-4.44.2": "no softmax in forward or in a helper method it calls",
 }
 

@@ -4,6 +4,7 @@ every other rewrite has dropped the names it no longer needs. The parallel plans
 inferred from the routed code's structure, and the reshapes they shard made head-agnostic,
 after everything that changes attention."""
 
+from transforms.argument_updates import OutOfPlaceArgumentUpdates
 from transforms.attention_classes import CollapseBackendClasses
 from transforms.attention_config import ThreadAttentionConfig
 from transforms.attention_interface import RouteAttention
@@ -24,6 +25,7 @@ from transforms.in_library_layers import RefuseInLibraryLayers
 from transforms.kv_heads_config import KeyValueHeadsInConfig
 from transforms.kwargs_threading import ThreadKwargs
 from transforms.layer_index import ThreadLayerIndex
+from transforms.mask_positions import MaskCountedPositions
 from transforms.masks import UseMaskingUtils
 from transforms.multimodal_config import MultimodalConfigNames
 from transforms.multimodal_delegation import DropTowerDelegations
@@ -44,6 +46,7 @@ from transforms.tied_weights import TiedWeightsDict
 from transforms.tuple_cache import CacheObjects
 from transforms.value_head_padding import PadValueHeads
 from transforms.window_layers import FullAttentionLayers
+from transforms.window_switch_layers import WindowSwitchLayerTypes
 
 REGISTRY: tuple[type[Transform], ...] = (
     CollapseBackendClasses,
@@ -85,6 +88,9 @@ REGISTRY: tuple[type[Transform], ...] = (
     BaseModelPrefix,
     PadValueHeads,  # reads the routed attention code of every file
     RefuseInLibraryLayers,  # reads only the imports and their uses: its place does not matter
+    MaskCountedPositions,  # after kwargs-threading: its new parameter sits before `**kwargs`
+    OutOfPlaceArgumentUpdates,
+    WindowSwitchLayerTypes,  # reads attention-interface's window switches
 )
 
 __all__ = ["REGISTRY", "Change", "PortState", "Transform"]

@@ -39,7 +39,7 @@ from transforms.attention_math import (
     split_softmax_argument,
 )
 from transforms.base import Transform
-from transforms.causal_buffer import buffers_read_by_where, narrowed_buffer_call
+from transforms.causal_buffer import WINDOW_SWITCHES, buffers_read_by_where, narrowed_buffer_call, window_narrowing
 from transforms.cross_attention import find_cross_attention
 from transforms.cst_utils import (
     SharingTransformer,
@@ -107,6 +107,7 @@ class _Route:
     eager_code: str
     eager_name: str = ""
     call_site: list[cst.BaseStatement] = field(default_factory=list)
+    window: tuple[str, str] | None = None  # a causal buffer narrowed to a band under a switch
 
 
 class RouteAttention(Transform):
@@ -203,6 +204,9 @@ class RouteAttention(Transform):
         self.record(forward, f"{name}.forward: attention math moved to {eager_names}; {calls}")
 
         new_init = self._complete_init(cls, init, site, forward)
+        window = next((route.window for route in routes if route.window is not None), None)
+        if window is not None:
+            new_forward, new_init = self._window_per_layer(cls, new_forward, new_init, window)
         members = []
         for member in cls.body.body:
             if member is forward:
@@ -254,9 +258,11 @@ class RouteAttention(Transform):
         body = hoist_position_bias(body, _head_size_attribute(init), _mask_param(forward))
         path = _Path(body, path.lo, path.hi)
         site = self._locate(body, forward, methods, init)
+        window = None
         for buffer in sorted(buffers_read_by_where(site.math_stmts)):
             narrowed = narrowed_buffer_call(init, buffer)
-            if narrowed is not None:
+            window = window_narrowing(init, narrowed) if narrowed is not None else window
+            if narrowed is not None and window is None:
                 raise NotUnderstood(
                     narrowed,
                     f"the causal buffer `self.{buffer}` is narrowed beyond a lower triangle by "
@@ -265,7 +271,7 @@ class RouteAttention(Transform):
                 )
         _refuse_tiled_heads_with_groups(body, site, init)
         dropout_code, eager_code = self._eager_function(site)
-        return _Route(path, site, dropout_code, eager_code)
+        return _Route(path, site, dropout_code, eager_code, window=window)
 
     def _emit_eager(self, route: _Route, emitted: dict[str, str]) -> tuple[str, cst.BaseStatement | None]:
         """The name of the route's eager function, and its definition if it is new; the
@@ -297,6 +303,29 @@ class RouteAttention(Transform):
             eager_node = spaced(cst.parse_statement(code))
         route.eager_name = eager_name
         return eager_name, eager_node
+
+    def _window_per_layer(self, cls, forward, init, window: tuple[str, str]):
+        """A causal buffer narrowed to a band when `__init__`'s switch says so (GPT-Neo's local
+        layers): the module keeps the window as `self.sliding_window` (None for the others),
+        and takes its own mask from the base model's `{"full_attention": ..., "sliding_attention": ...}`
+        (see masks and [window_layers](window_layers.md))."""
+        test, size = window
+        name = cls.name.value
+        self.state.facts.setdefault(WINDOW_SWITCHES, {})[name] = window
+        mask = _mask_param(forward)
+        pick = parse_stmts(
+            f"if isinstance({mask}, dict):  # one mask per layer type, from the base model\n"
+            f'    {mask} = {mask}["sliding_attention" if self.sliding_window is not None else "full_attention"]\n'
+        )
+        body = list(forward.body.body)
+        docstring = 1 if body and _is_docstring_stmt(body[0]) else 0
+        forward = forward.with_changes(body=forward.body.with_changes(body=[*body[:docstring], *pick, *body[docstring:]]))
+        init = init.with_changes(body=init.body.with_changes(
+            body=[*init.body.body, *parse_stmts(f"self.sliding_window = ({size}) if {test} else None\n")]
+        ))
+        self.record(init, f"{name}: the causal buffer's band (window {size} where {test}) becomes self.sliding_window "
+                    "and a sliding-window mask")
+        return forward, init
 
     def _query_prescaled(self, cls, members, site: Site, init, forward):
         """BART-lineage code scales the query where it is projected with its own `self.scaling`
@@ -547,17 +576,9 @@ class RouteAttention(Transform):
         if "config" not in assigned and "config" in param_names(init):
             additions.append("self.config = config")
         if "is_causal" not in assigned:
-            if site.inputs["attention_mask"] == "None" and not any(has_call(s, {"where"}) for s in site.math_stmts):
-                # The legacy math takes no mask and keeps no causal buffer: it is bidirectional
-                # (a vision tower), and a kernel given no mask must not make it causal.
-                additions.append("self.is_causal = False")
-            elif builds_bidirectional_padding_mask(self.state.analysis):
-                additions.append("self.is_causal = False")  # a hand-built padding mask, nothing causal
-            elif uses_bidirectional_mask(self.state.analysis):
-                decoder = 'bool(getattr(config, "is_decoder", False))' if "config" in param_names(init) else "False"
-                additions.append(f"self.is_causal = {decoder}")
-            else:
-                additions.append("self.is_causal = True")
+            additions.append(f"self.is_causal = {self._causal_code(site, init)}")
+        elif self._causal_code(site, init) == "True":
+            init = self._causal_by_default(cls, init)
         if "sliding_window" not in assigned and uses_sliding_window(self.state.analysis):
             additions.append('self.sliding_window = getattr(self.config, "sliding_window", None)')
         if "num_key_value_groups" not in assigned:
@@ -578,6 +599,32 @@ class RouteAttention(Transform):
         self.record(init, f"{cls.name.value}.__init__: added " + ", ".join(added))
         stmts = parse_stmts("\n".join(additions) + "\n")
         return init.with_changes(body=init.body.with_changes(body=[*init.body.body, *stmts]))
+
+    def _causal_code(self, site: Site, init: cst.FunctionDef) -> str:
+        """What `self.is_causal` is, from how the model masks its attention."""
+        if site.inputs["attention_mask"] == "None" and not any(has_call(s, {"where"}) for s in site.math_stmts):
+            # The legacy math takes no mask and keeps no causal buffer: it is bidirectional
+            # (a vision tower), and a kernel given no mask must not make it causal.
+            return "False"
+        if builds_bidirectional_padding_mask(self.state.analysis):
+            return "False"  # a hand-built padding mask, nothing causal
+        if uses_bidirectional_mask(self.state.analysis):
+            return 'bool(getattr(config, "is_decoder", False))' if "config" in param_names(init) else "False"
+        return "True"
+
+    def _causal_by_default(self, cls, init: cst.FunctionDef) -> cst.FunctionDef:
+        """`self.is_causal = is_causal` from a parameter defaulting to False, in a model whose
+        mask is causal: the legacy layers built it without the argument (causality came in the
+        mask only), so a kernel given no mask attended both ways. The default becomes True;
+        a builder that passes False explicitly keeps it."""
+        stored = next((a for s in walk(init) if (a := single_assign(s)) and code_of(a[0][0]) == "self.is_causal"), None)
+        if stored is None or not isinstance(stored[1], cst.Name):
+            return init
+        param = next((p for p in init.params.params if p.name.value == stored[1].value), None)
+        if param is None or param.default is None or code_of(param.default) != "False":
+            return init
+        self.record(init, f"{cls.name.value}.__init__: `{param.name.value}` defaults to True: the model's mask is causal")
+        return init.deep_replace(param, param.with_changes(default=cst.Name("True")))
 
     def _scaling_property(self, cls, members, site: Site, init):
         """A scale computed from a buffer cannot be taken in __init__ (buffers are on the meta
@@ -741,6 +788,11 @@ def _softcap_code(stmts) -> str | None:
                 factors |= {code_of(node.left), code_of(node.right)}
     caps = sorted(c for c in divisors & factors if c.startswith("self.") and c.count("(") == 0)
     return caps[0] if len(caps) == 1 else None
+
+
+def _is_docstring_stmt(stmt: cst.BaseStatement) -> bool:
+    return (isinstance(stmt, cst.SimpleStatementLine) and isinstance(stmt.body[0], cst.Expr)
+            and isinstance(stmt.body[0].value, (cst.SimpleString, cst.ConcatenatedString)))
 
 
 def _mask_param(forward: cst.FunctionDef) -> str:

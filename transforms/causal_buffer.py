@@ -19,6 +19,9 @@ TRIANGLE_CALLS = {"tril", "ones", "ones_like", "full", "view", "reshape", "expan
                   "byte", "int", "long", "float", "cuda", "cpu", "contiguous"}
 
 
+WINDOW_SWITCHES = "window_switches"  # fact: attention class -> (test, window) of its narrowed buffer
+
+
 def buffers_read_by_where(stmts: list[cst.BaseStatement]) -> set[str]:
     """Names `X` of the `self.X[...]` buffers that the math reads as a `torch.where` condition,
     directly or through a local (`causal_mask = self.bias[...]`)."""
@@ -66,4 +69,26 @@ def narrowed_buffer_call(init: cst.FunctionDef, buffer: str) -> cst.Call | None:
             offset = name == "tril" and (len(call.args) > 1 or any(a.keyword for a in call.args))
             if name not in TRIANGLE_CALLS or offset:
                 return call
+    return None
+
+
+def window_narrowing(init: cst.FunctionDef, call: cst.Call) -> tuple[str, str] | None:
+    """(test, window) when the narrowing `call` is a sliding window chosen by a switch of
+    `__init__`: `if <test>: bias = torch.bitwise_xor(bias, torch.tril(bias, -<window>))`.
+    The band keeps the keys k with 0 <= q - k < window: masking_utils' sliding window."""
+    if last_part(call_name(call)) != "bitwise_xor" or len(call.args) != 2:
+        return None
+    kept, lower = (a.value for a in call.args)
+    if not (isinstance(lower, cst.Call) and last_part(call_name(lower)) == "tril" and len(lower.args) == 2):
+        return None
+    offset = lower.args[1].value
+    if code_of(lower.args[0].value) != code_of(kept) or not (
+        isinstance(offset, cst.UnaryOperation) and isinstance(offset.operator, cst.Minus)
+    ):
+        return None
+    for node in walk(init):
+        if isinstance(node, cst.If) and node.orelse is None and any(n is call for n in walk(node.body)):
+            statements = node.body.body
+            if len(statements) == 1 and any(n is call for n in walk(statements[0])):
+                return code_of(node.test), code_of(offset.expression)
     return None

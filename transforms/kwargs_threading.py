@@ -62,7 +62,7 @@ class ThreadKwargs(Transform):
             new_forward = new_forward.with_changes(body=new_forward.body.with_changes(body=body))
             self.record(forward, f"{cls.name.value}.forward: no longer raises on extra keywords in **{name}: they are passed on")
 
-        child_attrs = {a for a, c in info.children.items() if c in on_path}
+        child_attrs = set(_paths_on(info, on_path, self.state.analysis))
         list_attrs = {a for a, c in info.layer_lists.items() if c in on_path}
         threader = _PassKwargs(name, child_attrs, list_attrs)
         new_forward = new_forward.visit(threader)
@@ -85,6 +85,16 @@ def _refusals_of_extra_keywords(forward: cst.FunctionDef, name: str) -> list[cst
         if inner and all(isinstance(s, cst.SimpleStatementLine) and all(isinstance(x, cst.Raise) for x in s.body) for s in inner):
             found.append(stmt)
     return found
+
+
+def _paths_on(info, on_path: set[str], analysis, prefix: str = "", depth: int = 3):
+    """Dotted attribute paths from `info` to children on the path to attention: `model`, and
+    `model.decoder` where a head calls the module its base-model wrapper holds directly."""
+    for attr, held in info.children.items():
+        if held in on_path:
+            yield prefix + attr
+            if depth > 1 and held in analysis.classes:
+                yield from _paths_on(analysis.classes[held], on_path, analysis, f"{prefix}{attr}.", depth - 1)
 
 
 class _PassKwargs(SharingTransformer):
@@ -123,7 +133,7 @@ class _PassKwargs(SharingTransformer):
 
     def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.Call:
         func = updated.func
-        is_child = is_self_attr(func) and func.attr.value in self.child_attrs
+        is_child = (dotted(func) or "").removeprefix("self.") in self.child_attrs and (dotted(func) or "").startswith("self.")
         is_layer = isinstance(func, cst.Name) and func.value in self.loop_vars
         is_indexed = isinstance(func, cst.Subscript) and is_self_attr(func.value) and func.value.attr.value in self.list_attrs
         if not (is_child or is_layer or is_indexed):

@@ -19,6 +19,7 @@ import libcst as cst
 from libcst.codemod.visitors import AddImportsVisitor
 
 from transforms.base import Transform
+from transforms.causal_buffer import WINDOW_SWITCHES
 from transforms.config_defaults import CONFIG_READS
 from transforms.cst_utils import (
     call_name,
@@ -302,6 +303,8 @@ class UseMaskingUtils(Transform):
                 causal = self._builder_call("create_causal_mask", mask_var, embeds_var, params)
                 built = f'(\n    {built}\n    if getattr(self.config, "sliding_window", None) is not None\n    else {causal}\n)'
                 AddImportsVisitor.add_needed_import(self.context, "transformers.masking_utils", "create_causal_mask")
+            if builder == "create_causal_mask" and self.state.facts.get(WINDOW_SWITCHES):
+                built = self._per_layer_type(built, mask_var, embeds_var, params)
             new_stmt = parse_stmts(f"{target} = {built}\n")[0]
             _replace_once_embedded(body, index, new_stmt, embeds_var, target)
             if helper_calls and own_builder is not None and _returns_bool(own_builder):
@@ -318,6 +321,16 @@ class UseMaskingUtils(Transform):
             self.record(stmt, f"{owner}.forward: mask built with masking_utils.{builder}")
             return forward.with_changes(body=forward.body.with_changes(body=body))
         return forward
+
+    def _per_layer_type(self, causal: str, mask_var: str, embeds_var: str, params: set[str]) -> str:
+        """Attention modules whose causal buffer was narrowed to a window by a switch (local
+        layers) take one mask per layer type; a dict given already (continuous batching's) is kept."""
+        sliding = self._builder_call("create_sliding_window_causal_mask", mask_var, embeds_var, params)
+        AddImportsVisitor.add_needed_import(self.context, "transformers.masking_utils", "create_sliding_window_causal_mask")
+        return (
+            f"{mask_var} if isinstance({mask_var}, dict) else {{\n"
+            f'    "full_attention": {causal},\n    "sliding_attention": {sliding},\n}}'
+        )
 
     def _guard_reshapes(self, owner: str, body: list, end: int, mask_var: str) -> None:
         """`mask = mask.view(batch, -1)` before the builder flattens a 2D padding mask; engines

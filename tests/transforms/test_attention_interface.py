@@ -566,3 +566,29 @@ def test_tiled_heads_with_a_groups_attribute_are_refused():
 def test_interleaved_repeat_is_still_moved_into_the_eager_function():
     output, _ = transformed(LEGACY, RouteAttention)
     assert "repeat_kv(key, module.num_key_value_groups)" in _function_source(output, "eager_attention_forward")
+
+
+def test_is_causal_from_an_argument_defaulting_to_false_defaults_to_true_in_a_causal_model():
+    """`self.is_causal = is_causal` with `is_causal=False` by default, the layers building it
+    without the argument (BioGPT): a kernel given no mask attended both ways. The module is
+    built from the ported code and run by sdpa without a mask: causal, as its eager math with
+    the causal mask."""
+    legacy = LEGACY.replace("def __init__(self, config):", "def __init__(self, config, is_causal: bool = False):").replace(
+        "self.is_causal = True", "self.is_causal = is_causal"
+    )
+    output, state = transformed(legacy, RouteAttention)
+    assert "def __init__(self, config, is_causal: bool = True):" in output
+    assert any("`is_causal` defaults to True" in c.message for c in state.changes)
+    namespace = {}
+    exec(compile(output, FILENAME, "exec"), namespace)
+    config = SimpleNamespace(hidden_size=8, num_attention_heads=2, num_key_value_heads=2, attention_dropout=0.0,
+                             _attn_implementation="sdpa")
+    torch.manual_seed(0)
+    module = namespace["FooAttention"](config).eval()
+    hidden = torch.randn(1, 5, 8)
+    without_mask = module(hidden)[0]
+    config._attn_implementation = "eager"
+    causal = torch.triu(torch.full((5, 5), torch.finfo(torch.float32).min), 1)[None, None]
+    torch.testing.assert_close(without_mask, module(hidden, causal)[0])
+    # a builder passing False explicitly keeps it: the argument is still read
+    assert namespace["FooAttention"](config, is_causal=False).is_causal is False

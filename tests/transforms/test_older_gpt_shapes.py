@@ -1,6 +1,7 @@
 """Attention shapes of the older GPT families (GPT-J, CodeGen, GPT-Neo lineage): a scale
 applied after a `torch.where` causal buffer and held as a tensor attribute, the softmax as
-an `nn.Softmax` module, and a causal buffer narrowed to a window in `__init__` (refused).
+an `nn.Softmax` module, and a causal buffer narrowed to a window in `__init__` (a sliding
+window where a switch chooses it, refused otherwise).
 Each ported module is run against its legacy form."""
 
 from __future__ import annotations
@@ -202,19 +203,48 @@ def test_a_module_holding_a_softmax_but_no_attention_is_left_alone():
     )
 
 
-def test_a_causal_buffer_narrowed_to_a_window_is_refused_where_it_is_built():
-    legacy = WHERE_THEN_SCALE.replace(
-        '        self.register_buffer("bias", torch.tril(torch.ones(8, 8, dtype=torch.bool)).view(1, 1, 8, 8), persistent=False)\n',
-        "        bias = torch.tril(torch.ones(8, 8, dtype=torch.bool)).view(1, 1, 8, 8)\n"
-        "        if config.local:\n"
-        "            bias = torch.bitwise_xor(bias, torch.tril(bias, -config.window_size))\n"
-        '        self.register_buffer("bias", bias, persistent=False)\n',
-    )
+WINDOW_SWITCH = WHERE_THEN_SCALE.replace(
+    '        self.register_buffer("bias", torch.tril(torch.ones(8, 8, dtype=torch.bool)).view(1, 1, 8, 8), persistent=False)\n',
+    "        bias = torch.tril(torch.ones(8, 8, dtype=torch.bool)).view(1, 1, 8, 8)\n"
+    "        if config.local:\n"
+    "            bias = torch.bitwise_xor(bias, torch.tril(bias, -config.window_size))\n"
+    '        self.register_buffer("bias", bias, persistent=False)\n',
+)
+
+
+@pytest.mark.parametrize("local", [True, False])
+def test_a_causal_buffer_narrowed_to_a_band_by_a_switch_becomes_a_sliding_window(local):
+    """GPT-Neo's local layers: `bitwise_xor(bias, tril(bias, -window))` keeps keys with
+    0 <= q - k < window, which is masking_utils' sliding window. The ported module keeps the
+    window as `self.sliding_window` and picks its mask from the base model's per-type dict."""
+    output, state = transformed(WINDOW_SWITCH, RouteAttention)
+    assert not state.diagnostics, [d.render() for d in state.diagnostics]
+    assert "self.sliding_window = (config.window_size) if config.local else None" in output
+    assert state.facts["window_switches"] == {"FooAttention": ("config.local", "config.window_size")}
+    config = SimpleNamespace(_attn_implementation="eager", local=local, window_size=2)
+    modules = []
+    for source in (WINDOW_SWITCH, output):
+        namespace = {}
+        exec(compile(source, FILENAME, "exec"), namespace)
+        modules.append(namespace["FooAttention"](config))
+    legacy, ported = modules
+    q, k, v, _ = _inputs()
+    low = torch.finfo(torch.float32).min
+    rows, cols = torch.arange(5)[:, None], torch.arange(5)[None, :]
+    full = torch.where(cols <= rows, 0.0, low)[None, None]
+    band = torch.where((cols <= rows) & (rows - cols < 2), 0.0, low)[None, None]
+    expected = legacy(q, k, v, None)[0]
+    torch.testing.assert_close(ported(q, k, v, {"full_attention": full, "sliding_attention": band})[0], expected)
+    assert ported.sliding_window == (2 if local else None)
+
+
+def test_a_causal_buffer_narrowed_without_a_switch_is_refused_where_it_is_built():
+    legacy = WINDOW_SWITCH.replace("        if config.local:\n            bias = torch.bitwise_xor", "        bias = torch.bitwise_xor")
     state = check_noop(legacy, RouteAttention, diagnostics=True)
     [diagnostic] = state.diagnostics
     assert "causal buffer `self.bias` is narrowed" in diagnostic.message and "bitwise_xor" in diagnostic.message
     assert diagnostic.symbol == "FooAttention"
-    assert diagnostic.line == legacy.splitlines().index("            bias = torch.bitwise_xor(bias, torch.tril(bias, -config.window_size))") + 1
+    assert diagnostic.line == legacy.splitlines().index("        bias = torch.bitwise_xor(bias, torch.tril(bias, -config.window_size))") + 1
 
 
 def test_a_causal_buffer_with_an_offset_diagonal_is_refused():

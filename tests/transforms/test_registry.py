@@ -54,6 +54,9 @@ def test_first_run_ports_without_diagnostics_and_compiles(first_run):
     not_needed.add("base-model-prefix")  # its prefix names the attribute its heads use
     not_needed.add("value-head-padding")  # its value heads have the key head size
     not_needed.add("in-library-layers")  # a refusal, never a change: it builds no in-library layer
+    not_needed.add("mask-positions")  # its positions are rotary, from position_ids
+    not_needed.add("argument-updates")  # no forward updates an argument in place
+    not_needed.add("window-switch-layers")  # no layer is switched to a window
     assert {c.transform for c in state.changes} == {t.name for t in REGISTRY} - not_needed
 
 
