@@ -78,19 +78,45 @@ def walk(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
 # so an id is never reused.
 _children_cache: dict[cst.CSTNode, tuple[cst.CSTNode, ...]] | None = None
 _code_cache: dict[cst.CSTNode, str] | None = None
+_types_below_cache: dict[cst.CSTNode, int] | None = None  # node -> _type_bit of every node below it
 
 
 @contextmanager
 def children_cached() -> Iterator[None]:
-    """Remember the children and the code of every node walked or printed until the block ends."""
-    global _children_cache, _code_cache
-    outer = _children_cache, _code_cache
+    """Remember the children, the code and the node types below every node walked, printed or
+    visited until the block ends."""
+    global _children_cache, _code_cache, _types_below_cache
+    outer = _children_cache, _code_cache, _types_below_cache
     if _children_cache is None:
-        _children_cache, _code_cache = {}, {}
+        _children_cache, _code_cache, _types_below_cache = {}, {}, {}
     try:
         yield
     finally:
-        _children_cache, _code_cache = outer
+        _children_cache, _code_cache, _types_below_cache = outer
+
+
+_TYPE_BITS: dict[type, int] = {}
+
+
+def _type_bit(node_type: type) -> int:
+    bit = _TYPE_BITS.get(node_type)
+    if bit is None:
+        bit = _TYPE_BITS[node_type] = 1 << len(_TYPE_BITS)
+    return bit
+
+
+def _types_below(node: cst.CSTNode) -> int:
+    """The node types found below `node`, as a union of `_type_bit`s (only inside `children_cached`)."""
+    below = _types_below_cache.get(node)
+    if below is None:
+        below = 0
+        children = _children_cache.get(node)
+        if children is None:
+            children = _children_cache[node] = tuple(reversed(node.children))
+        for child in children:
+            below |= _type_bit(type(child)) | _types_below(child)
+        _types_below_cache[node] = below
+    return below
 
 
 def _names(node: cst.CSTNode, loads_only: bool) -> set[str]:
@@ -134,13 +160,60 @@ class SharingTransformer(cst.CSTTransformer):
     one call returns a tree of all-new nodes: the caches of children, code and lines, kept
     by node, would then start again after every transform. Here a node whose `leave_`
     method returned it as rebuilt, with every child the original one, is replaced by the
-    original, so unchanged subtrees stay shared between the trees before and after."""
+    original, so unchanged subtrees stay shared between the trees before and after.
+
+    Nor does it descend where no `visit_`/`leave_` method of the subclass could be called:
+    libcst rebuilds each node it passes, and a pass that rewrites calls or subscripts
+    otherwise pays for every name, comma and space of the module. Which node types lie
+    below a node is remembered by node inside `children_cached`; outside it every node is
+    visited, as libcst does."""
+
+    _handled_types: int | None = None  # None: visit every node
+    _types_with_field_methods: frozenset[type] = frozenset()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls._handled_types, cls._types_with_field_methods = _handled_types(cls)
+
+    def on_visit(self, node):
+        if not super().on_visit(node):
+            return False
+        handled = self._handled_types
+        if handled is None or _types_below_cache is None or type(node) in self._types_with_field_methods:
+            return True
+        try:
+            return bool(_types_below(node) & handled)
+        except RecursionError:  # nesting deeper than a walk here can follow: libcst's own visit decides
+            return True
 
     def on_leave(self, original_node, updated_node):
         result = super().on_leave(original_node, updated_node)
         if result is updated_node and result is not original_node and _same_fields(original_node, result):
             return original_node
         return result
+
+
+def _handled_types(cls: type) -> tuple[int | None, frozenset[type]]:
+    """(union of the `_type_bit`s of the node types `cls` has `visit_`/`leave_` methods for, or
+    None when a generic hook is overridden; the types with methods for one of their fields)."""
+    handled, with_field_methods = 0, set()
+    for klass in cls.__mro__:
+        if klass is SharingTransformer:
+            break
+        for name in vars(klass):
+            if name in ("on_visit", "on_leave", "on_visit_attribute", "on_leave_attribute"):
+                return None, frozenset()
+            prefix, _, rest = name.partition("_")
+            if prefix not in ("visit", "leave") or not rest:
+                continue
+            type_name, _, field_name = rest.partition("_")
+            node_type = getattr(cst, type_name, None)
+            if not (isinstance(node_type, type) and issubclass(node_type, cst.CSTNode)):
+                return None, frozenset()  # a method this reading does not understand: visit everything
+            handled |= _type_bit(node_type)
+            if field_name:
+                with_field_methods.add(node_type)
+    return handled, frozenset(with_field_methods)
 
 
 _FIELDS: dict[type, tuple[str, ...]] = {}
