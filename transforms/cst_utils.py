@@ -55,26 +55,90 @@ def code_of(node: cst.CSTNode) -> str:
 _EMPTY_MODULE = cst.Module(body=[])
 
 
+def module_code(tree: cst.Module) -> str:
+    """`tree.code`, joined from the remembered code of each statement (see `code_of`).
+
+    A module's code is its header, statements and footer generated one after the other at
+    indent level 0; a statement's code alone is the same where the module uses the default
+    indent and newline. Transforms change a few statements of a tree and share the rest,
+    so a module's code costs only the statements not printed before."""
+    items = (*tree.header, *tree.body, *tree.footer)
+    if _code_cache is None or not items or not tree.has_trailing_newline or (
+        (tree.default_indent, tree.default_newline) != (_EMPTY_MODULE.default_indent, _EMPTY_MODULE.default_newline)
+    ):
+        return tree.code
+    return "".join(code_of(item) for item in items)
+
+
 def walk(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
     """Every node below `node`, depth first, itself included."""
-    cache = _children_cache
     stack = [node]
     while stack:
         current = stack.pop()
         yield current
-        if cache is None:
-            stack.extend(reversed(current.children))
-            continue
-        children = cache.get(current)
-        if children is None:
-            children = cache[current] = tuple(reversed(current.children))
-        stack.extend(children)
+        stack.extend(_reversed_children(current))
 
 
-# libcst computes `children` by rebuilding the node through its visitor machinery, which
-# dominates walking, and code by generating it afresh. Nodes are immutable and transforms
-# share unchanged subtrees, so within a rewrite each node's children and code are worked
-# out once. Keys are the nodes themselves (hashed by identity, kept alive by the cache),
+def children_of(node: cst.CSTNode) -> list[cst.CSTNode]:
+    """`node.children`, in the same order, read from the node's fields.
+
+    libcst's `children` rebuilds the node through its visitor machinery (a new node,
+    validated) to learn which fields hold children; here the fields a node type visits,
+    and their order, are learnt once per type the same way, then read directly."""
+    fields = _CHILD_FIELDS.get(type(node))
+    if fields is None:
+        recorder = _FieldOrder()
+        node._visit_and_replace_children(recorder)
+        # A field left None may be skipped rather than visited (an f-string's format_spec):
+        # the order is learnt from a node whose every None field was visited.
+        if all(f.name in recorder.fields for f in dataclasses.fields(node) if getattr(node, f.name) is None):
+            _CHILD_FIELDS[type(node)] = tuple(recorder.fields)
+        return recorder.children
+    children: list[cst.CSTNode] = []
+    for name in fields:
+        value = getattr(node, name)
+        if isinstance(value, cst.CSTNode):
+            children.append(value)
+        elif isinstance(value, (tuple, list)):
+            children.extend(value)
+        # None, or MaybeSentinel.DEFAULT: no child
+    return children
+
+
+_CHILD_FIELDS: dict[type, tuple[str, ...]] = {}  # node type -> the fields its children are in, in order
+
+
+class _FieldOrder(cst.CSTVisitor):
+    """Notes the fields one node's `_visit_and_replace_children` visits and the children it meets,
+    without descending."""
+
+    def __init__(self) -> None:
+        self.fields: list[str] = []
+        self.children: list[cst.CSTNode] = []
+
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        self.children.append(node)
+        return False
+
+    def on_visit_attribute(self, node: cst.CSTNode, attribute: str) -> None:
+        self.fields.append(attribute)
+
+
+def _reversed_children(node: cst.CSTNode) -> tuple[cst.CSTNode, ...]:
+    """The node's children, last first (the order a depth-first stack takes them), remembered
+    inside `children_cached`."""
+    cache = _children_cache
+    if cache is None:
+        return tuple(reversed(children_of(node)))
+    children = cache.get(node)
+    if children is None:
+        children = cache[node] = tuple(reversed(children_of(node)))
+    return children
+
+
+# Walking asks for children again and again, and libcst generates code afresh each time.
+# Nodes are immutable and transforms share unchanged subtrees, so within a rewrite each
+# node's children, code and the types below it are worked out once. Keys are the nodes themselves (hashed by identity, kept alive by the cache),
 # so an id is never reused.
 _children_cache: dict[cst.CSTNode, tuple[cst.CSTNode, ...]] | None = None
 _code_cache: dict[cst.CSTNode, str] | None = None
@@ -110,10 +174,7 @@ def _types_below(node: cst.CSTNode) -> int:
     below = _types_below_cache.get(node)
     if below is None:
         below = 0
-        children = _children_cache.get(node)
-        if children is None:
-            children = _children_cache[node] = tuple(reversed(node.children))
-        for child in children:
+        for child in _reversed_children(node):
             below |= _type_bit(type(child)) | _types_below(child)
         _types_below_cache[node] = below
     return below
@@ -124,7 +185,6 @@ def _names(node: cst.CSTNode, loads_only: bool) -> set[str]:
     node it passes). `x.attr` and `f(p=x)` read only `x`. With `loads_only`, names an
     assignment or a `for` binds are left out: `x[i] = v` and `x.a = v` read x, `x = v` does
     not, and a `for` reads its iterable and body (not its target or `else`)."""
-    cache = _children_cache
     found: set[str] = set()
     stack = [node]
     while stack:
@@ -143,13 +203,8 @@ def _names(node: cst.CSTNode, loads_only: bool) -> set[str]:
                 stack.append(current.value)
         elif loads_only and isinstance(current, cst.For):
             stack += [current.iter, current.body]
-        elif cache is None:
-            stack.extend(current.children)
         else:
-            children = cache.get(current)
-            if children is None:
-                children = cache[current] = tuple(reversed(current.children))
-            stack.extend(children)
+            stack.extend(_reversed_children(current))
     return found
 
 
