@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import libcst as cst
 import libcst.matchers as m
+from libcst._nodes.internal import CodegenState
 
 
 def dotted(node: cst.BaseExpression | None) -> str | None:
     """`torch.nn.functional.softmax` for an Attribute/Name chain, else None."""
-    if isinstance(node, cst.Name):
+    kind = type(node)  # node types are final: `type() is` answers as isinstance does, without ABC checks
+    if kind is cst.Name:
         return node.value
-    if isinstance(node, cst.Attribute):
+    if kind is cst.Attribute:
         base = dotted(node.value)
         return f"{base}.{node.attr.value}" if base else None
     return None
@@ -22,10 +24,10 @@ def dotted(node: cst.BaseExpression | None) -> str | None:
 
 def call_name(node: cst.CSTNode) -> str | None:
     """The dotted name a Call calls, or the method name for `x.method(...)` on any x."""
-    if not isinstance(node, cst.Call):
+    if type(node) is not cst.Call:
         return None
     name = dotted(node.func)
-    if name is None and isinstance(node.func, cst.Attribute):
+    if name is None and type(node.func) is cst.Attribute:
         return "." + node.func.attr.value
     return name
 
@@ -45,14 +47,38 @@ def parse_stmts(code: str) -> list[cst.BaseStatement]:
 def code_of(node: cst.CSTNode) -> str:
     cache = _code_cache
     if cache is None:
-        return _EMPTY_MODULE.code_for_node(node)
+        return _generate(node)
     code = cache.get(node)
     if code is None:
-        code = cache[node] = _EMPTY_MODULE.code_for_node(node)
+        code = cache[node] = _generate(node)
     return code
 
 
 _EMPTY_MODULE = cst.Module(body=[])
+
+
+class _PlainCodegenState(CodegenState):
+    """libcst's code generation state, whose `record_syntactic_position` (a no-op there too)
+    returns a plain context object instead of running a generator-based context manager
+    for every expression and statement."""
+
+    def record_syntactic_position(self, node, *, start_node=None, end_node=None):
+        return _NO_POSITION
+
+
+_NO_POSITION = nullcontext()
+
+
+def _generate(node: cst.CSTNode) -> str:
+    """`Module([]).code_for_node(node)`: the node's code with the default indent and newline."""
+    try:
+        state = _PlainCodegenState(
+            default_indent=_EMPTY_MODULE.default_indent, default_newline=_EMPTY_MODULE.default_newline
+        )
+        node._codegen(state)
+    except (AttributeError, TypeError):  # a libcst whose code generation differs: the public way
+        return _EMPTY_MODULE.code_for_node(node)
+    return "".join(state.tokens)
 
 
 def module_code(tree: cst.Module) -> str:
@@ -97,11 +123,12 @@ def children_of(node: cst.CSTNode) -> list[cst.CSTNode]:
     children: list[cst.CSTNode] = []
     for name in fields:
         value = getattr(node, name)
-        if isinstance(value, cst.CSTNode):
-            children.append(value)
-        elif isinstance(value, (tuple, list)):
+        if value is None or value is cst.MaybeSentinel.DEFAULT:
+            continue  # no child
+        if isinstance(value, (tuple, list)):
             children.extend(value)
-        # None, or MaybeSentinel.DEFAULT: no child
+        else:
+            children.append(value)
     return children
 
 
@@ -189,19 +216,18 @@ def _names(node: cst.CSTNode, loads_only: bool) -> set[str]:
     stack = [node]
     while stack:
         current = stack.pop()
-        if isinstance(current, cst.Name):
+        kind = type(current)
+        if kind is cst.Name:
             found.add(current.value)
-        elif isinstance(current, cst.Attribute):
+        elif kind is cst.Attribute or kind is cst.Arg:
             stack.append(current.value)
-        elif isinstance(current, cst.Arg):
-            stack.append(current.value)
-        elif loads_only and isinstance(current, cst.Assign):
+        elif loads_only and kind is cst.Assign:
             stack += [t.target for t in current.targets if isinstance(t.target, (cst.Attribute, cst.Subscript))]
             stack.append(current.value)
-        elif loads_only and isinstance(current, cst.AnnAssign):
+        elif loads_only and kind is cst.AnnAssign:
             if current.value is not None:
                 stack.append(current.value)
-        elif loads_only and isinstance(current, cst.For):
+        elif loads_only and kind is cst.For:
             stack += [current.iter, current.body]
         else:
             stack.extend(_reversed_children(current))
