@@ -48,10 +48,10 @@ def code_of(node: cst.CSTNode) -> str:
     cache = _code_cache
     if cache is None:
         return _generate(node)
-    code = cache.get(node)
-    if code is None:
-        code = cache[node] = _generate(node)
-    return code
+    entry = cache.get(id(node))
+    if entry is None:
+        entry = cache[id(node)] = (node, _generate(node))
+    return entry[1]
 
 
 _EMPTY_MODULE = cst.Module(body=[])
@@ -157,19 +157,21 @@ def _reversed_children(node: cst.CSTNode) -> tuple[cst.CSTNode, ...]:
     cache = _children_cache
     if cache is None:
         return tuple(reversed(children_of(node)))
-    children = cache.get(node)
-    if children is None:
-        children = cache[node] = tuple(reversed(children_of(node)))
-    return children
+    entry = cache.get(id(node))
+    if entry is None:
+        entry = cache[id(node)] = (node, tuple(reversed(children_of(node))))
+    return entry[1]
 
 
 # Walking asks for children again and again, and libcst generates code afresh each time.
 # Nodes are immutable and transforms share unchanged subtrees, so within a rewrite each
-# node's children, code and the types below it are worked out once. Keys are the nodes themselves (hashed by identity, kept alive by the cache),
-# so an id is never reused.
-_children_cache: dict[cst.CSTNode, tuple[cst.CSTNode, ...]] | None = None
-_code_cache: dict[cst.CSTNode, str] | None = None
-_types_below_cache: dict[cst.CSTNode, int] | None = None  # node -> _type_bit of every node below it
+# node's children, code and the types below it are worked out once. Keys are the nodes'
+# ids (a libcst node hashes through a Python method, which would dominate the lookups);
+# each entry keeps its node alive, so an id is never reused while the cache lasts. (The
+# types below a node are only worked out after its children, whose entry holds it.)
+_children_cache: dict[int, tuple[cst.CSTNode, tuple[cst.CSTNode, ...]]] | None = None
+_code_cache: dict[int, tuple[cst.CSTNode, str]] | None = None
+_types_below_cache: dict[int, int] | None = None  # id -> _type_bit of every node type below it
 
 
 @contextmanager
@@ -198,12 +200,12 @@ def _type_bit(node_type: type) -> int:
 
 def _types_below(node: cst.CSTNode) -> int:
     """The node types found below `node`, as a union of `_type_bit`s (only inside `children_cached`)."""
-    below = _types_below_cache.get(node)
+    below = _types_below_cache.get(id(node))
     if below is None:
         below = 0
         for child in _reversed_children(node):
             below |= _type_bit(type(child)) | _types_below(child)
-        _types_below_cache[node] = below
+        _types_below_cache[id(node)] = below
     return below
 
 

@@ -114,7 +114,7 @@ class _TreeLines:
 
     def line(self, node: cst.CSTNode) -> int | None:
         for item, offset in self.pieces:
-            if node not in self._memo.nodes(item):
+            if id(node) not in self._memo.nodes(item):
                 continue
             if item not in self._placed:
                 self._placed[item] = _place(self.tree, item)
@@ -133,13 +133,14 @@ class _StatementMemo:
     """Code and node set of module-level statements, remembered by statement for one file."""
 
     def __init__(self) -> None:
-        self._nodes: dict[cst.CSTNode, frozenset[cst.CSTNode]] = {}
+        self._nodes: dict[cst.CSTNode, frozenset[int]] = {}
         self._codes: dict[cst.CSTNode, str] = {}
 
-    def nodes(self, item: cst.CSTNode) -> frozenset[cst.CSTNode]:
+    def nodes(self, item: cst.CSTNode) -> frozenset[int]:
+        """Ids of the statement's nodes (the statement, kept here, keeps them alive)."""
         found = self._nodes.get(item)
         if found is None:
-            found = self._nodes[item] = frozenset(walk(item))
+            found = self._nodes[item] = frozenset(map(id, walk(item)))
         return found
 
     def code(self, tree: cst.Module, item: cst.CSTNode) -> str:
