@@ -33,14 +33,22 @@ from porter.environments import default_cache_dir  # noqa: E402
 from porter.pipeline import load, rewrite_code  # noqa: E402
 
 
+def _plain(value: object) -> object:
+    """JSON for what json cannot write: a set sorted (its repr's order changes from one
+    process to the next with string hashing), anything else as its repr."""
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=repr)
+    return repr(value)
+
+
 def snapshot(repo_path: Path) -> dict:
     result = rewrite_code(load(repo_path), allow_partial=True)
     return {
         "files": result.files,
         "changes": [c.as_dict() for c in result.changes],
         "diagnostics": [d.as_dict() for d in result.diagnostics],
-        "weight_ops": json.loads(json.dumps(result.weight_ops, default=repr)),
-        "facts": json.loads(json.dumps(result.facts, default=repr, sort_keys=True)),
+        "weight_ops": json.loads(json.dumps(result.weight_ops, default=_plain)),
+        "facts": json.loads(json.dumps(result.facts, default=_plain, sort_keys=True)),
     }
 
 
