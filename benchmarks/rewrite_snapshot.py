@@ -8,8 +8,12 @@ not change its output. Record before the change, compare after it:
 
 Recorded per repo: every rewritten file, every change with its line, the diagnostics,
 the weight ops and the facts. The repos are those of ``bench_rewrite.py`` (the test
-corpus built into the cache, and the team sample); pass folders to use others. Exit code
-1 when anything differs.
+corpus built into the cache, and the team sample); pass folders, or names of repos in
+``$PORT_MODEL_CACHE/repos``, to use others, or ``--all-cached`` for every repo there (the
+wide corpus too: many more shapes). Exit code 1 when anything differs.
+
+    python benchmarks/rewrite_snapshot.py save /tmp/rewrite-wide --all-cached
+    python benchmarks/rewrite_snapshot.py compare /tmp/rewrite-wide falcon_4_44_2 gpt2_4_44_2
 """
 
 from __future__ import annotations
@@ -25,7 +29,16 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_rewrite import corpus_repos  # noqa: E402
 
+from porter.environments import default_cache_dir  # noqa: E402
 from porter.pipeline import load, rewrite_code  # noqa: E402
+
+
+def _plain(value: object) -> object:
+    """JSON for what json cannot write: a set sorted (its repr's order changes from one
+    process to the next with string hashing), anything else as its repr."""
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=repr)
+    return repr(value)
 
 
 def snapshot(repo_path: Path) -> dict:
@@ -34,8 +47,8 @@ def snapshot(repo_path: Path) -> dict:
         "files": result.files,
         "changes": [c.as_dict() for c in result.changes],
         "diagnostics": [d.as_dict() for d in result.diagnostics],
-        "weight_ops": json.loads(json.dumps(result.weight_ops, default=repr)),
-        "facts": json.loads(json.dumps(result.facts, default=repr, sort_keys=True)),
+        "weight_ops": json.loads(json.dumps(result.weight_ops, default=_plain)),
+        "facts": json.loads(json.dumps(result.facts, default=_plain, sort_keys=True)),
     }
 
 
@@ -43,9 +56,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=("save", "compare"))
     parser.add_argument("record", type=Path, help="folder of the record")
-    parser.add_argument("repos", nargs="*", type=Path, help="repos (default: the corpus and the sample)")
+    parser.add_argument("repos", nargs="*", type=Path, help="repo folders or cached repo names (default: the corpus and the sample)")
+    parser.add_argument("--all-cached", action="store_true", help="every repo in the cache's repos folder")
     args = parser.parse_args()
-    repos = args.repos or corpus_repos()
+    cached = default_cache_dir() / "repos"
+    repos = [path if path.is_dir() else cached / path for path in args.repos]
+    if args.all_cached:
+        repos += sorted(path.parent for path in cached.glob("*/config.json"))
+    repos = repos or corpus_repos()
     args.record.mkdir(parents=True, exist_ok=True)
     different = []
     for path in repos:

@@ -13,7 +13,7 @@ from libcst.codemod.visitors import AddImportsVisitor
 from porter.analysis import RepoAnalysis
 from porter.errors import Diagnostic
 from transforms import REGISTRY, Change, PortState
-from transforms.cst_utils import children_cached
+from transforms.cst_utils import children_cached, module_code
 
 
 @dataclass
@@ -45,23 +45,23 @@ def rewrite(modules: dict[str, cst.Module], analysis: RepoAnalysis, settings: di
     """Apply the registry to `modules` (file name -> parsed module). `settings` start the
     shared facts: `config_json` (the repo's config.json, for sizes the code computes from
     it) and the user's choices (`replicate_fused`)."""
-    state = PortState(
-        analysis=analysis,
-        original_code={name: tree.code for name, tree in modules.items()},
-        original_trees=dict(modules),
-        facts=dict(settings or {}),
-    )
-    trees = state.trees = dict(modules)
-    # One context per file: transforms queue the imports they need, added once at the end.
-    contexts = {filename: CodemodContext(filename=filename) for filename in trees}
-    with children_cached():
+    with children_cached():  # the code of statements no transform changed is printed once
+        state = PortState(
+            analysis=analysis,
+            original_code={name: module_code(tree) for name, tree in modules.items()},
+            original_trees=dict(modules),
+            facts=dict(settings or {}),
+        )
+        trees = state.trees = dict(modules)
+        # One context per file: transforms queue the imports they need, added once at the end.
+        contexts = {filename: CodemodContext(filename=filename) for filename in trees}
         for transform_cls in REGISTRY:
             for filename, tree in trees.items():
                 trees[filename] = transform_cls(contexts[filename], state, filename).apply(tree)
-    for filename, context in contexts.items():
-        if context.scratch:
-            trees[filename] = add_imports(context, trees[filename])
-    files = {name: tree.code for name, tree in trees.items()}
+        for filename, context in contexts.items():
+            if context.scratch:
+                trees[filename] = add_imports(context, trees[filename])
+        files = {name: module_code(tree) for name, tree in trees.items()}
     return RewriteResult(files, state.changes, state.diagnostics, state.weight_ops, state.facts)
 
 

@@ -5,9 +5,9 @@ costs as much as the code generation of the port itself; asked afresh by every t
 that records a change, it dominated the rewrite. Here positions are worked out per
 module-level statement and remembered by statement: libcst trees are immutable and a
 transform that changes one class leaves the other statements as they were, shared by
-the next tree. So each statement is placed once, and a later tree costs only the
-statements that changed. The lines found are the ones PositionProvider gives for the
-whole module.
+the next tree. So each statement is placed once, only when a node in it is asked about,
+and a later tree costs only the statements that changed. The lines found are the ones
+PositionProvider gives for the whole module.
 """
 
 from __future__ import annotations
@@ -19,15 +19,7 @@ import libcst as cst
 from libcst._nodes.internal import CodegenState
 from libcst.metadata import MetadataWrapper, PositionProvider
 
-
-class _Placed:
-    """One module-level statement's code and the first line of each of its nodes, from line 1."""
-
-    __slots__ = ("code", "starts", "lines")
-
-    def __init__(self, code: str, starts: Mapping[cst.CSTNode, int]):
-        self.code, self.starts = code, starts
-        self.lines = code.count("\n")
+from transforms.cst_utils import code_of, walk
 
 
 class _LineCodegenState(CodegenState):
@@ -88,43 +80,77 @@ class _SyntacticStart:
         starts[self.node] = starts[self.start_node] if self.start_node is not None else self.line
 
 
-def _place(module: cst.Module, node: cst.CSTNode) -> _Placed:
-    """Code and start lines of `node` generated alone with `module`'s settings."""
+def _place(module: cst.Module, node: cst.CSTNode) -> Mapping[cst.CSTNode, int]:
+    """Start line (from 1) of every node of `node`, generated alone with `module`'s settings."""
     try:
         state = _LineCodegenState(module.default_indent, module.default_newline)
         node._codegen(state)
-        return _Placed("".join(state.tokens), state.starts)
+        return state.starts
     except (AttributeError, TypeError):  # a libcst whose code generation differs: the public way
         alone = module.with_changes(header=[], body=[node] if isinstance(node, cst.BaseStatement) else [], footer=[])
         positions = MetadataWrapper(alone, unsafe_skip_copy=True).resolve(PositionProvider)
-        return _Placed(module.code_for_node(node), {n: r.start.line for n, r in positions.items()})
+        return {n: r.start.line for n, r in positions.items()}
 
 
 class _TreeLines:
-    """Where each node of one module is: its statement, and that statement's first line."""
+    """Where each node of one module is: its statement, and that statement's first line.
 
-    def __init__(self, tree: cst.Module, placed: dict[cst.CSTNode, _Placed]):
+    A statement is placed (its code generated with the start line of every node) only when
+    a node asked about is in it; the statements before it are only counted, in lines of their
+    code (remembered by `code_of`, which the module's code is joined from). Membership is
+    a set of the statement's nodes, from a walk of its remembered children, far cheaper
+    than placing it."""
+
+    def __init__(self, tree: cst.Module, placed: dict[cst.CSTNode, Mapping[cst.CSTNode, int]], memo=None):
         self.tree = tree
-        self.pieces: list[tuple[_Placed, int]] = []  # (statement, lines before it)
+        self._placed = placed
+        self._memo = memo or _StatementMemo()
+        self.pieces: list[tuple[cst.CSTNode, int]] = []  # (statement, lines before it)
         offset = 0
         for item in (*tree.header, *tree.body, *tree.footer):
-            if item not in placed:
-                placed[item] = _place(tree, item)
-            self.pieces.append((placed[item], offset))
-            offset += placed[item].lines
+            self.pieces.append((item, offset))
+            offset += self._memo.code(tree, item).count("\n")
         self._lines: list[str] | None = None
 
     def line(self, node: cst.CSTNode) -> int | None:
-        for piece, offset in self.pieces:
-            start = piece.starts.get(node)
+        for item, offset in self.pieces:
+            if id(node) not in self._memo.nodes(item):
+                continue
+            if item not in self._placed:
+                self._placed[item] = _place(self.tree, item)
+            start = self._placed[item].get(node)
             if start is not None:
                 return start + offset
         return None
 
     def code_lines(self) -> list[str]:
         if self._lines is None:
-            self._lines = "".join(piece.code for piece, _ in self.pieces).splitlines()
+            self._lines = "".join(self._memo.code(self.tree, item) for item, _ in self.pieces).splitlines()
         return self._lines
+
+
+class _StatementMemo:
+    """Code and node set of module-level statements, remembered by statement for one file."""
+
+    def __init__(self) -> None:
+        self._nodes: dict[cst.CSTNode, frozenset[int]] = {}
+        self._codes: dict[cst.CSTNode, str] = {}
+
+    def nodes(self, item: cst.CSTNode) -> frozenset[int]:
+        """Ids of the statement's nodes (the statement, kept here, keeps them alive)."""
+        found = self._nodes.get(item)
+        if found is None:
+            found = self._nodes[item] = frozenset(map(id, walk(item)))
+        return found
+
+    def code(self, tree: cst.Module, item: cst.CSTNode) -> str:
+        """The statement's code in `tree` (the module's indent and newline)."""
+        if (tree.default_indent, tree.default_newline) == ("    ", "\n"):
+            return code_of(item)  # remembered for the whole rewrite, shared with module_code
+        code = self._codes.get(item)
+        if code is None:
+            code = self._codes[item] = tree.code_for_node(item)
+        return code
 
 
 class FileLines:
@@ -138,7 +164,8 @@ class FileLines:
     def __init__(self, original_tree: cst.Module | None, original_code: str | None):
         self.original_code = original_code
         self._original_tree = original_tree
-        self._placed: dict[cst.CSTNode, _Placed] = {}  # statement -> its code and positions
+        self._placed: dict[cst.CSTNode, Mapping[cst.CSTNode, int]] = {}  # statement -> its nodes' start lines
+        self._memo = _StatementMemo()
         self._original: _TreeLines | None = None
         self._current: _TreeLines | None = None  # the latest later tree asked about
         self._line_map: dict[int, int] | None = None
@@ -146,14 +173,14 @@ class FileLines:
     def line_of(self, node: cst.CSTNode, tree: cst.Module | None) -> int | None:
         if self._original_tree is not None:
             if self._original is None:
-                self._original = _TreeLines(self._original_tree, self._placed)
+                self._original = _TreeLines(self._original_tree, self._placed, self._memo)
             line = self._original.line(node)
             if line is not None:
                 return line
         if tree is None:
             return None
         if self._current is None or self._current.tree is not tree:
-            self._current, self._line_map = _TreeLines(tree, self._placed), None
+            self._current, self._line_map = _TreeLines(tree, self._placed, self._memo), None
         line = self._current.line(node)
         if line is None:
             return None

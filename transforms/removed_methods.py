@@ -9,7 +9,7 @@ from __future__ import annotations
 import libcst as cst
 
 from transforms.base import Transform
-from transforms.cst_utils import SharingTransformer, code_of, parse_expr, parse_stmts, spaced
+from transforms.cst_utils import SharingTransformer, code_of, module_code, parse_expr, parse_stmts, spaced
 
 HEAD_MASK_HELPER = "_expand_head_mask"
 HEAD_MASK_CODE = f'''
@@ -32,7 +32,7 @@ class RemovedModelMethods(Transform):
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
         from transformers import PreTrainedModel
 
-        if hasattr(PreTrainedModel, "get_head_mask") or "self.get_head_mask(" not in tree.code:
+        if hasattr(PreTrainedModel, "get_head_mask") or "self.get_head_mask(" not in module_code(tree):
             return tree
         tree = tree.visit(_HeadMaskCalls(self))
         if any(isinstance(s, cst.FunctionDef) and s.name.value == HEAD_MASK_HELPER for s in tree.body):

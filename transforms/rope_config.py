@@ -16,7 +16,7 @@ from __future__ import annotations
 import libcst as cst
 
 from transforms.base import Transform
-from transforms.cst_utils import SharingTransformer, code_of, parse_expr, parse_stmts, spaced, walk
+from transforms.cst_utils import SharingTransformer, code_of, module_code, parse_expr, parse_stmts, spaced, walk
 
 DEFAULT_ROPE = "_legacy_default_rope_parameters"
 DEFAULT_ROPE_CODE = f'''
@@ -49,7 +49,7 @@ class RopeConfigAccess(Transform):
     def _default_rope_entry(self, tree: cst.Module) -> cst.Module:
         from transformers import modeling_rope_utils
 
-        if "default" in getattr(modeling_rope_utils, "ROPE_INIT_FUNCTIONS", {}) or "ROPE_INIT_FUNCTIONS[" not in tree.code:
+        if "default" in getattr(modeling_rope_utils, "ROPE_INIT_FUNCTIONS", {}) or "ROPE_INIT_FUNCTIONS[" not in module_code(tree):
             return tree
         if any(isinstance(s, cst.FunctionDef) and s.name.value == DEFAULT_ROPE for s in tree.body):
             return tree
