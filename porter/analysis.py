@@ -307,7 +307,8 @@ def analyse(modules: dict[str, cst.Module], entry_points: set[str] | None = None
                 result.heads[name] = attr
     # A head may hold the base model through a pretrained wrapper (`ForCausalLM.model` ->
     # `Model.decoder` -> `Decoder` with the layers): a class holding a head is a head too.
-    # A class holding two base models (an encoder and a decoder) is a model, not a wrapper.
+    # A class holding two base models (an encoder and a decoder), or another pretrained model
+    # beside the head (a vision tower: a composite), is a model, not a wrapper.
     wrappers = {
         h: a for h, a in result.heads.items()
         if sum(held in result.base_models for held in result.classes[h].children.values()) == 1
@@ -315,8 +316,9 @@ def analyse(modules: dict[str, cst.Module], entry_points: set[str] | None = None
     while wrappers:
         found = {}
         for name in result.pretrained - result.base_models - set(result.heads):
-            attr = next((a for a, held in result.classes[name].children.items() if held in wrappers), None)
-            if attr is not None:
+            held = result.classes[name].children
+            attr = next((a for a, child in held.items() if child in wrappers), None)
+            if attr is not None and sum(child in result.pretrained for child in held.values()) == 1:
                 found[name] = attr
         result.heads.update(found)
         wrappers = found

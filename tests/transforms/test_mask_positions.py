@@ -241,3 +241,31 @@ def test_a_model_holding_an_encoder_and_a_decoder_is_not_a_wrapper():
     assert source != WRAPPED
     analysis = analyse({FILENAME: cst.parse_module(source)})
     assert set(analysis.heads) == {"FooModel"}  # as before: its holder is no head
+
+
+def test_a_composite_holding_a_head_beside_another_pretrained_model_is_not_a_wrapper():
+    """LLaVA's shape: `language_model` (a head) beside `vision_tower` (another pretrained
+    model): the composite is a model of its own, split by the multimodal transform."""
+    import libcst as cst
+
+    source = WRAPPED + textwrap.dedent('''\
+
+
+        class FooVision(FooPreTrainedModel):
+            def __init__(self, config):
+                super().__init__(config)
+                self.proj = nn.Linear(4, 4)
+
+
+        class FooForConditionalGeneration(FooPreTrainedModel):
+            def __init__(self, config):
+                super().__init__(config)
+                self.vision_tower = FooVision(config)
+                self.language_model = FooForCausalLM(config)
+    ''')
+    analysis = analyse({FILENAME: cst.parse_module(source)})
+    assert analysis.heads["FooForCausalLM"] == "model"
+    assert "FooForConditionalGeneration" not in analysis.heads
+    alone = source.replace("        self.vision_tower = FooVision(config)\n", "")
+    assert alone != source
+    assert analyse({FILENAME: cst.parse_module(alone)}).heads["FooForConditionalGeneration"] == "language_model"
