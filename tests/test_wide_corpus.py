@@ -2,7 +2,8 @@
 
 Too long for every CI run, so it runs when `PORT_MODEL_WIDE_CORPUS=1`. A port must either
 pass every check or be refused with a diagnostic naming a file and line; the refusals that
-are expected are listed by id in `EXPECTED_REFUSALS` so that a change shows here.
+are expected are listed by id in `EXPECTED_REFUSALS`, and the ports written with failing
+checks by id in `EXPECTED_FAILURES`, so that a change shows here.
 """
 
 from __future__ import annotations
@@ -48,6 +49,15 @@ EXPECTED_REFUSALS: dict[str, str] = {
 }
 
 
+# id -> the items whose checks fail (docs/architectures.md gives each reason); every other
+# check of the port must pass, and the port is never reported as a success.
+EXPECTED_FAILURES: dict[str, set[str]] = {
+    "mpt-4.44.2": {"C5"},  # the ALiBi table is sliced to the step's own keys
+    "mpt-4.36.2": {"C5"},
+    "remote-minicpm-layerwise-flagembedding": {"F1"},  # the legacy head itself fails to run
+}
+
+
 @pytest.mark.parametrize("entry", WIDE_CORPUS, ids=[m.id for m in WIDE_CORPUS])
 def test_wide_corpus_entry(entry, cache_dir, tmp_path):
     repo = entry.build(cache_dir)
@@ -59,5 +69,9 @@ def test_wide_corpus_entry(entry, cache_dir, tmp_path):
         return
     result = porter.port(repo, tmp_path / "ported")
     failing = [c for c in result.checks if c.status not in (PASS, SKIP)]
+    if entry.id in EXPECTED_FAILURES:
+        assert {c.item for c in failing} == EXPECTED_FAILURES[entry.id], result.report.summary_table()
+        assert not result.verified and result.report.status == "verification-failed"
+        return
     assert not failing, result.report.summary_table()
     assert result.report.reference["transformers_version"] == entry.version
