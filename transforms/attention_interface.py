@@ -49,6 +49,7 @@ from transforms.cst_utils import (
     dotted,
     free_names,
     function_defs,
+    is_docstring,
     is_self_attr,
     last_part,
     names_read,
@@ -318,7 +319,7 @@ class RouteAttention(Transform):
             f'    {mask} = {mask}["sliding_attention" if self.sliding_window is not None else "full_attention"]\n'
         )
         body = list(forward.body.body)
-        docstring = 1 if body and _is_docstring_stmt(body[0]) else 0
+        docstring = 1 if body and is_docstring(body[0]) else 0
         forward = forward.with_changes(body=forward.body.with_changes(body=[*body[:docstring], *pick, *body[docstring:]]))
         init = init.with_changes(body=init.body.with_changes(
             body=[*init.body.body, *parse_stmts(f"self.sliding_window = ({size}) if {test} else None\n")]
@@ -788,11 +789,6 @@ def _softcap_code(stmts) -> str | None:
                 factors |= {code_of(node.left), code_of(node.right)}
     caps = sorted(c for c in divisors & factors if c.startswith("self.") and c.count("(") == 0)
     return caps[0] if len(caps) == 1 else None
-
-
-def _is_docstring_stmt(stmt: cst.BaseStatement) -> bool:
-    return (isinstance(stmt, cst.SimpleStatementLine) and isinstance(stmt.body[0], cst.Expr)
-            and isinstance(stmt.body[0].value, (cst.SimpleString, cst.ConcatenatedString)))
 
 
 def _mask_param(forward: cst.FunctionDef) -> str:

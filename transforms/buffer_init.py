@@ -14,7 +14,17 @@ from __future__ import annotations
 import libcst as cst
 
 from transforms.base import Transform
-from transforms.cst_utils import call_name, code_of, function_defs, is_self_attr, last_part, parse_stmts, spaced, walk
+from transforms.cst_utils import (
+    call_name,
+    code_of,
+    function_defs,
+    is_docstring,
+    is_self_attr,
+    last_part,
+    parse_stmts,
+    spaced,
+    walk,
+)
 
 ARGS_ATTRIBUTE = "_legacy_init_args"
 HELPER = "_rebuild_non_persistent_buffers"
@@ -114,16 +124,8 @@ def _calls_outside_state(node: cst.CSTNode) -> list[cst.Call]:
 def _prepend(fn: cst.FunctionDef, stmts: list[cst.BaseStatement]) -> cst.FunctionDef:
     """`stmts` first in `fn`'s body, after its docstring if it has one."""
     body = list(fn.body.body)
-    start = 1 if body and _is_docstring(body[0]) else 0
+    start = 1 if body and is_docstring(body[0]) else 0
     return fn.with_changes(body=fn.body.with_changes(body=[*body[:start], *stmts, *body[start:]]))
-
-
-def _is_docstring(stmt: cst.CSTNode) -> bool:
-    return (
-        isinstance(stmt, cst.SimpleStatementLine)
-        and isinstance(stmt.body[0], cst.Expr)
-        and isinstance(stmt.body[0].value, (cst.SimpleString, cst.ConcatenatedString))
-    )
 
 
 class RebuildBuffers(Transform):

@@ -355,6 +355,15 @@ def single_assign(stmt: cst.CSTNode) -> tuple[list[cst.BaseExpression], cst.Base
     return None
 
 
+def is_docstring(stmt: cst.CSTNode) -> bool:
+    """A statement that is a bare string literal (a docstring where it opens a body)."""
+    return (
+        isinstance(stmt, cst.SimpleStatementLine)
+        and isinstance(stmt.body[0], cst.Expr)
+        and isinstance(stmt.body[0].value, (cst.SimpleString, cst.ConcatenatedString))
+    )
+
+
 def is_self_attr(node: cst.BaseExpression, attr: str | None = None) -> bool:
     return (
         isinstance(node, cst.Attribute)

@@ -24,6 +24,7 @@ from transforms.cst_utils import (
     code_of,
     dotted,
     function_defs,
+    is_docstring,
     last_part,
     names_read,
     param_names,
@@ -45,7 +46,7 @@ def counted_positions(forward: cst.FunctionDef) -> tuple[str, str, str] | None:
     if len(params) < 2 or POSITIONS in params:
         return None
     mask = params[1]
-    body = [s for s in forward.body.body if not _is_docstring(s)]
+    body = [s for s in forward.body.body if not is_docstring(s)]
     if not body or not isinstance(body[-1], cst.SimpleStatementLine) or not isinstance(body[-1].body[0], cst.Return):
         return None
     counted = kind = None
@@ -71,14 +72,6 @@ if {positions}.shape[0] > 1 and not torch.equal({positions}, {positions}[:1].exp
     raise ValueError("this model looks its positions up once for the whole batch: rows of position_ids must be equal")
 {counted} = {positions}[0]
 """
-
-
-def _is_docstring(stmt: cst.BaseStatement) -> bool:
-    return (
-        isinstance(stmt, cst.SimpleStatementLine)
-        and isinstance(stmt.body[0], cst.Expr)
-        and isinstance(stmt.body[0].value, (cst.SimpleString, cst.ConcatenatedString))
-    )
 
 
 def _with_param(fn: cst.FunctionDef, name: str) -> cst.FunctionDef:
@@ -116,7 +109,7 @@ class MaskCountedPositions(Transform):
         _, counted, kind = found
         given_code = f"{counted} = {POSITIONS}\n" if kind == "mask" else ONE_ROW.format(positions=POSITIONS, counted=counted)
         body = list(forward.body.body)
-        head = [s for s in body[:1] if _is_docstring(s)]
+        head = [s for s in body[:1] if is_docstring(s)]
         counting, returned = body[len(head):-1], body[-1]
         given = cst.If(
             test=parse_expr(f"{POSITIONS} is None"),

@@ -20,7 +20,7 @@ from porter.parallel import (
     infer_plans,
 )
 from transforms.base import PortState, Transform
-from transforms.cst_utils import dotted, parse_stmts, single_assign
+from transforms.cst_utils import dotted, is_docstring, parse_stmts, single_assign
 
 TP_ATTR, PP_ATTR = "base_model_tp_plan", "base_model_pp_plan"
 
@@ -91,21 +91,13 @@ class WriteParallelPlans(Transform):
             return cls
         anchor = next(
             (i + 1 for i, m in enumerate(members) if (a := single_assign(m)) and dotted(a[0][0]) == "model_type"),
-            1 if members and _is_docstring(members[0]) else 0,
+            1 if members and is_docstring(members[0]) else 0,
         )
         new = parse_stmts(text)
         note = cst.EmptyLine(comment=cst.Comment("# Inferred by port-model from the forward code's data flow; see PORTING.md."))
         new[0] = new[0].with_changes(leading_lines=[note])
         self.record(members[anchor - 1] if anchor else cls, _summary(plans, TP_ATTR not in declared))
         return cls.with_changes(body=cls.body.with_changes(body=[*members[:anchor], *new, *members[anchor:]]))
-
-
-def _is_docstring(stmt: cst.BaseStatement) -> bool:
-    return (
-        isinstance(stmt, cst.SimpleStatementLine)
-        and isinstance(stmt.body[0], cst.Expr)
-        and isinstance(stmt.body[0].value, (cst.SimpleString, cst.ConcatenatedString))
-    )
 
 
 def _summary(plans: ParallelPlans, tp: bool) -> str:
