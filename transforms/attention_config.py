@@ -18,7 +18,6 @@ import libcst as cst
 
 from transforms.base import Transform
 from transforms.cst_utils import (
-    TIGHT_EQUAL,
     SharingTransformer,
     code_of,
     dotted,
@@ -28,6 +27,7 @@ from transforms.cst_utils import (
     param_names,
     parse_stmts,
     walk,
+    with_none_param,
 )
 
 PARAM = "config"
@@ -87,8 +87,7 @@ class ThreadAttentionConfig(Transform):
 
     def _accept_config(self, cls: cst.ClassDef, store: bool) -> cst.ClassDef:
         init = function_defs(cls)["__init__"]
-        param = cst.Param(name=cst.Name(PARAM), default=cst.Name("None"), equal=TIGHT_EQUAL)
-        new_init = init.with_changes(params=init.params.with_changes(params=[*init.params.params, param]))
+        new_init = with_none_param(init, PARAM)
         if store:
             line = parse_stmts(f"self.{PARAM} = {PARAM}\n")
             new_init = new_init.with_changes(body=new_init.body.with_changes(body=[*new_init.body.body, *line]))

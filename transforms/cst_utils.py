@@ -435,6 +435,12 @@ def free_names(stmts: list[cst.BaseStatement], bound: set[str]) -> tuple[set[str
 TIGHT_EQUAL = cst.AssignEqual(whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace(""))
 
 
+def with_none_param(fn: cst.FunctionDef, name: str) -> cst.FunctionDef:
+    """`fn` with a parameter `name=None` after its other named parameters (before `*args`, `**kwargs`)."""
+    param = cst.Param(name=cst.Name(name), default=cst.Name("None"), equal=TIGHT_EQUAL)
+    return fn.with_changes(params=fn.params.with_changes(params=[*fn.params.params, param]))
+
+
 def keyword_arg(name: str, value: str) -> cst.Arg:
     """`name=value` as a call argument, formatted the usual way."""
     return cst.Arg(keyword=cst.Name(name), value=cst.parse_expression(value), equal=TIGHT_EQUAL)

@@ -12,7 +12,6 @@ import libcst as cst
 
 from transforms.base import Transform
 from transforms.cst_utils import (
-    TIGHT_EQUAL,
     SharingTransformer,
     code_of,
     dotted,
@@ -22,6 +21,7 @@ from transforms.cst_utils import (
     last_part,
     parse_stmts,
     walk,
+    with_none_param,
 )
 
 PARAM = "layer_idx"
@@ -29,11 +29,6 @@ PARAM = "layer_idx"
 
 def _has_param(fn: cst.FunctionDef | None, name: str) -> bool:
     return fn is not None and name in [p.name.value for p in (*fn.params.params, *fn.params.kwonly_params)]
-
-
-def _add_param(fn: cst.FunctionDef) -> cst.FunctionDef:
-    param = cst.Param(name=cst.Name(PARAM), default=cst.Name("None"), equal=TIGHT_EQUAL)
-    return fn.with_changes(params=fn.params.with_changes(params=[*fn.params.params, param]))
 
 
 class ThreadLayerIndex(Transform):
@@ -69,7 +64,7 @@ class ThreadLayerIndex(Transform):
         init = function_defs(cls).get("__init__")
         if init is None or _has_param(init, PARAM):
             return cls
-        new_init = _add_param(init)
+        new_init = with_none_param(init, PARAM)
         assigned = any(is_self_attr(n, PARAM) for n in walk(init))
         if store and not assigned:
             line = parse_stmts(f"self.{PARAM} = {PARAM}\n")

@@ -25,6 +25,7 @@ from transforms.cst_utils import (
     dotted,
     function_defs,
     is_docstring,
+    keyword_arg,
     last_part,
     names_read,
     param_names,
@@ -33,6 +34,7 @@ from transforms.cst_utils import (
     single_assign,
     star_kwargs_name,
     walk,
+    with_none_param,
 )
 
 POSITIONS = "position_ids"
@@ -74,13 +76,6 @@ if {positions}.shape[0] > 1 and not torch.equal({positions}, {positions}[:1].exp
 """
 
 
-def _with_param(fn: cst.FunctionDef, name: str) -> cst.FunctionDef:
-    """`fn` with a parameter `name=None` after its other named parameters (before `*args`, `**kwargs`)."""
-    no_space = cst.SimpleWhitespace("")
-    param = cst.Param(cst.Name(name), default=cst.Name("None"), equal=cst.AssignEqual(no_space, no_space))
-    return fn.with_changes(params=fn.params.with_changes(params=[*fn.params.params, param]))
-
-
 class MaskCountedPositions(Transform):
     name = "mask-positions"
     summary = "Let learned positions counted from the padding mask take position_ids, and pass them."
@@ -117,7 +112,7 @@ class MaskCountedPositions(Transform):
             orelse=cst.Else(body=cst.IndentedBlock(body=parse_stmts(given_code))),
             leading_lines=counting[0].leading_lines,
         )
-        new_forward = _with_param(forward, POSITIONS).with_changes(
+        new_forward = with_none_param(forward, POSITIONS).with_changes(
             body=forward.body.with_changes(body=[*head, given, returned])
         )
         self.record(forward, f"{cls.name.value}.forward: positions counted by {kind} unless `position_ids` are given")
@@ -151,10 +146,7 @@ class MaskCountedPositions(Transform):
 
     def _pass_positions(self, owner, method, body, index, call, kind) -> cst.FunctionDef | None:
         stmt = body[index]
-        passed = stmt.deep_replace(call, call.with_changes(args=[*call.args, cst.Arg(
-            keyword=cst.Name(POSITIONS), value=cst.Name(POSITIONS),
-            equal=cst.AssignEqual(cst.SimpleWhitespace(""), cst.SimpleWhitespace("")),
-        )]))
+        passed = stmt.deep_replace(call, call.with_changes(args=[*call.args, keyword_arg(POSITIONS, POSITIONS)]))
         if kind == "mask":
             # No mask and no positions: the positions an all-ones mask counts.
             mask = code_of(call.args[0].value)
@@ -173,7 +165,7 @@ class MaskCountedPositions(Transform):
             body[index] = passed
         new_method = method.with_changes(body=method.body.with_changes(body=body))
         if POSITIONS not in param_names(method) and star_kwargs_name(method) != POSITIONS:
-            new_method = _with_param(new_method, POSITIONS)
+            new_method = with_none_param(new_method, POSITIONS)
         self.record(stmt, f"{owner}.{method.name.value}: `position_ids` passed to the positions it counted by {kind}")
         return new_method
 
