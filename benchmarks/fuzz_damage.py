@@ -9,10 +9,14 @@ verification, and classifies it: refused (PortError, exit 2), ported or unchange
 report that lies). Cases keep going after a BROKEN one; each is printed with its edits.
 Exits 1 if any case was BROKEN.
 
-With `--counts FILE` the counts so far are rewritten to FILE (JSON) after every case, so a
-long run that is stopped keeps them. A case costs the rewrite of a whole real repo (seconds
-of libcst work; there is no verification to skip), so throughput comes from cores:
-`--workers N` runs N processes on seeds of their own and merges their counts.
+The cases come in batches of `BATCH`, batch b drawn by hypothesis from its own seed
+(`--seed` and b), so case n is the same case whatever `--cases` or `--workers` is, and a
+run can be stopped and resumed. With `--counts FILE` every finished batch is kept in
+`FILE`'s batch folder (`damage.json` -> `damage-batches/`), the merged counts are rewritten
+to FILE as the run goes, and running the same command again runs only the batches not
+finished yet (a batch stopped half way is run again whole). A case costs the rewrite of a
+whole real repo (seconds of libcst work; there is no verification to skip), so throughput
+comes from cores: `--workers N` runs N processes, each on its own share of the batches.
 
     python benchmarks/fuzz_damage.py [--cases 10000] [--minutes M] [--seed S] [--only NAME ...] [--counts FILE] [--workers N]
 """
@@ -36,6 +40,9 @@ from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 
 from tests.fuzz.damage import Broken, build_case, damaged_repo, port_damaged  # noqa: E402
 
+BATCH = 50
+OUTCOMES = ("refused", "ported", "unchanged", "BROKEN")
+
 
 def sources(only: list[str] | None) -> list[Path]:
     cache = Path(os.environ.get("PORT_MODEL_CACHE", ROOT / ".port-model-cache"))
@@ -50,90 +57,26 @@ class Stop(Exception):
     """The time limit was reached."""
 
 
-def write_counts(path: Path, args, repos, counts, by_edit, broken, elapsed: float, finished: bool = False) -> None:
-    """The counts so far, replaced whole (written beside, then renamed) so a reader never sees half a file."""
-    total = sum(counts.values())
-    record = {
-        "seed": args.seed, "cases_asked": args.cases, "cases_run": total, "finished": finished,
-        "seconds": round(elapsed), "cases_per_second": round(total / max(elapsed, 1e-9), 3),
-        "sources": [p.name for p in repos], "outcomes": dict(counts),
-        "edits": {f"{kind} {outcome}": n for (kind, outcome), n in sorted(by_edit.items())},
-        "broken": broken,
-    }
+def write_json(path: Path, record: dict) -> None:
+    """Replace `path` whole (written beside, then renamed), so a reader never sees half a file."""
     partial = path.with_name(path.name + ".tmp")
     partial.write_text(json.dumps(record, indent=1) + "\n")
     partial.replace(path)
 
 
-def run_workers(args) -> int:
-    """Run `args.workers` copies of this script on seeds seed*1000+k, merging their counts."""
-    if args.counts:  # beside the merged file, so that the workers' counts survive too
-        folder = args.counts.with_name(args.counts.stem + "-workers")
-        folder.mkdir(parents=True, exist_ok=True)
-    else:
-        folder = Path(tempfile.mkdtemp(prefix="fuzz-damage-"))
-    share = -(-args.cases // args.workers)
-    procs, files = [], []
-    for k in range(args.workers):
-        files.append(folder / f"worker-{k}.json")
-        command = [sys.executable, __file__, "--cases", str(share), "--seed", str(args.seed * 1000 + k),
-                   "--counts", str(files[-1])]
-        command += ["--minutes", str(args.minutes)] if args.minutes else []
-        command += ["--only", *args.only] if args.only else []
-        procs.append(subprocess.Popen(command, stdout=subprocess.DEVNULL))
-    print(f"{args.workers} workers, {share} cases each; their counts in {folder}", flush=True)
-    while True:
-        done = all(p.poll() is not None for p in procs)
-        merged = merge_counts([json.loads(f.read_text()) for f in files if f.exists()])
-        merged.update(workers=args.workers, finished=done)
-        if args.counts:
-            partial = args.counts.with_name(args.counts.name + ".tmp")
-            partial.write_text(json.dumps(merged, indent=1) + "\n")
-            partial.replace(args.counts)
-        print(f"{merged['cases_run']} cases: {merged['outcomes']}", flush=True)
-        if done:
-            break
-        time.sleep(30)
-    for case in merged["broken"]:
-        print(f"BROKEN {case}")
-    return 1 if merged["broken"] or any(p.returncode not in (0, 1) for p in procs) else 0
+def batch_file(folder: Path, index: int) -> Path:
+    return folder / f"batch-{index:05d}.json"
 
 
-def merge_counts(records: list[dict]) -> dict:
-    outcomes: collections.Counter = collections.Counter()
-    edits: collections.Counter = collections.Counter()
-    for record in records:
-        outcomes.update(record["outcomes"])
-        edits.update(record["edits"])
-    seconds = max((r["seconds"] for r in records), default=0)
-    total = sum(outcomes.values())
-    return {"seeds": [r["seed"] for r in records], "cases_run": total, "seconds": seconds,
-            "cases_per_second": round(total / max(seconds, 1e-9), 3), "outcomes": dict(outcomes),
-            "edits": dict(edits), "broken": [b for r in records for b in r["broken"]]}
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", type=int, default=10_000)
-    parser.add_argument("--minutes", type=float, help="stop after this long, whatever the count")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", nargs="*", help="source repo folder names")
-    parser.add_argument("--counts", type=Path, help="rewrite the counts so far to this JSON file as the run goes")
-    parser.add_argument("--workers", type=int, default=1, help="processes, each with its own seed and share of the cases")
-    args = parser.parse_args()
-    if args.workers > 1:
-        return run_workers(args)
-
-    repos = sources(args.only)
-    print(f"sources: {', '.join(p.name for p in repos)}", flush=True)
+def run_batch(index: int, args, repos: list[Path], folder: Path, deadline: float | None) -> dict:
+    """Run batch `index` (its own hypothesis seed); keep it in `folder` once it is whole."""
     counts: collections.Counter = collections.Counter()
     by_edit: collections.Counter = collections.Counter()
     broken: list[str] = []
     started = time.monotonic()
-    deadline = started + 60 * args.minutes if args.minutes else None
 
-    @seed(args.seed)
-    @settings(max_examples=args.cases, deadline=None, database=None, phases=[Phase.generate],
+    @seed(args.seed * 100_003 + index)
+    @settings(max_examples=BATCH, deadline=None, database=None, phases=[Phase.generate],
               suppress_health_check=list(HealthCheck))
     @given(damaged_repo(repos))
     def case(drawn):
@@ -146,36 +89,114 @@ def main() -> int:
                 outcome = port_damaged(repo, Path(tmp) / "out")
             except Broken as exc:
                 outcome = "BROKEN"
-                broken.append(f"{source.name}: {'; '.join(map(str, edits))}\n{exc}")
+                broken.append(f"batch {index}, {source.name}: {'; '.join(map(str, edits))}\n{exc}")
                 print(f"BROKEN {broken[-1]}", flush=True)
         counts[outcome] += 1
         for edit in edits:
-            by_edit[(edit.kind, outcome)] += 1
-        total = sum(counts.values())
-        elapsed = time.monotonic() - started
-        if args.counts:  # every case: a case costs seconds, the file a millisecond
-            write_counts(args.counts, args, repos, counts, by_edit, broken, elapsed)
-        if total % 10 == 0:
-            print(f"{total} cases, {elapsed:.0f} s: {dict(counts)}", flush=True)
+            by_edit[f"{edit.kind} {outcome}"] += 1
 
-    try:
-        case()
-    except Stop:
-        pass
-    elapsed = time.monotonic() - started
-    total = sum(counts.values())
-    if args.counts:
-        write_counts(args.counts, args, repos, counts, by_edit, broken, elapsed, finished=True)
-    print(f"\n{total} cases in {elapsed:.0f} s ({total / max(elapsed, 1e-9):.2f} cases/s)")
-    for outcome in ("refused", "ported", "unchanged", "BROKEN"):
-        print(f"  {outcome:10} {counts[outcome]}")
+    case()  # Stop propagates: a batch cut short is not kept
+    record = {"batch": index, "seed": args.seed, "sources": [p.name for p in repos],
+              "seconds": round(time.monotonic() - started, 1), "outcomes": dict(counts),
+              "edits": dict(by_edit), "broken": broken}
+    write_json(batch_file(folder, index), record)
+    return record
+
+
+def finished_batches(folder: Path, args, repos: list[Path]) -> dict[int, dict]:
+    """The batches of this seed already kept in `folder`; a folder of another run is refused."""
+    done = {}
+    for path in sorted(folder.glob("batch-*.json")):
+        record = json.loads(path.read_text())
+        if record["seed"] != args.seed or record["sources"] != [p.name for p in repos]:
+            raise SystemExit(f"{path} was run with another --seed or other sources; give another --counts file")
+        done[record["batch"]] = record
+    return done
+
+
+def merge(records: list[dict], batches_asked: int, seconds: float) -> dict:
+    outcomes: collections.Counter = collections.Counter()
+    edits: collections.Counter = collections.Counter()
+    for record in records:
+        outcomes.update(record["outcomes"])
+        edits.update(record["edits"])
+    total = sum(outcomes.values())
+    return {"cases_asked": batches_asked * BATCH, "cases_run": total, "batches_run": len(records),
+            "finished": len(records) >= batches_asked, "seconds_this_run": round(seconds),
+            "batch_cpu_seconds": round(sum(r["seconds"] for r in records)),
+            "outcomes": dict(outcomes), "edits": dict(sorted(edits.items())),
+            "broken": [b for r in records for b in r["broken"]]}
+
+
+def run_worker(args, repos: list[Path], folder: Path, pending: list[int]) -> None:
+    deadline = time.monotonic() + 60 * args.minutes if args.minutes else None
+    for index in pending:
+        try:
+            record = run_batch(index, args, repos, folder, deadline)
+        except Stop:
+            return
+        print(f"batch {index}: {record['outcomes']} in {record['seconds']} s", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", type=int, default=10_000, help=f"rounded up to a whole batch of {BATCH}")
+    parser.add_argument("--minutes", type=float, help="stop after this long, whatever the count")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", nargs="*", help="source repo folder names")
+    parser.add_argument("--counts", type=Path, help="keep the batches beside this JSON file and resume from them")
+    parser.add_argument("--workers", type=int, default=1, help="processes, each with its own share of the batches")
+    parser.add_argument("--batches", help=argparse.SUPPRESS)  # a worker's share and folder, given by the parent
+    parser.add_argument("--batch-folder", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    repos = sources(args.only)
+    if args.batch_folder:
+        folder = args.batch_folder
+    elif args.counts:
+        folder = args.counts.with_name(args.counts.stem + "-batches")
+        folder.mkdir(parents=True, exist_ok=True)
+    else:
+        folder = Path(tempfile.mkdtemp(prefix="fuzz-damage-"))
+    if args.batches is not None:  # a worker started by the parent below
+        run_worker(args, repos, folder, [int(b) for b in args.batches.split(",") if b])
+        return 0
+
+    asked = -(-args.cases // BATCH)
+    done = finished_batches(folder, args, repos)
+    pending = [b for b in range(asked) if b not in done]
+    print(f"sources: {', '.join(p.name for p in repos)}")
+    print(f"{asked} batches of {BATCH} cases, {len(done)} already finished in {folder}; "
+          f"{len(pending)} to run on {args.workers} worker(s)", flush=True)
+    command = [sys.executable, __file__, "--seed", str(args.seed), "--batch-folder", str(folder)]
+    command += ["--minutes", str(args.minutes)] if args.minutes else []
+    command += ["--only", *args.only] if args.only else []
+    procs = [subprocess.Popen([*command, "--batches", ",".join(map(str, pending[k::args.workers]))])
+             for k in range(args.workers) if pending[k::args.workers]]
+    started = time.monotonic()
+    while True:
+        running = any(p.poll() is None for p in procs)
+        records = [r for b, r in finished_batches(folder, args, repos).items() if b < asked]
+        merged = merge(records, asked, time.monotonic() - started)
+        if args.counts:
+            write_json(args.counts, {"seed": args.seed, "sources": [p.name for p in repos], **merged})
+        print(f"{merged['cases_run']} of {merged['cases_asked']} cases: {merged['outcomes']}", flush=True)
+        if not running:
+            break
+        time.sleep(30)
+
+    print(f"\n{merged['cases_run']} cases in {merged['batches_run']} batches "
+          f"({merged['batch_cpu_seconds']} s of batch time, {merged['seconds_this_run']} s of wall time this run)")
+    for outcome in OUTCOMES:
+        print(f"  {outcome:10} {merged['outcomes'].get(outcome, 0)}")
     print("edits by kind and outcome:")
     for kind in ("remove", "rename", "swap", "syntax"):
-        row = {o: by_edit[(kind, o)] for o in ("refused", "ported", "unchanged", "BROKEN")}
-        print(f"  {kind:7} {row}")
-    if total < args.cases:
-        print(f"stopped after {total} of {args.cases} cases (time limit)")
-    return 1 if broken else 0
+        print(f"  {kind:7} " + ", ".join(f"{o} {merged['edits'].get(f'{kind} {o}', 0)}" for o in OUTCOMES))
+    for case in merged["broken"]:
+        print(f"BROKEN {case}")
+    if not merged["finished"]:
+        print(f"stopped after {merged['batches_run']} of {asked} batches; the same command resumes")
+    return 1 if merged["broken"] or any(p.returncode != 0 for p in procs) else 0
 
 
 if __name__ == "__main__":
