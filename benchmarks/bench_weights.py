@@ -7,7 +7,8 @@ its peak RSS is its own:
   convert    porter.weights.convert_checkpoint(..., max_shard_size="5GB"), the CLI default
              (reads with mmap, streams, writes safetensors, reloads and compares every tensor)
   serial     the same with one verification thread (porter.weights.VERIFY_THREADS = 1):
-             each shard compared in the writing thread once written, nothing overlapped
+             each tensor compared in the writing thread right after it is written,
+             nothing overlapped
   load-save  torch.load(mmap=False) of the whole state dict + safetensors.torch.save_file
   cp         cp of the same bytes
 
@@ -29,8 +30,7 @@ medians. Needs about 7 GiB of free disk.
 
     python benchmarks/bench_weights.py [--dir DIR] [--size-gib 2.2] [--repeat 3] [--shard-size 5GB]
 
-``--shard-size`` is passed to the conversions (several shards let the verification of
-one overlap the writing of the next).
+``--shard-size`` is passed to the conversions.
 
 Targets (from the weights issue): peak RSS of convert <= 1.25 x largest tensor group +
 300 MB; wall of convert <= 1.5 x cp.
@@ -62,7 +62,7 @@ if step in ("convert", "serial"):
     if step == "serial":
         weights.VERIFY_THREADS = 1
 
-    def timed(phase, function):  # writing (finished shards verified meanwhile), then the wait
+    def timed(phase, function):  # writing (written tensors verified meanwhile), then the wait
         def run(*args, **kwargs):
             t = time.perf_counter()
             try:

@@ -4,10 +4,11 @@ A legacy repo ships its weights as pickled ``pytorch_model.bin`` files (possibly
 sharded), a bare ``*.pt``/``*.ckpt``/``*.pth``, or already as safetensors. This
 module finds those files, streams their tensors, applies the layout changes implied
 by a code port (renames, splits of fused weights, merges, permutations), drops
-declared tied duplicates and writes Hub-style safetensors shards. Each shard, once
-its file is complete, is reloaded and every tensor in it compared bit for bit with its
-source (in worker threads, while the next shard is written), so a finished conversion
-is known to be exact.
+declared tied duplicates and writes Hub-style safetensors shards. Every tensor is read
+back from its file as soon as its bytes are written and compared bit for bit with its
+source (in worker threads, while the next tensor is written), and every finished file is
+reopened with safetensors and its header checked, so a finished conversion is known to be
+exact.
 
 Memory: sources are memory-mapped (``torch.load(..., mmap=True)``, ``safe_open``), so
 a tensor is a reference to pages of a file until its bytes are used. Writing and
@@ -31,7 +32,6 @@ import threading
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -863,18 +863,18 @@ class _ShardWriter:
     """Groups tensors into shards no larger than ``max_bytes`` and writes them.
 
     A shard holds ``_Out`` references; ``flush`` writes it streaming (see
-    ``_write_safetensors``), then hands the finished file and its tensors to ``written``
-    (verification). Shards go to temporary names first; ``commit`` gives them their Hub
-    names once the number of shards is known, so a failed run never leaves a half
-    checkpoint.
+    ``_write_safetensors``), with ``verifier`` reading back each tensor once written and
+    the whole file once complete. Shards go to temporary names first; ``commit`` gives
+    them their Hub names once the number of shards is known, so a failed run never leaves
+    a half checkpoint.
     """
 
     def __init__(self, out_dir: Path, max_bytes: int, mappings: _Mappings | None = None,
-                 written: Callable[[Path, list[tuple[str, _Out]]], None] | None = None):
+                 verifier: _ShardVerifier | None = None):
         self.out_dir = out_dir
         self.max_bytes = max_bytes
         self.mappings = mappings or _Mappings()
-        self.written = written
+        self.verifier = verifier
         self.current: list[tuple[str, _Out]] = []
         self.current_bytes = 0
         self.temp_files: list[Path] = []
@@ -901,9 +901,7 @@ class _ShardWriter:
             return
         path = self.out_dir / f".model-partial-{len(self.temp_files):05d}.safetensors"
         self.temp_files.append(path)
-        _write_safetensors(path, self.current, self.mappings)
-        if self.written is not None:
-            self.written(path, self.current)
+        _write_safetensors(path, self.current, self.mappings, self.verifier)
         self.current, self.current_bytes = [], 0
 
     def final_names(self) -> list[str]:
@@ -937,13 +935,19 @@ class _ShardWriter:
         self.temp_files = []
 
 
-def _write_safetensors(path: Path, entries: list[tuple[str, _Out]], mappings: _Mappings) -> None:
+def _write_safetensors(path: Path, entries: list[tuple[str, _Out]], mappings: _Mappings,
+                       verifier: _ShardVerifier | None = None) -> None:
     """Write one safetensors file, a block at a time: the file format, built by hand.
 
     An 8-byte little-endian header length, the JSON header (``__metadata__`` and, per
     tensor, dtype, shape and data offsets) padded with spaces to a multiple of 8, then
     the tensors' bytes back to back. Wider dtypes come first, as safetensors itself
     orders them, so that every tensor starts at a multiple of its item size.
+
+    The file is given its final size first, so that ``verifier`` can map it whole and
+    compare each tensor as soon as its bytes are in, while the next one is written.
+    Bytes are only ever appended at the file position, which is checked against the
+    header after each tensor, so bytes already compared are never written again.
     """
     ordered = sorted(entries, key=lambda entry: -entry[1].dtype.itemsize)  # stable: source order
     header: dict[str, Any] = {"__metadata__": METADATA}
@@ -954,16 +958,31 @@ def _write_safetensors(path: Path, entries: list[tuple[str, _Out]], mappings: _M
         offset += out.nbytes
     raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     raw += b" " * (-len(raw) % 8)
+    data_start = 8 + len(raw)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o666)
     try:
+        os.ftruncate(fd, data_start + offset)
         _write_fully(fd, struct.pack("<Q", len(raw)) + raw)
-        for _, out in ordered:
-            for block in out.blocks(buffer=mappings.buffer(0)):
-                if not mappings.copy(block, fd):
-                    _write_fully(fd, block)
-                    mappings.touched(block.numel())
+        file_bytes = verifier.map_file(path, data_start + offset) if verifier is not None else None
+        for name, out in ordered:
+            start, end = (data_start + x for x in header[name]["data_offsets"])
+            _write_tensor(fd, name, out, mappings, end)
+            if file_bytes is not None:
+                verifier.compare_later(name, out, file_bytes[start:end])
     finally:
         os.close(fd)
+    if verifier is not None:
+        verifier.check_file(path, raw)
+
+
+def _write_tensor(fd: int, name: str, out: _Out, mappings: _Mappings, end: int) -> None:
+    """Append one tensor's bytes at the file position of ``fd``, which must then be ``end``."""
+    for block in out.blocks(buffer=mappings.buffer(0)):
+        if not mappings.copy(block, fd):
+            _write_fully(fd, block)
+            mappings.touched(block.numel())
+    if os.lseek(fd, 0, os.SEEK_CUR) != end:
+        raise RuntimeError(f"writing {name!r}: its {out.nbytes} bytes do not end at byte {end} of the file")
 
 
 # ---------------------------------------------------------------- conversion
@@ -1030,8 +1049,9 @@ def convert_checkpoint(
     matching tensors; ``tied`` (target -> source, output names) drops identical
     duplicates. Tensors are streamed a block at a time, so memory stays near one block
     (one tensor for a permute with ``view_shape``) whatever the shard size. Each shard,
-    once written, is reloaded and compared with its sources in worker threads
-    (``VERIFY_THREADS``) while the next one is written. Raises ``BadInput`` for bad input
+    each tensor, once written, is read back from its file and compared with its source in
+    worker threads (``VERIFY_THREADS``) while the next one is written, and every finished
+    file is reopened and its header checked. Raises ``BadInput`` for bad input
     (nothing is written then) and ``RuntimeError`` if the written files do not match the
     source.
     """
@@ -1047,7 +1067,7 @@ def convert_checkpoint(
                               tensors=0, bytes=0)
     mappings = _Mappings()
     verifier = _ShardVerifier(mappings)
-    writer = _ShardWriter(out_dir, parse_shard_size(max_shard_size), mappings, verifier.check)
+    writer = _ShardWriter(out_dir, parse_shard_size(max_shard_size), mappings, verifier)
     try:
         try:
             _write_all(files, ops, _TiedFilter(tied or {}, report, mappings), writer, report,
@@ -1126,37 +1146,57 @@ def _count_tensors(files: list[Path]) -> int:
 
 
 class _ShardVerifier:
-    """Reloads each finished shard from its file and compares every tensor in it, bit for
-    bit, with the source tensor (after ops) it was written from.
+    """Reads every written tensor back from its file and compares it, bit for bit, with the
+    source tensor (after ops) it was written from; reopens every finished file.
 
-    A shard is checked as soon as its file is complete and closed: ``check`` opens it with
-    ``safe_open``, checks its metadata and names, and queues the comparisons, which run
-    in ``threads`` worker threads while the writing thread goes on with the next shard.
+    ``map_file`` maps a shard file (already at its final size) privately, read only in
+    practice; ``compare_later`` queues the comparison of one tensor's bytes in that map,
+    called as soon as the writer has put them there, and the comparisons run in
+    ``threads`` worker threads while the writer goes on with the next tensor.
     A tensor is compared in pieces of ``CHUNK_BLOCKS`` blocks, so one large tensor is
-    spread over the threads too. With one thread everything runs in the caller's thread.
+    spread over the threads too. ``check_file`` reopens the complete file with
+    ``safe_open`` and checks its header, metadata and names. With one thread everything
+    runs in the caller's thread.
     """
 
     def __init__(self, mappings: _Mappings, threads: int | None = None):
         threads = VERIFY_THREADS if threads is None else threads
         self.mappings = mappings
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="verify-weights") if threads > 1 else None
-        self.handles = ExitStack()
         self.pending: list[Future] = []
         self.checked: set[str] = set()
 
-    def check(self, path: Path, entries: list[tuple[str, _Out]]) -> None:
-        self._raise_failures(wait=False)  # stop writing early once a shard is known bad
-        handle = self.handles.enter_context(safe_open(str(path), framework="pt"))
-        _check_written_names(path, handle, [name for name, _ in entries])
-        _track_output(self.mappings, path, handle)
-        limit = CHUNK_BLOCKS * BLOCK_BYTES
-        for name, expected in entries:
-            for written, source in _pieces(_written(handle, name), expected, limit):
-                if self.pool is None:
-                    _compare(name, written, source, self.mappings)
-                else:
-                    self.pending.append(self.pool.submit(_compare, name, written, source, self.mappings))
-            self.checked.add(name)
+    def map_file(self, path: Path, size: int) -> torch.Tensor:
+        """The bytes of ``path`` as a uint8 tensor over a private map of the file (a
+        view of the page cache; the writes through ``fd`` show in it)."""
+        file_bytes = torch.from_file(str(path), shared=False, size=size, dtype=torch.uint8)
+        self.mappings.track(path, file_bytes)  # its pages are dropped again as compared
+        return file_bytes
+
+    def compare_later(self, name: str, expected: _Out, written_bytes: torch.Tensor) -> None:
+        self._raise_failures(wait=False)  # stop writing early once a tensor is known bad
+        written = _as_out(written_bytes, expected)
+        for piece_written, piece_source in _pieces(written, expected, CHUNK_BLOCKS * BLOCK_BYTES):
+            if self.pool is None:
+                _compare(name, piece_written, piece_source, self.mappings)
+            else:
+                self.pending.append(self.pool.submit(_compare, name, piece_written, piece_source,
+                                                     self.mappings))
+        self.checked.add(name)
+
+    def check_file(self, path: Path, header: bytes) -> None:
+        """The complete file, reopened, holds the header the tensors were compared under."""
+        with open(path, "rb") as f:
+            if f.read(8 + len(header)) != struct.pack("<Q", len(header)) + header:
+                raise RuntimeError(f"verification failed: the header of {path.name} differs from the one written")
+        expected = json.loads(header)
+        with safe_open(str(path), framework="pt") as handle:
+            _check_written_names(path, handle, [n for n in expected if n != "__metadata__"])
+            for name in handle.keys():
+                piece = handle.get_slice(name)
+                if (piece.get_dtype(), list(piece.get_shape())) != (expected[name]["dtype"], expected[name]["shape"]):
+                    raise RuntimeError(f"verification failed: safetensors reads {name!r} in {path.name} "
+                                       f"as {piece.get_dtype()} {piece.get_shape()}")
 
     def finish(self) -> None:
         """Wait for every queued comparison; raise the first that failed."""
@@ -1172,7 +1212,6 @@ class _ShardVerifier:
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
-        self.handles.close()
 
 
 def _verify(verifier: _ShardVerifier, writer: _ShardWriter) -> None:
@@ -1199,25 +1238,12 @@ def _compare(name: str, written: _Out, source: _Out, mappings: _Mappings) -> Non
         raise RuntimeError(f"verification failed: {name!r} differs from its source")
 
 
-def _track_output(mappings: _Mappings, path: Path, handle: Any) -> None:
-    """Register a written file's memory map (safetensors maps the whole file at open)."""
-    for name in handle.keys():
-        piece = handle.get_slice(name)
-        if piece.get_shape() and piece.get_shape()[0]:
-            mappings.track(path, piece[0:1])
-            return
-
-
-def _written(handle: Any, name: str) -> _Out:
-    """A written tensor, as safetensors reads it back, a block of rows at a time."""
-    piece = handle.get_slice(name)
-    dtype = _ST_DTYPES.get(piece.get_dtype())
-    if dtype is None:
-        raise RuntimeError(f"verification failed: {name!r} has unknown dtype {piece.get_dtype()}")
-    shape = tuple(piece.get_shape())
-    if not shape:
-        return _Out((), dtype, lambda a, b: _byte_view(handle.get_tensor(name)))
-    return _Out(shape, dtype, lambda a, b: _byte_view(piece[a:b]))
+def _as_out(written_bytes: torch.Tensor, like: _Out) -> _Out:
+    """A tensor's bytes as written (1-D uint8), read as an ``_Out`` of ``like``'s shape and dtype."""
+    if not like.shape:
+        return _Out((), like.dtype, lambda a, b: written_bytes)
+    rows = written_bytes.view(*like.shape, like.dtype.itemsize)
+    return _Out(like.shape, like.dtype, lambda a, b: rows[a:b])
 
 
 def _check_written_names(path: Path, handle: Any, names: list[str]) -> None:

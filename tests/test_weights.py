@@ -572,18 +572,44 @@ def test_written_file_is_aligned_and_loads_with_safetensors(tmp_path: Path) -> N
 
 def test_verification_catches_a_corrupted_write(tmp_path: Path, monkeypatch) -> None:
     torch.save({"w": torch.zeros(16), "v": torch.ones(4)}, tmp_path / "w.pt")
-    write = weights._write_safetensors
+    write = weights._write_tensor
 
-    def write_then_flip_last_byte(path, entries, mappings):
-        write(path, entries, mappings)
-        with open(path, "r+b") as f:
-            f.seek(-1, os.SEEK_END)
-            last = f.read(1)
-            f.seek(-1, os.SEEK_END)
-            f.write(bytes([last[0] ^ 1]))
+    def write_then_flip_last_byte(fd, name, out, mappings, end):
+        write(fd, name, out, mappings, end)
+        last = int(list(out.blocks())[-1][-1])
+        os.pwrite(fd, bytes([last ^ 1]), end - 1)
 
-    monkeypatch.setattr(weights, "_write_safetensors", write_then_flip_last_byte)
+    monkeypatch.setattr(weights, "_write_tensor", write_then_flip_last_byte)
     with pytest.raises(RuntimeError, match="verification failed: '.' differs from its source"):
+        convert_checkpoint([tmp_path / "w.pt"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_tensor_that_does_not_fill_its_place_in_the_file_is_refused(tmp_path: Path) -> None:
+    """Bytes are compared as soon as they are written, so a tensor must end exactly where the
+    header says: the writer never goes back over bytes already compared."""
+    out = weights._Out.of(torch.arange(10, dtype=torch.int32))
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
+    try:
+        weights._write_tensor(fd, "t", out, weights._Mappings(), end=40)
+        with pytest.raises(RuntimeError, match="'t': its 40 bytes do not end at byte 81 of the file"):
+            weights._write_tensor(fd, "t", out, weights._Mappings(), end=81)
+    finally:
+        os.close(fd)
+
+
+def test_verification_catches_a_header_changed_after_the_tensors_were_compared(tmp_path: Path,
+                                                                           monkeypatch) -> None:
+    torch.save({"w": torch.zeros(2, 8)}, tmp_path / "w.pt")
+    check_file = weights._ShardVerifier.check_file
+
+    def reshape_then_check(self, path, header):
+        raw = path.read_bytes()
+        path.write_bytes(raw.replace(b'"shape":[2,8]', b'"shape":[8,2]'))
+        check_file(self, path, header)
+
+    monkeypatch.setattr(weights._ShardVerifier, "check_file", reshape_then_check)
+    with pytest.raises(RuntimeError, match="verification failed: the header of .* differs"):
         convert_checkpoint([tmp_path / "w.pt"], tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

@@ -1,10 +1,10 @@
-"""Verification of converted weights: each finished shard reloaded and compared, in
-worker threads while the next shard is written (porter.weights._ShardVerifier)."""
+"""Verification of converted weights: each tensor read back from its file and compared as
+soon as its bytes are written, in worker threads while the next tensor is written, and each
+finished file reopened (porter.weights._ShardVerifier)."""
 
 from __future__ import annotations
 
-import json
-import struct
+import os
 import threading
 from pathlib import Path
 
@@ -32,51 +32,48 @@ def small_pieces(monkeypatch) -> None:
     monkeypatch.setattr(weights, "CHUNK_BLOCKS", 1)
 
 
-def flip_byte_of(path: Path, name: str, position: float) -> None:
-    """Flip one bit of tensor ``name`` in a written safetensors file, ``position`` of the
-    way into its bytes."""
-    raw = bytearray(path.read_bytes())
-    (length,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + length])
-    if name not in header:
-        return
-    start, end = header[name]["data_offsets"]
-    raw[8 + length + start + int((end - start) * position)] ^= 1
-    path.write_bytes(bytes(raw))
-
-
 def record_events(monkeypatch, corrupt: tuple[str, float] | None = None) -> list[str]:
-    """Log each shard written and each tensor piece compared, in the order they happen;
-    optionally corrupt a tensor right after its shard is written."""
+    """Log each tensor written, each tensor piece compared and each file reopened, in the
+    order they happen; optionally flip a bit of one tensor right after it is written,
+    ``position`` of the way into its bytes."""
     events: list[str] = []
-    write, compare = weights._write_safetensors, weights._compare
+    write, compare, check_file = weights._write_tensor, weights._compare, weights._ShardVerifier.check_file
 
-    def logged_write(path, entries, mappings):
-        write(path, entries, mappings)
-        if corrupt is not None:
-            flip_byte_of(path, *corrupt)
-        events.append("write " + " ".join(name for name, _ in entries))
+    def logged_write(fd, name, out, mappings, end):
+        write(fd, name, out, mappings, end)
+        if corrupt is not None and corrupt[0] == name:
+            at = end - out.nbytes + int(out.nbytes * corrupt[1])
+            byte = int(torch.cat(list(out.blocks()))[at - (end - out.nbytes)])
+            os.pwrite(fd, bytes([byte ^ 1]), at)
+        events.append(f"write {name}")
 
     def logged_compare(name, written, source, mappings):
         compare(name, written, source, mappings)
         events.append(f"compare {name}")
 
-    monkeypatch.setattr(weights, "_write_safetensors", logged_write)
+    def logged_check_file(self, path, header):
+        check_file(self, path, header)
+        events.append("file")
+
+    monkeypatch.setattr(weights, "_write_tensor", logged_write)
     monkeypatch.setattr(weights, "_compare", logged_compare)
+    monkeypatch.setattr(weights._ShardVerifier, "check_file", logged_check_file)
     return events
 
 
-def test_each_shard_is_compared_once_written_before_the_next(tmp_path: Path, monkeypatch,
+def test_each_tensor_is_compared_once_written_before_the_next(tmp_path: Path, monkeypatch,
                                                               small_pieces) -> None:
     monkeypatch.setattr(weights, "VERIFY_THREADS", 1)  # comparisons in the writing thread
     checkpoint(tmp_path / "w.pt")
     events = record_events(monkeypatch)
     report = convert_checkpoint([tmp_path / "w.pt"], tmp_path / "out", max_shard_size=SHARD_BYTES)
     assert report.verified and len(report.output_files) == 3
-    pieces = ["compare big.0"] * 32 + ["compare big.1"] * 32  # 2 KiB in pieces of 64 bytes
-    assert events == ["write big.0 big.1", *pieces, "write big.2 big.3",
-                      *[e.replace(".0", ".2").replace(".1", ".3") for e in pieces],
-                      "write big.4", *["compare big.4"] * 32]
+    expected = []
+    for shard in (["big.0", "big.1"], ["big.2", "big.3"], ["big.4"]):
+        for name in shard:  # 2 KiB in pieces of 64 bytes
+            expected += [f"write {name}", *[f"compare {name}"] * 32]
+        expected.append("file")
+    assert events == expected
 
 
 def test_threaded_verification_compares_every_piece(tmp_path: Path, monkeypatch,
@@ -88,12 +85,13 @@ def test_threaded_verification_compares_every_piece(tmp_path: Path, monkeypatch,
     assert report.verified
     assert sorted(e for e in events if e.startswith("compare")) == [
         f"compare {name}" for name in sorted(state) for _ in range(32)]
+    assert events.count("file") == 3
 
 
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize(("name", "position"), [("big.0", 0.0), ("big.1", 0.5), ("big.4", 0.999)])
-def test_a_flipped_bit_in_any_shard_fails_the_conversion(tmp_path: Path, monkeypatch, small_pieces,
-                                                         threads: int, name: str, position: float) -> None:
+def test_a_flipped_bit_in_any_tensor_fails_the_conversion(tmp_path: Path, monkeypatch, small_pieces,
+                                                          threads: int, name: str, position: float) -> None:
     monkeypatch.setattr(weights, "VERIFY_THREADS", threads)
     checkpoint(tmp_path / "w.pt")
     events = record_events(monkeypatch, corrupt=(name, position))
@@ -101,7 +99,7 @@ def test_a_flipped_bit_in_any_shard_fails_the_conversion(tmp_path: Path, monkeyp
         convert_checkpoint([tmp_path / "w.pt"], tmp_path / "out", max_shard_size=SHARD_BYTES)
     assert not (tmp_path / "out").exists()  # temporary shards removed, nothing committed
     if threads == 1 and name == "big.0":
-        assert [e for e in events if e.startswith("write")] == ["write big.0 big.1"]  # stopped early
+        assert [e for e in events if e.startswith("write")] == ["write big.0"]  # stopped at once
 
 
 class CountingLock:
