@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -50,9 +51,17 @@ class LegacyRepo:
 
 def parse_code(path: Path, text: str) -> cst.Module:
     try:
-        return cst.parse_module(text)
+        return parse_tree(text)
     except cst.ParserSyntaxError as exc:
         raise BadInput.at(f"{path}:{exc.raw_line}", f"syntax error: {exc.message}") from None
+
+
+@functools.lru_cache(maxsize=8)
+def parse_tree(text: str) -> cst.Module:
+    """libcst trees are immutable, so a file that several stages read (the auto_map check
+    when loading, the analysis and rewrite, the checks) is parsed once. A few trees are
+    kept: one repo's code files."""
+    return cst.parse_module(text)
 
 
 def _inside(root: Path, path: Path) -> bool:
