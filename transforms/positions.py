@@ -109,19 +109,52 @@ class _TreeLines:
         offset = 0
         for item in (*tree.header, *tree.body, *tree.footer):
             self.pieces.append((item, offset))
-            offset += self._memo.code(tree, item).count("\n")
+            offset += self._memo.lines(tree, item)
         self._lines: list[str] | None = None
 
     def line(self, node: cst.CSTNode) -> int | None:
         for item, offset in self.pieces:
             if id(node) not in self._memo.nodes(item):
                 continue
-            if item not in self._placed:
-                self._placed[item] = _place(self.tree, item)
-            start = self._placed[item].get(node)
+            if isinstance(item, cst.ClassDef) and isinstance(item.body, cst.IndentedBlock):
+                start = self._line_in_class(item, node)
+            else:
+                start = self._start_in(item, node)
             if start is not None:
                 return start + offset
         return None
+
+    def _start_in(self, statement: cst.CSTNode, node: cst.CSTNode) -> int | None:
+        """The node's line counted from the statement's first line (1), placing the statement once."""
+        if statement not in self._placed:
+            self._placed[statement] = _place(self.tree, statement)
+        return self._placed[statement].get(node)
+
+    def _line_in_class(self, cls: cst.ClassDef, node: cst.CSTNode) -> int | None:
+        """A class is placed a member at a time: a transform that changes one method leaves
+        the others shared with the tree before, placed already. The lines before a member
+        are counted from the code of the class and of the members before it."""
+        members = cls.body.body
+        before = 0
+        for member in members:
+            if id(node) in self._memo.nodes(member):
+                start = self._start_in(member, node)
+                if start is None:
+                    return None
+                lines = self._memo.lines
+                header = lines(self.tree, cls) - sum(lines(self.tree, m) for m in members) - len(cls.body.footer)
+                return header + before + start
+            before += self._memo.lines(self.tree, member)
+        # The class statement itself, its decorators or its header: placed without the
+        # members; the block around them, rarely asked about, with the whole class.
+        starts = self._placed.get(cls)
+        if starts is None:
+            bare = cls.with_changes(body=cls.body.with_changes(body=[cst.SimpleStatementLine([cst.Pass()])], footer=[]))
+            starts = self._placed[cls] = dict(_place(self.tree, bare))
+            starts[cls] = starts.pop(bare)
+        if node not in starts and cls.body not in starts:
+            starts = self._placed[cls] = _place(self.tree, cls)
+        return starts.get(node)
 
     def code_lines(self) -> list[str]:
         if self._lines is None:
@@ -135,6 +168,7 @@ class _StatementMemo:
     def __init__(self) -> None:
         self._nodes: dict[cst.CSTNode, frozenset[int]] = {}
         self._codes: dict[cst.CSTNode, str] = {}
+        self._lines: dict[cst.CSTNode, int] = {}
 
     def nodes(self, item: cst.CSTNode) -> frozenset[int]:
         """Ids of the statement's nodes (the statement, kept here, keeps them alive)."""
@@ -142,6 +176,14 @@ class _StatementMemo:
         if found is None:
             found = self._nodes[item] = frozenset(map(id, walk(item)))
         return found
+
+    def lines(self, tree: cst.Module, item: cst.CSTNode) -> int:
+        """Newlines in the statement's code: indentation adds none, so this is the same
+        wherever the statement stands."""
+        count = self._lines.get(item)
+        if count is None:
+            count = self._lines[item] = self.code(tree, item).count("\n")
+        return count
 
     def code(self, tree: cst.Module, item: cst.CSTNode) -> str:
         """The statement's code in `tree` (the module's indent and newline)."""
@@ -190,12 +232,7 @@ class FileLines:
         if self.original_code is None or self._current is None:
             return line
         if self._line_map is None:
-            matcher = difflib.SequenceMatcher(
-                None, self._current.code_lines(), self.original_code.splitlines(), autojunk=False
-            )
-            self._line_map = {
-                block.a + k + 1: block.b + k + 1 for block in matcher.get_matching_blocks() for k in range(block.size)
-            }
+            self._line_map = self._match_lines()
         if line in self._line_map:
             return self._line_map[line]
         earlier = [c for c in self._line_map if c < line]
@@ -203,3 +240,50 @@ class FileLines:
             return line
         anchor = max(earlier)  # a line this tree added: report the nearest original one
         return self._line_map[anchor] + 1
+
+    def _match_lines(self) -> dict[int, int]:
+        """Line of the later tree -> line of the original text, for the lines they share.
+
+        Module-level statements the later tree shares with the tree as parsed (the same
+        objects, in the same order) are the same lines; only the lines between them, the
+        statements a transform rebuilt or added, are matched by text, each stretch against
+        the original stretch between the same shared statements."""
+        current, original_lines = self._current.code_lines(), self.original_code.splitlines()
+        if self._original_tree is None or not _lines_are_newlines(self.original_code):
+            return _matched(current, original_lines, 0, 0)
+        if self._original is None:
+            self._original = _TreeLines(self._original_tree, self._placed, self._memo)
+        where = {id(item): (index, offset) for index, (item, offset) in enumerate(self._original.pieces)}
+        mapping: dict[int, int] = {}
+        done_current = done_original = 0  # lines before the last shared statement's end
+        last = -1
+        for item, offset in self._current.pieces:
+            index, original_offset = where.get(id(item), (-1, 0))
+            if index <= last:
+                continue
+            mapping.update(_matched(current[done_current:offset], original_lines[done_original:original_offset],
+                                    done_current, done_original))
+            size = self._memo.lines(self._current.tree, item)
+            mapping.update((offset + k + 1, original_offset + k + 1) for k in range(size))
+            done_current, done_original, last = offset + size, original_offset + size, index
+        mapping.update(_matched(current[done_current:], original_lines[done_original:], done_current, done_original))
+        return mapping
+
+
+def _matched(later: list[str], original: list[str], later_start: int, original_start: int) -> dict[int, int]:
+    """Lines (from 1) of `later` matched to lines of `original` by text, each list starting
+    after the given number of lines."""
+    if not later or not original:
+        return {}
+    matcher = difflib.SequenceMatcher(None, later, original, autojunk=False)
+    return {
+        later_start + block.a + k + 1: original_start + block.b + k + 1
+        for block in matcher.get_matching_blocks()
+        for k in range(block.size)
+    }
+
+
+def _lines_are_newlines(code: str) -> bool:
+    """`splitlines` ends lines only at "\n" here (no "\r", form feeds or other separators
+    it also splits at), so counting newlines counts its lines."""
+    return len(code.splitlines()) == code.count("\n") + (not code.endswith("\n") and bool(code))

@@ -1,4 +1,5 @@
-"""Lines of recorded nodes: placed statement by statement, they match libcst's own positions."""
+"""Lines of recorded nodes: placed statement by statement (a class member by member), they
+match libcst's own positions."""
 
 from __future__ import annotations
 
@@ -35,6 +36,22 @@ SOURCE = textwrap.dedent(
         if a:
             return b  # trailing
         return a
+
+
+    @dataclass
+    class B(
+        A,
+    ):
+        """Doc."""
+
+        x: int = 1
+
+        class Inner:
+            y = 2
+
+            # inner footer
+        # class footer
+
     # footer comment
     '''
 )
