@@ -15,6 +15,7 @@ methods that the analysis already indexed.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,7 @@ import libcst as cst
 
 from transforms.cst_utils import (
     call_name,
+    children_of,
     dotted,
     is_self_attr,
     last_part,
@@ -310,6 +312,10 @@ class _FunctionFlow:
         self.info = inference.analysis.classes[cls]
         self.env: dict[str, object] = dict(params)
         self.raw: dict[str, str] = {}  # local name -> projection whose untouched output it holds
+        # local name -> projection whose output it holds after ops the flow does not read
+        # (`t.view_as(t)`, `act(t)`, `t * s`): where its parts sit is unknown, so a split of it
+        # along any axis gathers the projection's output (see `_derived_from`)
+        self.derived: dict[str, str] = {}
         self.sources: dict[str, cst.BaseExpression] = {}  # local name -> last expression bound to it (shapes)
         self.modules: dict[str, tuple[str, str]] = {}  # local name -> (class, path prefix) of a layer
         self.edges: set[tuple[str, str]] = set()
@@ -326,17 +332,18 @@ class _FunctionFlow:
             for small in stmt.body:
                 self.small(small)
         elif isinstance(stmt, cst.If):
-            before, raw_before = dict(self.env), dict(self.raw)
+            before, raw_before, derived_before = dict(self.env), dict(self.raw), dict(self.derived)
             self.block(stmt.body.body)
-            taken, raw_taken = self.env, self.raw
+            taken, raw_taken, derived_taken = self.env, self.raw, self.derived
             # Each arm starts from what came before it: a reshape in one arm does not hide
             # the raw output from the other.
-            self.env, self.raw = before, dict(raw_before)
+            self.env, self.raw, self.derived = before, dict(raw_before), dict(derived_before)
             if stmt.orelse is not None:
                 self.stmt(stmt.orelse) if isinstance(stmt.orelse, cst.If) else self.block(stmt.orelse.body.body)
             for name in set(taken) | set(self.env):
                 self.env[name] = join(taken.get(name, EMPTY), self.env.get(name, EMPTY))
             self.raw = {**raw_taken, **self.raw}  # a raw output of either arm may be reshaped after the `if`
+            self.derived = {**derived_taken, **self.derived}
         elif isinstance(stmt, (cst.For, cst.While)):
             if isinstance(stmt, cst.For):
                 self._bind_layers(stmt.target, stmt.iter)
@@ -372,8 +379,10 @@ class _FunctionFlow:
     def assign(self, target: cst.BaseExpression, value, source: cst.BaseExpression | None) -> None:
         if isinstance(target, cst.Name):
             kept = self._raw_kept(source)
+            origin = self._derived_from(source)  # read before the target's own binding goes
             self.env[target.value] = value
             self.raw.pop(target.value, None)
+            self.derived.pop(target.value, None)
             if kept:
                 self.raw[target.value] = kept
             self.sources.pop(target.value, None)
@@ -381,6 +390,9 @@ class _FunctionFlow:
                 self.sources[target.value] = source
             if source is not None and (projection := self._projection_called(source)):
                 self.raw[target.value] = projection
+            elif target.value not in self.raw and origin and (
+                    origin.startswith("@") or origin in flat(value)):  # not what a layer made of it
+                self.derived[target.value] = origin
             if isinstance(source, cst.Subscript) and (layer := self._layer_of(source.value)):
                 self.modules[target.value] = layer
         elif isinstance(target, (cst.Tuple, cst.List)):
@@ -402,6 +414,37 @@ class _FunctionFlow:
         # x.clamp(...), or torch.clamp(x, ...) / F.dropout(x, ...)
         subjects = [source.func.value, *(source.args[0].value for _ in [0] if source.args)]
         return next((self.raw[s.value] for s in subjects if isinstance(s, cst.Name) and s.value in self.raw), None)
+
+    def _derived_from(self, source: cst.BaseExpression | None) -> str | None:
+        """The projection whose output `source` carries through an op that this flow does not
+        read the layout through. A reshape or split of the raw output is read where it is made,
+        and a subscript of it marks it where it is taken; anything else (`t.view_as(t)`,
+        `self.act(t)`, `t * scale`, a reshape of an already derived value) leaves a value whose
+        parts nobody placed."""
+        if source is None or isinstance(source, cst.Subscript):
+            return None
+        carriers, origins = set(), set()
+        for node in _value_reads(source, self._layout_read, self._projection_called):  # a projection's input is not its output
+            if origin := self._projection_called(node):
+                carriers.add(origin)
+                origins.add(origin)
+            elif isinstance(node, cst.Name) and (origin := self.raw.get(node.value) or self.derived.get(node.value)):
+                carriers.add(node.value)
+                origins.add(origin)
+            elif isinstance(node, cst.Name) and flat(self.env.get(node.value, EMPTY)):
+                carriers.add(node.value)
+        # One tensor in, through an op of its own (`act(t)`, `t * scale`); what two tensors
+        # make together (`attn @ v`) is no longer either one's output.
+        return origins.pop() if len(carriers) == 1 and len(origins) == 1 else None
+
+    def _layout_read(self, node: cst.CSTNode) -> bool:
+        """A reshape or split of a projection's raw output: its layout is read there."""
+        if not (isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute)):
+            return False
+        if node.func.attr.value not in RESHAPES | SPLITS:
+            return False
+        subject = node.func.value
+        return bool(self._projection_called(subject)) or (isinstance(subject, cst.Name) and subject.value in self.raw)
 
     def _bind_layers(self, target: cst.BaseExpression, iterable: cst.BaseExpression) -> None:
         """`for layer in self.layers`, `enumerate(...)`, `zip(self.h, ...)`, `self.layers[:n]`."""
@@ -472,6 +515,7 @@ class _FunctionFlow:
         value = self.expr(node.value)
         if isinstance(node.value, cst.Name) and node.value.value in self.raw:
             self.inference.mark_fused(self.raw[node.value.value], "concatenated")
+
         if isinstance(value, Tup) and len(node.slice) == 1:
             part = node.slice[0].slice
             if isinstance(part, cst.Index) and (position := _integer(part.value)) is not None:
@@ -540,6 +584,10 @@ class _FunctionFlow:
                     self._mark(fused, "concatenated")
                     if not fused.startswith("@"):
                         self.inference.parts.setdefault(fused, set()).add(_chunks_of_features(node))
+                elif isinstance(subject, cst.Name) and (derived := self.derived.get(subject.value)):
+                    self._mark(derived, "concatenated")  # parts placed by ops unread: gathered
+                    if not derived.startswith("@"):
+                        self.inference.parts.setdefault(derived, set()).add(None)
         if last_part(name).lstrip(".") in RESHAPES and receiver is not None:
             reshaped = self._projection_called(receiver) or (
                 self.raw.get(receiver.value) if isinstance(receiver, cst.Name) else None
@@ -580,8 +628,11 @@ class _FunctionFlow:
                 raw = self._projection_called(arg.value) or (
                     self.raw.get(arg.value.value) if isinstance(arg.value, cst.Name) else None
                 )
+                derived = self.derived.get(arg.value.value) if isinstance(arg.value, cst.Name) else None
                 if raw and param in flow.layouts:
                     self._mark(raw, flow.layouts[param])
+                elif derived and flow.layouts.get(param) == "concatenated":  # the helper cuts it
+                    self._mark(derived, "concatenated")
         return self._instantiate(flow, bound)
 
     def _instantiate(self, flow: Flow | None, bound: dict[str, object]):
@@ -591,6 +642,27 @@ class _FunctionFlow:
             for origin in substitute(frozenset({source}), bound):
                 self.edges.add((origin, consumer))
         return substitute(flow.returned if flow.returned is not None else EMPTY, bound)
+
+
+SHAPE_READS = METADATA | {"size", "dim", "numel", "stride"}
+
+
+def _value_reads(node: cst.CSTNode, skip: Callable[[cst.CSTNode], bool],
+                 leaf: Callable[[cst.CSTNode], object]) -> Iterator[cst.CSTNode]:
+    """The nodes below `node` whose values flow into it, not below those `skip` accepts nor
+    a tensor whose shape alone is read (`qkv.size()[:-1] + (heads, 3 * d)` carries none of
+    `qkv`'s values); a node `leaf` accepts is given without what is below it."""
+    if isinstance(node, cst.Attribute) and node.attr.value in SHAPE_READS:
+        return
+    if isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute) and node.func.attr.value in SHAPE_READS:
+        return
+    if skip(node):
+        return
+    yield node
+    if leaf(node):
+        return
+    for child in children_of(node):
+        yield from _value_reads(child, skip, leaf)
 
 
 # -- layout of a fused output from the shape it is reshaped to --------------------------------------

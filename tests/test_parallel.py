@@ -259,6 +259,40 @@ def test_elementwise_ops_keep_a_fused_layout_and_a_cast_to_anothers_dtype_carrie
     assert _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": leaked}).tp_plan["blocks.*.ff.widen"] == "replicate"
 
 
+# The widened output cut in two after an activation (a gated MLP): column shards of it would
+# gate one rank's features with another's.
+GATED_AFTER_ACTIVATION = MODELING.replace(
+    "        return self.narrow(torch.nn.functional.gelu(self.widen(x)))",
+    "        h = torch.nn.functional.gelu(self.widen(x))\n        gate, up = h.chunk(2, dim=-1)\n"
+    "        return self.narrow(gate * up)",
+).replace("self.narrow = nn.Linear(4 * config.hidden_size,", "self.narrow = nn.Linear(2 * config.hidden_size,")
+
+
+def test_a_fused_output_cut_after_ops_the_flow_does_not_read_is_gathered():
+    """Between the projection and the split, an op whose effect on the layout is not read
+    (an activation, `view_as`): which features each part holds is unknown, so the output is
+    gathered, never split by columns."""
+    assert "gate, up = h.chunk(2, dim=-1)" in GATED_AFTER_ACTIVATION
+    plans = _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": GATED_AFTER_ACTIVATION})
+    assert plans.fused["blocks.*.ff.widen"] == "concatenated"
+    assert (plans.tp_plan["blocks.*.ff.widen"], plans.tp_plan["blocks.*.ff.narrow"]) == ("colwise_rep", "rowwise_rep")
+    rebound = _reshaped_mix("qkv = self.mix(x)\nqkv = qkv.view_as(qkv)\nq, k, v = qkv.chunk(3, dim=-1)\n"
+                            "q, k, v = (y.view(b, t, -1, self.head_dim).transpose(1, 2) for y in (q, k, v))")
+    plans = _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": rebound})
+    assert plans.fused["blocks.*.attn.mix"] == "concatenated" and plans.tp_plan["blocks.*.attn.mix"] == "colwise_rep"
+
+
+def test_ops_the_flow_does_not_read_leave_a_plain_plan_alone_when_nothing_cuts_the_output():
+    """No change: an activation or a scale between a projection and a reshape to heads, a
+    shape read from the output, or the output passed through a layer, is no split."""
+    scaled = _reshaped_mix("q, k, v = self.mix(x).chunk(3, dim=-1)\nq = q * 0.5\n"
+                           "shape = q.size()[:-1] + (-1, self.head_dim)\n"
+                           "q, k, v = (y.view(*shape).transpose(1, 2) for y in (q, k, v))")
+    base = _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": MODELING})
+    assert _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": scaled}).tp_plan == base.tp_plan
+    assert base.tp_plan["blocks.*.ff.widen"] == "colwise"  # gelu then narrow: no cut
+
+
 HELPER_SPLIT = '''
     def _split(self, fused):
         b, t, _ = fused.shape
@@ -443,8 +477,9 @@ def test_grouped_query_heads_that_do_not_divide_are_reported(tmp_path, config, u
 
 
 # -- the proof: transformers' own tensor-parallel loading over 2 processes ----------------------------
-def _fused_repo(root: Path, plan_edit=lambda text: text) -> tuple[Path, dict]:
-    files, state = run_transforms({"configuration_fused.py": CONFIG, "modeling_fused.py": MODELING}, WriteParallelPlans)
+def _fused_repo(root: Path, plan_edit=lambda text: text, modeling: str = MODELING,
+                narrow_in: int = 128) -> tuple[Path, dict]:
+    files, state = run_transforms({"configuration_fused.py": CONFIG, "modeling_fused.py": modeling}, WriteParallelPlans)
     root.mkdir(parents=True)
     (root / "configuration_fused.py").write_text(plan_edit(files["configuration_fused.py"]))
     (root / "modeling_fused.py").write_text(files["modeling_fused.py"])
@@ -462,7 +497,7 @@ def _fused_repo(root: Path, plan_edit=lambda text: text) -> tuple[Path, dict]:
                        p + "norm2.bias": (32,), p + "attn.mix.weight": (96, 32), p + "attn.mix.bias": (96,),
                        p + "attn.merge.weight": (32, 32), p + "attn.merge.bias": (32,),
                        p + "ff.widen.weight": (128, 32), p + "ff.widen.bias": (128,),
-                       p + "ff.narrow.weight": (32, 128), p + "ff.narrow.bias": (32,)})
+                       p + "ff.narrow.weight": (32, narrow_in), p + "ff.narrow.bias": (32,)})
     save_file({k: torch.randn(s, generator=generator) * 0.3 for k, s in shapes.items()}, str(root / "model.safetensors"),
               metadata={"format": "pt"})
     return root, state.facts["parallel"]
@@ -487,6 +522,24 @@ def test_inferred_plan_matches_unsharded_and_a_naive_one_is_caught(tmp_path):
         return text.replace('"colwise_rep"', '"colwise"').replace('"rowwise_rep"', '"rowwise"')
 
     wrong, _ = _fused_repo(tmp_path / "wrong", naive)
+    report = Report(source=str(wrong))
+    prove_sharded(wrong, json.loads((wrong / "config.json").read_text()), plans, report)
+    d2 = _d(report, "D2")[0]
+    assert d2.status == FAIL and d2.figures["single_max_abs_diff"] > 1e-3, report.summary_table()
+
+
+@pytest.mark.slow
+def test_gated_mlp_cut_after_its_activation_proves_gathered_and_a_column_split_is_caught(tmp_path):
+    repo, plans = _fused_repo(tmp_path / "right", modeling=GATED_AFTER_ACTIVATION, narrow_in=64)
+    assert plans["tp_plan"]["blocks.*.ff.widen"] == "colwise_rep"
+    report = Report(source=str(repo))
+    prove_sharded(repo, json.loads((repo / "config.json").read_text()), plans, report)
+    assert _d(report, "D2")[0].status == PASS, report.summary_table()
+
+    def split_by_columns(text: str) -> str:
+        return text.replace('"colwise_rep"', '"colwise"').replace('"rowwise_rep"', '"rowwise"')
+
+    wrong, _ = _fused_repo(tmp_path / "wrong", split_by_columns, modeling=GATED_AFTER_ACTIVATION, narrow_in=64)
     report = Report(source=str(wrong))
     prove_sharded(wrong, json.loads((wrong / "config.json").read_text()), plans, report)
     d2 = _d(report, "D2")[0]
