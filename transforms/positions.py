@@ -13,13 +13,13 @@ PositionProvider gives for the whole module.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 
 import libcst as cst
 from libcst._nodes.internal import CodegenState
 from libcst.metadata import MetadataWrapper, PositionProvider
 
-from transforms.cst_utils import code_of, walk
+from transforms.cst_utils import children_of, code_of, walk
 
 
 class _LineCodegenState(CodegenState):
@@ -92,6 +92,11 @@ def _place(module: cst.Module, node: cst.CSTNode) -> Mapping[cst.CSTNode, int]:
         return {n: r.start.line for n, r in positions.items()}
 
 
+def _is_class(node: cst.CSTNode) -> bool:
+    """A class with an indented body: placed and counted a member at a time."""
+    return isinstance(node, cst.ClassDef) and isinstance(node.body, cst.IndentedBlock)
+
+
 class _TreeLines:
     """Where each node of one module is: its statement, and that statement's first line.
 
@@ -116,7 +121,7 @@ class _TreeLines:
         for item, offset in self.pieces:
             if id(node) not in self._memo.nodes(item):
                 continue
-            if isinstance(item, cst.ClassDef) and isinstance(item.body, cst.IndentedBlock):
+            if _is_class(item):
                 start = self._line_in_class(item, node)
             else:
                 start = self._start_in(item, node)
@@ -135,16 +140,13 @@ class _TreeLines:
         the others shared with the tree before, placed already. The lines before a member
         are counted from the code of the class and of the members before it."""
         members = cls.body.body
-        before = 0
-        for member in members:
-            if id(node) in self._memo.nodes(member):
-                start = self._start_in(member, node)
-                if start is None:
-                    return None
-                lines = self._memo.lines
-                header = lines(self.tree, cls) - sum(lines(self.tree, m) for m in members) - len(cls.body.footer)
-                return header + before + start
-            before += self._memo.lines(self.tree, member)
+        index = self._memo.nodes(cls)[id(node)]
+        if index >= 0:
+            start = self._start_in(members[index], node)
+            if start is None:
+                return None
+            before = sum(self._memo.lines(self.tree, m) for m in members[:index])
+            return self._memo.header_lines(self.tree, cls) + before + start
         # The class statement itself, its decorators or its header: placed without the
         # members; the block around them, rarely asked about, with the whole class.
         starts = self._placed.get(cls)
@@ -158,31 +160,67 @@ class _TreeLines:
 
     def code_lines(self) -> list[str]:
         if self._lines is None:
-            self._lines = "".join(self._memo.code(self.tree, item) for item, _ in self.pieces).splitlines()
+            self._lines = self.lines_of([item for item, _ in self.pieces])
         return self._lines
+
+    def lines_of(self, items: list[cst.CSTNode]) -> list[str]:
+        """The lines of these statements' code, one after the other."""
+        return "".join(self._memo.code(self.tree, item) for item in items).splitlines()
 
 
 class _StatementMemo:
     """Code and node set of module-level statements, remembered by statement for one file."""
 
     def __init__(self) -> None:
-        self._nodes: dict[cst.CSTNode, frozenset[int]] = {}
+        self._nodes: dict[cst.CSTNode, Container[int]] = {}
         self._codes: dict[cst.CSTNode, str] = {}
         self._lines: dict[cst.CSTNode, int] = {}
+        self._headers: dict[cst.ClassDef, int] = {}
 
-    def nodes(self, item: cst.CSTNode) -> frozenset[int]:
-        """Ids of the statement's nodes (the statement, kept here, keeps them alive)."""
+    def nodes(self, item: cst.CSTNode) -> Container[int]:
+        """Ids of the statement's nodes (the statement, kept here, keeps them alive). For a
+        class, a mapping of each id to the index of the member that holds it (-1: the class
+        statement itself), built from its members' own sets: a member that a transform left
+        as it was is shared by the next version of the class and not walked again."""
         found = self._nodes.get(item)
         if found is None:
-            found = self._nodes[item] = frozenset(map(id, walk(item)))
+            if _is_class(item):
+                found = self._nodes[item] = self._class_nodes(item)
+            else:
+                found = self._nodes[item] = frozenset(map(id, walk(item)))
         return found
+
+    def _class_nodes(self, cls: cst.ClassDef) -> dict[int, int]:
+        owners = {node: index for index, member in enumerate(cls.body.body) for node in self.nodes(member)}
+        members = {id(member) for member in cls.body.body}
+        stack: list[cst.CSTNode] = [cls]
+        while stack:  # the class's own nodes, without descending into its members
+            node = stack.pop()
+            if id(node) not in members:
+                owners[id(node)] = -1
+                stack.extend(children_of(node))
+        return owners
 
     def lines(self, tree: cst.Module, item: cst.CSTNode) -> int:
         """Newlines in the statement's code: indentation adds none, so this is the same
-        wherever the statement stands."""
+        wherever the statement stands. A class counts its header and its members, so a new
+        version of a class costs only the members that changed."""
         count = self._lines.get(item)
         if count is None:
-            count = self._lines[item] = self.code(tree, item).count("\n")
+            if _is_class(item):
+                members = sum(self.lines(tree, member) for member in item.body.body)
+                count = self.header_lines(tree, item) + members + len(item.body.footer)
+            else:
+                count = self.code(tree, item).count("\n")
+            self._lines[item] = count
+        return count
+
+    def header_lines(self, tree: cst.Module, cls: cst.ClassDef) -> int:
+        """Lines of a class before its first member: blank lines, decorators, the `class` line(s)."""
+        count = self._headers.get(cls)
+        if count is None:
+            bare = cls.with_changes(body=cls.body.with_changes(body=[cst.SimpleStatementLine([cst.Pass()])], footer=[]))
+            count = self._headers[cls] = tree.code_for_node(bare).count("\n") - 1  # less the `pass` line
         return count
 
     def code(self, tree: cst.Module, item: cst.CSTNode) -> str:
@@ -211,6 +249,7 @@ class FileLines:
         self._original: _TreeLines | None = None
         self._current: _TreeLines | None = None  # the latest later tree asked about
         self._line_map: dict[int, int] | None = None
+        self._original_lines: list[str] | None = None
 
     def line_of(self, node: cst.CSTNode, tree: cst.Module | None) -> int | None:
         if self._original_tree is not None:
@@ -248,25 +287,29 @@ class FileLines:
         objects, in the same order) are the same lines; only the lines between them, the
         statements a transform rebuilt or added, are matched by text, each stretch against
         the original stretch between the same shared statements."""
-        current, original_lines = self._current.code_lines(), self.original_code.splitlines()
+        if self._original_lines is None:
+            self._original_lines = self.original_code.splitlines()
+        original_lines = self._original_lines
         if self._original_tree is None or not _lines_are_newlines(self.original_code):
-            return _matched(current, original_lines, 0, 0)
+            return _matched(self._current.code_lines(), original_lines, 0, 0)
         if self._original is None:
             self._original = _TreeLines(self._original_tree, self._placed, self._memo)
         where = {id(item): (index, offset) for index, (item, offset) in enumerate(self._original.pieces)}
         mapping: dict[int, int] = {}
         done_current = done_original = 0  # lines before the last shared statement's end
         last = -1
+        gap: list[cst.CSTNode] = []  # the later tree's statements since the last shared one
         for item, offset in self._current.pieces:
             index, original_offset = where.get(id(item), (-1, 0))
             if index <= last:
+                gap.append(item)
                 continue
-            mapping.update(_matched(current[done_current:offset], original_lines[done_original:original_offset],
+            mapping.update(_matched(self._current.lines_of(gap), original_lines[done_original:original_offset],
                                     done_current, done_original))
             size = self._memo.lines(self._current.tree, item)
             mapping.update((offset + k + 1, original_offset + k + 1) for k in range(size))
-            done_current, done_original, last = offset + size, original_offset + size, index
-        mapping.update(_matched(current[done_current:], original_lines[done_original:], done_current, done_original))
+            done_current, done_original, last, gap = offset + size, original_offset + size, index, []
+        mapping.update(_matched(self._current.lines_of(gap), original_lines[done_original:], done_current, done_original))
         return mapping
 
 
