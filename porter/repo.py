@@ -54,14 +54,35 @@ def parse_code(path: Path, text: str) -> cst.Module:
         return parse_tree(text)
     except cst.ParserSyntaxError as exc:
         raise BadInput.at(f"{path}:{exc.raw_line}", f"syntax error: {exc.message}") from None
+    except NotReadBack as exc:
+        raise BadInput.at(f"{path}:{exc.line}", "libcst does not write this line back as it reads it (a line "
+                          "continuation it misplaces?): any rewrite of the file would change its code") from None
+
+
+class NotReadBack(Exception):
+    """libcst's tree of a file does not give the file's text back."""
+
+    def __init__(self, line: int):
+        super().__init__(f"line {line}")
+        self.line = line
 
 
 @functools.lru_cache(maxsize=8)
 def parse_tree(text: str) -> cst.Module:
     """libcst trees are immutable, so a file that several stages read (the auto_map check
     when loading, the analysis and rewrite, the checks) is parsed once. A few trees are
-    kept: one repo's code files."""
-    return cst.parse_module(text)
+    kept: one repo's code files.
+
+    A tree whose code is not the text it was parsed from is refused: libcst misreads some
+    rare shapes (a backslash alone on a line moves the next statement into the block
+    above), and every file written from such a tree would be changed there, silently."""
+    tree = cst.parse_module(text)
+    code = tree.code
+    if code != text:
+        written, read = code.splitlines(), text.splitlines()
+        line = next((i for i, (a, b) in enumerate(zip(written, read, strict=False)) if a != b), min(len(written), len(read)))
+        raise NotReadBack(line + 1)
+    return tree
 
 
 def _inside(root: Path, path: Path) -> bool:

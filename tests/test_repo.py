@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import libcst as cst
@@ -34,3 +35,21 @@ def test_a_syntax_error_is_reported_every_time(tmp_path: Path) -> None:
     for _ in range(2):
         with pytest.raises(BadInput, match="modeling_x.py:.*syntax error"):
             parse_code(tmp_path / "modeling_x.py", text)
+
+
+def test_a_file_that_libcst_does_not_write_back_as_read_is_refused_at_its_line(sample_repo: Path, tmp_path: Path) -> None:
+    """A backslash alone on a blank line: Python joins it to the next line, while libcst
+    moves that statement into the block above. Found by the damage fuzzer; a port must
+    refuse it rather than write the changed code."""
+    text = "def f(x):\n    if x:\n        x = 1\n\\\n    return x\n"
+    compile(text, "f.py", "exec")
+    assert cst.parse_module(text).code != text  # the libcst behaviour this guards against
+    with pytest.raises(BadInput, match=r"configuration_x.py:4: libcst does not write this line back"):
+        parse_code(tmp_path / "configuration_x.py", text)
+
+    repo = tmp_path / "repo"
+    shutil.copytree(sample_repo, repo)
+    config = next(repo.glob("configuration_*.py"))
+    config.write_text(config.read_text() + "\n\n" + text)
+    with pytest.raises(BadInput, match=rf"{config.name}:\d+: libcst does not write this line back"):
+        load(repo)
