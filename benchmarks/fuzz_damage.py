@@ -123,7 +123,7 @@ def merge(records: list[dict], batches_asked: int, seconds: float) -> dict:
     total = sum(outcomes.values())
     return {"cases_asked": batches_asked * BATCH, "cases_run": total, "batches_run": len(records),
             "finished": len(records) >= batches_asked, "seconds_this_run": round(seconds),
-            "batch_cpu_seconds": round(sum(r["seconds"] for r in records)),
+            "batch_seconds": round(sum(r["seconds"] for r in records)),
             "outcomes": dict(outcomes), "edits": dict(sorted(edits.items())),
             "broken": [b for r in records for b in r["broken"]]}
 
@@ -186,7 +186,7 @@ def main() -> int:
         time.sleep(30)
 
     print(f"\n{merged['cases_run']} cases in {merged['batches_run']} batches "
-          f"({merged['batch_cpu_seconds']} s of batch time, {merged['seconds_this_run']} s of wall time this run)")
+          f"({merged['batch_seconds']} s of batch time, {merged['seconds_this_run']} s of wall time this run)")
     for outcome in OUTCOMES:
         print(f"  {outcome:10} {merged['outcomes'].get(outcome, 0)}")
     print("edits by kind and outcome:")

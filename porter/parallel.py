@@ -424,7 +424,8 @@ class _FunctionFlow:
         if source is None or isinstance(source, cst.Subscript):
             return None
         carriers, origins = set(), set()
-        for node in _value_reads(source, self._layout_read, self._projection_called):  # a projection's input is not its output
+        # Not below a projection's call: its input is not its output.
+        for node in _value_reads(source, self._layout_read, self._projection_called):
             if origin := self._projection_called(node):
                 carriers.add(origin)
                 origins.add(origin)
@@ -441,10 +442,14 @@ class _FunctionFlow:
         """A reshape or split of a projection's raw output: its layout is read there."""
         if not (isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute)):
             return False
-        if node.func.attr.value not in RESHAPES | SPLITS:
-            return False
-        subject = node.func.value
-        return bool(self._projection_called(subject)) or (isinstance(subject, cst.Name) and subject.value in self.raw)
+        return node.func.attr.value in RESHAPES | SPLITS and self._raw_of(node.func.value) is not None
+
+    def _raw_of(self, node: cst.BaseExpression) -> str | None:
+        """The projection whose untouched output `node` is: a call of it, or a name holding it."""
+        return self._projection_called(node) or (self.raw.get(node.value) if isinstance(node, cst.Name) else None)
+
+    def _derived_of(self, node: cst.BaseExpression) -> str | None:
+        return self.derived.get(node.value) if isinstance(node, cst.Name) else None
 
     def _bind_layers(self, target: cst.BaseExpression, iterable: cst.BaseExpression) -> None:
         """`for layer in self.layers`, `enumerate(...)`, `zip(self.h, ...)`, `self.layers[:n]`."""
@@ -515,7 +520,6 @@ class _FunctionFlow:
         value = self.expr(node.value)
         if isinstance(node.value, cst.Name) and node.value.value in self.raw:
             self.inference.mark_fused(self.raw[node.value.value], "concatenated")
-
         if isinstance(value, Tup) and len(node.slice) == 1:
             part = node.slice[0].slice
             if isinstance(part, cst.Index) and (position := _integer(part.value)) is not None:
@@ -577,21 +581,17 @@ class _FunctionFlow:
             # `x.split(...)` or `torch.split(x, ...)`
             subject = receiver if dotted(receiver) != "torch" else (node.args[0].value if node.args else None)
             if subject is not None:
-                fused = self._projection_called(subject) or (
-                    self.raw.get(subject.value) if isinstance(subject, cst.Name) else None
-                )
+                fused = self._raw_of(subject)
                 if fused:
                     self._mark(fused, "concatenated")
                     if not fused.startswith("@"):
                         self.inference.parts.setdefault(fused, set()).add(_chunks_of_features(node))
-                elif isinstance(subject, cst.Name) and (derived := self.derived.get(subject.value)):
+                elif derived := self._derived_of(subject):
                     self._mark(derived, "concatenated")  # parts placed by ops unread: gathered
                     if not derived.startswith("@"):
                         self.inference.parts.setdefault(derived, set()).add(None)
         if last_part(name).lstrip(".") in RESHAPES and receiver is not None:
-            reshaped = self._projection_called(receiver) or (
-                self.raw.get(receiver.value) if isinstance(receiver, cst.Name) else None
-            )
+            reshaped = self._raw_of(receiver)
             if reshaped:
                 self._mark(reshaped, reshape_layout(node, self.sources))
         out = _union(self.args(node))
@@ -625,10 +625,7 @@ class _FunctionFlow:
             names = _method_params(fn)
             for position, arg in enumerate(args):
                 param = arg.keyword.value if arg.keyword is not None else names[position] if position < len(names) else None
-                raw = self._projection_called(arg.value) or (
-                    self.raw.get(arg.value.value) if isinstance(arg.value, cst.Name) else None
-                )
-                derived = self.derived.get(arg.value.value) if isinstance(arg.value, cst.Name) else None
+                raw, derived = self._raw_of(arg.value), self._derived_of(arg.value)
                 if raw and param in flow.layouts:
                     self._mark(raw, flow.layouts[param])
                 elif derived and flow.layouts.get(param) == "concatenated":  # the helper cuts it

@@ -1048,10 +1048,10 @@ def convert_checkpoint(
     Tensors keep dtype, values and source order; ``ops`` rename, split, merge or permute
     matching tensors; ``tied`` (target -> source, output names) drops identical
     duplicates. Tensors are streamed a block at a time, so memory stays near one block
-    (one tensor for a permute with ``view_shape``) whatever the shard size. Each shard,
-    each tensor, once written, is read back from its file and compared with its source in
-    worker threads (``VERIFY_THREADS``) while the next one is written, and every finished
-    file is reopened and its header checked. Raises ``BadInput`` for bad input
+    (one tensor for a permute with ``view_shape``) whatever the shard size. Each tensor,
+    once written, is read back from its file and compared with its source in worker
+    threads (``VERIFY_THREADS``) while the next one is written, and every finished file is
+    reopened and its header checked. Raises ``BadInput`` for bad input
     (nothing is written then) and ``RuntimeError`` if the written files do not match the
     source.
     """

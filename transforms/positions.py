@@ -97,6 +97,11 @@ def _is_class(node: cst.CSTNode) -> bool:
     return isinstance(node, cst.ClassDef) and isinstance(node.body, cst.IndentedBlock)
 
 
+def _bare(cls: cst.ClassDef) -> cst.ClassDef:
+    """The class with `pass` for its members: its header nodes where they stand in the class."""
+    return cls.with_changes(body=cls.body.with_changes(body=[cst.SimpleStatementLine([cst.Pass()])], footer=[]))
+
+
 class _TreeLines:
     """Where each node of one module is: its statement, and that statement's first line.
 
@@ -138,7 +143,7 @@ class _TreeLines:
     def _line_in_class(self, cls: cst.ClassDef, node: cst.CSTNode) -> int | None:
         """A class is placed a member at a time: a transform that changes one method leaves
         the others shared with the tree before, placed already. The lines before a member
-        are counted from the code of the class and of the members before it."""
+        are counted from the class's header and the members before it."""
         members = cls.body.body
         index = self._memo.nodes(cls)[id(node)]
         if index >= 0:
@@ -151,7 +156,7 @@ class _TreeLines:
         # members; the block around them, rarely asked about, with the whole class.
         starts = self._placed.get(cls)
         if starts is None:
-            bare = cls.with_changes(body=cls.body.with_changes(body=[cst.SimpleStatementLine([cst.Pass()])], footer=[]))
+            bare = _bare(cls)
             starts = self._placed[cls] = dict(_place(self.tree, bare))
             starts[cls] = starts.pop(bare)
         if node not in starts and cls.body not in starts:
@@ -169,7 +174,8 @@ class _TreeLines:
 
 
 class _StatementMemo:
-    """Code and node set of module-level statements, remembered by statement for one file."""
+    """Code, line count and node set of module-level statements and class members,
+    remembered by statement for one file."""
 
     def __init__(self) -> None:
         self._nodes: dict[cst.CSTNode, Container[int]] = {}
@@ -219,8 +225,7 @@ class _StatementMemo:
         """Lines of a class before its first member: blank lines, decorators, the `class` line(s)."""
         count = self._headers.get(cls)
         if count is None:
-            bare = cls.with_changes(body=cls.body.with_changes(body=[cst.SimpleStatementLine([cst.Pass()])], footer=[]))
-            count = self._headers[cls] = tree.code_for_node(bare).count("\n") - 1  # less the `pass` line
+            count = self._headers[cls] = tree.code_for_node(_bare(cls)).count("\n") - 1  # less the `pass` line
         return count
 
     def code(self, tree: cst.Module, item: cst.CSTNode) -> str:
@@ -251,11 +256,14 @@ class FileLines:
         self._line_map: dict[int, int] | None = None
         self._original_lines: list[str] | None = None
 
+    def _original_lines_of_tree(self) -> _TreeLines:
+        if self._original is None:
+            self._original = _TreeLines(self._original_tree, self._placed, self._memo)
+        return self._original
+
     def line_of(self, node: cst.CSTNode, tree: cst.Module | None) -> int | None:
         if self._original_tree is not None:
-            if self._original is None:
-                self._original = _TreeLines(self._original_tree, self._placed, self._memo)
-            line = self._original.line(node)
+            line = self._original_lines_of_tree().line(node)
             if line is not None:
                 return line
         if tree is None:
@@ -292,9 +300,8 @@ class FileLines:
         original_lines = self._original_lines
         if self._original_tree is None or not _lines_are_newlines(self.original_code):
             return _matched(self._current.code_lines(), original_lines, 0, 0)
-        if self._original is None:
-            self._original = _TreeLines(self._original_tree, self._placed, self._memo)
-        where = {id(item): (index, offset) for index, (item, offset) in enumerate(self._original.pieces)}
+        original = self._original_lines_of_tree()
+        where = {id(item): (index, offset) for index, (item, offset) in enumerate(original.pieces)}
         mapping: dict[int, int] = {}
         done_current = done_original = 0  # lines before the last shared statement's end
         last = -1
