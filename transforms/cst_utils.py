@@ -97,7 +97,7 @@ def module_code(tree: cst.Module) -> str:
 
 
 def walk(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
-    """Every node below `node`, depth first, itself included."""
+    """Every node below `node` but layout ones (`FORMATTING`), depth first, itself included."""
     stack = [node]
     while stack:
         current = stack.pop()
@@ -151,16 +151,30 @@ class _FieldOrder(cst.CSTVisitor):
         self.fields.append(attribute)
 
 
+# Nodes that only hold layout: whitespace, comments, commas, brackets. Two thirds of a
+# module's nodes are these, and no search looks for them, so `walk` (and what is built on
+# its children: the names read, the types below a node) passes them by.
+FORMATTING = frozenset({
+    cst.SimpleWhitespace, cst.ParenthesizedWhitespace, cst.TrailingWhitespace, cst.Newline, cst.EmptyLine,
+    cst.Comment, cst.Comma, cst.Dot, cst.AssignEqual, cst.Colon, cst.Semicolon, cst.LeftParen, cst.RightParen,
+    cst.LeftSquareBracket, cst.RightSquareBracket, cst.LeftCurlyBrace, cst.RightCurlyBrace,
+})
+
+
 def _reversed_children(node: cst.CSTNode) -> tuple[cst.CSTNode, ...]:
-    """The node's children, last first (the order a depth-first stack takes them), remembered
-    inside `children_cached`."""
+    """The node's children but `FORMATTING` ones, last first (the order a depth-first stack
+    takes them), remembered inside `children_cached`."""
     cache = _children_cache
     if cache is None:
-        return tuple(reversed(children_of(node)))
+        return _reversed_content(node)
     entry = cache.get(id(node))
     if entry is None:
-        entry = cache[id(node)] = (node, tuple(reversed(children_of(node))))
+        entry = cache[id(node)] = (node, _reversed_content(node))
     return entry[1]
+
+
+def _reversed_content(node: cst.CSTNode) -> tuple[cst.CSTNode, ...]:
+    return tuple(child for child in reversed(children_of(node)) if type(child) not in FORMATTING)
 
 
 # Walking asks for children again and again, and libcst generates code afresh each time.
@@ -291,8 +305,10 @@ def _handled_types(cls: type) -> tuple[int | None, frozenset[type]]:
                 continue
             type_name, _, field_name = rest.partition("_")
             node_type = getattr(cst, type_name, None)
-            if not (isinstance(node_type, type) and issubclass(node_type, cst.CSTNode)):
-                return None, frozenset()  # a method this reading does not understand: visit everything
+            if not (isinstance(node_type, type) and issubclass(node_type, cst.CSTNode)) or node_type in FORMATTING:
+                # a method this reading does not understand, or for nodes the types below a
+                # node leave out: visit everything
+                return None, frozenset()
             handled |= _type_bit(node_type)
             if field_name:
                 with_field_methods.add(node_type)

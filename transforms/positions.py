@@ -13,13 +13,13 @@ PositionProvider gives for the whole module.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Container, Mapping
+from collections.abc import Container, Iterator, Mapping
 
 import libcst as cst
 from libcst._nodes.internal import CodegenState
 from libcst.metadata import MetadataWrapper, PositionProvider
 
-from transforms.cst_utils import children_of, code_of, walk
+from transforms.cst_utils import FORMATTING, children_of, code_of, walk
 
 
 class _LineCodegenState(CodegenState):
@@ -97,6 +97,15 @@ def _is_class(node: cst.CSTNode) -> bool:
     return isinstance(node, cst.ClassDef) and isinstance(node.body, cst.IndentedBlock)
 
 
+def _every_node(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
+    """Every node below `node`, layout nodes included."""
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        yield current
+        stack.extend(children_of(current))
+
+
 def _bare(cls: cst.ClassDef) -> cst.ClassDef:
     """The class with `pass` for its members: its header nodes where they stand in the class."""
     return cls.with_changes(body=cls.body.with_changes(body=[cst.SimpleStatementLine([cst.Pass()])], footer=[]))
@@ -123,6 +132,8 @@ class _TreeLines:
         self._lines: list[str] | None = None
 
     def line(self, node: cst.CSTNode) -> int | None:
+        if type(node) in FORMATTING:
+            return self._layout_line(node)
         for item, offset in self.pieces:
             if id(node) not in self._memo.nodes(item):
                 continue
@@ -132,6 +143,15 @@ class _TreeLines:
                 start = self._start_in(item, node)
             if start is not None:
                 return start + offset
+        return None
+
+    def _layout_line(self, node: cst.CSTNode) -> int | None:
+        """A whitespace, comment or bracket node, which the node sets leave out (see `walk`):
+        found by a walk of every node, and placed with its whole statement (rarely asked)."""
+        for item, offset in self.pieces:
+            if any(found is node for found in _every_node(item)):
+                start = _place(self.tree, item).get(node)
+                return None if start is None else start + offset
         return None
 
     def _start_in(self, statement: cst.CSTNode, node: cst.CSTNode) -> int | None:

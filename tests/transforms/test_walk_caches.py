@@ -4,10 +4,20 @@ that skip subtrees holding no node type they handle."""
 from __future__ import annotations
 
 import textwrap
+from contextlib import nullcontext
 
 import libcst as cst
 
-from transforms.cst_utils import SharingTransformer, children_cached, children_of, code_of, module_code, walk
+from transforms.cst_utils import (
+    FORMATTING,
+    SharingTransformer,
+    children_cached,
+    children_of,
+    code_of,
+    module_code,
+    names_read,
+    walk,
+)
 
 # Shapes whose children libcst visits conditionally or in an order unlike their fields:
 # f-strings with and without a format spec, `import *`, calls, decorators, lambdas,
@@ -41,14 +51,32 @@ SOURCE = textwrap.dedent(
 )
 
 
+def _every_node(node: cst.CSTNode) -> list[cst.CSTNode]:
+    """Depth first through libcst's own `children`."""
+    return [node, *(below for child in node.children for below in _every_node(child))]
+
+
 def test_children_of_is_libcsts_children_for_every_node():
     tree = cst.parse_module(SOURCE)
-    nodes = list(walk(tree))
-    assert len(nodes) > 300
+    nodes = _every_node(tree)
+    assert len(nodes) > 400
     for node in nodes:
         expected = node.children
         found = children_of(node)
         assert len(found) == len(expected) and all(a is b for a, b in zip(found, expected, strict=True)), node
+
+
+def test_walk_is_every_node_but_layout_ones_in_the_same_order():
+    tree = cst.parse_module(SOURCE)
+    every = _every_node(tree)
+    expected = [node for node in every if type(node) not in FORMATTING]
+    assert len(expected) < len(every) * 2 // 3  # most nodes are whitespace, commas, brackets
+    for cached in (False, True):
+        with children_cached() if cached else nullcontext():
+            found = list(walk(tree))
+        assert len(found) == len(expected) and all(a is b for a, b in zip(found, expected, strict=True))
+    assert {type(node) for node in every} & FORMATTING  # the source holds every kind the walk leaves out
+    assert "c" in names_read(tree.body[-1])
 
 
 def test_code_of_and_module_code_are_libcsts_code():
@@ -103,3 +131,23 @@ def test_a_pass_that_skips_subtrees_calls_the_same_methods_and_gives_the_same_co
         counting = _CountNames()
         tree.visit(counting)
         assert counting.bodies == 1 and counting.seen == plain.seen
+
+
+class _CountCommas(SharingTransformer):
+    """Handles a layout node, which the types below a node leave out."""
+
+    def __init__(self) -> None:
+        self.commas = 0
+
+    def visit_Comma(self, node: cst.Comma) -> None:
+        self.commas += 1
+
+
+def test_a_pass_over_layout_nodes_visits_every_one_of_them():
+    tree = cst.parse_module(SOURCE)
+    expected = sum(isinstance(node, cst.Comma) for node in _every_node(tree))
+    assert expected >= 8
+    with children_cached():
+        counting = _CountCommas()
+        tree.visit(counting)
+    assert counting.commas == expected
