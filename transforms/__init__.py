@@ -19,6 +19,7 @@ from transforms.cache_api import ModernCacheAPI
 from transforms.config_defaults import LegacyConfigDefaults
 from transforms.conv1d_linear import Conv1DToLinear
 from transforms.custom_normalisation import RefuseCustomSoftmax
+from transforms.deprecated_config import DeprecatedConfigReads
 from transforms.generation import GenerationSupport
 from transforms.head_shapes import HeadAgnosticShapes
 from transforms.in_library_layers import RefuseInLibraryLayers
@@ -91,6 +92,7 @@ REGISTRY: tuple[type[Transform], ...] = (
     MaskCountedPositions,  # after kwargs-threading: its new parameter sits before `**kwargs`
     OutOfPlaceArgumentUpdates,
     WindowSwitchLayerTypes,  # reads attention-interface's window switches
+    DeprecatedConfigReads,  # renames reads only: its place does not matter
 )
 
 __all__ = ["REGISTRY", "Change", "PortState", "Transform"]
