@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 
 import libcst as cst
@@ -98,11 +98,20 @@ def module_code(tree: cst.Module) -> str:
 
 def walk(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
     """Every node below `node` but layout ones (`FORMATTING`), depth first, itself included."""
+    return _depth_first(node, _reversed_children)
+
+
+def walk_with_layout(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
+    """Every node below `node`, layout ones included, depth first, itself included."""
+    return _depth_first(node, lambda current: reversed(children_of(current)))
+
+
+def _depth_first(node: cst.CSTNode, reversed_children: Callable) -> Iterator[cst.CSTNode]:
     stack = [node]
     while stack:
         current = stack.pop()
         yield current
-        stack.extend(_reversed_children(current))
+        stack.extend(reversed_children(current))
 
 
 def children_of(node: cst.CSTNode) -> list[cst.CSTNode]:

@@ -13,13 +13,13 @@ PositionProvider gives for the whole module.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Container, Iterator, Mapping
+from collections.abc import Container, Mapping
 
 import libcst as cst
 from libcst._nodes.internal import CodegenState
 from libcst.metadata import MetadataWrapper, PositionProvider
 
-from transforms.cst_utils import FORMATTING, children_of, code_of, walk
+from transforms.cst_utils import FORMATTING, children_of, code_of, walk, walk_with_layout
 
 
 class _LineCodegenState(CodegenState):
@@ -97,15 +97,6 @@ def _is_class(node: cst.CSTNode) -> bool:
     return isinstance(node, cst.ClassDef) and isinstance(node.body, cst.IndentedBlock)
 
 
-def _every_node(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
-    """Every node below `node`, layout nodes included."""
-    stack = [node]
-    while stack:
-        current = stack.pop()
-        yield current
-        stack.extend(children_of(current))
-
-
 def _bare(cls: cst.ClassDef) -> cst.ClassDef:
     """The class with `pass` for its members: its header nodes where they stand in the class."""
     return cls.with_changes(body=cls.body.with_changes(body=[cst.SimpleStatementLine([cst.Pass()])], footer=[]))
@@ -149,7 +140,7 @@ class _TreeLines:
         """A whitespace, comment or bracket node, which the node sets leave out (see `walk`):
         found by a walk of every node, and placed with its whole statement (rarely asked)."""
         for item, offset in self.pieces:
-            if any(found is node for found in _every_node(item)):
+            if any(found is node for found in walk_with_layout(item)):
                 start = _place(self.tree, item).get(node)
                 return None if start is None else start + offset
         return None
