@@ -93,7 +93,7 @@ class ParallelPlans:
     # projection path -> layout of its raw output: "concatenated" ([a|b|..] along the features),
     # "interleaved" (heads outside the parts), "reshaped" (to heads, no parts seen), "undecided"
     fused: dict[str, str] = field(default_factory=dict)
-    conditional: list[str] = field(default_factory=list)  # projections some configs do not build
+    conditional: list[str] = field(default_factory=list)  # projections, and base-model modules, some configs do not build
     conv1d: dict[str, str] = field(default_factory=dict)  # Conv1D projection path -> class that builds it
     owners: dict[str, str] = field(default_factory=dict)  # projection path -> class that builds it
     experts: list[str] = field(default_factory=list)  # paths of expert lists (mixture of experts)
@@ -875,7 +875,10 @@ def infer_plans(
         and _tower_of(plans.towers, s) == _tower_of(plans.towers, d)  # a pair never spans towers
     }
     plans.fused = {p: layout for p, layout in inference.fused.items() if p in projections}
-    plans.conditional = sorted(p for p, projection in projections.items() if projection.conditional)
+    # Projections some configs do not build, and the base model's own such modules (OPT's
+    # final_layer_norm), which its pipeline plan may name.
+    plans.conditional = sorted({p for p, projection in projections.items() if projection.conditional}
+                               | tree.conditional.get(base, set()))
     plans.owners = {p: projection.owner for p, projection in projections.items()}
     plans.conv1d = {p: projection.owner for p, projection in projections.items() if projection.kind == CONV1D}
     plans.packed_experts = {p: tree.packed[_class_built(tree, projection)] for p, projection in projections.items()
@@ -1003,15 +1006,17 @@ def _assign_styles(plans: ParallelPlans, projections: dict[str, Projection], edg
     gather = COLWISE_GATHER if styles is None or COLWISE_GATHER in styles else "colwise_gather_output"
     split = ROWWISE_SPLIT if styles is None or ROWWISE_SPLIT in styles else "rowwise_split_input"
     paired: set[str] = set()
-    for consumer in sorted(projections):
-        producers = fed_by[consumer]
+    # Only a colwise output is cut across the ranks: a rowwise one is summed over them and a
+    # replicated one is whole, so what such a projection feeds starts a group of its own
+    # (out_proj -> fc1 -> fc2 pairs fc1 with fc2). Consumers are taken producers first.
+    whole: set[str] = set()
+    for consumer in _producers_first(projections, fed_by):
+        producers = fed_by[consumer] - whole
         if not producers:
             continue
         group = sorted(producers)
         why = None
-        if feeds[consumer]:
-            why = f"{consumer} is fed by {', '.join(group)} and feeds {', '.join(sorted(feeds[consumer]))}"
-        elif any(fed_by[p] or feeds[p] != {consumer} for p in group):
+        if any(fed_by[p] - whole or feeds[p] != {consumer} for p in group):
             why = f"{', '.join(group)} feed more than {consumer}"
         elif undecided := [p for p in group if plans.fused.get(p) == "undecided"]:
             why = (f"{', '.join(undecided)}: fused output reshaped with a part axis but no heads axis named, so "
@@ -1022,10 +1027,12 @@ def _assign_styles(plans: ParallelPlans, projections: dict[str, Projection], edg
             why = _packed_experts_pair(plans, projections, group, consumer, styles, parts or {})
             if why is None:
                 paired |= {*group, consumer}
+                whole.add(consumer)
                 continue
         if why:
             for path in [*group, consumer]:
                 plans.replicated.setdefault(path, why)
+            whole |= {*group, consumer}
             continue
         concatenated = [p for p in group if plans.fused.get(p) == "concatenated"]
         for producer in group:
@@ -1038,9 +1045,13 @@ def _assign_styles(plans: ParallelPlans, projections: dict[str, Projection], edg
             )
         plans.pairs.append((group, consumer))
         paired |= {*group, consumer}
+        whole.add(consumer)
     for path in sorted(projections):
         if path not in paired and path not in plans.replicated:
-            plans.replicated[path] = "feeds no projection and is fed by none within its layer"
+            feeders = sorted(fed_by[path])
+            plans.replicated[path] = (
+                f"fed only by whole outputs ({', '.join(feeders)}: rowwise or replicated), feeds no projection"
+                if feeders and not feeds[path] else "feeds no projection and is fed by none within its layer")
     for path, why in plans.replicated.items():
         if "*" in path:  # inside the layers: declared, so the plan covers every layer projection (D1)
             plans.tp_plan.setdefault(path, REPLICATE)
@@ -1051,6 +1062,19 @@ def _assign_styles(plans: ParallelPlans, projections: dict[str, Projection], edg
     order = list(projections)  # module-tree order reads best in the config; a weight's entry follows its module's
     plans.tp_plan = dict(sorted(plans.tp_plan.items(), key=lambda item: (
         order.index(item[0]) if item[0] in order else order.index(item[0].rsplit(".", 1)[0]), item[0] not in order)))
+
+
+def _producers_first(projections: dict[str, Projection], fed_by: dict[str, set[str]]) -> list[str]:
+    """The projections in an order where each comes after every projection that feeds it
+    (by name where the flow leaves a choice; a loop, which a layer's flow should not hold,
+    is broken by name)."""
+    order: list[str] = []
+    left = sorted(projections)
+    while left:
+        ready = [p for p in left if not fed_by[p] & set(left)] or left[:1]
+        order += ready
+        left = [p for p in left if p not in ready]
+    return order
 
 
 def _packed_experts_pair(plans: ParallelPlans, projections: dict[str, Projection], group: list[str], consumer: str,

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from porter.analysis import analyse
 from porter.parallel import infer_plans
 from porter.report import FAIL, PASS, SKIP, Report
-from porter.verify.sharded import choose_launch, launch_environment, prove_sharded
+from porter.verify.sharded import _tree_checks, choose_launch, launch_environment, prove_sharded
 from tests.corpus import _absolute_imports, fetch_wheel
 from tests.transforms.helpers import _apply, run_transforms
 from transforms.base import PortState
@@ -179,7 +179,7 @@ class FusedModel(PreTrainedModel):
 '''
 
 
-def test_concatenated_linear_qkv_gathers_and_chains_are_reported():
+def test_concatenated_linear_qkv_gathers_and_chains_pair_from_their_start():
     plans = _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": MODELING})
     assert plans.fused["blocks.*.attn.mix"] == "concatenated"
     assert plans.tp_plan == {
@@ -193,8 +193,33 @@ def test_concatenated_linear_qkv_gathers_and_chains_are_reported():
         "return self.narrow(self.middle(torch.nn.functional.gelu(self.widen(x))))",
     ).replace("        self.narrow = nn.Linear(", "        self.middle = nn.Linear(4 * config.hidden_size, 4 * config.hidden_size)\n        self.narrow = nn.Linear(")
     plans = _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": chain})
-    assert {plans.tp_plan[f"blocks.*.ff.{n}"] for n in ("widen", "middle", "narrow")} == {"replicate"}
-    assert "feeds" in plans.replicated["blocks.*.ff.middle"]
+    # widen -> middle is a pair; middle's rowwise output is whole, so narrow reads it whole.
+    assert [plans.tp_plan[f"blocks.*.ff.{n}"] for n in ("widen", "middle", "narrow")] == ["colwise", "rowwise", "replicate"]
+    assert "whole" in plans.replicated["blocks.*.ff.narrow"]
+
+
+# OPT's shape: the attention's output reaches the MLP's first projection with no norm on the
+# way (the layer's norms sit in `if` branches), so merge -> widen -> narrow is one chain.
+UNNORMED_MLP_INPUT = MODELING.replace("return x + self.ff(self.norm2(x))", "return x + self.ff(x)")
+
+
+def test_a_projection_fed_by_a_rowwise_output_starts_a_pair_of_its_own():
+    assert UNNORMED_MLP_INPUT != MODELING
+    plans = _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": UNNORMED_MLP_INPUT})
+    assert plans.tp_plan == {
+        "blocks.*.attn.mix": "colwise_rep",
+        "blocks.*.attn.merge": "rowwise_rep",
+        "blocks.*.ff.widen": "colwise",
+        "blocks.*.ff.narrow": "rowwise",
+    }
+    # A column-split output read by two projections is still no pair.
+    forked = UNNORMED_MLP_INPUT.replace("return self.narrow(torch.nn.functional.gelu(self.widen(x)))",
+                                        "h = self.widen(x)\n        return self.narrow(h) + self.narrow(h)")
+    forked = forked.replace("        self.narrow = nn.Linear(", "        self.other = nn.Linear(4 * config.hidden_size, config.hidden_size)\n        self.narrow = nn.Linear(")
+    forked = forked.replace("self.narrow(h) + self.narrow(h)", "self.narrow(h) + self.other(h)")
+    plans = _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": forked})
+    assert {plans.tp_plan[f"blocks.*.ff.{n}"] for n in ("widen", "narrow", "other")} == {"replicate"}
+    assert plans.tp_plan["blocks.*.attn.merge"] == "rowwise_rep"
 
 
 CHUNKED = "        q, k, v = self.mix(x).chunk(3, dim=-1)\n        q, k, v = (y.view(b, t, -1, self.head_dim).transpose(1, 2) for y in (q, k, v))"
@@ -256,7 +281,8 @@ def test_elementwise_ops_keep_a_fused_layout_and_a_cast_to_anothers_dtype_carrie
     assert _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": cast}).tp_plan == _plans(
         {"configuration_fused.py": CONFIG, "modeling_fused.py": MODELING}).tp_plan
     leaked = MODELING.replace("return x + self.ff(self.norm2(x))", "return x + self.ff(self.norm2(x) + x)")
-    assert _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": leaked}).tp_plan["blocks.*.ff.widen"] == "replicate"
+    # x past the norm carries the attention's output, rowwise and so whole: widen still pairs.
+    assert _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": leaked}).tp_plan["blocks.*.ff.widen"] == "colwise"
 
 
 # The widened output cut in two after an activation (a gated MLP): column shards of it would
@@ -544,6 +570,44 @@ def test_gated_mlp_cut_after_its_activation_proves_gathered_and_a_column_split_i
     prove_sharded(wrong, json.loads((wrong / "config.json").read_text()), plans, report)
     d2 = _d(report, "D2")[0]
     assert d2.status == FAIL and d2.figures["single_max_abs_diff"] > 1e-3, report.summary_table()
+
+
+def _layers(prefix: str) -> list[list]:
+    return [["embed", "Embedding", False], ["layers", "ModuleList", True], [f"{prefix}norm", "LayerNorm", False]]
+
+
+def test_tree_checks_take_the_base_plan_on_an_outer_model_as_a_copy():
+    """OPT's nesting: transformers gives the config's plans to `OPTModel` and to the
+    `OPTDecoder` it holds; only the inner copies name modules. A key or entry naming nothing
+    anywhere still fails, and a conditional module may be missing."""
+    pp = {"embed": (["input_ids"], ["h"]), "layers": (["h"], ["h"]), "proj_out": (["h"], ["h"])}
+    tree = {
+        "tp_plan": {"model.layers.*.fc1": "colwise", "model.decoder.layers.*.fc1": "colwise"},
+        "unmatched_keys": ["model.layers.*.fc1"], "uncovered_projections": [], "projections": 1,
+        "pipeline": [{"module": "model", "pp_plan": pp, "children": [["decoder", "Decoder", False]]},
+                     {"module": "model.decoder", "pp_plan": pp, "children": _layers("")}],
+    }
+    report = Report(source="x")
+    _tree_checks(report, tree, {"proj_out"}, {"layers.*.fc1"})
+    assert [(c.item, c.status) for c in report.checks] == [("D1", PASS), ("D3", PASS)], report.summary_table()
+    assert "outer model" in report.checks[0].detail and report.checks[1].figures["module"] == "model.decoder"
+
+    wrong = dict(tree, tp_plan={**tree["tp_plan"], "model.layers.*.fc3": "colwise"},
+                 unmatched_keys=["model.layers.*.fc1", "model.layers.*.fc3"])
+    report = Report(source="x")
+    _tree_checks(report, wrong, set(), {"layers.*.fc1", "layers.*.fc3"})
+    assert [(c.item, c.status) for c in report.checks] == [("D1", FAIL), ("D3", FAIL)], report.summary_table()
+    assert "model.layers.*.fc3" in report.checks[0].detail and "proj_out" in report.checks[1].detail
+
+
+@pytest.mark.slow
+def test_a_chain_paired_from_its_start_proves_sharded(tmp_path):
+    repo, plans = _fused_repo(tmp_path / "chain", modeling=UNNORMED_MLP_INPUT)
+    assert (plans["tp_plan"]["blocks.*.ff.widen"], plans["tp_plan"]["blocks.*.ff.narrow"]) == ("colwise", "rowwise")
+    report = Report(source=str(repo))
+    prove_sharded(repo, json.loads((repo / "config.json").read_text()), plans, report)
+    d2 = _d(report, "D2")[0]
+    assert d2.status == PASS and d2.figures["single_max_abs_diff"] <= 1e-5, report.summary_table()
 
 
 @pytest.mark.slow

@@ -26,7 +26,7 @@ GATHERED_OUTPUT = "colwise_gather_output"
 
 
 def _tied_to_sharded_embedding(cls: cst.ClassDef, base_attr: str) -> list[str]:
-    """Projections `_tied_weights_keys` ties to `<base_attr>.embed_tokens.weight`."""
+    """Projections `_tied_weights_keys` ties to the base model's `embed_tokens.weight`."""
     for stmt in cls.body.body:
         assign = single_assign(stmt)
         if not assign or dotted(assign[0][0]) != "_tied_weights_keys" or not isinstance(assign[1], cst.Dict):
@@ -36,10 +36,17 @@ def _tied_to_sharded_embedding(cls: cst.ClassDef, base_attr: str) -> list[str]:
             if not isinstance(element, cst.DictElement):
                 continue
             target, source = (e.evaluated_value if isinstance(e, cst.SimpleString) else None for e in (element.key, element.value))
-            if target and target.endswith(".weight") and source == f"{base_attr}.{SHARDED_EMBEDDING}.weight":
+            if target and target.endswith(".weight") and _is_sharded_embedding(source, base_attr):
                 tied.append(target.removesuffix(".weight"))
         return tied
     return []
+
+
+def _is_sharded_embedding(source: str | None, base_attr: str) -> bool:
+    """`<base_attr>.embed_tokens.weight`, or an `embed_tokens` deeper in the base model
+    (OPT's `model.decoder.embed_tokens.weight`): transformers shards either."""
+    suffix = f".{SHARDED_EMBEDDING}.weight"
+    return bool(source) and source.startswith(f"{base_attr}.") and source.endswith(suffix)
 
 
 class TiedHeadPlan(Transform):

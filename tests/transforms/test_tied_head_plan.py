@@ -69,3 +69,15 @@ def test_no_base_plan_no_head_plan():
     no_projections = no_projections.replace("outputs = block(hidden_states, mask=mask)", "outputs = (block(hidden_states),)")
     output, state = _run(no_projections)
     assert output == no_projections and "tied-head-plan" not in {c.transform for c in state.changes}
+
+
+def test_a_head_tied_to_an_embedding_deeper_in_the_base_model_is_split_like_it():
+    """OPT's shape: the head holds `model`, whose `decoder` holds the layers and `embed_tokens`."""
+    nested = MODELING_TIED.replace('"model.embed_tokens.weight"', '"model.decoder.embed_tokens.weight"')
+    output, state = _run(nested)
+    assert '    _tp_plan = {"out": "colwise_gather_output"}\n' in output
+    assert "tied-head-plan" in {c.transform for c in state.changes}
+    for elsewhere in ('"other.decoder.embed_tokens.weight"', '"model.decoder.embed_tokens_scale.weight"'):
+        untouched = MODELING_TIED.replace('"model.embed_tokens.weight"', elsewhere)
+        output, state = _run(untouched)
+        assert output == untouched and "tied-head-plan" not in {c.transform for c in state.changes}
