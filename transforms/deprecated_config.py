@@ -11,6 +11,8 @@ property of that name) keeps every use of it: the name is then the code's own.
 
 from __future__ import annotations
 
+import re
+
 import libcst as cst
 
 from transforms.base import Transform
@@ -25,11 +27,29 @@ class DeprecatedConfigReads(Transform):
     summary = "Read config.return_dict instead of its deprecated alias use_return_dict."
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
-        code = module_code(tree)
-        names = {name for name in DEPRECATED_READS if name in code}
-        if names:
+        sources = list(self.state.original_code.values()) or [module_code(t) for t in self.state.trees.values()]
+        names = {name for name in DEPRECATED_READS if any(name in source for source in sources)}
+        if names and any(_may_define(name, source) for name in names for source in sources):
             names -= _defined_by_the_code(self.state.trees)
-        return tree.visit(_Reads(self, names)) if names else tree
+        body = [self._rewrite(stmt, names) for stmt in tree.body] if names else tree.body
+        return tree if all(new is old for new, old in zip(body, tree.body, strict=True)) else tree.with_changes(body=body)
+
+    def _rewrite(self, node: cst.CSTNode, names: set[str]) -> cst.CSTNode:
+        """Only the statements (a class: the members) that read a name are visited: a pass
+        over every attribute of the module would cost more than all the reads are worth."""
+        if isinstance(node, cst.ClassDef):
+            members = [self._rewrite(member, names) for member in node.body.body]
+            if all(new is old for new, old in zip(members, node.body.body, strict=True)):
+                return node
+            return node.with_changes(body=node.body.with_changes(body=members))
+        if any(isinstance(n, cst.Attribute) and n.attr.value in names for n in walk(node)):
+            return node.visit(_Reads(self, names))
+        return node
+
+
+def _may_define(name: str, source: str) -> bool:
+    """The text could assign or define `name` (checked on the trees only then)."""
+    return re.search(rf"(def\s+{name}\b|\.{name}\s*(:|[-+*/]?=(?!=)))", source) is not None
 
 
 def _defined_by_the_code(trees: dict[str, cst.Module]) -> set[str]:
