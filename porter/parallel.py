@@ -1071,9 +1071,11 @@ def _producers_first(projections: dict[str, Projection], fed_by: dict[str, set[s
     order: list[str] = []
     left = sorted(projections)
     while left:
-        ready = [p for p in left if not fed_by[p] & set(left)] or left[:1]
+        pending = set(left)
+        ready = [p for p in left if not fed_by[p] & pending] or left[:1]
         order += ready
-        left = [p for p in left if p not in ready]
+        pending.difference_update(ready)
+        left = [p for p in left if p in pending]
     return order
 
 

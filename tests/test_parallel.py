@@ -214,9 +214,8 @@ def test_a_projection_fed_by_a_rowwise_output_starts_a_pair_of_its_own():
     }
     # A column-split output read by two projections is still no pair.
     forked = UNNORMED_MLP_INPUT.replace("return self.narrow(torch.nn.functional.gelu(self.widen(x)))",
-                                        "h = self.widen(x)\n        return self.narrow(h) + self.narrow(h)")
+                                        "h = self.widen(x)\n        return self.narrow(h) + self.other(h)")
     forked = forked.replace("        self.narrow = nn.Linear(", "        self.other = nn.Linear(4 * config.hidden_size, config.hidden_size)\n        self.narrow = nn.Linear(")
-    forked = forked.replace("self.narrow(h) + self.narrow(h)", "self.narrow(h) + self.other(h)")
     plans = _plans({"configuration_fused.py": CONFIG, "modeling_fused.py": forked})
     assert {plans.tp_plan[f"blocks.*.ff.{n}"] for n in ("widen", "narrow", "other")} == {"replicate"}
     assert plans.tp_plan["blocks.*.attn.merge"] == "rowwise_rep"
